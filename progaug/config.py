@@ -1,0 +1,196 @@
+"""Frozen configuration dataclasses with a JSON round trip.
+
+Every default of the package lives here, once. Command-line flags are built from these fields
+(:func:`progaug.cli`), and each saved model carries its config as JSON inside the safetensors file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Literal, TypeVar
+
+__all__ = ["AttentionPriority", "DiffusionConfig", "UNetConfig", "config_from_dict", "config_to_dict"]
+
+AttentionPriority = Literal["global", "local"]
+ATTENTION_PRIORITIES: tuple[str, ...] = ("global", "local")
+
+C = TypeVar("C")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Return a JSON-ready dict of a config dataclass (tuples become lists)."""
+    return {f.name: _jsonable(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    """Build ``cls`` from a dict, refusing unknown keys and restoring tuples.
+
+    Raises:
+        TypeError: ``data`` is not a dict.
+        ValueError: ``data`` has keys that ``cls`` does not know.
+    """
+    if not isinstance(data, dict):
+        raise TypeError(f"`data` must be a dict, got {type(data).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys are {sorted(names)}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+class _JsonMixin:
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as a JSON-ready dict."""
+        return config_to_dict(self)
+
+    def to_json(self) -> str:
+        """Return the config as a JSON string (sorted keys, stable across runs)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):  # noqa: ANN206 - returns cls
+        """Build the config from :meth:`to_dict` output."""
+        return config_from_dict(cls, data)
+
+    @classmethod
+    def from_json(cls, text: str):  # noqa: ANN206
+        """Build the config from :meth:`to_json` output."""
+        return cls.from_dict(json.loads(text))
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig(_JsonMixin):
+    """Shape of an ADM-style epsilon-prediction U-Net (paper section 2.2).
+
+    Attributes:
+        image_size: Side of the square input in pixels, 32..256, divisible by
+            ``2 ** (len(channel_mult) - 1)``.
+        in_channels: Image channels; progaug works on RGB, so 3.
+        model_channels: Width of the first level.
+        channel_mult: Width multiplier per resolution level (one level per entry).
+        num_res_blocks: Residual blocks per level on the way down (one more on the way up).
+        attention_resolutions: Feature-map sides (pixels) that get an attention block.
+        num_heads: Attention heads, used when ``head_channels`` is None.
+        head_channels: Channels per head; overrides ``num_heads`` when set.
+        attention: ``"global"`` (qkv over all channels, then split into heads: the source model)
+            or ``"local"`` (split into heads first, then a per-head qkv: the target model).
+        dropout: Dropout in the residual blocks.
+        use_scale_shift_norm: Timestep embedding as a FiLM scale and shift (ADM) instead of a sum.
+    """
+
+    image_size: int = 64
+    in_channels: int = 3
+    model_channels: int = 32
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16, 8)
+    num_heads: int = 4
+    head_channels: int | None = None
+    attention: AttentionPriority = "global"
+    dropout: float = 0.0
+    use_scale_shift_norm: bool = True
+
+    def __post_init__(self) -> None:
+        _check_int("image_size", self.image_size, 32, 256)
+        if self.in_channels != 3:
+            raise ValueError(f"`in_channels` must be 3 (RGB), got {self.in_channels!r}")
+        _check_int("model_channels", self.model_channels, 1, 4096)
+        _check_int("num_res_blocks", self.num_res_blocks, 1, 16)
+        _check_int("num_heads", self.num_heads, 1, 256)
+        if self.head_channels is not None:
+            _check_int("head_channels", self.head_channels, 1, 4096)
+        if not isinstance(self.channel_mult, tuple) or not self.channel_mult:
+            raise TypeError(f"`channel_mult` must be a non-empty tuple of ints, got {self.channel_mult!r}")
+        for m in self.channel_mult:
+            _check_int("channel_mult", m, 1, 64)
+        if self.attention not in ATTENTION_PRIORITIES:
+            raise ValueError(f"`attention` must be one of {ATTENTION_PRIORITIES}, got {self.attention!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout!r}")
+        factor = self.downsample_factor
+        if self.image_size % factor:
+            raise ValueError(
+                f"`image_size` {self.image_size} is not divisible by {factor} "
+                f"(2 ** (len(channel_mult) - 1) with channel_mult={self.channel_mult})"
+            )
+        sides = {self.image_size // 2**i for i in range(len(self.channel_mult))}
+        for r in self.attention_resolutions:
+            if r not in sides:
+                raise ValueError(
+                    f"`attention_resolutions` entry {r!r} is not a feature-map side of this U-Net; "
+                    f"the sides are {sorted(sides, reverse=True)}"
+                )
+        last = len(self.channel_mult) - 1
+        for i, ch in enumerate(self.level_channels):
+            if self.image_size // 2**i in self.attention_resolutions or i == last:
+                heads = self.heads_for(ch)
+                if ch % heads:
+                    raise ValueError(
+                        f"attention width {ch} is not divisible into {heads} heads "
+                        f"(num_heads={self.num_heads}, head_channels={self.head_channels})"
+                    )
+
+    @property
+    def downsample_factor(self) -> int:
+        """Ratio between the input side and the smallest feature-map side."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def level_channels(self) -> tuple[int, ...]:
+        """Width of each resolution level."""
+        return tuple(self.model_channels * m for m in self.channel_mult)
+
+    def heads_for(self, channels: int) -> int:
+        """Number of attention heads for a block of ``channels`` channels."""
+        if self.head_channels is not None:
+            return max(1, channels // self.head_channels)
+        return self.num_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig(_JsonMixin):
+    """The training noise schedule (paper eq. 1) and the default sampling respacing.
+
+    The reference code uses guided-diffusion's linear schedule: betas evenly spaced from
+    ``beta_start * 1000 / T`` to ``beta_end * 1000 / T`` over ``T`` steps.
+
+    Attributes:
+        num_train_steps: ``T``, the number of training timesteps.
+        beta_start: First beta, for ``T = 1000``.
+        beta_end: Last beta, for ``T = 1000``.
+        sampling_steps: Default number of DDIM steps ``S`` for inversion and sampling.
+        clip_denoised: Clip the predicted x0 to [-1, 1] in every DDIM step (both directions).
+    """
+
+    num_train_steps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    sampling_steps: int = 50
+    clip_denoised: bool = True
+
+    def __post_init__(self) -> None:
+        _check_int("num_train_steps", self.num_train_steps, 2, 100_000)
+        _check_int("sampling_steps", self.sampling_steps, 1, self.num_train_steps)
+        for name in ("beta_start", "beta_end"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
+        if not self.beta_start < self.beta_end or self.beta_end * 1000 / self.num_train_steps >= 1:
+            raise ValueError(
+                f"need 0 < `beta_start` < `beta_end` and scaled `beta_end` < 1, "
+                f"got beta_start={self.beta_start!r}, beta_end={self.beta_end!r}"
+            )
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"`{name}` must be in [{low}, {high}], got {value!r}")

@@ -1,0 +1,81 @@
+"""Argument checks shared by the public functions; each error names the argument and the value."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["check_image_batch", "check_levels", "check_positive_int"]
+
+_RANGE_SLACK = 1e-3  # images that went through a float round trip may overshoot [-1, 1] slightly
+
+
+def check_image_batch(name: str, x: object, *, channels: int = 3, size: int | None = None) -> torch.Tensor:
+    """Check a batch of images in the model range and return it.
+
+    Args:
+        name: Argument name for the error message.
+        x: Expected ``(B, channels, H, W)`` floating tensor with finite values in [-1, 1].
+        channels: Required channel count.
+        size: Required side ``H == W`` (the models' training size), or None for any.
+
+    Raises:
+        TypeError: ``x`` is not a tensor, or not floating point.
+        ValueError: Wrong shape, channel count, size, non-finite values, or values outside [-1, 1].
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor in [-1, 1], got dtype {x.dtype}")
+    if x.ndim != 4 or x.shape[0] == 0:
+        raise ValueError(f"`{name}` must have shape (B, {channels}, H, W) with B >= 1, got {tuple(x.shape)}")
+    if x.shape[1] != channels:
+        raise ValueError(f"`{name}` must have {channels} channels (RGB), got {x.shape[1]} in shape {tuple(x.shape)}")
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        raise ValueError(f"`{name}` must be {size}x{size} pixels (the models' size), got {tuple(x.shape[-2:])}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"`{name}` holds NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1 - _RANGE_SLACK or hi > 1 + _RANGE_SLACK:
+        raise ValueError(
+            f"`{name}` values must lie in [-1, 1] (use x * 2 - 1 on [0, 1] images), got min {lo:.4g}, max {hi:.4g}"
+        )
+    return x
+
+
+def check_levels(name: str, levels: Sequence[float] | torch.Tensor, *, max_count: int | None = None) -> torch.Tensor:
+    """Check soft-label levels: strictly increasing along the last axis, each in (0, 1].
+
+    Returns:
+        The levels as a float64 tensor, ``(L,)`` or ``(B, L)``.
+
+    Raises:
+        ValueError: Empty, outside (0, 1], not strictly increasing, or more than ``max_count``.
+    """
+    t = torch.as_tensor(levels, dtype=torch.float64).cpu()
+    if t.ndim not in (1, 2) or t.shape[-1] == 0:
+        raise ValueError(f"`{name}` must be a non-empty (L,) or (B, L) sequence, got shape {tuple(t.shape)}")
+    if not bool(((t > 0) & (t <= 1)).all()):
+        raise ValueError(f"`{name}` must lie in (0, 1], got {t.tolist()}")
+    if t.shape[-1] > 1 and not bool((t.diff(dim=-1) > 0).all()):
+        raise ValueError(f"`{name}` must be strictly increasing, got {t.tolist()}")
+    if max_count is not None and t.shape[-1] > max_count:
+        raise ValueError(f"`{name}` has {t.shape[-1]} levels but at most {max_count} fit in the schedule's steps")
+    return t
+
+
+def check_positive_int(name: str, value: object, *, allow_none: bool = False) -> int | None:
+    """Return ``value`` if it is an int >= 1 (or None when allowed).
+
+    Raises:
+        TypeError: Not an int.
+        ValueError: Smaller than 1.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"`{name}` must be >= 1, got {value!r}")
+    return value

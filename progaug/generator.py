@@ -1,0 +1,138 @@
+"""The ADD core: progressive images between two domains with one inversion per source image.
+
+For a batch of source images of class A:
+
+1. invert each image once with the source model through all ``S`` states, keeping the trajectory
+   (eq. 3 / 5);
+2. measure the high-pass amplitude of every state, batched on the device (eq. 7-8), and turn it into
+   soft labels (eq. 9);
+3. pick, per image, the depth nearest to each requested level (adaptive depth control);
+4. decode every chosen state of every image with the target model, all branches sharing model calls
+   (:func:`progaug.diffusion.sample_from_depths`).
+
+U-Net evaluations per source image: ``S`` for the inversion plus ``sum(depths)`` for the decodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import torch
+
+from progaug.config import DiffusionConfig
+from progaug.diffusion import DDIMSchedule, EpsModel, invert, sample_from_depths
+from progaug.errors import check_image_batch, check_levels, check_positive_int
+from progaug.frequency import DEFAULT_RADIUS, adaptive_depths, default_levels, highpass_amplitude, soft_labels
+
+__all__ = ["ProgressiveResult", "generate_progressive"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgressiveResult:
+    """Output of :func:`generate_progressive` for ``B`` source images and ``L`` levels.
+
+    Attributes:
+        images: ``(B, L, 3, H, W)`` float32 progressive images in [-1, 1], least to most translated.
+        soft_labels: ``(B, L)`` float32 soft labels actually reached (eq. 9 at the chosen depths).
+        depths: ``(B, L)`` int64 chosen depths in ``[1, S]``, strictly increasing per row.
+        levels: ``(L,)`` or ``(B, L)`` float64 requested levels.
+        amplitudes: ``(B, S + 1)`` float32 high-pass amplitudes along each inversion (eq. 8).
+        trajectory_labels: ``(B, S + 1)`` float32 soft labels of every state (eq. 9).
+        num_steps: ``S``.
+    """
+
+    images: torch.Tensor
+    soft_labels: torch.Tensor
+    depths: torch.Tensor
+    levels: torch.Tensor
+    amplitudes: torch.Tensor
+    trajectory_labels: torch.Tensor
+    num_steps: int
+
+    @property
+    def model_evaluations(self) -> int:
+        """U-Net evaluations spent: ``S`` per source image plus the sum of all decode depths."""
+        return self.num_steps * self.images.shape[0] + int(self.depths.sum())
+
+
+def _model_size(model: EpsModel) -> int | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "image_size", None)
+
+
+def generate_progressive(
+    source_model: EpsModel,
+    target_model: EpsModel,
+    images: torch.Tensor,
+    *,
+    levels: torch.Tensor | list[float] | None = None,
+    steps: int | None = None,
+    diffusion: DiffusionConfig | None = None,
+    radius: float = DEFAULT_RADIUS,
+    max_batch: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    trajectory_device: torch.device | str | None = None,
+) -> ProgressiveResult:
+    """Generate progressive images from source-class images (the ADD method, paper 2.1-2.3).
+
+    Args:
+        source_model: Epsilon model of the source class (global-priority attention in ADD).
+        target_model: Epsilon model of the target class (local-priority attention in ADD).
+        images: ``(B, 3, H, W)`` float images of the source class in [-1, 1], at the models' size.
+        levels: ``(L,)`` or ``(B, L)`` requested soft labels in (0, 1], strictly increasing;
+            default 10 levels ``0.1, 0.2, ..., 1.0``. ``L <= steps``.
+        steps: DDIM steps ``S`` (default ``diffusion.sampling_steps``, 50).
+        diffusion: Training schedule of the pair (default: linear, 1000 steps).
+        radius: High-pass cut-off of the frequency measure (fraction of the side).
+        max_batch: Most images per U-Net call in the inversion and the decodes (default: all).
+        autocast_dtype: Run the U-Nets under ``torch.autocast`` with this dtype (e.g. bfloat16);
+            the DDIM arithmetic stays in the images' dtype.
+        trajectory_device: Where to keep the ``S + 1`` inversion states (default: the images' device).
+
+    Returns:
+        A :class:`ProgressiveResult`.
+
+    Raises:
+        TypeError, ValueError: Bad images, levels, steps or batch size (the message names which).
+    """
+    diffusion = diffusion or DiffusionConfig()
+    steps = diffusion.sampling_steps if steps is None else steps
+    schedule = DDIMSchedule.from_config(diffusion, steps)
+    check_image_batch("images", images, size=_model_size(source_model))
+    levels = check_levels("levels", default_levels() if levels is None else levels, max_count=schedule.num_steps)
+    max_batch = check_positive_int("max_batch", max_batch, allow_none=True)
+    clip = diffusion.clip_denoised
+    chunk = max_batch or images.shape[0]
+
+    with _autocast(images.device, autocast_dtype):
+        trajectory = torch.cat(
+            [invert(source_model, x, schedule, clip=clip, return_trajectory=True, trajectory_device=trajectory_device)
+             for x in images.split(chunk)],
+            dim=1,
+        )  # (S + 1, B, C, H, W)
+        amplitudes = highpass_amplitude(trajectory.to(images.device), radius).T.contiguous()  # (B, S + 1)
+        labels = soft_labels(amplitudes)
+        depths = adaptive_depths(labels, levels)  # (B, L)
+        b, n_levels = depths.shape
+        rows = torch.arange(b, device=depths.device)[:, None].expand(b, n_levels)
+        latents = trajectory[depths.flatten().to(trajectory.device), rows.flatten().to(trajectory.device)]
+        del trajectory
+        decoded = sample_from_depths(
+            target_model, latents.to(images.device), depths.flatten(), schedule, clip=clip, max_batch=max_batch
+        )
+    return ProgressiveResult(
+        images=decoded.reshape(b, n_levels, *images.shape[1:]).float(),
+        soft_labels=labels.gather(1, depths),
+        depths=depths,
+        levels=levels,
+        amplitudes=amplitudes,
+        trajectory_labels=labels,
+        num_steps=schedule.num_steps,
+    )
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,0 +1,73 @@
+"""One self-attention block with the two priorities of the hybrid attention strategy (paper 2.2).
+
+- ``"global"`` (the source / diffusion model): one projection over *all* channels computes q, k, v,
+  which are then split into heads. Each head's q, k, v mix every channel.
+- ``"local"`` (the target / denoising model): channels are split into heads first and each head
+  has its own q, k, v projection (a grouped 1x1 convolution). Each head sees only its channels.
+
+The priorities differ in parameters, not only in layout: the qkv projection has ``3 C^2 + 3 C``
+weights under ``global`` and ``3 C^2 / heads + 3 C`` under ``local``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from progaug.config import ATTENTION_PRIORITIES
+
+__all__ = ["AttentionBlock", "group_norm"]
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 32 groups that divide ``channels`` (ADM uses 32)."""
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+class AttentionBlock(nn.Module):
+    """Residual multi-head self-attention over the pixels of a feature map.
+
+    Args:
+        channels: Feature channels ``C``; divisible by ``num_heads``.
+        num_heads: Attention heads.
+        priority: ``"global"`` or ``"local"`` (see the module docstring).
+
+    Shape:
+        ``(B, C, H, W) -> (B, C, H, W)``.
+    """
+
+    def __init__(self, channels: int, num_heads: int, priority: str = "global") -> None:
+        super().__init__()
+        if priority not in ATTENTION_PRIORITIES:
+            raise ValueError(f"`priority` must be one of {ATTENTION_PRIORITIES}, got {priority!r}")
+        if channels % num_heads:
+            raise ValueError(f"`channels` {channels} is not divisible by `num_heads` {num_heads}")
+        self.channels = channels
+        self.num_heads = num_heads
+        self.priority = priority
+        self.norm = group_norm(channels)
+        groups = 1 if priority == "global" else num_heads
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1, groups=groups)
+        self.proj_out = nn.Conv1d(channels, channels, 1)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x).reshape(b, c, h * w))  # (B, 3C, N)
+        heads, d = self.num_heads, c // self.num_heads
+        if self.priority == "global":
+            # project over all channels, then split each of q, k, v into heads
+            q, k, v = (t.reshape(b, heads, d, h * w) for t in qkv.chunk(3, dim=1))
+        else:
+            # the grouped projection wrote each head's q, k, v next to each other
+            q, k, v = qkv.reshape(b, heads, 3 * d, h * w).chunk(3, dim=2)
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        out = out.transpose(-1, -2).reshape(b, c, h * w)
+        return x + self.proj_out(out).reshape(b, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, num_heads={self.num_heads}, priority={self.priority!r}"

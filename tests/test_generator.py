@@ -1,0 +1,97 @@
+"""The ADD generator: one inversion per image, batched decodes, labels, determinism, bad input."""
+
+import pytest
+import torch
+
+from progaug.diffusion import DDIMSchedule, bridge
+from progaug.generator import generate_progressive
+
+from conftest import tiny_unet
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny_unet("global", seed=0), tiny_unet("local", seed=1)
+
+
+@pytest.fixture
+def images():
+    return torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
+
+
+class TestGenerateProgressive:
+    def test_shapes_labels_depths(self, pair, images):
+        r = generate_progressive(*pair, images, steps=12, levels=[0.25, 0.5, 0.75, 1.0])
+        assert r.images.shape == (3, 4, 3, 32, 32) and r.images.dtype == torch.float32
+        assert float(r.images.abs().max()) <= 1.0
+        assert r.depths.shape == r.soft_labels.shape == (3, 4)
+        assert bool((r.depths.diff(dim=1) > 0).all()) and int(r.depths.max()) <= 12
+        assert bool(((r.soft_labels >= 0) & (r.soft_labels <= 1)).all())
+        assert r.amplitudes.shape == r.trajectory_labels.shape == (3, 13)
+        torch.testing.assert_close(r.soft_labels, r.trajectory_labels.gather(1, r.depths))
+        assert bool((r.trajectory_labels[:, 0] == 0).all()) and bool((r.trajectory_labels[:, -1] == 1).all())
+
+    def test_each_branch_equals_the_bridge_at_its_depth(self, pair, images):
+        r = generate_progressive(*pair, images, steps=10, levels=[0.3, 1.0])
+        sched = DDIMSchedule.from_config(steps=10)
+        for b in range(images.shape[0]):
+            for j in range(2):
+                depth = int(r.depths[b, j])
+                expected = bridge(*pair, images[b : b + 1], sched, depth=depth)
+                # batched float32 convolutions differ from batch-1 ones in the last bits; 1e-3 is the stated tolerance
+                torch.testing.assert_close(r.images[b, j : j + 1], expected, atol=1e-3, rtol=0)
+
+    def test_one_inversion_per_image(self, pair, images):
+        calls = {"source": 0, "target": 0}
+
+        def counting(model, key):
+            def f(x, t):
+                calls[key] += x.shape[0]
+                return model(x, t)
+
+            f.config = model.config
+            return f
+
+        r = generate_progressive(counting(pair[0], "source"), counting(pair[1], "target"), images, steps=10, levels=[0.5, 1.0])
+        assert calls["source"] == 3 * 10
+        assert calls["target"] == int(r.depths.sum())
+        assert r.model_evaluations == calls["source"] + calls["target"]
+
+    def test_same_seed_identical_on_cpu(self, images):
+        a = generate_progressive(tiny_unet("global", 2), tiny_unet("local", 3), images, steps=6, levels=[0.5, 1.0])
+        b = generate_progressive(tiny_unet("global", 2), tiny_unet("local", 3), images, steps=6, levels=[0.5, 1.0])
+        assert torch.equal(a.images, b.images) and torch.equal(a.depths, b.depths)
+
+    def test_batch_size_does_not_change_results(self, pair, images):
+        full = generate_progressive(*pair, images, steps=8, levels=[0.5, 1.0])
+        small = generate_progressive(*pair, images, steps=8, levels=[0.5, 1.0], max_batch=1)
+        torch.testing.assert_close(full.images, small.images, atol=1e-3, rtol=0)
+        assert torch.equal(full.depths, small.depths)
+
+    def test_bf16_autocast_close_to_float32(self, pair, images):
+        ref = generate_progressive(*pair, images, steps=8, levels=[1.0])
+        fast = generate_progressive(*pair, images, steps=8, levels=[1.0], autocast_dtype=torch.bfloat16)
+        assert float((ref.images - fast.images).abs().mean()) < 0.05
+
+    @pytest.mark.parametrize(
+        "x,exc,match",
+        [
+            (torch.zeros(1, 4, 32, 32), ValueError, "`images` must have 3 channels"),
+            (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), TypeError, "`images` must be a floating-point tensor"),
+            (torch.full((1, 3, 32, 32), 2.0), ValueError, r"`images` values must lie in \[-1, 1\]"),
+            (torch.zeros(1, 3, 64, 64), ValueError, r"`images` must be 32x32 pixels"),
+            (torch.zeros(3, 32, 32), ValueError, r"`images` must have shape \(B, 3, H, W\)"),
+            ([[0.0]], TypeError, "`images` must be a torch.Tensor"),
+        ],
+    )
+    def test_bad_images(self, pair, x, exc, match):
+        with pytest.raises(exc, match=match):
+            generate_progressive(*pair, x, steps=4, levels=[1.0])
+
+    def test_bad_levels_and_batch(self, pair, images):
+        with pytest.raises(ValueError, match=r"`levels` must lie in \(0, 1\], got \[0.0, 0.5\]"):
+            generate_progressive(*pair, images, steps=4, levels=[0.0, 0.5])
+        with pytest.raises(ValueError, match="at most 4 fit"):
+            generate_progressive(*pair, images, steps=4)
+        with pytest.raises(ValueError, match="`max_batch` must be >= 1, got 0"):
+            generate_progressive(*pair, images, steps=4, levels=[1.0], max_batch=0)
