@@ -1,0 +1,151 @@
+"""The ``progaug`` command: argparse subcommands, each in a small function.
+
+``progaug train``        train a pair A -> B (demo data or class folders)
+``progaug progressive``  progressive images of a few source tiles as one PNG strip (paper Fig. 1)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from progaug.cli_args import add_config_arguments, config_from_args
+
+__all__ = ["build_parser", "main"]
+
+
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="hgsc", help="'hgsc' (the bundled demo tiles) or a folder root/<class>/*.png (default: hgsc)")
+    p.add_argument("--source-class", default=None, help="class A (default: stroma for hgsc, else the first class folder)")
+    p.add_argument("--target-class", default=None, help="class B (default: tumour for hgsc, else the second class folder)")
+    p.add_argument("--tile-size", type=int, default=64, help="tile side in pixels (default: 64)")
+
+
+def _load_data(args: argparse.Namespace, split: str = "train"):
+    """Tiles, class names and a description for the card."""
+    from progaug.data import TileSpec, folder_tiles, hgsc_tiles
+
+    if args.data == "hgsc":
+        spec = TileSpec(tile_size=args.tile_size, stride=args.tile_size // 2)
+        tiles = hgsc_tiles(split, spec)
+        info = {"name": "hgsc", "split": split, "spec": spec.to_dict(), "counts": tiles.counts()}
+    else:
+        tiles = folder_tiles(args.data, tile_size=args.tile_size)
+        info = {"name": str(Path(args.data).resolve()), "split": "all", "tile_size": args.tile_size, "counts": tiles.counts()}
+    source = args.source_class or tiles.classes[0]
+    target = args.target_class or (tiles.classes[1] if len(tiles.classes) > 1 else None)
+    for flag, name in (("--source-class", source), ("--target-class", target)):
+        if name not in tiles.classes:
+            raise SystemExit(f"progaug: error: {flag} {name!r} is not one of the classes {list(tiles.classes)}")
+    if source == target:
+        raise SystemExit(f"progaug: error: --source-class and --target-class are both {source!r}")
+    return tiles, source, target, info
+
+
+# ----------------------------------------------------------------------------------------- train
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from progaug.config import DiffusionConfig, UNetConfig
+    from progaug.train import TrainConfig
+
+    p = sub.add_parser("train", help="train a source/target pair of diffusion U-Nets",
+                       description="Train model A (global attention) on class A and model B (local attention) on class B.")
+    _add_data_arguments(p)
+    p.add_argument("--out", required=True, help="output folder of the pair")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--source-attention", choices=["global", "local"], default="global", help="(default: global)")
+    p.add_argument("--target-attention", choices=["global", "local"], default="local",
+                   help="(default: local; 'global' trains the ADD-without-HAS ablation)")
+    add_config_arguments(p, TrainConfig)
+    add_config_arguments(p, UNetConfig, exclude=("attention", "in_channels", "image_size"))
+    add_config_arguments(p, DiffusionConfig, exclude=("sampling_steps",))
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from progaug.config import DiffusionConfig, UNetConfig
+    from progaug.train import TrainConfig, train_pair
+
+    tiles, source, target, info = _load_data(args)
+    base = config_from_args(UNetConfig, args, image_size=args.tile_size, attention=args.source_attention)
+    out = train_pair(
+        tiles,
+        args.out,
+        source_class=source,
+        target_class=target,
+        source_model=base,
+        target_model=dataclasses.replace(base, attention=args.target_attention),
+        train=config_from_args(TrainConfig, args),
+        diffusion=config_from_args(DiffusionConfig, args),
+        data_info=info,
+        resume=args.resume,
+        device=args.device,
+    )
+    print(f"pair written to {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------- progressive
+
+
+def _add_progressive(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("progressive", help="progressive images of a few source tiles, as a PNG strip with soft labels")
+    p.add_argument("--pair", default="hgsc-demo", help="pair folder, or the name of a pair shipped with progaug (default: hgsc-demo)")
+    p.add_argument("--source", default="hgsc", help="'hgsc' (demo test tiles of the source class, default) or a folder of images")
+    p.add_argument("--count", type=int, default=4, help="number of source tiles (default: 4)")
+    p.add_argument("--levels", type=int, default=10, help="number of soft-label levels, evenly spaced in (0, 1] (default: 10)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50)")
+    p.add_argument("--device", default="cpu", help="(default: cpu)")
+    p.add_argument("--out", default="progressive.png", help="output PNG (default: progressive.png)")
+    p.set_defaults(func=_run_progressive)
+
+
+def _run_progressive(args: argparse.Namespace) -> int:
+    import torch
+
+    from progaug.frequency import default_levels
+    from progaug.generator import generate_progressive
+    from progaug.pairs import resolve_pair
+    from progaug.strip import progressive_strip, source_images
+
+    pair = resolve_pair(args.pair, device=args.device)
+    images = source_images(args.source, pair, args.count).to(args.device)
+    with torch.no_grad():
+        result = generate_progressive(pair.source, pair.target, images, levels=default_levels(args.levels),
+                                      steps=args.steps, diffusion=pair.diffusion)
+    progressive_strip(images, result, args.out, classes=pair.classes)
+    for b in range(images.shape[0]):
+        labels = ", ".join(f"{v:.2f}" for v in result.soft_labels[b].tolist())
+        print(f"source {b}: depths {result.depths[b].tolist()} soft labels [{labels}]")
+    print(f"wrote {args.out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``progaug`` argument parser with all subcommands."""
+    parser = argparse.ArgumentParser(prog="progaug", description="Progressive soft-labelled augmentation (ADD).")
+    from progaug import __version__
+
+    parser.add_argument("--version", action="version", version=f"progaug {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_progressive(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``progaug`` console script and ``python -m progaug``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as exc:
+        print(f"progaug: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,8 @@
+"""Data: the bundled HGSC demo tiles, folders of users' images, and image conversion."""
+
+from progaug.data.folder import folder_tiles
+from progaug.data.hgsc import HGSC_CLASSES, TileSpec, hgsc_tiles
+from progaug.data.images import load_rgb, to_rgb
+from progaug.data.tiles import TileSet, TileDataset
+
+__all__ = ["HGSC_CLASSES", "TileDataset", "TileSet", "TileSpec", "folder_tiles", "hgsc_tiles", "load_rgb", "to_rgb"]

@@ -1,0 +1,86 @@
+"""A set of equally sized RGB tiles with class labels, and its torch Dataset."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["TileDataset", "TileSet", "to_model_range"]
+
+
+def to_model_range(x: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[0, 255]`` images -> float32 ``[-1, 1]`` (the diffusion models' range)."""
+    return x.float().div(127.5).sub(1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TileSet:
+    """Tiles of several classes, held in memory.
+
+    Attributes:
+        images: ``(N, 3, S, S)`` uint8 tiles.
+        labels: ``(N,)`` int64 class indices into ``classes``.
+        classes: Class names; index ``i`` is class ``i``.
+        sources: ``N`` strings naming where each tile came from (``file:x,y``).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    sources: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        n = self.images.shape[0]
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"`images` must be (N, 3, S, S) uint8, got {tuple(self.images.shape)} {self.images.dtype}")
+        if self.labels.shape != (n,) or len(self.sources) != n:
+            raise ValueError(f"`labels` and `sources` must have {n} entries")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        """Class name -> index."""
+        return {c: i for i, c in enumerate(self.classes)}
+
+    def of_class(self, name: str) -> TileSet:
+        """The tiles of one class (labels kept)."""
+        if name not in self.classes:
+            raise ValueError(f"unknown class {name!r}; the classes are {list(self.classes)}")
+        keep = (self.labels == self.classes.index(name)).nonzero().flatten()
+        return self.subset(keep)
+
+    def subset(self, index: torch.Tensor) -> TileSet:
+        """The tiles at ``index``."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        return TileSet(self.images[index], self.labels[index], self.classes, tuple(self.sources[int(i)] for i in index))
+
+    def counts(self) -> dict[str, int]:
+        """Number of tiles per class."""
+        return {c: int((self.labels == i).sum()) for i, c in enumerate(self.classes)}
+
+
+class TileDataset(Dataset):
+    """``(image, label)`` pairs from a :class:`TileSet`.
+
+    Args:
+        tiles: The tiles.
+        transform: Applied to each ``(3, S, S)`` uint8 tensor; default: convert to float [-1, 1].
+    """
+
+    def __init__(self, tiles: TileSet, transform=None) -> None:
+        self.tiles = tiles
+        self.transform = transform
+        self.classes = list(tiles.classes)
+        self.class_to_idx = tiles.class_to_idx
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.tiles.images[index]
+        image = self.transform(image) if self.transform is not None else to_model_range(image)
+        return image, int(self.tiles.labels[index])

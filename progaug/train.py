@@ -1,0 +1,387 @@
+"""Train a pair for a direction A -> B: model A (global priority) on class A, model B (local) on class B.
+
+Epsilon-prediction DDPM loss on the 1000-step linear schedule, AdamW with a linear warm-up, EMA weights
+(saved and used for sampling), flips and 90-degree rotations, optional bf16 autocast, a tqdm bar with
+the loss, a checkpoint every N steps with exact ``--resume`` and a sample grid PNG, and
+DistributedDataParallel when started by ``torchrun`` (one process otherwise).
+
+Every random draw of step ``n`` (batch indices, augmentations, timesteps, noise) comes from a generator
+seeded by ``(seed, n, rank, model)``, so a resumed run continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from progaug.checkpoint import atomic_write_bytes, save_unet
+from progaug.config import DiffusionConfig, UNetConfig, _JsonMixin
+from progaug.data.tiles import TileSet, to_model_range
+from progaug.diffusion import DDIMSchedule, sample, training_alpha_bar
+from progaug.nn.unet import UNet
+from progaug.pair import write_card
+
+__all__ = ["TrainConfig", "train_pair"]
+
+CHECKPOINT = "checkpoint.safetensors"
+ROLES = ("source", "target")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(_JsonMixin):
+    """Training recipe of both models (each model gets the same recipe).
+
+    Attributes:
+        steps: Optimiser steps per model (total, counting steps done before a resume).
+        batch_size: Global batch per model (split over ``torchrun`` ranks).
+        lr: AdamW peak learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: Linear learning-rate warm-up.
+        ema_decay: EMA decay (ramped up as ``min(decay, (1 + n) / (10 + n))``).
+        grad_clip: Gradient-norm clip.
+        checkpoint_every: Steps between checkpoints, pair files and sample grids.
+        sample_steps: DDIM steps of the sample grid.
+        bf16: Run forward and backward under bf16 autocast (CPU and CUDA).
+        save_dtype: Dtype of the shipped EMA weights.
+        seed: Seed of every random draw.
+    """
+
+    steps: int = 20000
+    batch_size: int = 16
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    checkpoint_every: int = 1000
+    sample_steps: int = 25
+    bf16: bool = True
+    save_dtype: Literal["float16", "float32"] = "float16"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every", "sample_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"`lr` must be > 0, got {self.lr!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay!r}")
+        if self.save_dtype not in ("float16", "float32"):
+            raise ValueError(f"`save_dtype` must be 'float16' or 'float32', got {self.save_dtype!r}")
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def _generator(seed: int, step: int, rank: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 64 + rank) * 4 + stream)
+
+
+def augment_dihedral(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and 90-degree rotation per sample (tissue has no orientation)."""
+    ops = torch.randint(0, 8, (x.shape[0],), generator=gen)
+    out = torch.empty_like(x)
+    for i, op in enumerate(ops.tolist()):
+        y = x[i].flip(-1) if op >= 4 else x[i]
+        out[i] = torch.rot90(y, op % 4, dims=(-2, -1))
+    return out
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+
+
+@torch.no_grad()
+def _ema_update(ema: UNet, model: UNet, step: int, decay: float) -> None:
+    d = min(decay, (1 + step) / (10 + step))
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - d)
+
+
+def _flatten(prefix: str, tree: Any, out: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Split an optimizer state dict into tensors (safetensors) and JSON (everything else)."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            _flatten(f"{prefix}.{k}", v, out, meta)
+    elif isinstance(tree, torch.Tensor):
+        out[prefix] = tree.detach().cpu().contiguous()
+    else:
+        meta[prefix] = tree
+
+
+def _unflatten(prefix: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict:
+    root: dict = {}
+    for key, value in [*tensors.items(), *meta.items()]:
+        if not key.startswith(prefix + "."):
+            continue
+        parts = key[len(prefix) + 1 :].split(".")
+        node = root
+        for p in parts[:-1]:
+            node = node.setdefault(int(p) if p.isdigit() else p, {})
+        node[int(parts[-1]) if parts[-1].isdigit() else parts[-1]] = value
+    return root
+
+
+# ----------------------------------------------------------------------------------------- state
+
+
+@dataclasses.dataclass
+class _Member:
+    role: str
+    model: torch.nn.Module  # possibly DDP-wrapped
+    ema: UNet
+    optimizer: torch.optim.Optimizer
+    tiles: torch.Tensor  # (N, 3, S, S) uint8 of its class
+
+    @property
+    def net(self) -> UNet:
+        return getattr(self.model, "module", self.model)
+
+
+def _identity(run: dict[str, Any]) -> dict[str, Any]:
+    """What must not change across a resume: all but the step budget, the machine and the command line."""
+    same = {k: v for k, v in json.loads(json.dumps(run)).items() if k not in ("device", "world_size", "command")}
+    same["train"].pop("steps", None)
+    same["train"].pop("checkpoint_every", None)
+    return same
+
+
+def _save_checkpoint(out: Path, members: list[_Member], step: int, run: dict[str, Any]) -> None:
+    from safetensors.torch import save
+
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {}
+    for m in members:
+        for k, v in m.net.state_dict().items():
+            tensors[f"{m.role}.model.{k}"] = v.detach().cpu().contiguous()
+        for k, v in m.ema.state_dict().items():
+            tensors[f"{m.role}.ema.{k}"] = v.detach().cpu().contiguous()
+        _flatten(f"{m.role}.optim", m.optimizer.state_dict(), tensors, meta)
+    info = {"step": str(step), "run": json.dumps(run, sort_keys=True), "optim_meta": json.dumps(meta)}
+    atomic_write_bytes(out / CHECKPOINT, save(tensors, metadata=info))
+
+
+def _load_checkpoint(out: Path, members: list[_Member], run: dict[str, Any]) -> int:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = out / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    with safe_open(str(path), framework="pt") as f:
+        info = f.metadata()
+    stored = json.loads(info["run"])
+    if _identity(stored) != _identity(run):
+        raise ValueError(
+            f"--resume: {path} was made with another configuration; start a new output folder or use the "
+            f"same settings.\nstored:  {json.dumps(_identity(stored), sort_keys=True)}\ncurrent: {json.dumps(_identity(run), sort_keys=True)}"
+        )
+    tensors = load_file(str(path))
+    meta = json.loads(info["optim_meta"])
+    for m in members:
+        m.net.load_state_dict({k.split(".model.", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{m.role}.model.")})
+        m.ema.load_state_dict({k.split(".ema.", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{m.role}.ema.")})
+        m.optimizer.load_state_dict(_unflatten(f"{m.role}.optim", tensors, meta))
+    return int(info["step"])
+
+
+# ----------------------------------------------------------------------------------------- outputs
+
+
+@torch.no_grad()
+def _sample_grid(members: list[_Member], cfg: TrainConfig, diffusion: DiffusionConfig, path: Path, device: torch.device) -> None:
+    """Rows: real tiles of A, samples of model A, real tiles of B, samples of model B (8 each)."""
+    from torchvision.utils import make_grid
+    from PIL import Image
+
+    schedule = DDIMSchedule.from_config(diffusion, min(cfg.sample_steps, diffusion.num_train_steps))
+    rows = []
+    for m in members:
+        size = m.ema.config.image_size
+        noise = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+        real = to_model_range(m.tiles[torch.linspace(0, len(m.tiles) - 1, 8).long()]).to(device)
+        fake = sample(m.ema, noise, schedule, clip=diffusion.clip_denoised)
+        rows += [real, fake]
+    grid = make_grid(torch.cat(rows).float().cpu().clamp(-1, 1) * 0.5 + 0.5, nrow=8, padding=2)
+    buf = io.BytesIO()
+    Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy()).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _write_pair(out: Path, members: list[_Member], step: int, run: dict[str, Any], elapsed: float) -> None:
+    dtype = torch.float16 if run["train"]["save_dtype"] == "float16" else torch.float32
+    for m in members:
+        save_unet(m.ema, out / f"{m.role}.safetensors", dtype=dtype)
+    card = {
+        "direction": {"source_class": run["classes"][0], "target_class": run["classes"][1]},
+        "diffusion": run["diffusion"],
+        "source": {"attention": members[0].ema.config.attention, "config": run["source_model"]},
+        "target": {"attention": members[1].ema.config.attention, "config": run["target_model"]},
+        "training": {**run["train"], "steps_done": step, "wall_time_s": round(elapsed, 1), "device": run["device"],
+                     "world_size": run["world_size"], "weights": "EMA"},
+        "data": run["data"],
+        "command": run["command"],
+    }
+    write_card(out, card)
+
+
+# ----------------------------------------------------------------------------------------- loop
+
+
+def _dist_setup(device: str | None) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if torch.cuda.is_available() and device != "cpu" else "gloo")
+        rank = dist.get_rank()
+        if torch.cuda.is_available() and device != "cpu":
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            return rank, world, torch.device("cuda", local)
+        return rank, world, torch.device("cpu")
+    return 0, 1, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def train_pair(
+    tiles: TileSet,
+    out: str | os.PathLike[str],
+    *,
+    source_class: str,
+    target_class: str,
+    source_model: UNetConfig | None = None,
+    target_model: UNetConfig | None = None,
+    train: TrainConfig | None = None,
+    diffusion: DiffusionConfig | None = None,
+    data_info: dict[str, Any] | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> Path:
+    """Train (or resume) a pair and write ``out/{source,target}.safetensors`` + ``card.json``.
+
+    Args:
+        tiles: Training tiles of at least the two classes.
+        out: Output folder (pair files, ``checkpoint.safetensors``, ``samples/``).
+        source_class: Class A (its model gets global-priority attention by default).
+        target_class: Class B (local-priority attention by default).
+        source_model: U-Net of A (default: 64 px, width 32, ``attention="global"``).
+        target_model: U-Net of B (default: like A with ``attention="local"``).
+        train: Recipe.
+        diffusion: Noise schedule.
+        data_info: Recorded in the card (name, split, counts).
+        resume: Continue from ``out/checkpoint.safetensors``; refused if any setting but the step
+            budget differs.
+        device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available). Under ``torchrun``, each rank
+            uses its local GPU.
+        progress: Show a tqdm bar on rank 0.
+        command: Command line recorded in the card (default: ``sys.argv``).
+
+    Returns:
+        The output folder.
+    """
+    from tqdm import tqdm
+
+    cfg = train or TrainConfig()
+    diffusion = diffusion or DiffusionConfig()
+    src_cfg = source_model or UNetConfig(attention="global")
+    tgt_cfg = target_model or dataclasses.replace(src_cfg, attention="local")
+    for name, cfg_ in (("source_model", src_cfg), ("target_model", tgt_cfg)):
+        if cfg_.image_size != tiles.images.shape[-1]:
+            raise ValueError(f"`{name}.image_size` {cfg_.image_size} differs from the tile size {tiles.images.shape[-1]}")
+    class_tiles = [tiles.of_class(source_class).images, tiles.of_class(target_class).images]
+    for cls, t in zip((source_class, target_class), class_tiles):
+        if len(t) == 0:
+            raise ValueError(f"class {cls!r} has no training tiles")
+    rank, world, dev = _dist_setup(device)
+    if cfg.batch_size % world:
+        raise ValueError(f"`batch_size` {cfg.batch_size} is not divisible by the {world} torchrun processes")
+    out = Path(out)
+    run = {
+        "classes": [source_class, target_class],
+        "source_model": src_cfg.to_dict(),
+        "target_model": tgt_cfg.to_dict(),
+        "diffusion": diffusion.to_dict(),
+        "train": cfg.to_dict(),
+        "data": data_info or {"counts": {source_class: len(class_tiles[0]), target_class: len(class_tiles[1])}},
+        "device": dev.type,
+        "world_size": world,
+        "command": command if command is not None else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+
+    members = []
+    for i, (role, mcfg) in enumerate(zip(ROLES, (src_cfg, tgt_cfg))):
+        torch.manual_seed(cfg.seed + i)
+        net = UNet(mcfg).to(dev)
+        ema = copy.deepcopy(net).eval().requires_grad_(False)
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        model: torch.nn.Module = net
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+        members.append(_Member(role, model, ema, opt, class_tiles[i]))
+
+    start = _load_checkpoint(out, members, run) if resume else 0
+    if not resume and (out / CHECKPOINT).exists():
+        raise FileExistsError(f"{out / CHECKPOINT} exists: pass --resume to continue it, or choose another --out")
+    alpha_bar = torch.from_numpy(training_alpha_bar(diffusion)).float().to(dev)
+    per_rank = cfg.batch_size // world
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress or rank != 0, desc="train", dynamic_ncols=True)
+    began = time.time()
+    for step in range(start, cfg.steps):
+        losses = []
+        for i, m in enumerate(members):
+            losses.append(_train_step(m, step, cfg, rank, i, per_rank, alpha_bar, dev))
+        bar.update(1)
+        bar.set_postfix(loss_a=f"{losses[0]:.4f}", loss_b=f"{losses[1]:.4f}")
+        done = step + 1
+        if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            _save_checkpoint(out, members, done, run)
+            _write_pair(out, members, done, run, time.time() - began)
+            _sample_grid(members, cfg, diffusion, out / "samples" / f"step_{done:07d}.png", dev)
+    bar.close()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return out
+
+
+def _train_step(m: _Member, step: int, cfg: TrainConfig, rank: int, stream: int, batch: int, alpha_bar: torch.Tensor, dev: torch.device) -> float:
+    gen = _generator(cfg.seed, step, rank, stream)
+    index = torch.randint(0, len(m.tiles), (batch,), generator=gen)
+    x0 = to_model_range(augment_dihedral(m.tiles[index], gen)).to(dev)
+    t = torch.randint(0, alpha_bar.numel(), (batch,), generator=gen).to(dev)
+    noise = torch.randn(x0.shape, generator=gen).to(dev)
+    a = alpha_bar[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise  # eq. 1
+    for group in m.optimizer.param_groups:
+        group["lr"] = _lr_at(cfg, step)
+    m.model.train()
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        pred = m.model(x_t, t)
+    loss = F.mse_loss(pred.float(), noise)
+    m.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(m.model.parameters(), cfg.grad_clip)
+    m.optimizer.step()
+    _ema_update(m.ema, m.net, step, cfg.ema_decay)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{m.role} model: loss became {value} at step {step}")
+    return value

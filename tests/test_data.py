@@ -1,0 +1,138 @@
+"""Demo tiles (spatial split, counts, determinism) and the folder loader's handling of bad files."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from progaug.data import HGSC_CLASSES, TileSpec, folder_tiles, hgsc_tiles, load_rgb, to_rgb
+from progaug.data.hgsc import block_split
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return {s: hgsc_tiles(s) for s in ("train", "val", "test")}
+
+
+def _boxes(tiles):
+    out = []
+    for src in tiles.sources:
+        name, xy = src.split(":")
+        x, y = map(int, xy.split(","))
+        out.append((name, x, y))
+    return out
+
+
+class TestHgscTiles:
+    def test_every_split_holds_both_classes(self, splits):
+        for split, tiles in splits.items():
+            counts = tiles.counts()
+            assert set(counts) == set(HGSC_CLASSES)
+            assert all(n > 30 for n in counts.values()), (split, counts)
+        assert all(n <= 500 for n in splits["train"].counts().values())
+
+    def test_documented_counts(self, splits):
+        # the figures in docs/data.md
+        assert splits["train"].counts() == {"stroma": 500, "tumour": 266}
+        assert splits["val"].counts() == {"stroma": 242, "tumour": 77}
+        assert splits["test"].counts() == {"stroma": 214, "tumour": 134}
+
+    def test_splits_never_overlap_in_space(self, splits):
+        size = 64
+        train = _boxes(splits["train"])
+        for held in ("val", "test"):
+            for name, x, y in _boxes(splits[held]):
+                for n2, x2, y2 in train:
+                    if n2 == name:
+                        assert abs(x - x2) >= size or abs(y - y2) >= size
+
+    def test_deterministic(self, splits):
+        again = hgsc_tiles("val")
+        assert torch.equal(again.images, splits["val"].images) and again.sources == splits["val"].sources
+
+    def test_shapes_and_dtype(self, splits):
+        t = splits["test"]
+        assert t.images.dtype == torch.uint8 and t.images.shape[1:] == (3, 64, 64)
+
+    def test_block_split_rule(self):
+        spec = TileSpec()
+        assert block_split(0, 0, spec) == "train"
+        assert block_split(768, 0, spec) == "val" and block_split(768, 800, spec) == "test"
+        assert block_split(350, 0, spec) is None  # crosses the border at 384
+
+    def test_bad_split(self):
+        with pytest.raises(ValueError, match="`split` must be one of"):
+            hgsc_tiles("holdout")
+
+
+def _save(path, image):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+class TestImageModes:
+    @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "I", "F", "1"])
+    def test_modes_become_rgb(self, mode):
+        rgb = Image.new("RGB", (8, 8), (200, 30, 90))
+        if mode == "I;16":
+            img = Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+        else:
+            img = rgb.convert(mode)
+        out = to_rgb(img, "x.png")
+        assert out.mode == "RGB" and out.size == (8, 8)
+
+    def test_transparent_is_white(self):
+        img = Image.new("RGBA", (4, 4), (10, 10, 10, 0))
+        assert to_rgb(img).getpixel((0, 0)) == (255, 255, 255)
+
+    def test_sixteen_bit_uses_full_range(self):
+        arr = np.array([[0, 65535]], dtype=np.uint16)
+        out = np.asarray(to_rgb(Image.fromarray(arr)))
+        assert out[0, 0, 0] == 0 and out[0, 1, 0] == 255
+
+
+class TestFolderTiles:
+    def test_reads_classes_and_tiles(self, tmp_path):
+        _save(tmp_path / "a" / "one.png", Image.new("RGB", (64, 64), (255, 0, 0)))
+        _save(tmp_path / "a" / "big.tif", Image.new("L", (130, 70), 100))
+        _save(tmp_path / "b" / "two.jpg", Image.new("RGB", (64, 64), (0, 0, 255)))
+        _save(tmp_path / "b" / "three.PNG", Image.new("RGBA", (64, 64), (0, 0, 255, 128)))
+        (tmp_path / "b" / "notes.txt").write_text("not an image")
+        tiles = folder_tiles(tmp_path, tile_size=64)
+        assert tiles.classes == ("a", "b")
+        assert tiles.counts() == {"a": 1 + 2, "b": 2}
+        assert tiles.images.shape == (5, 3, 64, 64)
+
+    def test_corrupt_file_named(self, tmp_path):
+        _save(tmp_path / "a" / "ok.png", Image.new("RGB", (64, 64)))
+        (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+        with pytest.raises(ValueError, match="broken.png: not a readable image"):
+            folder_tiles(tmp_path)
+
+    def test_empty_file_named(self, tmp_path):
+        (tmp_path / "a").mkdir()
+        (tmp_path / "a" / "empty.jpg").write_bytes(b"")
+        with pytest.raises(ValueError, match="empty.jpg: the file is empty"):
+            folder_tiles(tmp_path)
+
+    def test_too_small_named(self, tmp_path):
+        _save(tmp_path / "a" / "small.png", Image.new("RGB", (40, 80)))
+        with pytest.raises(ValueError, match="small.png: image is 40x80 pixels, smaller than the tile size 64"):
+            folder_tiles(tmp_path, tile_size=64)
+
+    def test_class_without_images(self, tmp_path):
+        _save(tmp_path / "a" / "ok.png", Image.new("RGB", (64, 64)))
+        (tmp_path / "b").mkdir()
+        with pytest.raises(ValueError, match=r"class folder .*b holds no image"):
+            folder_tiles(tmp_path)
+
+    def test_no_class_folders(self, tmp_path):
+        with pytest.raises(ValueError, match="has no class sub-folders"):
+            folder_tiles(tmp_path)
+        with pytest.raises(FileNotFoundError, match="data folder not found"):
+            folder_tiles(tmp_path / "nope")
+
+    def test_load_rgb_missing(self, tmp_path):
+        with pytest.raises(FileNotFoundError, match="image not found"):
+            load_rgb(tmp_path / "x.png")

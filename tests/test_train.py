@@ -1,0 +1,137 @@
+"""progaug train: outputs, exact resume, refused resume, crash safety, torchrun."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import progaug.train as train_mod
+from progaug.checkpoint import sha256_file
+from progaug.data.tiles import TileSet
+from progaug.pair import load_pair_dir
+from progaug.train import TrainConfig, augment_dihedral, train_pair
+
+from conftest import tiny_config
+
+FAST = dict(batch_size=4, checkpoint_every=2, sample_steps=2, warmup_steps=2)
+
+
+def toy_tiles(n: int = 6) -> TileSet:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2 * n, 3, 32, 32), generator=gen, dtype=torch.uint8)
+    labels = torch.tensor([0] * n + [1] * n)
+    return TileSet(images, labels, ("a", "b"), tuple(f"toy:{i}" for i in range(2 * n)))
+
+
+def run(out, steps, resume=False, **train):
+    return train_pair(
+        toy_tiles(), out, source_class="a", target_class="b", source_model=tiny_config("global"),
+        train=TrainConfig(steps=steps, **{**FAST, **train}), resume=resume, device="cpu", progress=False, command="test",
+    )
+
+
+class TestTrainPair:
+    def test_outputs(self, tmp_path):
+        out = run(tmp_path / "pair", 2)
+        card = json.loads((out / "card.json").read_text())
+        assert card["direction"] == {"source_class": "a", "target_class": "b"}
+        assert card["source"]["attention"] == "global" and card["target"]["attention"] == "local"
+        assert card["training"]["steps_done"] == 2 and card["command"] == "test"
+        assert card["source"]["sha256"] == sha256_file(out / "source.safetensors")
+        assert (out / "samples" / "step_0000002.png").is_file()
+        pair = load_pair_dir(out)
+        assert pair.classes == ("a", "b") and pair.target.config.attention == "local"
+        assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+    def test_resume_continues_exactly(self, tmp_path):
+        straight = run(tmp_path / "straight", 4)
+        run(tmp_path / "split", 2)
+        resumed = run(tmp_path / "split", 4, resume=True)
+        a, b = load_file(str(straight / "checkpoint.safetensors")), load_file(str(resumed / "checkpoint.safetensors"))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+        # safetensors writes its metadata in hash-map order, so compare tensors, not file bytes
+        for role in ("source", "target"):
+            x, y = load_file(str(straight / f"{role}.safetensors")), load_file(str(resumed / f"{role}.safetensors"))
+            assert all(torch.equal(x[k], y[k]) for k in x)
+
+    def test_resume_with_changed_config_refused(self, tmp_path):
+        run(tmp_path / "p", 2)
+        with pytest.raises(ValueError, match="was made with another configuration"):
+            run(tmp_path / "p", 4, resume=True, lr=1e-3)
+
+    def test_existing_checkpoint_needs_resume(self, tmp_path):
+        run(tmp_path / "p", 2)
+        with pytest.raises(FileExistsError, match="pass --resume"):
+            run(tmp_path / "p", 4)
+        with pytest.raises(FileNotFoundError, match="no checkpoint"):
+            run(tmp_path / "q", 4, resume=True)
+
+    def test_crash_mid_training_keeps_last_checkpoint(self, tmp_path, monkeypatch):
+        real_step = train_mod._train_step
+
+        def crashing(m, step, *args, **kwargs):
+            if step == 3:
+                raise RuntimeError("simulated crash")
+            return real_step(m, step, *args, **kwargs)
+
+        monkeypatch.setattr(train_mod, "_train_step", crashing)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run(tmp_path / "p", 6)
+        monkeypatch.setattr(train_mod, "_train_step", real_step)
+        assert load_pair_dir(tmp_path / "p").card["training"]["steps_done"] == 2
+        run(tmp_path / "p", 4, resume=True)  # continues from step 2
+
+    def test_crash_while_saving_keeps_previous_files(self, tmp_path, monkeypatch):
+        run(tmp_path / "p", 2)
+        before = sha256_file(tmp_path / "p" / "checkpoint.safetensors")
+
+        def broken_replace(src, dst):
+            raise OSError("disk full")
+
+        monkeypatch.setattr(os, "replace", broken_replace)
+        with pytest.raises(OSError, match="disk full"):
+            run(tmp_path / "p", 4, resume=True)
+        monkeypatch.undo()
+        assert sha256_file(tmp_path / "p" / "checkpoint.safetensors") == before
+        assert not [p for p in (tmp_path / "p").rglob("*") if p.name.endswith(".tmp")]
+        load_pair_dir(tmp_path / "p")
+
+    def test_bad_arguments(self, tmp_path):
+        with pytest.raises(ValueError, match="`steps` must be a positive int, got 0"):
+            TrainConfig(steps=0)
+        with pytest.raises(ValueError, match="`source_model.image_size` 64 differs from the tile size 32"):
+            train_pair(toy_tiles(), tmp_path, source_class="a", target_class="b")
+        with pytest.raises(ValueError, match="unknown class 'c'"):
+            train_pair(toy_tiles(), tmp_path, source_class="a", target_class="c", source_model=tiny_config())
+
+
+def test_augment_dihedral_is_a_permutation_of_pixels():
+    x = torch.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
+    y = augment_dihedral(x, torch.Generator().manual_seed(0))
+    for i in range(2):
+        assert torch.equal(x[i].flatten().sort().values, y[i].flatten().sort().values)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "from test_train import run\n"
+        f"run({str(tmp_path / 'pair')!r}, 2)\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533", str(script)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads((tmp_path / "pair" / "card.json").read_text())
+    assert card["training"]["world_size"] == 2 and card["training"]["steps_done"] == 2
