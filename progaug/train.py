@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from progaug.checkpoint import atomic_write_bytes, save_unet
+from progaug.errors import check_positive_int
 from progaug.config import DiffusionConfig, UNetConfig, _JsonMixin
 from progaug.data.tiles import TileSet, to_model_range
 from progaug.diffusion import DDIMSchedule, sample, training_alpha_bar
@@ -72,9 +73,7 @@ class TrainConfig(_JsonMixin):
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "sample_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         if not self.lr > 0:
             raise ValueError(f"`lr` must be > 0, got {self.lr!r}")
         if not 0 <= self.ema_decay < 1:

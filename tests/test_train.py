@@ -103,7 +103,7 @@ class TestTrainPair:
         load_pair_dir(tmp_path / "p")
 
     def test_bad_arguments(self, tmp_path):
-        with pytest.raises(ValueError, match="`steps` must be a positive int, got 0"):
+        with pytest.raises(ValueError, match="`steps` must be >= 1, got 0"):
             TrainConfig(steps=0)
         with pytest.raises(ValueError, match="`source_model.image_size` 64 differs from the tile size 32"):
             train_pair(toy_tiles(), tmp_path, source_class="a", target_class="b")

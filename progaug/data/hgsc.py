@@ -24,6 +24,7 @@ from importlib import resources
 import numpy as np
 import torch
 
+from progaug.errors import check_positive_int
 from progaug.config import _JsonMixin
 from progaug.data.images import load_rgb
 from progaug.data.tiles import TileSet
@@ -65,9 +66,7 @@ class TileSpec(_JsonMixin):
 
     def __post_init__(self) -> None:
         for name in ("tile_size", "stride", "block_size", "max_train_per_class"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         if self.tile_size > self.block_size:
             raise ValueError(f"`tile_size` {self.tile_size} must not exceed `block_size` {self.block_size}")
 
