@@ -25,7 +25,7 @@ from progaug.data import TileSpec, folder_tiles, hgsc_tiles
 from progaug.data.tiles import to_model_range
 from progaug.diffusion import DDIMSchedule, invert, sample
 from progaug.metrics import frechet_distance, inception_features, load_inception, psnr
-from progaug.pairs import resolve_pair
+from progaug.hub import load_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +97,7 @@ def save_grid(rows: list[torch.Tensor], path: Path) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     began = time.time()
-    pair = resolve_pair(args.pair, device=args.device)
+    pair = load_pair(args.pair, device=args.device)
     diffusion = pair.diffusion
     classes = pair.classes
     real = real_tiles(args.data, pair.image_size, classes)
@@ -105,14 +105,14 @@ def main(argv=None) -> int:
     result = {"pair": str(pair.path), "card_training": pair.card.get("training", {}), "classes": list(classes),
               "n_samples": args.n, "sample_steps": args.steps, "bf16": args.bf16, "machine": platform.machine(),
               "device": args.device, "torch_threads": torch.get_num_threads(), "per_class": {}}
-    grid_rows = []
+    grid_rows, train_features = [], {}
     for role, cls in zip(("source", "target"), classes):
         model = getattr(pair, role)
         t0 = time.time()
         fake = unconditional(model, args.n, args.steps, args, diffusion)
         t_sample = time.time() - t0
         f_fake = inception_features(net, fake)
-        f_train = inception_features(net, to_model_range(real[cls]["train"]))
+        f_train = train_features[cls] = inception_features(net, to_model_range(real[cls]["train"]))
         f_held = inception_features(net, to_model_range(real[cls]["heldout"]))
         pick = torch.linspace(0, len(real[cls]["heldout"]) - 1, args.recon_count).round().long()
         held = to_model_range(real[cls]["heldout"][pick])
@@ -130,9 +130,7 @@ def main(argv=None) -> int:
         show = torch.linspace(0, len(real[cls]["train"]) - 1, 10).round().long()
         grid_rows += [to_model_range(real[cls]["train"][show]), fake[:10]]
     a, b = classes
-    f_a = inception_features(net, to_model_range(real[a]["train"]))
-    f_b = inception_features(net, to_model_range(real[b]["train"]))
-    result["fid_real_class_a_vs_class_b"] = frechet_distance(f_a["pool"], f_b["pool"])
+    result["fid_real_class_a_vs_class_b"] = frechet_distance(train_features[a]["pool"], train_features[b]["pool"])
     result["seconds"] = round(time.time() - began, 1)
     result["command"] = " ".join(["python", "benchmarks/pair_quality.py", *(argv if argv is not None else sys.argv[1:])])
     Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)

@@ -110,10 +110,10 @@ def _run_progressive(args: argparse.Namespace) -> int:
 
     from progaug.frequency import default_levels
     from progaug.generator import generate_progressive
-    from progaug.pairs import resolve_pair
+    from progaug.hub import load_pair
     from progaug.strip import progressive_strip, source_images
 
-    pair = resolve_pair(args.pair, device=args.device)
+    pair = load_pair(args.pair, device=args.device)
     images = source_images(args.source, pair, args.count).to(args.device)
     with torch.no_grad():
         result = generate_progressive(pair.source, pair.target, images, levels=default_levels(args.levels),

@@ -1,0 +1,170 @@
+"""Pair registry and download cache, against local HTTP servers on 127.0.0.1."""
+
+import hashlib
+import http.server
+import multiprocessing
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from progaug import hub
+from progaug.checkpoint import save_unet
+from progaug.pair import write_card
+
+from conftest import tiny_unet
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class Server:
+    """Serves files from a dict; ``mode`` "ok", "cut" (half the bytes, then hang up) or "wrong"."""
+
+    def __init__(self, files: dict[str, bytes], mode: str = "ok", delay: float = 0.0) -> None:
+        self.files, self.mode, self.delay, self.hits = files, mode, delay, []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                outer.hits.append(self.path)
+                body = outer.files.get(self.path.lstrip("/"))
+                if body is None:
+                    self.send_error(404)
+                    return
+                time.sleep(outer.delay)
+                if outer.mode == "wrong":
+                    body = body[::-1]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if outer.mode == "cut" else body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROGAUG_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PROGAUG_OFFLINE", raising=False)
+
+
+def _leftovers(folder: Path):
+    return [p.name for p in folder.rglob("*") if p.name.endswith(".part")]
+
+
+class TestDownload:
+    def test_download_verified_and_cached(self, tmp_path):
+        with Server({"w.bin": PAYLOAD}) as s:
+            dest = hub.download(f"{s.url}/w.bin", tmp_path / "c" / "w.bin", DIGEST, size=len(PAYLOAD))
+            assert dest.read_bytes() == PAYLOAD
+            hub.download(f"{s.url}/w.bin", dest, DIGEST)
+            assert s.hits == ["/w.bin"]
+
+    def test_wrong_bytes_deleted_and_named(self, tmp_path):
+        got = hashlib.sha256(PAYLOAD[::-1]).hexdigest()
+        with Server({"w.bin": PAYLOAD}, mode="wrong") as s:
+            with pytest.raises(ValueError, match=f"sha256 mismatch, expected {DIGEST} got {got}"):
+                hub.download(f"{s.url}/w.bin", tmp_path / "w.bin", DIGEST)
+        assert not (tmp_path / "w.bin").exists() and not _leftovers(tmp_path)
+
+    def test_connection_cut_halfway(self, tmp_path):
+        with Server({"w.bin": PAYLOAD}, mode="cut") as s:
+            with pytest.raises(OSError):
+                hub.download(f"{s.url}/w.bin", tmp_path / "w.bin", DIGEST)
+        assert not (tmp_path / "w.bin").exists() and not _leftovers(tmp_path)
+
+    def test_http_error(self, tmp_path):
+        with Server({}) as s:
+            with pytest.raises(OSError, match="download failed"):
+                hub.download(f"{s.url}/nothing.bin", tmp_path / "n.bin", DIGEST)
+
+    def test_offline_never_touches_network(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("PROGAUG_OFFLINE", "1")
+        with Server({"w.bin": PAYLOAD}) as s:
+            with pytest.raises(FileNotFoundError, match=r"w.bin is missing and PROGAUG_OFFLINE is set"):
+                hub.download(f"{s.url}/w.bin", tmp_path / "w.bin", DIGEST)
+            assert s.hits == []
+
+    def test_corrupt_cached_file_is_replaced(self, tmp_path):
+        (tmp_path / "w.bin").write_bytes(b"stale")
+        with Server({"w.bin": PAYLOAD}) as s:
+            hub.download(f"{s.url}/w.bin", tmp_path / "w.bin", DIGEST)
+        assert (tmp_path / "w.bin").read_bytes() == PAYLOAD
+
+    def test_several_processes_download_once(self, tmp_path):
+        with Server({"w.bin": PAYLOAD}, delay=0.5) as s:
+            ctx = multiprocessing.get_context("fork")
+            procs = [ctx.Process(target=hub.download, args=(f"{s.url}/w.bin", tmp_path / "w.bin", DIGEST)) for _ in range(4)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join(60)
+            assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+            assert s.hits == ["/w.bin"]
+        assert (tmp_path / "w.bin").read_bytes() == PAYLOAD
+
+
+def _pair_files(tmp_path: Path) -> dict[str, bytes]:
+    folder = tmp_path / "published"
+    folder.mkdir()
+    save_unet(tiny_unet("global"), folder / "source.safetensors")
+    save_unet(tiny_unet("local", seed=1), folder / "target.safetensors")
+    write_card(folder, {"direction": {"source_class": "a", "target_class": "b"}, "diffusion": {},
+                        "source": {"attention": "global"}, "target": {"attention": "local"}})
+    return {f"p/{p.name}": p.read_bytes() for p in folder.iterdir()}
+
+
+class TestLoadPair:
+    def test_from_url(self, tmp_path):
+        files = _pair_files(tmp_path)
+        with Server(files) as s:
+            pair = hub.load_pair(f"{s.url}/p")
+        assert pair.classes == ("a", "b") and pair.target.config.attention == "local"
+        assert str(pair.path).startswith(str(tmp_path / "home"))
+
+    def test_tampered_weights_refused(self, tmp_path):
+        files = _pair_files(tmp_path)
+        files["p/target.safetensors"] = files["p/target.safetensors"][:-4] + b"\x00\x00\x00\x00"
+        with Server(files) as s:
+            with pytest.raises(ValueError, match="sha256 mismatch"):
+                hub.load_pair(f"{s.url}/p")
+
+    def test_from_folder_and_errors(self, tmp_path):
+        files = _pair_files(tmp_path)
+        pair = hub.load_pair(tmp_path / "published")
+        assert pair.source.config.attention == "global"
+        with pytest.raises(FileNotFoundError, match="neither a registry name"):
+            hub.load_pair(tmp_path / "nowhere")
+        assert files
+
+    def test_registry_entry_downloads(self, tmp_path, monkeypatch):
+        files = _pair_files(tmp_path)
+        with Server(files) as s:
+            entry = hub.PairEntry("remote", "test", files=tuple(
+                hub.RemoteFile(name.split("/")[1], f"{s.url}/{name}", hashlib.sha256(data).hexdigest(), len(data))
+                for name, data in files.items()))
+            monkeypatch.setitem(hub.PAIRS, "remote", entry)
+            pair = hub.load_pair("remote")
+            assert pair.path == tmp_path / "home" / "pairs" / "remote"
+            hub.load_pair("remote")
+            assert len(s.hits) == 3
+
+    def test_cache_dir_default(self, monkeypatch):
+        monkeypatch.delenv("PROGAUG_HOME")
+        assert "progaug" in str(hub.cache_dir())
