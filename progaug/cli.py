@@ -111,18 +111,62 @@ def _run_progressive(args: argparse.Namespace) -> int:
     from progaug.frequency import default_levels
     from progaug.generator import generate_progressive
     from progaug.hub import load_pair
-    from progaug.strip import progressive_strip, source_images
+    from progaug.data.tiles import to_model_range
+    from progaug.strip import progressive_strip, source_tiles
 
     pair = load_pair(args.pair, device=args.device)
-    images = source_images(args.source, pair, args.count).to(args.device)
+    tiles, _ = source_tiles(args.source, pair, split="test")
+    if args.count < 1:
+        raise ValueError(f"--count must be >= 1, got {args.count}")
+    pick = torch.linspace(0, len(tiles) - 1, min(args.count, len(tiles))).round().long()
+    images = to_model_range(tiles[pick]).to(args.device)
     with torch.no_grad():
         result = generate_progressive(pair.source, pair.target, images, levels=default_levels(args.levels),
                                       steps=args.steps, diffusion=pair.diffusion)
-    progressive_strip(images, result, args.out, classes=pair.classes)
+    progressive_strip(images, result.images, result.soft_labels, args.out, classes=pair.classes)
     for b in range(images.shape[0]):
         labels = ", ".join(f"{v:.2f}" for v in result.soft_labels[b].tolist())
         print(f"source {b}: depths {result.depths[b].tolist()} soft labels [{labels}]")
     print(f"wrote {args.out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ precompute
+
+
+def _add_precompute(sub: argparse._SubParsersAction) -> None:
+    from progaug.precompute import PrecomputeConfig
+
+    p = sub.add_parser("precompute", help="write N progressive soft-labelled samples (PNG + labels.csv + manifest)",
+                       description="Generate progressive samples from source-class images with a trained pair.")
+    p.add_argument("--pair", default="hgsc-demo", help="registry name, pair folder or URL (default: hgsc-demo, embedded)")
+    p.add_argument("--source", default="hgsc",
+                   help="'hgsc' (demo training tiles of the pair's source class, default) or a folder of source-class images")
+    p.add_argument("--out", default="progaug-cache", help="output folder (default: progaug-cache)")
+    p.add_argument("--resume", action="store_true", help="complete an interrupted run in --out")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available; under torchrun the local GPU)")
+    add_config_arguments(p, PrecomputeConfig)
+    p.set_defaults(func=_run_precompute)
+
+
+def _run_precompute(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from progaug.hub import load_pair
+    from progaug.precompute import PrecomputeConfig, precompute
+    from progaug.strip import source_tiles
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    pair = load_pair(args.pair)
+    tiles, names = source_tiles(args.source, pair)
+    config = config_from_args(PrecomputeConfig, args)
+    out = precompute(pair, tiles, names, args.out, config, resume=args.resume, device=device,
+                     arguments={k: v for k, v in vars(args).items() if k != "func"})
+    print(f"{config.n} samples in {out} (labels.csv, manifest.json, preview.png)")
     return 0
 
 
@@ -138,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_progressive(sub)
+    _add_precompute(sub)
     return parser
 
 

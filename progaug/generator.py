@@ -25,7 +25,7 @@ from progaug.diffusion import DDIMSchedule, EpsModel, invert, sample_from_depths
 from progaug.errors import check_image_batch, check_levels, check_positive_int
 from progaug.frequency import DEFAULT_RADIUS, adaptive_depths, default_levels, highpass_amplitude, soft_labels
 
-__all__ = ["ProgressiveResult", "generate_progressive"]
+__all__ = ["ProgressiveResult", "fixed_batch_model", "generate_progressive"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +71,7 @@ def generate_progressive(
     diffusion: DiffusionConfig | None = None,
     radius: float = DEFAULT_RADIUS,
     max_batch: int | None = None,
+    fixed_batch: bool = False,
     autocast_dtype: torch.dtype | None = None,
     trajectory_device: torch.device | str | None = None,
 ) -> ProgressiveResult:
@@ -86,6 +87,9 @@ def generate_progressive(
         diffusion: Training schedule of the pair (default: linear, 1000 steps).
         radius: High-pass cut-off of the frequency measure (fraction of the side).
         max_batch: Most images per U-Net call in the inversion and the decodes (default: all).
+        fixed_batch: Pad every U-Net call to exactly ``max_batch`` rows, so that each image's result
+            does not depend on which other images share its batch (bit-identical on CPU whatever the
+            number of source images per call; used by ``progaug precompute``).
         autocast_dtype: Run the U-Nets under ``torch.autocast`` with this dtype (e.g. bfloat16);
             the DDIM arithmetic stays in the images' dtype.
         trajectory_device: Where to keep the ``S + 1`` inversion states (default: the images' device).
@@ -104,6 +108,10 @@ def generate_progressive(
     max_batch = check_positive_int("max_batch", max_batch, allow_none=True)
     clip = diffusion.clip_denoised
     chunk = max_batch or images.shape[0]
+    if fixed_batch:
+        if max_batch is None:
+            raise ValueError("`fixed_batch` needs `max_batch`, the fixed number of rows per U-Net call")
+        source_model, target_model = fixed_batch_model(source_model, max_batch), fixed_batch_model(target_model, max_batch)
 
     with _autocast(images.device, autocast_dtype):
         trajectory = torch.cat(
@@ -130,6 +138,24 @@ def generate_progressive(
         trajectory_labels=labels,
         num_steps=schedule.num_steps,
     )
+
+
+def fixed_batch_model(model: EpsModel, size: int) -> EpsModel:
+    """Wrap ``model`` so that it is always called with exactly ``size`` rows (the last call padded with
+    copies of its first row), making each row's output independent of how rows are grouped."""
+
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for xs, ts in zip(x.split(size), t.split(size)):
+            n = xs.shape[0]
+            if n < size:
+                xs = torch.cat([xs, xs[:1].expand(size - n, *xs.shape[1:])])
+                ts = torch.cat([ts, ts[:1].expand(size - n)])
+            outs.append(model(xs, ts)[:n])
+        return torch.cat(outs)
+
+    call.config = getattr(model, "config", None)  # type: ignore[attr-defined]
+    return call
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -8,35 +8,45 @@ import os
 import torch
 
 from progaug.checkpoint import atomic_write_bytes
-from progaug.generator import ProgressiveResult
 from progaug.pair import Pair
 
 __all__ = ["progressive_strip", "source_images"]
 
 
-def source_images(source: str, pair: Pair, count: int) -> torch.Tensor:
-    """``(count, 3, S, S)`` float [-1, 1] source tiles: demo test tiles of the pair's source class, or
-    tiles of the images in a folder (``folder/*.png``)."""
-    from progaug.data import hgsc_tiles
+def source_tiles(source: str, pair: Pair, *, split: str = "train") -> tuple[torch.Tensor, list[str]]:
+    """Source-class tiles at the pair's size and their names.
+
+    Args:
+        source: ``"hgsc"`` (the demo tiles of the pair's source class, from ``split``) or a folder of
+            images (``folder/*.png``, cut into tiles).
+        pair: The pair (gives the source class and the tile size).
+        split: Demo split to use with ``"hgsc"``.
+
+    Returns:
+        ``(N, 3, S, S)`` uint8 tiles and ``N`` names.
+
+    Raises:
+        ValueError: The pair's source class is not a demo class, or the folder holds no usable image.
+    """
+    from pathlib import Path
+
+    from progaug.data import HGSC_CLASSES, TileSpec, hgsc_tiles
     from progaug.data.folder import folder_tiles
-    from progaug.data.tiles import to_model_range
 
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"`count` must be a positive int, got {count!r}")
     if source == "hgsc":
-        tiles = hgsc_tiles("test").of_class(pair.classes[0])
+        if pair.classes[0] not in HGSC_CLASSES:
+            raise ValueError(f"the pair's source class {pair.classes[0]!r} is not a demo class {HGSC_CLASSES}; pass --source DIR")
+        tiles = hgsc_tiles(split, TileSpec(tile_size=pair.image_size, stride=pair.image_size // 2)).of_class(pair.classes[0])
     else:
-        from pathlib import Path
-
         folder = Path(source)
         tiles = folder_tiles(folder.parent, tile_size=pair.image_size, classes=[folder.name])
-    pick = torch.linspace(0, len(tiles) - 1, min(count, len(tiles))).round().long()
-    return to_model_range(tiles.images[pick])
+    return tiles.images, list(tiles.sources)
 
 
 def progressive_strip(
     sources: torch.Tensor,
-    result: ProgressiveResult,
+    images: torch.Tensor,
+    soft_labels: torch.Tensor,
     path: str | os.PathLike[str],
     *,
     classes: tuple[str, str] = ("A", "B"),
@@ -47,14 +57,15 @@ def progressive_strip(
 
     Args:
         sources: ``(B, 3, S, S)`` source tiles in [-1, 1].
-        result: The generator's output for them.
+        images: ``(B, L, 3, S, S)`` their progressive images in [-1, 1].
+        soft_labels: ``(B, L)`` the soft labels reached.
         path: Output PNG (written atomically).
         classes: ``(source class, target class)`` for the header.
         scale: Pixel upscaling for legibility.
     """
     from PIL import Image, ImageDraw
 
-    b, n_levels = result.depths.shape
+    b, n_levels = soft_labels.shape
     size = sources.shape[-1] * scale
     pad, label_h = 4, 14
     width = (n_levels + 1) * (size + pad) + pad
@@ -73,8 +84,8 @@ def progressive_strip(
         canvas.paste(to_pil(sources[row]), (pad, top))
         for j in range(n_levels):
             left = pad + (j + 1) * (size + pad)
-            draw.text((left, top - label_h + 1), f"L={float(result.soft_labels[row, j]):.2f}", fill=(0, 0, 0))
-            canvas.paste(to_pil(result.images[row, j]), (left, top))
+            draw.text((left, top - label_h + 1), f"L={float(soft_labels[row, j]):.2f}", fill=(0, 0, 0))
+            canvas.paste(to_pil(images[row, j]), (left, top))
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())

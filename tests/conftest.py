@@ -60,3 +60,29 @@ def rng() -> torch.Generator:
 def _deterministic() -> None:
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+def make_pair_dir(folder, classes=("stroma", "tumour")):
+    """A pair folder of two seeded tiny (32 px) U-Nets, as `progaug train` writes it."""
+    from progaug.checkpoint import save_unet
+    from progaug.config import DiffusionConfig
+    from progaug.pair import write_card
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_unet(tiny_unet("global", seed=0), folder / "source.safetensors")
+    save_unet(tiny_unet("local", seed=1), folder / "target.safetensors")
+    write_card(folder, {"direction": {"source_class": classes[0], "target_class": classes[1]},
+                        "diffusion": DiffusionConfig().to_dict(),
+                        "source": {"attention": "global"}, "target": {"attention": "local"}})
+    return folder
+
+
+@pytest.fixture
+def pair_dir(tmp_path):
+    return make_pair_dir(tmp_path / "pair")
+
+
+def random_tiles(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randint(60, 200, (n, 3, 1, 1), generator=gen)
+    return (base + torch.randint(-50, 50, (n, 3, size, size), generator=gen)).clamp(0, 255).to(torch.uint8)

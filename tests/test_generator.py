@@ -95,3 +95,15 @@ class TestGenerateProgressive:
             generate_progressive(*pair, images, steps=4)
         with pytest.raises(ValueError, match="`max_batch` must be >= 1, got 0"):
             generate_progressive(*pair, images, steps=4, levels=[1.0], max_batch=0)
+
+
+class TestFixedBatch:
+    def test_results_do_not_depend_on_grouping(self, pair, images):
+        together = generate_progressive(*pair, images, steps=6, levels=[0.5, 1.0], max_batch=4, fixed_batch=True)
+        for b in range(images.shape[0]):
+            alone = generate_progressive(*pair, images[b : b + 1], steps=6, levels=[0.5, 1.0], max_batch=4, fixed_batch=True)
+            assert torch.equal(alone.images[0], together.images[b])
+
+    def test_needs_max_batch(self, pair, images):
+        with pytest.raises(ValueError, match="`fixed_batch` needs `max_batch`"):
+            generate_progressive(*pair, images, steps=4, levels=[1.0], fixed_batch=True)

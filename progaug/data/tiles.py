@@ -68,7 +68,8 @@ class TileDataset(Dataset):
 
     Args:
         tiles: The tiles.
-        transform: Applied to each ``(3, S, S)`` uint8 tensor; default: convert to float [-1, 1].
+        transform: Applied to each ``(3, S, S)`` uint8 tensor; default: convert to float32 in [0, 1]
+            (torchvision's convention for classifiers).
     """
 
     def __init__(self, tiles: TileSet, transform=None) -> None:
@@ -82,5 +83,5 @@ class TileDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = self.tiles.images[index]
-        image = self.transform(image) if self.transform is not None else to_model_range(image)
+        image = self.transform(image) if self.transform is not None else image.float() / 255
         return image, int(self.tiles.labels[index])

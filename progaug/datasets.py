@@ -1,0 +1,162 @@
+"""``SoftLabelProgressiveDataset``: (image, soft label row) pairs, on the fly or from a precomputed cache.
+
+Images come out as float32 ``(3, S, S)`` tensors in [0, 1] (torchvision's convention), then through
+the optional ``transform``; labels as float32 ``(K,)`` rows summing to 1.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from progaug.cache import ProgressiveCache
+
+__all__ = ["SoftLabelProgressiveDataset"]
+
+
+def _to_float_image(image: Any) -> torch.Tensor:
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+    if isinstance(image, torch.Tensor):
+        return image.float() / 255 if image.dtype == torch.uint8 else image.float()
+    raise TypeError(f"base dataset images must be PIL images or tensors, got {type(image).__name__}")
+
+
+class SoftLabelProgressiveDataset(Dataset):
+    """Soft-labelled samples for a classifier.
+
+    On the fly: wraps a base dataset of ``(image, class index)`` and runs ``augment`` (a
+    :class:`progaug.transforms.ProgressiveDiffusionAugment`) per sample, its randomness seeded from
+    ``(seed, epoch, index)`` so DataLoader workers stay independent and reproducible.
+    From a cache: :meth:`from_cache` mixes precomputed progressive samples with real ones.
+
+    Args:
+        base: Dataset of ``(image, class index)``; PIL images or ``(3, S, S)`` tensors.
+        augment: The per-sample diffusion transform (None: real samples with one-hot rows).
+        classes: Class names (default: ``base.classes``).
+        transform: Applied to each float [0, 1] image tensor (e.g. ``v2.Normalize``).
+        seed: Base seed of the on-the-fly randomness.
+    """
+
+    def __init__(
+        self,
+        base: Dataset | None,
+        augment: Callable | None = None,
+        *,
+        classes: Sequence[str] | None = None,
+        transform: Callable | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.base = base
+        self.augment = augment
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+        names = classes if classes is not None else getattr(base, "classes", None)
+        if names is None:
+            raise ValueError("`classes` must be given when the base dataset has no `classes` attribute")
+        self.classes = list(names)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self._images: torch.Tensor | None = None  # cache mode: (N, 3, S, S) uint8, maybe on a GPU
+        self._rows: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------------------ cache mode
+
+    @classmethod
+    def from_cache(
+        cls,
+        cache_dir: str | os.PathLike[str],
+        real: Dataset | None = None,
+        *,
+        classes: Sequence[str] | None = None,
+        transform: Callable | None = None,
+        device: str | torch.device | None = None,
+        verify: bool = True,
+    ) -> SoftLabelProgressiveDataset:
+        """Precomputed progressive samples, optionally mixed with a real dataset.
+
+        Args:
+            cache_dir: Folder written by ``progaug precompute`` (checked against its manifest).
+            real: Real ``(image, class index)`` samples to add, with one-hot rows.
+            classes: The classifier's classes (default: ``real.classes``, else the pair's two classes);
+                must contain the cache's source and target classes.
+            transform: Applied to each float [0, 1] image.
+            device: Keep all images as uint8 on this device (e.g. ``"cuda"``): ``__getitem__`` and
+                :meth:`sample_batch` then return device tensors with no copying from the host.
+            verify: Check every file's sha256 against the manifest.
+
+        Raises:
+            FileNotFoundError, ValueError: Missing or altered cache files; classes that do not match.
+        """
+        cache = ProgressiveCache.open(cache_dir, verify=verify)
+        names = list(classes if classes is not None else getattr(real, "classes", None) or cache.classes)
+        for name in cache.classes:
+            if name not in names:
+                raise ValueError(f"the cache's class {name!r} is not among the classes {names}")
+        src, tgt = names.index(cache.classes[0]), names.index(cache.classes[1])
+        images = cache.load_images()
+        soft = cache.soft_labels()
+        rows = torch.zeros(len(soft), len(names))
+        rows[:, src], rows[:, tgt] = 1 - soft, soft
+        if real is not None:
+            real_images, real_rows = _materialise(real, len(names))
+            if real_images.shape[1:] != images.shape[1:]:
+                raise ValueError(f"real images are {tuple(real_images.shape[1:])} but the cache holds {tuple(images.shape[1:])}")
+            images, rows = torch.cat([images, real_images]), torch.cat([rows, real_rows])
+        ds = cls(None, classes=names, transform=transform)
+        ds._images, ds._rows = images.to(device) if device else images, rows.to(device) if device else rows
+        ds.cache = cache
+        return ds
+
+    def sample_batch(self, batch_size: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random batch ``(B, 3, S, S)`` float [0, 1], ``(B, K)`` from the in-memory cache (GPU-resident mode)."""
+        if self._images is None:
+            raise RuntimeError("sample_batch needs a dataset made with from_cache")
+        index = torch.randint(0, len(self._images), (batch_size,), generator=generator).to(self._images.device)
+        return self._images[index].float() / 255, self._rows[index]
+
+    # --------------------------------------------------------------------------------- common
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the on-the-fly randomness (called by training loops each epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self._images) if self._images is not None else len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._images is not None:
+            image, row = self._images[index].float() / 255, self._rows[index]
+        else:
+            image, label = self.base[index]
+            image = _to_float_image(image)
+            if self.augment is not None:
+                state = torch.random.get_rng_state()
+                torch.manual_seed(hash((self.seed, self.epoch, int(index))) & 0x7FFF_FFFF)
+                try:
+                    image, row = self.augment(image, int(label))
+                finally:
+                    torch.random.set_rng_state(state)
+            else:
+                row = torch.nn.functional.one_hot(torch.tensor(int(label)), len(self.classes)).float()
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, row
+
+
+def _materialise(real: Dataset, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    images, rows = [], []
+    for i in range(len(real)):
+        image, label = real[i]
+        images.append((_to_float_image(image) * 255).round().clamp(0, 255).byte())
+        rows.append(torch.nn.functional.one_hot(torch.tensor(int(label)), num_classes).float())
+    return torch.stack(images), torch.stack(rows)

@@ -1,0 +1,303 @@
+"""``progaug precompute``: a folder of progressive, soft-labelled samples made ahead of training.
+
+Layout of the output folder::
+
+    run.json             the settings (checked by --resume)
+    images/NNNNNN.png    sample i = source group i // L, level i % L
+    records/GGGGGG.json  per source group: the rows of labels.csv (written after its PNGs)
+    labels.csv           file, source, level, soft_label, depth, amplitudes, ...
+    manifest.json        versions, pair sha256, settings, sha256 of every file
+    preview.png          the first source groups as a strip (source, progressive images, labels)
+
+Each file is written to a temporary name and renamed, and a group's record only after its images, so a
+run killed at any moment (even ``kill -9``) is completed by ``--resume`` without recomputing or
+trusting half-written files. Sample ``i`` depends only on the pair, the sources, the settings and the
+seed — not on ``--batch-size`` nor on the number of ``torchrun`` processes (every U-Net call has
+exactly ``micro_batch`` rows; bit-identical on CPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from progaug.cache import MANIFEST_FORMAT
+from progaug.checkpoint import atomic_write_bytes, sha256_file
+from progaug.config import _JsonMixin
+from progaug.errors import check_positive_int
+from progaug.frequency import DEFAULT_RADIUS, default_levels
+from progaug.generator import generate_progressive
+from progaug.pair import Pair
+
+__all__ = ["CSV_FIELDS", "PrecomputeConfig", "precompute"]
+
+CSV_FIELDS = (
+    "file", "source", "source_class", "target_class", "level", "soft_label", "depth", "steps",
+    "amplitude_source", "amplitude_state", "amplitude_latent", "dihedral", "seed",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecomputeConfig(_JsonMixin):
+    """Settings of a precomputed set.
+
+    Attributes:
+        n: Number of progressive samples (``n / levels`` source groups, rounded up).
+        levels: Soft-label levels per source image, evenly spaced in (0, 1] (adaptive depth).
+        steps: DDIM steps ``S``.
+        batch_size: Source images per generator call.
+        micro_batch: Rows per U-Net call (fixed, so results do not depend on ``batch_size``).
+        radius: High-pass cut-off of the frequency measure.
+        bf16: Run the U-Nets under bf16 autocast.
+        seed: Seed of the source order and of the flips/rotations of repeated sources.
+    """
+
+    n: int = 5000
+    levels: int = 10
+    steps: int = 50
+    batch_size: int = 8
+    micro_batch: int = 32
+    radius: float = DEFAULT_RADIUS
+    bf16: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n", "levels", "steps", "batch_size", "micro_batch"):
+            check_positive_int(name, getattr(self, name))
+        if self.levels > self.steps:
+            raise ValueError(f"`levels` {self.levels} exceeds `steps` {self.steps}: each level needs its own depth")
+
+    @property
+    def groups(self) -> int:
+        """Number of source groups (one inversion each)."""
+        return -(-self.n // self.levels)
+
+
+def _dihedral(x: torch.Tensor, op: int) -> torch.Tensor:
+    y = x.flip(-1) if op >= 4 else x
+    return torch.rot90(y, op % 4, dims=(-2, -1))
+
+
+def _group_plan(config: PrecomputeConfig, n_sources: int) -> list[tuple[int, int]]:
+    """``(source index, dihedral op)`` per group: a seeded order of the sources, then again with a
+    flip/rotation (tissue has no orientation) when more groups than sources are asked for."""
+    order = torch.randperm(n_sources, generator=torch.Generator().manual_seed(config.seed)).tolist()
+    return [(order[g % n_sources], (g // n_sources) % 8) for g in range(config.groups)]
+
+
+def _png_bytes(image: torch.Tensor) -> bytes:
+    from PIL import Image
+
+    arr = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _dist() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def precompute(
+    pair: Pair,
+    sources: torch.Tensor,
+    source_names: list[str] | tuple[str, ...],
+    out: str | os.PathLike[str],
+    config: PrecomputeConfig | None = None,
+    *,
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    arguments: dict[str, Any] | None = None,
+) -> Path:
+    """Generate ``config.n`` progressive samples from source-class tiles into ``out``.
+
+    Args:
+        pair: The trained pair (models may be on any device; they are moved to ``device``).
+        sources: ``(N, 3, S, S)`` uint8 source-class tiles at the pair's size.
+        source_names: ``N`` names recorded in ``labels.csv``.
+        out: Output folder.
+        config: Settings.
+        resume: Complete an interrupted run in ``out`` (its settings must match).
+        device: Where the models run.
+        progress: Show a tqdm bar (samples/s) on rank 0.
+        arguments: Extra command-line arguments recorded in the manifest.
+
+    Returns:
+        The output folder.
+
+    Raises:
+        ValueError: Empty or wrongly shaped sources, or ``--resume`` with other settings.
+        FileExistsError: ``out`` holds a run and ``resume`` is False.
+    """
+    from tqdm import tqdm
+
+    config = config or PrecomputeConfig()
+    _check_sources(sources, source_names, pair.image_size)
+    out = Path(out)
+    rank, world = _dist()
+    settings = {
+        "config": config.to_dict(),
+        "pair": {role: pair.card[role].get("sha256") for role in ("source", "target")},
+        "classes": list(pair.classes),
+        "sources_sha256": _tensor_digest(sources),
+        "n_sources": int(sources.shape[0]),
+    }
+    if rank == 0:
+        _prepare(out, settings, resume)
+    _barrier(world)
+    plan = _group_plan(config, sources.shape[0])
+    todo = [g for g in range(config.groups) if g % world == rank and not (out / "records" / f"{g:06d}.json").is_file()]
+    pair.to(device)
+    levels = default_levels(config.levels)
+    bar = tqdm(total=_samples_in(todo, config), unit="img", disable=not progress or rank != 0, desc="precompute",
+               dynamic_ncols=True)
+    for start in range(0, len(todo), config.batch_size):
+        groups = todo[start : start + config.batch_size]
+        _run_groups(pair, sources, source_names, groups, plan, levels, config, out, device)
+        bar.update(sum(len(_sample_ids(g, config)) for g in groups))
+    bar.close()
+    _barrier(world)
+    if rank == 0:
+        _finish(out, pair, sources, source_names, plan, config, settings, arguments or {})
+    return out
+
+
+def _check_sources(sources: torch.Tensor, names, size: int) -> None:
+    if not isinstance(sources, torch.Tensor) or sources.dtype != torch.uint8 or sources.ndim != 4 or sources.shape[1] != 3:
+        raise ValueError(f"`sources` must be (N, 3, S, S) uint8 tiles, got {getattr(sources, 'shape', type(sources))}")
+    if sources.shape[0] == 0:
+        raise ValueError("`sources` is empty: no source-class image to start from")
+    if tuple(sources.shape[-2:]) != (size, size):
+        raise ValueError(f"`sources` must be {size}x{size} tiles (the pair's size), got {tuple(sources.shape[-2:])}")
+    if len(names) != sources.shape[0]:
+        raise ValueError(f"`source_names` has {len(names)} entries for {sources.shape[0]} sources")
+
+
+def _tensor_digest(x: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _prepare(out: Path, settings: dict[str, Any], resume: bool) -> None:
+    run_file = out / "run.json"
+    if run_file.is_file():
+        if not resume:
+            raise FileExistsError(f"{out} already holds a precomputed run: pass --resume to complete it, or choose another --out")
+        stored = json.loads(run_file.read_text())
+        if stored != json.loads(json.dumps(settings)):
+            raise ValueError(f"--resume: {out} was made with other settings.\nstored:  {json.dumps(stored, sort_keys=True)}\n"
+                             f"current: {json.dumps(settings, sort_keys=True)}")
+    elif out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not a precomputed run; choose an empty or new --out")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "records").mkdir(exist_ok=True)
+    atomic_write_bytes(run_file, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _sample_ids(group: int, config: PrecomputeConfig) -> range:
+    return range(group * config.levels, min((group + 1) * config.levels, config.n))
+
+
+def _samples_in(groups: list[int], config: PrecomputeConfig) -> int:
+    return sum(len(_sample_ids(g, config)) for g in groups)
+
+
+def _run_groups(pair, sources, names, groups, plan, levels, config, out, device) -> None:
+    from progaug.data.tiles import to_model_range
+
+    x = torch.stack([_dihedral(to_model_range(sources[plan[g][0]]), plan[g][1]) for g in groups]).to(device)
+    result = generate_progressive(
+        pair.source, pair.target, x, levels=levels, steps=config.steps, diffusion=pair.diffusion, radius=config.radius,
+        max_batch=config.micro_batch, fixed_batch=True, autocast_dtype=torch.bfloat16 if config.bf16 else None,
+    )
+    for row, g in enumerate(groups):
+        records = []
+        for j, i in enumerate(_sample_ids(g, config)):
+            name = f"images/{i:06d}.png"
+            atomic_write_bytes(out / name, _png_bytes(result.images[row, j]))
+            depth = int(result.depths[row, j])
+            records.append({
+                "file": name, "source": names[plan[g][0]], "source_class": pair.classes[0], "target_class": pair.classes[1],
+                "level": round(float(result.levels[j]), 6), "soft_label": round(float(result.soft_labels[row, j]), 6),
+                "depth": depth, "steps": config.steps,
+                "amplitude_source": round(float(result.amplitudes[row, 0]), 6),
+                "amplitude_state": round(float(result.amplitudes[row, depth]), 6),
+                "amplitude_latent": round(float(result.amplitudes[row, -1]), 6),
+                "dihedral": plan[g][1], "seed": config.seed,
+            })
+        atomic_write_bytes(out / "records" / f"{g:06d}.json", json.dumps(records).encode())
+
+
+def _finish(out, pair, sources, names, plan, config, settings, arguments) -> None:
+    import platform
+
+    import progaug
+
+    rows = []
+    for g in range(config.groups):
+        rows += json.loads((out / "records" / f"{g:06d}.json").read_text())
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out / "labels.csv", buf.getvalue().encode())
+    _write_preview(out, sources, plan, rows, config, pair)
+    files = {r["file"]: sha256_file(out / r["file"]) for r in rows}
+    files["labels.csv"] = sha256_file(out / "labels.csv")
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": {"progaug": progaug.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "settings": settings,
+        "pair_card": {k: pair.card.get(k) for k in ("direction", "source", "target", "training")},
+        "arguments": arguments,
+        "samples": len(rows),
+        "files": files,
+    }
+    atomic_write_bytes(out / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _write_preview(out: Path, sources, plan, rows, config, pair, count: int = 4) -> None:
+    """``preview.png``: the first source groups with their progressive images and labels (Fig. 1)."""
+    import numpy as np
+    from PIL import Image
+
+    from progaug.data.tiles import to_model_range
+    from progaug.strip import progressive_strip
+
+    groups = min(count, config.groups)
+    per = [rows[g * config.levels : (g + 1) * config.levels] for g in range(groups)]
+    width = min(len(p) for p in per)
+
+    def read(name: str) -> torch.Tensor:
+        with Image.open(out / name) as im:
+            return to_model_range(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1))
+
+    images = torch.stack([torch.stack([read(r["file"]) for r in p[:width]]) for p in per])
+    labels = torch.tensor([[r["soft_label"] for r in p[:width]] for p in per])
+    src = torch.stack([_dihedral(to_model_range(sources[plan[g][0]]), plan[g][1]) for g in range(groups)])
+    progressive_strip(src, images, labels, out / "preview.png", classes=pair.classes)

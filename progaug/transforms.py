@@ -1,0 +1,232 @@
+"""``ProgressiveDiffusionAugment``: ADD as a torchvision-v2-style transform that claims the labels.
+
+Per sample: ``(image, label) -> (image, soft_row)``. With probability ``p`` an image of the source
+class becomes a progressive image towards the target class and gets the row ``[1 - L, L]`` (source,
+target) with ``L`` the soft label reached (eq. 9); other images pass through with their one-hot row.
+Batch form (like timm's ``Mixup`` and torchvision's ``MixUp``): ``(B, C, H, W), (B,) or (B, K) ->
+(B, C, H, W), (B, K)``, one generator call for all chosen images of the batch.
+
+Where it runs best: the batch form on the GPU inside the training loop (in place of timm's
+``mixup_fn``). Inside CPU DataLoader workers each sample costs a full inversion and decode on one
+thread — precompute instead (``progaug precompute``). The pair is loaded lazily in each process and
+is not part of the pickled state, so the transform pickles in microseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+
+from progaug.errors import check_positive_int
+from progaug.frequency import DEFAULT_RADIUS, adaptive_depths
+from progaug.generator import generate_progressive
+
+__all__ = ["ProgressiveDiffusionAugment"]
+
+
+class ProgressiveDiffusionAugment(v2.Transform):
+    """Progressive diffusion augmentation with soft labels (ADD).
+
+    Args:
+        pair: Registry name, pair folder or URL (loaded lazily), or a loaded :class:`progaug.pair.Pair`.
+        p: Probability that a source-class image is transformed.
+        level_range: ``(low, high)`` in (0, 1]: each transformed image asks for a level drawn uniformly
+            from it (the depth is then chosen adaptively and the label *reached* is returned).
+        levels: Fixed levels to draw from instead of ``level_range``.
+        steps: DDIM steps.
+        num_classes: ``K``, the width of the label rows.
+        source_class: Index of class A (the pair's source class) in the classifier's classes.
+        target_class: Index of class B.
+        mean: Per-channel mean of batches that arrive normalised (undone before and redone after).
+        std: Per-channel std, with ``mean``.
+        device: Where the U-Nets run (default: the batch's device).
+        max_batch: Most rows per U-Net call.
+        bf16: Run the U-Nets under bf16 autocast.
+        radius: High-pass cut-off of the frequency measure.
+
+    Raises:
+        TypeError, ValueError: A bad argument (the message names it).
+    """
+
+    def __init__(
+        self,
+        pair: Any = "hgsc-demo",
+        *,
+        p: float = 0.5,
+        level_range: tuple[float, float] = (0.1, 1.0),
+        levels: Sequence[float] | None = None,
+        steps: int = 50,
+        num_classes: int = 2,
+        source_class: int = 0,
+        target_class: int = 1,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        device: str | torch.device | None = None,
+        max_batch: int = 64,
+        bf16: bool = False,
+        radius: float = DEFAULT_RADIUS,
+    ) -> None:
+        super().__init__()
+        from progaug.pair import Pair
+
+        if not isinstance(pair, (str, Pair)) and not hasattr(pair, "__fspath__"):
+            raise TypeError(f"`pair` must be a name, folder, URL or Pair, got {type(pair).__name__}")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"`p` must be a probability in [0, 1], got {p!r}")
+        low, high = level_range
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"`level_range` must satisfy 0 < low <= high <= 1, got {level_range!r}")
+        if levels is not None:
+            levels = [float(v) for v in levels]
+            if not levels or not all(0.0 < v <= 1.0 for v in levels):
+                raise ValueError(f"`levels` must be non-empty values in (0, 1], got {levels!r}")
+        check_positive_int("steps", steps)
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("max_batch", max_batch)
+        for name, idx in (("source_class", source_class), ("target_class", target_class)):
+            if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < num_classes:
+                raise ValueError(f"`{name}` must be an int in [0, {num_classes}), got {idx!r}")
+        if source_class == target_class:
+            raise ValueError(f"`source_class` and `target_class` must differ, both are {source_class}")
+        if (mean is None) != (std is None) or (mean is not None and (len(mean) != 3 or len(std) != 3)):
+            raise ValueError(f"`mean` and `std` must be given together, 3 values each, got {mean!r} and {std!r}")
+        if std is not None and any(s <= 0 for s in std):
+            raise ValueError(f"`std` must be positive, got {std!r}")
+        self._pair_spec = pair if not isinstance(pair, Pair) else None
+        self._pair = pair if isinstance(pair, Pair) else None
+        self.p, self.level_range, self.levels, self.steps = float(p), (float(low), float(high)), levels, steps
+        self.num_classes, self.source_class, self.target_class = num_classes, source_class, target_class
+        self.mean = None if mean is None else tuple(float(m) for m in mean)
+        self.std = None if std is None else tuple(float(s) for s in std)
+        self.device = None if device is None else str(device)
+        self.max_batch, self.bf16, self.radius = max_batch, bf16, radius
+        self.mixup_enabled = True
+
+    # pickling: never the models -----------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if state.get("_pair_spec") is not None:
+            state["_pair"] = None
+        return state
+
+    @property
+    def pair(self):
+        """The pair, loaded on first use in this process."""
+        if self._pair is None:
+            from progaug.hub import load_pair
+
+            self._pair = load_pair(self._pair_spec)
+        return self._pair
+
+    # the two call forms ---------------------------------------------------------------------------
+
+    def forward(self, *inputs: Any) -> Any:
+        """``transform(image, label)`` for one sample, or ``transform(images, labels)`` for a batch."""
+        if len(inputs) == 1 and isinstance(inputs[0], (tuple, list)):
+            inputs = tuple(inputs[0])
+        if len(inputs) != 2:
+            raise TypeError("call the transform with (image, label) or (images, labels)")
+        image, label = inputs
+        if isinstance(image, torch.Tensor) and image.ndim == 4:
+            return self._batch(image, label)
+        return self._single(image, label)
+
+    def _rows(self, labels: torch.Tensor, batch: int) -> torch.Tensor:
+        labels = torch.as_tensor(labels)
+        if labels.ndim == 2:
+            if labels.shape != (batch, self.num_classes):
+                raise ValueError(f"label rows must have shape ({batch}, {self.num_classes}), got {tuple(labels.shape)}")
+            return labels.float()
+        if labels.shape != (batch,) or labels.is_floating_point():
+            raise ValueError(f"labels must be ({batch},) class indices or ({batch}, {self.num_classes}) rows, got {tuple(labels.shape)} {labels.dtype}")
+        if batch and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(f"label outside the {self.num_classes} classes: {labels.tolist()}")
+        return torch.nn.functional.one_hot(labels.long(), self.num_classes).float()
+
+    def _draw_levels(self, count: int) -> torch.Tensor:
+        if self.levels is not None:
+            choice = torch.randint(0, len(self.levels), (count,))
+            return torch.tensor(self.levels, dtype=torch.float64)[choice]
+        low, high = self.level_range
+        return low + (high - low) * torch.rand(count, dtype=torch.float64)
+
+    def _batch(self, x: torch.Tensor, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self._rows(labels, x.shape[0]).to(x.device)
+        if not self.mixup_enabled or self.p == 0.0:
+            return x, rows
+        is_source = rows.argmax(dim=1) == self.source_class
+        chosen = torch.nonzero(is_source.cpu() & (torch.rand(x.shape[0]) < self.p)).flatten()
+        if chosen.numel() == 0:
+            return x, rows
+        images = self._to_model_range(x[chosen])
+        device = torch.device(self.device) if self.device else x.device
+        pair = self.pair.to(device)
+        if images.shape[-1] != pair.image_size or images.shape[-2] != pair.image_size:
+            raise ValueError(f"images are {tuple(images.shape[-2:])} but the pair was trained on {pair.image_size}x{pair.image_size} tiles")
+        result = generate_progressive(
+            pair.source, pair.target, images.to(device), levels=self._draw_levels(chosen.numel())[:, None],
+            steps=self.steps, diffusion=pair.diffusion, radius=self.radius, max_batch=self.max_batch,
+            autocast_dtype=torch.bfloat16 if self.bf16 else None,
+        )
+        out, new_rows = x.clone(), rows.clone()
+        out[chosen.to(x.device)] = self._from_model_range(result.images[:, 0].to(x.device), x.dtype)
+        soft = result.soft_labels[:, 0].to(x.device)
+        new_rows[chosen.to(x.device)] = 0.0
+        new_rows[chosen.to(x.device), self.source_class] = 1 - soft
+        new_rows[chosen.to(x.device), self.target_class] = soft
+        return out, new_rows
+
+    def _single(self, image: Any, label: Any) -> tuple[Any, torch.Tensor]:
+        import numpy as np
+        from PIL import Image
+
+        if isinstance(label, bool) or not isinstance(label, (int, torch.Tensor)):
+            raise TypeError(f"label must be an int class index, got {type(label).__name__}")
+        label = int(label)
+        if not 0 <= label < self.num_classes:
+            raise ValueError(f"label {label} is outside the {self.num_classes} classes")
+        if isinstance(image, Image.Image):
+            if image.mode != "RGB":
+                raise ValueError(f"PIL image has mode {image.mode!r}; the pair takes RGB (use image.convert('RGB'))")
+            tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
+            out, rows = self._batch(tensor.float() / 255, torch.tensor([label]))
+            return Image.fromarray((out[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()), rows[0]
+        if not isinstance(image, torch.Tensor) or image.ndim != 3:
+            raise TypeError(f"image must be a PIL image or a (3, H, W) tensor, got {type(image).__name__}")
+        if image.dtype == torch.uint8:
+            out, rows = self._batch(image[None].float() / 255, torch.tensor([label]))
+            return (out[0] * 255).round().clamp(0, 255).byte(), rows[0]
+        out, rows = self._batch(image[None], torch.tensor([label]))
+        return out[0], rows[0]
+
+    def _to_model_range(self, x: torch.Tensor) -> torch.Tensor:
+        """Batch in [0, 1] (or normalised with mean/std) -> [-1, 1] float32."""
+        x = x.float()
+        if self.mean is not None:
+            mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+            x = x * std + mean
+        if x.shape[1] != 3:
+            raise ValueError(f"images must have 3 channels, got {x.shape[1]}")
+        if float(x.min()) < -1e-3 or float(x.max()) > 1 + 1e-3:
+            raise ValueError(
+                f"images must be in [0, 1] (or normalised with the given mean/std), got min {float(x.min()):.3g} "
+                f"max {float(x.max()):.3g}; pass mean=... std=... for normalised batches"
+            )
+        return x.clamp(0, 1) * 2 - 1
+
+    def _from_model_range(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        x = (x.float() + 1) / 2
+        if self.mean is not None:
+            mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+            x = (x - mean) / std
+        return x.to(dtype)
+
+    def extra_repr(self) -> str:
+        return (f"pair={self._pair_spec or 'Pair'!r}, p={self.p}, level_range={self.level_range}, levels={self.levels}, "
+                f"steps={self.steps}, classes=({self.source_class} -> {self.target_class} of {self.num_classes})")
