@@ -1,0 +1,155 @@
+"""ProgressiveDiffusionAugment (per sample and batch form) and SoftLabelProgressiveDataset."""
+
+import pickle
+import time
+
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from progaug.data.tiles import TileDataset, TileSet
+from progaug.datasets import SoftLabelProgressiveDataset
+from progaug.precompute import PrecomputeConfig, precompute
+from progaug.hub import load_pair
+from progaug.transforms import ProgressiveDiffusionAugment
+
+from conftest import random_tiles
+
+
+def make(pair_dir, **kw):
+    return ProgressiveDiffusionAugment(str(pair_dir), **{"steps": 6, "p": 1.0, **kw})
+
+
+class TestConstruction:
+    @pytest.mark.parametrize(
+        "kw,exc,match",
+        [
+            (dict(p=1.5), ValueError, r"`p` must be a probability in \[0, 1\], got 1.5"),
+            (dict(level_range=(0.0, 0.5)), ValueError, "`level_range` must satisfy"),
+            (dict(levels=[0.5, 1.2]), ValueError, r"`levels` must be non-empty values in \(0, 1\]"),
+            (dict(steps=0), ValueError, "`steps` must be >= 1, got 0"),
+            (dict(source_class=2), ValueError, r"`source_class` must be an int in \[0, 2\), got 2"),
+            (dict(target_class=0), ValueError, "must differ"),
+            (dict(mean=(0.5, 0.5, 0.5)), ValueError, "`mean` and `std` must be given together"),
+            (dict(max_batch=2.0), TypeError, "`max_batch` must be an int"),
+        ],
+    )
+    def test_bad_arguments(self, pair_dir, kw, exc, match):
+        with pytest.raises(exc, match=match):
+            make(pair_dir, **kw)
+
+    def test_bad_pair_type(self):
+        with pytest.raises(TypeError, match="`pair` must be a name, folder, URL or Pair"):
+            ProgressiveDiffusionAugment(pair=3)
+
+    def test_pickles_cheaply_without_weights(self, pair_dir):
+        t = make(pair_dir)
+        t.pair  # load the models in this process
+        start = time.perf_counter()
+        blob = pickle.dumps(t)
+        assert time.perf_counter() - start < 0.05 and len(blob) < 5000
+        clone = pickle.loads(blob)
+        assert clone._pair is None and clone.p == 1.0
+
+
+class TestBatchForm:
+    def test_source_rows_become_progressive(self, pair_dir):
+        t = make(pair_dir)
+        x = random_tiles(4).float() / 255
+        y = torch.tensor([0, 1, 0, 1])
+        out, rows = t(x, y)
+        assert out.shape == x.shape and rows.shape == (4, 2)
+        torch.testing.assert_close(rows.sum(1), torch.ones(4))
+        assert torch.equal(out[1], x[1]) and torch.equal(rows[1], torch.tensor([0.0, 1.0]))  # target class untouched
+        assert not torch.equal(out[0], x[0]) and 0 < float(rows[0, 1]) <= 1
+
+    def test_p_zero_and_disabled_pass_through(self, pair_dir):
+        x, y = random_tiles(2).float() / 255, torch.tensor([0, 0])
+        out, rows = make(pair_dir, p=0.0)(x, y)
+        assert torch.equal(out, x) and torch.equal(rows, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+        t = make(pair_dir)
+        t.mixup_enabled = False
+        assert torch.equal(t(x, y)[0], x)
+
+    def test_normalised_batches_round_trip(self, pair_dir):
+        mean, std = (0.7, 0.5, 0.6), (0.2, 0.25, 0.2)
+        x = random_tiles(2).float() / 255
+        norm = v2.Normalize(mean, std)(x)
+        plain, _ = make(pair_dir, levels=[1.0])(x, torch.tensor([0, 0]))
+        normed, _ = make(pair_dir, levels=[1.0], mean=mean, std=std)(norm, torch.tensor([0, 0]))
+        # the undo-redo of the normalisation costs float rounding, amplified through the DDIM steps
+        torch.testing.assert_close(normed, v2.Normalize(mean, std)(plain), atol=5e-3, rtol=0)
+
+    def test_soft_rows_in_and_mixup_downstream(self, pair_dir):
+        x = random_tiles(4).float() / 255
+        rows_in = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+        out, rows = make(pair_dir)(x, rows_in)
+        mixed, mixed_rows = v2.MixUp(num_classes=2)(out, rows)
+        torch.testing.assert_close(mixed_rows.sum(1), torch.ones(4))
+
+    def test_bad_batches(self, pair_dir):
+        t = make(pair_dir)
+        with pytest.raises(ValueError, match="label outside the 2 classes"):
+            t(torch.rand(2, 3, 32, 32), torch.tensor([0, 5]))
+        with pytest.raises(ValueError, match=r"images must be in \[0, 1\]"):
+            t(torch.rand(2, 3, 32, 32) * 4, torch.tensor([0, 0]))
+        with pytest.raises(ValueError, match="trained on 32x32 tiles"):
+            t(torch.rand(2, 3, 64, 64), torch.tensor([0, 0]))
+
+
+class TestSampleForm:
+    def test_pil_in_pil_out(self, pair_dir):
+        img = Image.fromarray(random_tiles(1)[0].permute(1, 2, 0).numpy())
+        out, row = make(pair_dir)(img, 0)
+        assert isinstance(out, Image.Image) and out.size == (32, 32) and row.shape == (2,)
+
+    def test_uint8_tensor_and_target_class(self, pair_dir):
+        x = random_tiles(1)[0]
+        out, row = make(pair_dir)(x, 1)
+        assert out.dtype == torch.uint8 and torch.equal(out, x) and row.tolist() == [0.0, 1.0]
+
+    def test_bad_samples(self, pair_dir):
+        t = make(pair_dir)
+        with pytest.raises(ValueError, match="mode 'L'"):
+            t(Image.new("L", (32, 32)), 0)
+        with pytest.raises(ValueError, match="trained on 32x32"):
+            t(Image.new("RGB", (40, 40)), 0)
+        with pytest.raises(ValueError, match="label 3 is outside the 2 classes"):
+            t(Image.new("RGB", (32, 32)), 3)
+
+
+def _tile_dataset(n=4):
+    tiles = random_tiles(2 * n)
+    return TileDataset(TileSet(tiles, torch.tensor([0] * n + [1] * n), ("stroma", "tumour"), tuple(map(str, range(2 * n)))))
+
+
+class TestDataset:
+    def test_on_the_fly_reproducible_per_epoch(self, pair_dir):
+        ds = SoftLabelProgressiveDataset(_tile_dataset(), make(pair_dir, p=1.0))
+        assert ds.classes == ["stroma", "tumour"] and ds.class_to_idx == {"stroma": 0, "tumour": 1}
+        a1, r1 = ds[0]
+        a2, r2 = ds[0]
+        assert torch.equal(a1, a2) and torch.equal(r1, r2)
+        ds.set_epoch(1)
+        _, r3 = ds[0]
+        assert not torch.equal(r1, r3)  # another level drawn in another epoch
+        img, row = ds[6]
+        assert row.tolist() == [0.0, 1.0] and float(img.max()) <= 1.0
+
+    def test_from_cache_mixes_real(self, pair_dir, tmp_path):
+        out = precompute(load_pair(pair_dir), random_tiles(2), ["a", "b"], tmp_path / "c",
+                         PrecomputeConfig(n=6, levels=3, steps=6, micro_batch=4), progress=False)
+        ds = SoftLabelProgressiveDataset.from_cache(out, real=_tile_dataset(2))
+        assert len(ds) == 6 + 4 and ds.classes == ["stroma", "tumour"]
+        image, row = ds[0]
+        assert image.shape == (3, 32, 32) and abs(float(row.sum()) - 1) < 1e-6
+        assert ds[9][1].tolist() == [0.0, 1.0]
+        x, rows = ds.sample_batch(5, torch.Generator().manual_seed(0))
+        assert x.shape == (5, 3, 32, 32) and rows.shape == (5, 2)
+
+    def test_from_cache_class_mismatch(self, pair_dir, tmp_path):
+        out = precompute(load_pair(pair_dir), random_tiles(2), ["a", "b"], tmp_path / "c",
+                         PrecomputeConfig(n=3, levels=3, steps=6, micro_batch=4), progress=False)
+        with pytest.raises(ValueError, match="the cache's class 'stroma' is not among the classes"):
+            SoftLabelProgressiveDataset.from_cache(out, classes=["normal", "tumour"])
