@@ -64,7 +64,45 @@ class TestNetworks:
         with pytest.raises(ValueError, match="sha256 mismatch"):
             load_metric_weights("inception", tmp_path)
 
-    def test_missing_folder(self, monkeypatch):
+    def test_missing_folder(self, monkeypatch, tmp_path):
         monkeypatch.delenv("PROGAUG_METRIC_WEIGHTS", raising=False)
         with pytest.raises(FileNotFoundError, match="--metric-weights"):
+            load_metric_weights("alexnet")
+        monkeypatch.setenv("PROGAUG_OFFLINE", "1")
+        monkeypatch.setenv("PROGAUG_HOME", str(tmp_path))
+        with pytest.raises(FileNotFoundError, match="PROGAUG_OFFLINE is set"):
             load_metric_weights("inception")
+
+
+class TestOfficialDownload:
+    """The official-address path, against a local server that serves a small stand-in .pth file."""
+
+    def test_download_check_convert(self, tmp_path, monkeypatch):
+        import hashlib
+        import io
+
+        from progaug.metrics import weights
+        from test_hub import Server
+
+        monkeypatch.setenv("PROGAUG_HOME", str(tmp_path / "home"))
+        monkeypatch.delenv("PROGAUG_METRIC_WEIGHTS", raising=False)
+        buf = io.BytesIO()
+        torch.save({"fc.weight": torch.arange(6.0).reshape(2, 3)}, buf)
+        blob = buf.getvalue()
+        prefix = hashlib.sha256(blob).hexdigest()[:8]
+        with Server({"pt.pth": blob}) as s:
+            state = weights.download_official_inception(f"{s.url}/pt.pth", prefix)
+            assert torch.equal(state["fc.weight"], torch.arange(6.0).reshape(2, 3))
+            assert (tmp_path / "home" / "metrics" / "pt_inception-2015-12-05.safetensors").is_file()
+            again = weights.download_official_inception(f"{s.url}/pt.pth", prefix)  # from the converted file
+            assert torch.equal(again["fc.weight"], state["fc.weight"]) and s.hits == ["/pt.pth"]
+
+    def test_wrong_prefix_deleted(self, tmp_path, monkeypatch):
+        from progaug.metrics import weights
+        from test_hub import Server
+
+        monkeypatch.setenv("PROGAUG_HOME", str(tmp_path / "home"))
+        with Server({"pt.pth": b"not a checkpoint"}) as s:
+            with pytest.raises(ValueError, match="expected a hash starting 00000000"):
+                weights.download_official_inception(f"{s.url}/pt.pth", "00000000")
+        assert not (tmp_path / "home" / "metrics" / "pt.pth").exists()

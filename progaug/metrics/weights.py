@@ -1,4 +1,5 @@
-"""Where the metric networks' weights come from: a local folder of safetensors files, sha256-pinned.
+"""Where the metric networks' weights come from: a local folder of safetensors files, sha256-pinned,
+or, for the FID Inception with no folder given, pytorch-fid's official release address.
 
 The folder is given as an argument or by ``PROGAUG_METRIC_WEIGHTS``. The files are the standard
 weights converted to safetensors (provenance in the README of the folder shipped with the project's
@@ -15,7 +16,7 @@ import torch
 
 from progaug.checkpoint import sha256_file
 
-__all__ = ["METRIC_FILES", "load_metric_weights", "metric_weights_dir"]
+__all__ = ["METRIC_FILES", "OFFICIAL_INCEPTION", "download_official_inception", "load_metric_weights", "metric_weights_dir"]
 
 METRIC_FILES = {
     "inception": ("pt_inception-2015-12-05.safetensors", "6c4f264fd4a4c24b9061ba1a25f1937f96c894ebaf3beec0f745b6b17b9c09eb"),
@@ -23,6 +24,12 @@ METRIC_FILES = {
     "lpips_alex": ("lpips_v0.1_alex_linear.safetensors", "255d6454292d155a069f693a111769acec003d588617b250f24775369c816e04"),
 }
 ENV = "PROGAUG_METRIC_WEIGHTS"
+
+OFFICIAL_INCEPTION = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+    "6726825d",
+)
+"""pytorch-fid's release file and the sha256 prefix its name publishes (torch.hub's convention)."""
 
 
 def metric_weights_dir(folder: str | os.PathLike[str] | None = None) -> Path:
@@ -55,6 +62,8 @@ def load_metric_weights(kind: str, folder: str | os.PathLike[str] | None = None)
     if kind not in METRIC_FILES:
         raise ValueError(f"unknown metric weights {kind!r}; known: {sorted(METRIC_FILES)}")
     name, expected = METRIC_FILES[kind]
+    if kind == "inception" and folder is None and os.environ.get(ENV) is None:
+        return download_official_inception()
     path = metric_weights_dir(folder) / name
     if not path.is_file():
         raise FileNotFoundError(f"metric weights file not found: {path}")
@@ -62,3 +71,35 @@ def load_metric_weights(kind: str, folder: str | os.PathLike[str] | None = None)
     if got != expected:
         raise ValueError(f"{path}: sha256 mismatch, expected {expected} got {got}")
     return load_file(str(path))
+
+
+def download_official_inception(url: str = OFFICIAL_INCEPTION[0], sha256_prefix: str = OFFICIAL_INCEPTION[1]) -> dict[str, torch.Tensor]:
+    """pytorch-fid's Inception weights from their official release address, for machines with a network.
+
+    The release file is a PyTorch pickle whose name carries the first 8 hex digits of its sha256 (the
+    only hash its authors publish). It is downloaded into ``$PROGAUG_HOME/metrics`` through the hub's
+    verified download, its sha256 prefix is checked, it is read with ``torch.load(weights_only=True)``
+    (tensors only, never arbitrary objects) and stored beside it as safetensors, which later calls load.
+
+    Raises:
+        FileNotFoundError: ``PROGAUG_OFFLINE`` is set and the file is not cached.
+        ValueError: The sha256 prefix differs (the file is deleted).
+    """
+    from safetensors.torch import load_file, save_file
+
+    from progaug.hub import cache_dir, download
+
+    folder = cache_dir() / "metrics"
+    converted = folder / "pt_inception-2015-12-05.safetensors"
+    if converted.is_file():
+        return load_file(str(converted))
+    raw = download(url, folder / url.rsplit("/", 1)[-1], None)
+    got = sha256_file(raw)
+    if not got.startswith(sha256_prefix):
+        raw.unlink(missing_ok=True)
+        raise ValueError(f"{url}: sha256 mismatch, expected a hash starting {sha256_prefix} got {got}; the download was deleted")
+    state = torch.load(raw, map_location="cpu", weights_only=True)
+    tmp = converted.with_name(converted.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, converted)
+    return state
