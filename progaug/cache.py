@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from progaug.checkpoint import sha256_file
+from progaug.checkpoint import read_format_json, sha256_file
 
 __all__ = ["ProgressiveCache"]
 
@@ -52,12 +51,7 @@ class ProgressiveCache:
             raise FileNotFoundError(f"cache folder not found: {root}")
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{manifest_path} is missing: the precompute run did not finish (use --resume) or this is not a cache")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{manifest_path} is not valid JSON: {exc}") from exc
-        if manifest.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"{manifest_path} is not a progaug cache manifest (format {manifest.get('format')!r})")
+        manifest = read_format_json(manifest_path, MANIFEST_FORMAT, "cache manifest")
         for name, digest in manifest["files"].items():
             path = root / name
             if not path.is_file():

@@ -17,7 +17,7 @@ import torch
 from progaug.config import UNetConfig
 from progaug.nn.unet import UNet
 
-__all__ = ["FORMAT", "atomic_write_bytes", "load_unet", "load_unet_weights", "read_unet_config", "save_unet", "sha256_file"]
+__all__ = ["FORMAT", "atomic_write_bytes", "read_format_json", "load_unet", "load_unet_weights", "read_unet_config", "save_unet", "sha256_file"]
 
 FORMAT = "progaug.unet/1"
 
@@ -46,6 +46,22 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_format_json(path: Path, expected_format: str, what: str) -> dict:
+    """Parse a JSON file that must carry ``"format": expected_format``.
+
+    Raises:
+        ValueError: Not valid JSON, or another format; the message names the file and ``what``.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != expected_format:
+        got = data.get("format") if isinstance(data, dict) else None
+        raise ValueError(f"{path} is not a progaug {what} (format {got!r}, expected {expected_format!r})")
+    return data
 
 
 def save_unet(

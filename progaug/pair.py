@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from progaug.checkpoint import atomic_write_bytes, load_unet, sha256_file
+from progaug.checkpoint import atomic_write_bytes, load_unet, read_format_json, sha256_file
 from progaug.config import DiffusionConfig
 from progaug.nn.unet import UNet
 
@@ -91,12 +91,7 @@ def load_pair_dir(folder: str | os.PathLike[str], *, device: torch.device | str 
     card_path = folder / "card.json"
     if not card_path.is_file():
         raise FileNotFoundError(f"pair card not found: {card_path}")
-    try:
-        card = json.loads(card_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{card_path} is not valid JSON: {exc}") from exc
-    if card.get("format") != CARD_FORMAT:
-        raise ValueError(f"{card_path} is not a progaug pair card (format {card.get('format')!r}, expected {CARD_FORMAT!r})")
+    card = read_format_json(card_path, CARD_FORMAT, "pair card")
     models = {}
     for role in ROLES:
         entry = card[role]

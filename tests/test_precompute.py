@@ -144,3 +144,13 @@ def test_kill_9_then_resume(pair_dir, tmp_path):
     run(pair_dir, tmp_path / "k", resume=True, batch_size=1, n=60)
     assert files(tmp_path / "k") == files(run(pair_dir, tmp_path / "ref", batch_size=2, n=60))
     assert not [p for p in (tmp_path / "k").rglob("*.tmp")]
+
+
+def test_bad_manifest_named(pair_dir, tmp_path):
+    out = run(pair_dir, tmp_path / "c")
+    (out / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match="manifest.json is not valid JSON"):
+        ProgressiveCache.open(out)
+    (out / "manifest.json").write_text('{"format": "other"}')
+    with pytest.raises(ValueError, match="is not a progaug cache manifest"):
+        ProgressiveCache.open(out)
