@@ -28,6 +28,17 @@ _EXPORTS = {
     "ProgressiveResult": "progaug.generator",
     "save_unet": "progaug.checkpoint",
     "load_unet": "progaug.checkpoint",
+    "load_pair": "progaug.hub",
+    "Pair": "progaug.pair",
+    "ProgressiveDiffusionAugment": "progaug.transforms",
+    "SoftLabelProgressiveDataset": "progaug.datasets",
+    "SoftTargetCrossEntropy": "progaug.losses",
+    "BinarySoftTargetLoss": "progaug.losses",
+    "PrecomputeConfig": "progaug.precompute",
+    "precompute": "progaug.precompute",
+    "ProgressiveCache": "progaug.cache",
+    "TrainConfig": "progaug.train",
+    "train_pair": "progaug.train",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
