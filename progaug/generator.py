@@ -114,12 +114,13 @@ def generate_progressive(
         source_model, target_model = fixed_batch_model(source_model, max_batch), fixed_batch_model(target_model, max_batch)
 
     with _autocast(images.device, autocast_dtype):
-        trajectory = torch.cat(
-            [invert(source_model, x, schedule, clip=clip, return_trajectory=True, trajectory_device=trajectory_device)
-             for x in images.split(chunk)],
-            dim=1,
-        )  # (S + 1, B, C, H, W)
-        amplitudes = highpass_amplitude(trajectory.to(images.device), radius).T.contiguous()  # (B, S + 1)
+        states, amps = [], []
+        for x in images.split(chunk):
+            traj = invert(source_model, x, schedule, clip=clip, return_trajectory=True)  # (S + 1, b, C, H, W)
+            amps.append(highpass_amplitude(traj, radius).T)  # measured on the images' device, batched
+            states.append(traj.to(trajectory_device) if trajectory_device is not None else traj)
+        trajectory = torch.cat(states, dim=1)
+        amplitudes = torch.cat(amps).contiguous()  # (B, S + 1)
         labels = soft_labels(amplitudes)
         depths = adaptive_depths(labels, levels)  # (B, L)
         b, n_levels = depths.shape
