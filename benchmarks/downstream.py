@@ -58,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--patch", type=int, default=8)
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--gen-steps", type=int, default=50, help="DDIM steps for generated sets (default: 50)")
+    p.add_argument("--pro-n", type=int, default=5000, help="size of the progressive set made here (default: 5000)")
+    p.add_argument("--gen-n", type=int, default=500, help="final-stage / unconditional images (default: 500)")
     p.add_argument("--pretrained", default=None, help="safetensors ViT weights to start from")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "downstream"))
@@ -100,7 +102,7 @@ def progressive_set(pair, sources: TileSet, args, k: int, classes) -> tuple[torc
         from progaug.precompute import PrecomputeConfig, precompute
 
         cache_dir = Path(args.out).parent / "downstream_cache"
-        precompute(pair, sources.images, list(sources.sources), cache_dir, PrecomputeConfig(n=5000, steps=args.gen_steps),
+        precompute(pair, sources.images, list(sources.sources), cache_dir, PrecomputeConfig(n=args.pro_n, steps=args.gen_steps),
                    resume=(cache_dir / "run.json").is_file(), device=args.device)
     cache = ProgressiveCache.open(cache_dir)
     soft = cache.soft_labels()
@@ -200,11 +202,11 @@ def main(argv=None) -> int:
             arms[arm] = (real_x, real_y, True)
         elif arm in ("+ADD-500", "+ADD (no HAS)-500"):
             p = pair if arm == "+ADD-500" else load_pair(args.nohas_pair, device=args.device)
-            gen = final_stage(p, sources.images, 500, args)
-            arms[arm] = (torch.cat([real_x, gen]), torch.cat([real_y, hard_rows(torch.full((500,), tgt), k)]), False)
+            gen = final_stage(p, sources.images, args.gen_n, args)
+            arms[arm] = (torch.cat([real_x, gen]), torch.cat([real_y, hard_rows(torch.full((args.gen_n,), tgt), k)]), False)
         elif arm == "+IDDPM-style":
-            gen = unconditional(pair, 500, args)
-            arms[arm] = (torch.cat([real_x, gen]), torch.cat([real_y, hard_rows(torch.full((500,), tgt), k)]), False)
+            gen = unconditional(pair, args.gen_n, args)
+            arms[arm] = (torch.cat([real_x, gen]), torch.cat([real_y, hard_rows(torch.full((args.gen_n,), tgt), k)]), False)
         elif arm == "+ADD-Pro":
             gx, gy = progressive_set(pair, sources, args, k, classes)
             arms[arm] = (torch.cat([real_x, gx]), torch.cat([real_y, gy]), False)
