@@ -157,7 +157,7 @@ def _identity(run: dict[str, Any]) -> dict[str, Any]:
     return same
 
 
-def _save_checkpoint(out: Path, members: list[_Member], step: int, run: dict[str, Any]) -> None:
+def _save_checkpoint(out: Path, members: list[_Member], step: int, run: dict[str, Any], wall_time: float) -> None:
     from safetensors.torch import save
 
     tensors: dict[str, torch.Tensor] = {}
@@ -168,11 +168,12 @@ def _save_checkpoint(out: Path, members: list[_Member], step: int, run: dict[str
         for k, v in m.ema.state_dict().items():
             tensors[f"{m.role}.ema.{k}"] = v.detach().cpu().contiguous()
         _flatten(f"{m.role}.optim", m.optimizer.state_dict(), tensors, meta)
-    info = {"step": str(step), "run": json.dumps(run, sort_keys=True), "optim_meta": json.dumps(meta)}
+    info = {"step": str(step), "run": json.dumps(run, sort_keys=True), "optim_meta": json.dumps(meta),
+            "wall_time_s": f"{wall_time:.1f}"}
     atomic_write_bytes(out / CHECKPOINT, save(tensors, metadata=info))
 
 
-def _load_checkpoint(out: Path, members: list[_Member], run: dict[str, Any]) -> int:
+def _load_checkpoint(out: Path, members: list[_Member], run: dict[str, Any]) -> tuple[int, float]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -193,7 +194,7 @@ def _load_checkpoint(out: Path, members: list[_Member], run: dict[str, Any]) -> 
         m.net.load_state_dict({k.split(".model.", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{m.role}.model.")})
         m.ema.load_state_dict({k.split(".ema.", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{m.role}.ema.")})
         m.optimizer.load_state_dict(_unflatten(f"{m.role}.optim", tensors, meta))
-    return int(info["step"])
+    return int(info["step"]), float(info.get("wall_time_s", "0"))
 
 
 # ----------------------------------------------------------------------------------------- outputs
@@ -335,7 +336,7 @@ def train_pair(
             model = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
         members.append(_Member(role, model, ema, opt, class_tiles[i]))
 
-    start = _load_checkpoint(out, members, run) if resume else 0
+    start, earlier = _load_checkpoint(out, members, run) if resume else (0, 0.0)
     if not resume and (out / CHECKPOINT).exists():
         raise FileExistsError(f"{out / CHECKPOINT} exists: pass --resume to continue it, or choose another --out")
     alpha_bar = torch.from_numpy(training_alpha_bar(diffusion)).float().to(dev)
@@ -350,8 +351,9 @@ def train_pair(
         bar.set_postfix(loss_a=f"{losses[0]:.4f}", loss_b=f"{losses[1]:.4f}")
         done = step + 1
         if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            _save_checkpoint(out, members, done, run)
-            _write_pair(out, members, done, run, time.time() - began)
+            elapsed = earlier + time.time() - began  # training time of all sittings
+            _save_checkpoint(out, members, done, run, elapsed)
+            _write_pair(out, members, done, run, elapsed)
             _sample_grid(members, cfg, diffusion, out / "samples" / f"step_{done:07d}.png", dev)
     bar.close()
     if world > 1:

@@ -41,6 +41,7 @@ class TestTrainPair:
         assert card["direction"] == {"source_class": "a", "target_class": "b"}
         assert card["source"]["attention"] == "global" and card["target"]["attention"] == "local"
         assert card["training"]["steps_done"] == 2 and card["command"] == "test"
+        assert card["training"]["wall_time_s"] > 0
         assert card["source"]["sha256"] == sha256_file(out / "source.safetensors")
         assert (out / "samples" / "step_0000002.png").is_file()
         pair = load_pair_dir(out)
