@@ -168,3 +168,14 @@ class TestLoadPair:
     def test_cache_dir_default(self, monkeypatch):
         monkeypatch.delenv("PROGAUG_HOME")
         assert "progaug" in str(hub.cache_dir())
+
+
+class TestEmbeddedPair:
+    def test_hgsc_demo_loads_offline(self, monkeypatch):
+        monkeypatch.setenv("PROGAUG_OFFLINE", "1")
+        pair = hub.load_pair("hgsc-demo")
+        assert pair.classes == ("stroma", "tumour") and pair.image_size == 64
+        assert pair.source.config.attention == "global" and pair.target.config.attention == "local"
+        assert pair.card["training"]["steps_done"] >= 5000 and pair.card["data"]["name"] == "hgsc"
+        size = sum((pair.path / f).stat().st_size for f in ("source.safetensors", "target.safetensors"))
+        assert size < 20 * 2**20
