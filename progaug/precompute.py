@@ -13,7 +13,7 @@ Each file is written to a temporary name and renamed, and a group's record only 
 run killed at any moment (even ``kill -9``) is completed by ``--resume`` without recomputing or
 trusting half-written files. Sample ``i`` depends only on the pair, the sources, the settings and the
 seed — not on ``--batch-size`` nor on the number of ``torchrun`` processes (every U-Net call has
-exactly ``micro_batch`` rows; bit-identical on CPU).
+exactly ``micro_batch`` rows; bit-identical on CPU at the same number of threads per process).
 """
 
 from __future__ import annotations

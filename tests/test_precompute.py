@@ -106,6 +106,15 @@ class TestCacheChecks:
             ProgressiveCache.open(out)
 
 
+@pytest.fixture
+def one_thread():
+    """Bit-identity holds at equal thread counts: torchrun and the subprocesses here run one thread each."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 SCRIPT = """
 import sys, os
 sys.path.insert(0, {tests!r})
@@ -115,7 +124,7 @@ run(__import__('pathlib').Path({pair!r}), __import__('pathlib').Path({out!r}), b
 
 
 @pytest.mark.slow
-def test_torchrun_equals_single_process(pair_dir, tmp_path):
+def test_torchrun_equals_single_process(pair_dir, tmp_path, one_thread):
     script = tmp_path / "pc.py"
     script.write_text(SCRIPT.format(tests=os.path.dirname(__file__), pair=str(pair_dir), out=str(tmp_path / "ddp")))
     proc = subprocess.run(
@@ -130,7 +139,7 @@ def test_torchrun_equals_single_process(pair_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume(pair_dir, tmp_path):
+def test_kill_9_then_resume(pair_dir, tmp_path, one_thread):
     script = tmp_path / "slow.py"
     script.write_text(SCRIPT.format(tests=os.path.dirname(__file__), pair=str(pair_dir), out=str(tmp_path / "k")).replace(
         "batch_size=1)", "batch_size=1, n=60)"))
