@@ -35,14 +35,15 @@ def test_psnr():
     assert torch.allclose(psnr(x, x + 0.2), torch.full((2,), 10 * np.log10(4 / 0.04)), atol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def images():
+    gen = torch.Generator().manual_seed(0)
+    base = torch.rand(24, 3, 1, 1, generator=gen) * 1.6 - 0.8
+    return (base + 0.2 * torch.randn(24, 3, 32, 32, generator=gen)).clamp(-1, 1)
+
+
 @needs_weights
 class TestNetworks:
-    @pytest.fixture(scope="class")
-    def images(self):
-        gen = torch.Generator().manual_seed(0)
-        base = torch.rand(24, 3, 1, 1, generator=gen) * 1.6 - 0.8
-        return (base + 0.2 * torch.randn(24, 3, 32, 32, generator=gen)).clamp(-1, 1)
-
     def test_fid_self_zero_and_grows_with_noise(self, images):
         net = load_inception(WEIGHTS)
         f = inception_features(net, images)
