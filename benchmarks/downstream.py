@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from progaug.data import TileSpec, folder_tiles, hgsc_tiles
-from progaug.data.tiles import TileSet, to_model_range
+from progaug.data.tiles import TileSet, dihedral, to_model_range
 from progaug.diffusion import DDIMSchedule, bridge, sample
 from progaug.hub import load_pair
 from progaug.losses import SoftTargetCrossEntropy
@@ -126,7 +126,7 @@ def make_model(args, k: int, size: int):
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     ops = torch.randint(0, 8, (x.shape[0],), generator=gen).tolist()
-    return torch.stack([torch.rot90(img.flip(-1) if op >= 4 else img, op % 4, dims=(-2, -1)) for img, op in zip(x, ops)])
+    return torch.stack([dihedral(img, op) for img, op in zip(x, ops)])
 
 
 def evaluate(model, images: torch.Tensor, labels: torch.Tensor, args) -> dict[str, float]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from progaug.data import TileSpec, folder_tiles, hgsc_tiles
-from progaug.data.tiles import to_model_range
+from progaug.data.tiles import dihedral, to_model_range
 from progaug.diffusion import DDIMSchedule, bridge, sample
 from progaug.hub import load_pair
 from progaug.metrics import frechet_distance, inception_features, load_inception, load_lpips, lpips_diversity
@@ -66,12 +66,7 @@ def tiles_of(data: str, size: int, cls: str):
 
 def dihedral_cycle(x: torch.Tensor, n: int) -> torch.Tensor:
     """``n`` images from ``x``, repeating it with flips and rotations when ``n > len(x)``."""
-    out = []
-    for i in range(n):
-        img, op = x[i % len(x)], (i // len(x)) % 8
-        img = img.flip(-1) if op >= 4 else img
-        out.append(torch.rot90(img, op % 4, dims=(-2, -1)))
-    return torch.stack(out)
+    return torch.stack([dihedral(x[i % len(x)], (i // len(x)) % 8) for i in range(n)])
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ import torch
 from progaug.cache import MANIFEST_FORMAT
 from progaug.checkpoint import atomic_write_bytes, sha256_file
 from progaug.config import _JsonMixin
+from progaug.data.tiles import dihedral
 from progaug.errors import check_positive_int
 from progaug.frequency import DEFAULT_RADIUS, default_levels
 from progaug.generator import generate_progressive
@@ -79,11 +80,6 @@ class PrecomputeConfig(_JsonMixin):
     def groups(self) -> int:
         """Number of source groups (one inversion each)."""
         return -(-self.n // self.levels)
-
-
-def _dihedral(x: torch.Tensor, op: int) -> torch.Tensor:
-    y = x.flip(-1) if op >= 4 else x
-    return torch.rot90(y, op % 4, dims=(-2, -1))
 
 
 def _group_plan(config: PrecomputeConfig, n_sources: int) -> list[tuple[int, int]]:
@@ -229,7 +225,7 @@ def _samples_in(groups: list[int], config: PrecomputeConfig) -> int:
 def _run_groups(pair, sources, names, groups, plan, levels, config, out, device) -> None:
     from progaug.data.tiles import to_model_range
 
-    x = torch.stack([_dihedral(to_model_range(sources[plan[g][0]]), plan[g][1]) for g in groups]).to(device)
+    x = torch.stack([dihedral(to_model_range(sources[plan[g][0]]), plan[g][1]) for g in groups]).to(device)
     result = generate_progressive(
         pair.source, pair.target, x, levels=levels, steps=config.steps, diffusion=pair.diffusion, radius=config.radius,
         max_batch=config.micro_batch, fixed_batch=True, autocast_dtype=torch.bfloat16 if config.bf16 else None,
@@ -299,5 +295,5 @@ def _write_preview(out: Path, sources, plan, rows, config, pair, count: int = 4)
 
     images = torch.stack([torch.stack([read(r["file"]) for r in p[:width]]) for p in per])
     labels = torch.tensor([[r["soft_label"] for r in p[:width]] for p in per])
-    src = torch.stack([_dihedral(to_model_range(sources[plan[g][0]]), plan[g][1]) for g in range(groups)])
+    src = torch.stack([dihedral(to_model_range(sources[plan[g][0]]), plan[g][1]) for g in range(groups)])
     progressive_strip(src, images, labels, out / "preview.png", classes=pair.classes)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from progaug.checkpoint import atomic_write_bytes, save_unet
 from progaug.errors import check_positive_int
 from progaug.config import DiffusionConfig, UNetConfig, _JsonMixin
-from progaug.data.tiles import TileSet, to_model_range
+from progaug.data.tiles import TileSet, dihedral, to_model_range
 from progaug.diffusion import DDIMSchedule, sample, training_alpha_bar
 from progaug.nn.unet import UNet
 from progaug.pair import write_card
@@ -94,8 +94,7 @@ def augment_dihedral(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     ops = torch.randint(0, 8, (x.shape[0],), generator=gen)
     out = torch.empty_like(x)
     for i, op in enumerate(ops.tolist()):
-        y = x[i].flip(-1) if op >= 4 else x[i]
-        out[i] = torch.rot90(y, op % 4, dims=(-2, -1))
+        out[i] = dihedral(x[i], op)
     return out
 
 

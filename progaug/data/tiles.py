@@ -7,12 +7,19 @@ import dataclasses
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["TileDataset", "TileSet", "to_model_range"]
+__all__ = ["TileDataset", "TileSet", "dihedral", "to_model_range"]
 
 
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
     """uint8 ``[0, 255]`` images -> float32 ``[-1, 1]`` (the diffusion models' range)."""
     return x.float().div(127.5).sub(1.0)
+
+
+def dihedral(x: torch.Tensor, op: int) -> torch.Tensor:
+    """One of the 8 flips/rotations of ``(..., H, W)`` images: ``op >= 4`` flips horizontally, then
+    ``op % 4`` quarter turns (tissue has no orientation)."""
+    y = x.flip(-1) if op >= 4 else x
+    return torch.rot90(y, op % 4, dims=(-2, -1))
 
 
 @dataclasses.dataclass(frozen=True)
