@@ -45,6 +45,21 @@ def _load_data(args: argparse.Namespace, split: str = "train"):
     return tiles, source, target, info
 
 
+def _add_runtime_arguments(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    from progaug.runtime import RuntimeConfig
+
+    add_config_arguments(p, RuntimeConfig, exclude=exclude)
+
+
+def _apply_runtime(args: argparse.Namespace, device):
+    """Build the :class:`RuntimeConfig` from the flags and apply its process-wide part."""
+    from progaug.runtime import RuntimeConfig, apply_runtime
+
+    runtime = config_from_args(RuntimeConfig, args)
+    apply_runtime(runtime, device)
+    return runtime
+
+
 # ----------------------------------------------------------------------------------------- train
 
 
@@ -64,13 +79,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     add_config_arguments(p, TrainConfig)
     add_config_arguments(p, UNetConfig, exclude=("attention", "in_channels", "image_size"))
     add_config_arguments(p, DiffusionConfig, exclude=("sampling_steps",))
+    _add_runtime_arguments(p, exclude=("channels_last", "compile"))
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    import torch
+
     from progaug.config import DiffusionConfig, UNetConfig
     from progaug.train import TrainConfig, train_pair
 
+    _apply_runtime(args, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tiles, source, target, info = _load_data(args)
     base = config_from_args(UNetConfig, args, image_size=args.tile_size, attention=args.source_attention)
     out = train_pair(
@@ -102,6 +121,7 @@ def _add_progressive(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50)")
     p.add_argument("--device", default="cpu", help="(default: cpu)")
     p.add_argument("--out", default="progressive.png", help="output PNG (default: progressive.png)")
+    _add_runtime_arguments(p)
     p.set_defaults(func=_run_progressive)
 
 
@@ -110,10 +130,12 @@ def _run_progressive(args: argparse.Namespace) -> int:
 
     from progaug.frequency import default_levels
     from progaug.generator import generate_progressive
-    from progaug.hub import load_pair
     from progaug.data.tiles import to_model_range
+    from progaug.hub import load_pair
+    from progaug.runtime import prepare_model
     from progaug.strip import progressive_strip, source_tiles
 
+    runtime = _apply_runtime(args, args.device)
     pair = load_pair(args.pair, device=args.device)
     tiles, _ = source_tiles(args.source, pair, split="test")
     if args.count < 1:
@@ -121,7 +143,8 @@ def _run_progressive(args: argparse.Namespace) -> int:
     pick = torch.linspace(0, len(tiles) - 1, min(args.count, len(tiles))).round().long()
     images = to_model_range(tiles[pick]).to(args.device)
     with torch.no_grad():
-        result = generate_progressive(pair.source, pair.target, images, levels=default_levels(args.levels),
+        result = generate_progressive(prepare_model(pair.source, runtime), prepare_model(pair.target, runtime), images,
+                                      levels=default_levels(args.levels),
                                       steps=args.steps, diffusion=pair.diffusion)
     progressive_strip(images, result.images, result.soft_labels, args.out, classes=pair.classes)
     for b in range(images.shape[0]):
@@ -146,6 +169,7 @@ def _add_precompute(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="complete an interrupted run in --out")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available; under torchrun the local GPU)")
     add_config_arguments(p, PrecomputeConfig)
+    _add_runtime_arguments(p)
     p.set_defaults(func=_run_precompute)
 
 
@@ -161,10 +185,11 @@ def _run_precompute(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    runtime = _apply_runtime(args, device)
     pair = load_pair(args.pair)
     tiles, names = source_tiles(args.source, pair)
     config = config_from_args(PrecomputeConfig, args)
-    out = precompute(pair, tiles, names, args.out, config, resume=args.resume, device=device,
+    out = precompute(pair, tiles, names, args.out, config, resume=args.resume, device=device, runtime=runtime,
                      arguments={k: v for k, v in vars(args).items() if k != "func"})
     print(f"{config.n} samples in {out} (labels.csv, manifest.json, preview.png)")
     return 0

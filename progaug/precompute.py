@@ -14,6 +14,8 @@ run killed at any moment (even ``kill -9``) is completed by ``--resume`` without
 trusting half-written files. Sample ``i`` depends only on the pair, the sources, the settings and the
 seed — not on ``--batch-size`` nor on the number of ``torchrun`` processes (every U-Net call has
 exactly ``micro_batch`` rows; bit-identical on CPU at the same number of threads per process).
+``--batch-size`` may therefore change on ``--resume``; ``--micro-batch`` may not (left out, the
+resumed run keeps the stored one).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from progaug.errors import check_positive_int
 from progaug.frequency import DEFAULT_RADIUS, default_levels
 from progaug.generator import generate_progressive
 from progaug.pair import Pair
+from progaug.runtime import RuntimeConfig, auto_max_batch, prepare_model
 
 __all__ = ["CSV_FIELDS", "PrecomputeConfig", "precompute"]
 
@@ -54,8 +57,10 @@ class PrecomputeConfig(_JsonMixin):
         n: Number of progressive samples (``n / levels`` source groups, rounded up).
         levels: Soft-label levels per source image, evenly spaced in (0, 1] (adaptive depth).
         steps: DDIM steps ``S``.
-        batch_size: Source images per generator call.
-        micro_batch: Rows per U-Net call (fixed, so results do not depend on ``batch_size``).
+        batch_size: Source images per generator call (default: ``micro_batch``, so the inversion
+            fills its calls; no effect on the results).
+        micro_batch: Rows per U-Net call, fixed so that results do not depend on ``batch_size``
+            (default: :func:`progaug.runtime.auto_max_batch`, 32 on CPUs, memory-sized on CUDA).
         radius: High-pass cut-off of the frequency measure.
         bf16: Run the U-Nets under bf16 autocast.
         seed: Seed of the source order and of the flips/rotations of repeated sources.
@@ -64,15 +69,17 @@ class PrecomputeConfig(_JsonMixin):
     n: int = 5000
     levels: int = 10
     steps: int = 50
-    batch_size: int = 8
-    micro_batch: int = 32
+    batch_size: int | None = None
+    micro_batch: int | None = None
     radius: float = DEFAULT_RADIUS
     bf16: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("n", "levels", "steps", "batch_size", "micro_batch"):
+        for name in ("n", "levels", "steps"):
             check_positive_int(name, getattr(self, name))
+        for name in ("batch_size", "micro_batch"):
+            check_positive_int(name, getattr(self, name), allow_none=True)
         if self.levels > self.steps:
             raise ValueError(f"`levels` {self.levels} exceeds `steps` {self.steps}: each level needs its own depth")
 
@@ -127,6 +134,7 @@ def precompute(
     device: str | torch.device = "cpu",
     progress: bool = True,
     arguments: dict[str, Any] | None = None,
+    runtime: RuntimeConfig | None = None,
 ) -> Path:
     """Generate ``config.n`` progressive samples from source-class tiles into ``out``.
 
@@ -140,6 +148,8 @@ def precompute(
         device: Where the models run.
         progress: Show a tqdm bar (samples/s) on rank 0.
         arguments: Extra command-line arguments recorded in the manifest.
+        runtime: Channels-last / ``torch.compile`` for the U-Nets (threads and allocator are set by
+            the caller, see :func:`progaug.runtime.apply_runtime`).
 
     Returns:
         The output folder.
@@ -154,8 +164,10 @@ def precompute(
     _check_sources(sources, source_names, pair.image_size)
     out = Path(out)
     rank, world = _dist()
+    pair.to(device)
+    config = _resolve_batches(config, out, pair, device, resume)
     settings = {
-        "config": config.to_dict(),
+        "config": {k: v for k, v in config.to_dict().items() if k != "batch_size"},
         "pair": {role: pair.card[role].get("sha256") for role in ("source", "target")},
         "classes": list(pair.classes),
         "sources_sha256": _tensor_digest(sources),
@@ -166,19 +178,32 @@ def precompute(
     _barrier(world)
     plan = _group_plan(config, sources.shape[0])
     todo = [g for g in range(config.groups) if g % world == rank and not (out / "records" / f"{g:06d}.json").is_file()]
-    pair.to(device)
+    source, target = prepare_model(pair.source, runtime), prepare_model(pair.target, runtime)
     levels = default_levels(config.levels)
     bar = tqdm(total=_samples_in(todo, config), unit="img", disable=not progress or rank != 0, desc="precompute",
                dynamic_ncols=True)
     for start in range(0, len(todo), config.batch_size):
         groups = todo[start : start + config.batch_size]
-        _run_groups(pair, sources, source_names, groups, plan, levels, config, out, device)
+        _run_groups((source, target), pair, sources, source_names, groups, plan, levels, config, out, device)
         bar.update(sum(len(_sample_ids(g, config)) for g in groups))
     bar.close()
     _barrier(world)
     if rank == 0:
-        _finish(out, pair, sources, source_names, plan, config, settings, arguments or {})
+        execution = {"device": str(device), "batch_size": config.batch_size, "micro_batch": config.micro_batch,
+                     "threads": torch.get_num_threads(), "processes": world, "runtime": (runtime or RuntimeConfig()).to_dict()}
+        _finish(out, pair, sources, source_names, plan, config, settings, arguments or {}, execution)
     return out
+
+
+def _resolve_batches(config: PrecomputeConfig, out: Path, pair: Pair, device, resume: bool) -> PrecomputeConfig:
+    """Fill in the automatic ``micro_batch`` (the stored one on ``--resume``) and ``batch_size``."""
+    micro = config.micro_batch
+    run_file = out / "run.json"
+    if micro is None and resume and run_file.is_file():
+        micro = json.loads(run_file.read_text()).get("config", {}).get("micro_batch")
+    if micro is None:
+        micro = auto_max_batch(pair.source, pair.image_size, device, autocast_dtype=torch.bfloat16 if config.bf16 else None)
+    return dataclasses.replace(config, micro_batch=int(micro), batch_size=config.batch_size or int(micro))
 
 
 def _check_sources(sources: torch.Tensor, names, size: int) -> None:
@@ -222,12 +247,12 @@ def _samples_in(groups: list[int], config: PrecomputeConfig) -> int:
     return sum(len(_sample_ids(g, config)) for g in groups)
 
 
-def _run_groups(pair, sources, names, groups, plan, levels, config, out, device) -> None:
+def _run_groups(models, pair, sources, names, groups, plan, levels, config, out, device) -> None:
     from progaug.data.tiles import to_model_range
 
     x = torch.stack([dihedral(to_model_range(sources[plan[g][0]]), plan[g][1]) for g in groups]).to(device)
     result = generate_progressive(
-        pair.source, pair.target, x, levels=levels, steps=config.steps, diffusion=pair.diffusion, radius=config.radius,
+        *models, x, levels=levels, steps=config.steps, diffusion=pair.diffusion, radius=config.radius,
         max_batch=config.micro_batch, fixed_batch=True, autocast_dtype=torch.bfloat16 if config.bf16 else None,
     )
     for row, g in enumerate(groups):
@@ -248,7 +273,7 @@ def _run_groups(pair, sources, names, groups, plan, levels, config, out, device)
         atomic_write_bytes(out / "records" / f"{g:06d}.json", json.dumps(records).encode())
 
 
-def _finish(out, pair, sources, names, plan, config, settings, arguments) -> None:
+def _finish(out, pair, sources, names, plan, config, settings, arguments, execution) -> None:
     import platform
 
     import progaug
@@ -271,6 +296,7 @@ def _finish(out, pair, sources, names, plan, config, settings, arguments) -> Non
         "settings": settings,
         "pair_card": {k: pair.card.get(k) for k in ("direction", "source", "target", "training")},
         "arguments": arguments,
+        "execution": execution,
         "samples": len(rows),
         "files": files,
     }

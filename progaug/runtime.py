@@ -1,0 +1,186 @@
+"""How the U-Nets run: threads, allocator, memory format, compilation and batch size.
+
+None of these settings changes what is computed beyond float tolerance (see ``docs/performance.md``
+for the tolerances and the tests that hold them); they change speed and memory only. What *does*
+change results (steps, levels, bf16 autocast, the seed) lives in the configs of the commands.
+
+Measured on the 2-core CPU this project is developed on (64-px demo U-Net, 1.68 M parameters,
+``python benchmarks/speed.py``): per-row throughput is flat from 16 to 64 rows per call once glibc keeps
+freed memory (without that, 64 rows per call ran 1.5x slower than 16); channels_last gave 5-10 %;
+``torch.compile`` took about 50 s per shape and no speed-up, so it is off by default.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import math
+import os
+import sys
+from typing import Any
+
+import torch
+
+from progaug.config import _JsonMixin
+from progaug.errors import check_positive_int
+
+__all__ = [
+    "CPU_MAX_BATCH",
+    "RuntimeConfig",
+    "apply_runtime",
+    "auto_max_batch",
+    "default_threads",
+    "prepare_model",
+    "rows_that_fit",
+    "tune_malloc",
+]
+
+CPU_MAX_BATCH = 32
+"""Rows per U-Net call on CPUs: throughput per row is flat from 16 to 64 rows (64-px demo pair)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig(_JsonMixin):
+    """Execution settings shared by ``progaug precompute``, ``progaug progressive`` and the benchmarks.
+
+    Attributes:
+        threads: CPU threads per process (default: the CPUs this process may use divided by the
+            number of ``torchrun`` processes on this node (``LOCAL_WORLD_SIZE``), at least 1, so that
+            processes never oversubscribe the cores).
+        channels_last: Keep the U-Net weights and activations in channels-last memory format.
+        compile: ``torch.compile`` the U-Nets (pays off on GPUs for long runs; on a 2-core CPU it cost
+            about 50 s per input shape and gave no speed-up).
+        malloc_tuning: On Linux with glibc and a CPU device, keep freed memory in the process instead
+            of handing it back to the system after every large tensor (``mallopt``); this removes
+            most of the system time of batched CPU inference.
+    """
+
+    threads: int | None = None
+    channels_last: bool = False
+    compile: bool = False
+    malloc_tuning: bool = True
+
+    def __post_init__(self) -> None:
+        check_positive_int("threads", self.threads, allow_none=True)
+
+
+def default_threads() -> int:
+    """CPU threads for one process: usable CPUs divided by the ``torchrun`` processes on this node."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, cpus // max(1, local))
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MALLOC_THRESHOLD = 256 * 2**20
+
+
+def tune_malloc(threshold: int = _MALLOC_THRESHOLD) -> bool:
+    """Ask glibc to serve tensors up to ``threshold`` bytes from the heap and not to trim it.
+
+    The same as starting Python with ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set;
+    memory is still freed, only kept by the process for reuse.
+
+    Returns:
+        True when both settings were taken; False on other C libraries and systems.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold))) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 4 * int(threshold)))
+    except (OSError, AttributeError):
+        return False
+
+
+def apply_runtime(config: RuntimeConfig | None = None, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Apply the process-wide settings of ``config`` (threads, allocator) for work on ``device``.
+
+    Returns:
+        What was applied, for manifests and benchmark reports: ``{"threads", "malloc_tuning"}``.
+    """
+    config = config or RuntimeConfig()
+    threads = config.threads or default_threads()
+    torch.set_num_threads(threads)
+    tuned = bool(config.malloc_tuning and torch.device(device).type == "cpu" and tune_malloc())
+    return {"threads": threads, "malloc_tuning": tuned}
+
+
+def prepare_model(model: torch.nn.Module, config: RuntimeConfig | None = None, *, compile_backend: str = "inductor"):
+    """Return ``model`` set up as ``config`` asks (channels-last, ``torch.compile``); ``.config`` stays.
+
+    Args:
+        model: An epsilon U-Net (``(B, 3, H, W), (B,) -> (B, 3, H, W)``), in eval mode.
+        config: Runtime settings.
+        compile_backend: ``torch.compile`` backend (tests use ``"aot_eager"``, which needs no compiler).
+    """
+    config = config or RuntimeConfig()
+    if config.channels_last:
+        model = _ChannelsLast(model.to(memory_format=torch.channels_last))
+    if config.compile:
+        model = torch.compile(model, backend=compile_backend)
+    return model
+
+
+class _ChannelsLast(torch.nn.Module):
+    """Feeds a channels-last model channels-last inputs and hands back contiguous outputs."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.config = getattr(model, "config", None)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.model(x.contiguous(memory_format=torch.channels_last), t).contiguous()
+
+
+def rows_that_fit(free_bytes: int, fixed_bytes: int, per_row_bytes: int, *, fraction: float = 0.7, cap: int = 1024) -> int:
+    """Largest batch whose measured memory fits in ``fraction`` of the free memory.
+
+    ``fixed_bytes + rows * per_row_bytes <= fraction * free_bytes``; at least 1, at most ``cap``, and
+    rounded down to a multiple of 8 from 8 rows on (tensor-core friendly shapes).
+    """
+    if per_row_bytes <= 0:
+        return cap
+    rows = int((fraction * free_bytes - max(fixed_bytes, 0)) // per_row_bytes)
+    rows = max(1, min(cap, rows))
+    return rows - rows % 8 if rows >= 8 else rows
+
+
+@torch.no_grad()
+def auto_max_batch(
+    model,
+    image_size: int,
+    device: torch.device | str,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    fraction: float = 0.7,
+    cap: int = 1024,
+) -> int:
+    """Rows per U-Net call that fill memory safely.
+
+    On CUDA, two probe calls (1 and 4 rows) measure the fixed and per-row peak memory of ``model`` at
+    ``image_size``, and :func:`rows_that_fit` sizes the batch to ``fraction`` of the free memory
+    (leaving room for the inversion trajectory, which the generator keeps off the peak by chunking).
+    On other devices: :data:`CPU_MAX_BATCH`.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return CPU_MAX_BATCH
+    peaks = []
+    for rows in (1, 4):
+        x = torch.zeros(rows, 3, image_size, image_size, device=device)
+        t = torch.full((rows,), 500, dtype=torch.long, device=device)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        with torch.autocast("cuda", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            model(x, t)
+        torch.cuda.synchronize(device)
+        peaks.append(torch.cuda.max_memory_allocated(device) - base)
+    per_row = max(1, math.ceil((peaks[1] - peaks[0]) / 3))
+    free, _ = torch.cuda.mem_get_info(device)
+    return rows_that_fit(free, peaks[0] - per_row, per_row, fraction=fraction, cap=cap)

@@ -1,0 +1,148 @@
+"""Execution settings: threads, allocator, channels-last, torch.compile, batch sizing — and that none of
+them changes results beyond the stated tolerances (docs/performance.md)."""
+
+import json
+
+import pytest
+import torch
+
+from progaug.generator import generate_progressive
+from progaug.hub import load_pair
+from progaug.precompute import PrecomputeConfig, precompute
+from progaug.runtime import (
+    CPU_MAX_BATCH,
+    RuntimeConfig,
+    apply_runtime,
+    auto_max_batch,
+    default_threads,
+    prepare_model,
+    rows_that_fit,
+    tune_malloc,
+)
+
+from conftest import random_tiles, tiny_unet
+
+LEVELS = [0.25, 0.5, 1.0]
+HALF_GREY_LEVEL = 1 / 255  # images live in [-1, 1]: one 8-bit level is 2/255
+
+
+def assert_same_result(fast, reference):
+    """The stated tolerance of docs/performance.md: same depths, labels to 1e-4, every pixel within half
+    an 8-bit grey level (so the PNGs differ by at most one level), mean pixel difference below 1e-4."""
+    assert torch.equal(fast.depths, reference.depths)
+    torch.testing.assert_close(fast.soft_labels, reference.soft_labels, atol=1e-4, rtol=0)
+    diff = (fast.images - reference.images).abs()
+    assert float(diff.max()) < HALF_GREY_LEVEL and float(diff.mean()) < 1e-4, (float(diff.max()), float(diff.mean()))
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny_unet("global", seed=0), tiny_unet("local", seed=1)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(7)) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def reference(pair, images):
+    return generate_progressive(*pair, images, steps=8, levels=LEVELS)
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+class TestThreads:
+    def test_divided_among_local_torchrun_processes(self, monkeypatch):
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        assert default_threads() == 16
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+        assert default_threads() == 4
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+        assert default_threads() == 1
+
+    def test_apply_sets_torch_threads(self, restore_threads):
+        info = apply_runtime(RuntimeConfig(threads=1, malloc_tuning=False), "cpu")
+        assert torch.get_num_threads() == 1 and info == {"threads": 1, "malloc_tuning": False}
+
+    def test_malloc_tuning_on_linux_cpu_only(self, restore_threads):
+        import sys
+
+        assert apply_runtime(RuntimeConfig(threads=1), "cpu")["malloc_tuning"] is sys.platform.startswith("linux")
+        assert apply_runtime(RuntimeConfig(threads=1), "meta")["malloc_tuning"] is False
+        assert tune_malloc() is sys.platform.startswith("linux")
+
+    @pytest.mark.parametrize("bad,exc", [(0, ValueError), (-2, ValueError), (1.5, TypeError), (True, TypeError)])
+    def test_bad_threads_named(self, bad, exc):
+        with pytest.raises(exc, match="`threads`"):
+            RuntimeConfig(threads=bad)
+
+    def test_json_round_trip(self):
+        cfg = RuntimeConfig(threads=3, channels_last=True, compile=True, malloc_tuning=False)
+        assert RuntimeConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+class TestBatchSizing:
+    def test_rows_that_fit(self):
+        mib = 2**20
+        # 0.7 * 1000 MiB - 100 MiB fixed = 600 MiB at 10 MiB a row -> 60 rows -> 56 (multiple of 8)
+        assert rows_that_fit(1000 * mib, 100 * mib, 10 * mib) == 56
+        assert rows_that_fit(1000 * mib, 100 * mib, 10 * mib, fraction=0.9) == 80
+        assert rows_that_fit(100 * mib, 100 * mib, 10 * mib) == 1  # nothing fits: still one row
+        assert rows_that_fit(1000 * mib, 0, 1, cap=256) == 256
+        assert rows_that_fit(1000 * mib, 650 * mib, 10 * mib) == 5  # below 8: not rounded
+
+    def test_cpu_default(self, pair):
+        assert auto_max_batch(pair[0], 32, "cpu") == CPU_MAX_BATCH
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+    def test_cuda_probe_fits(self, pair):
+        model = tiny_unet("global").cuda()
+        rows = auto_max_batch(model, 32, "cuda")
+        assert 8 <= rows <= 1024
+        model(torch.zeros(rows, 3, 32, 32, device="cuda"), torch.zeros(rows, dtype=torch.long, device="cuda"))
+
+
+class TestSameResults:
+    """Each setting against float32, channels-first, eager, all rows in one call."""
+
+    def test_channels_last(self, pair, images, reference):
+        fast = generate_progressive(*(prepare_model(m, RuntimeConfig(channels_last=True)) for m in pair), images, steps=8, levels=LEVELS)
+        assert_same_result(fast, reference)
+
+    def test_channels_last_keeps_model_config(self, pair):
+        assert prepare_model(pair[0], RuntimeConfig(channels_last=True)).config == pair[0].config
+
+    def test_compile(self, pair, images, reference):
+        cfg = RuntimeConfig(compile=True, channels_last=True)
+        models = [prepare_model(m, cfg, compile_backend="aot_eager") for m in pair]
+        assert models[0].config == pair[0].config
+        fast = generate_progressive(*models, images, steps=8, levels=LEVELS, max_batch=4, fixed_batch=True)
+        assert_same_result(fast, reference)
+
+    def test_max_batch(self, pair, images, reference):
+        fast = generate_progressive(*pair, images, steps=8, levels=LEVELS, max_batch=3)
+        assert_same_result(fast, reference)
+
+
+class TestPrecomputeBatches:
+    def test_automatic_batches_recorded_and_kept_on_resume(self, pair_dir, tmp_path):
+        pair = load_pair(pair_dir)
+        cfg = PrecomputeConfig(n=6, levels=3, steps=6)
+        out = precompute(pair, random_tiles(2), ["a", "b"], tmp_path / "c", cfg, progress=False)
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["execution"]["micro_batch"] == CPU_MAX_BATCH == manifest["execution"]["batch_size"]
+        assert manifest["settings"]["config"]["micro_batch"] == CPU_MAX_BATCH
+        assert "batch_size" not in manifest["settings"]["config"]
+        # another batch size on resume is fine (results do not depend on it) ...
+        precompute(pair, random_tiles(2), ["a", "b"], out, PrecomputeConfig(n=6, levels=3, steps=6, batch_size=1), resume=True, progress=False)
+        # ... another micro-batch is not
+        with pytest.raises(ValueError, match="other settings"):
+            precompute(pair, random_tiles(2), ["a", "b"], out, PrecomputeConfig(n=6, levels=3, steps=6, micro_batch=4), resume=True,
+                       progress=False)
