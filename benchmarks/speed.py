@@ -4,7 +4,10 @@
     step, the inversion again in segments up to each chosen depth, one decode per depth;
 (b) progaug: one inversion per image keeping the states, one batched FFT, all branches of all images
     decoded in shared batches (``generate_progressive``), at S = S_ref and at S = 50;
-(c) progaug's math one image at a time at S = 50 (the batching gain alone).
+(c) progaug's math one image at a time, every U-Net call on one row, at S = 50 (the batching gain alone).
+
+Execution settings (``--threads``, ``--channels-last``, ``--compile``, ``--malloc-tuning``, ``--bf16``)
+apply to every schedule alike.
 
     python benchmarks/speed.py --quick          # CPU, a few minutes
     python benchmarks/speed.py --images 8 --device cuda
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from progaug.cli_args import add_config_arguments, config_from_args
 from progaug.data import TileSpec, hgsc_tiles
 from progaug.data.tiles import to_model_range
 from progaug.diffusion import DDIMSchedule, ddim_step, sample
@@ -32,6 +36,7 @@ from progaug.frequency import adaptive_depths, default_levels, highpass_amplitud
 from progaug.generator import generate_progressive
 from progaug.hub import load_pair
 from progaug.metrics import psnr
+from progaug.runtime import RuntimeConfig, apply_runtime, auto_max_batch, prepare_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,6 +118,16 @@ def _move(model, x, schedule: DDIMSchedule, start: int, stop: int, clip: bool) -
     return x
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def load_pair_steps(pair) -> dict:
+    """The pair card's training budget (steps, wall time), so figures name the weights they used."""
+    training = pair.card.get("training", {})
+    return {k: training.get(k) for k in ("steps_done", "wall_time_s", "device")}
+
+
 def timed(fn, device):
     _sync(device)
     start = time.perf_counter()
@@ -128,11 +143,13 @@ def parse_args(argv=None):
     p.add_argument("--levels", type=int, default=10, help="(default: 10)")
     p.add_argument("--ref-steps", type=int, default=1000, help="steps of the reference schedule (default: 1000)")
     p.add_argument("--steps", type=int, default=50, help="progaug's respaced steps (default: 50)")
-    p.add_argument("--max-batch", type=int, default=64, help="rows per U-Net call (default: 64)")
+    p.add_argument("--max-batch", default="auto", help="rows per U-Net call, or 'auto' (default: auto: 32 on CPU, memory-sized on CUDA)")
+    p.add_argument("--bf16", action="store_true", help="run the U-Nets under bf16 autocast (all schedules)")
     p.add_argument("--device", default="cpu", help="(default: cpu)")
     p.add_argument("--metric-weights", default=None, help="folder of the LPIPS weights (optional)")
     p.add_argument("--quick", action="store_true", help="2 images, 5 levels: a few minutes on a CPU")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed"))
+    add_config_arguments(p, RuntimeConfig)
     return p.parse_args(argv)
 
 
@@ -141,32 +158,38 @@ def main(argv=None) -> int:
     if args.quick:
         args.images, args.levels = 2, 5
     device = torch.device(args.device)
+    runtime = config_from_args(RuntimeConfig, args)
+    applied = apply_runtime(runtime, device)
     pair = load_pair(args.pair, device=device)
+    dtype = torch.bfloat16 if args.bf16 else None
+    models = prepare_model(pair.source, runtime), prepare_model(pair.target, runtime)
+    max_batch = auto_max_batch(pair.source, pair.image_size, device, autocast_dtype=dtype) if args.max_batch == "auto" else int(args.max_batch)
     diffusion, clip = pair.diffusion, pair.diffusion.clip_denoised
     tiles = hgsc_tiles("test", TileSpec(tile_size=pair.image_size, stride=pair.image_size // 2)).of_class(pair.classes[0])
     pick = torch.linspace(0, len(tiles) - 1, args.images).round().long()
     x = to_model_range(tiles.images[pick]).to(device)
     levels = default_levels(args.levels)
     outputs = args.images * args.levels
-    res = {"machine": platform.platform(), "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    res = {"machine": platform.platform(), "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "pair_training": load_pair_steps(pair),
            "images": args.images, "levels": args.levels, "outputs": outputs, "ref_steps": args.ref_steps, "steps": args.steps,
-           "max_batch": args.max_batch, "paramsA": sum(p.numel() for p in pair.source.parameters()),
+           "max_batch": max_batch, "bf16": args.bf16, "runtime": runtime.to_dict(), "applied": applied, "paramsA": sum(p.numel() for p in pair.source.parameters()),
            "image_size": pair.image_size, "command": " ".join(["python", "benchmarks/speed.py", *(argv or sys.argv[1:])])}
 
     def run_reference():
-        src, tgt = Counted(pair.source), Counted(pair.target)
+        src, tgt = Counted(models[0]), Counted(models[1])
         sched = DDIMSchedule.from_config(diffusion, args.ref_steps)
-        with PeakMemory(device) as mem:
+        with PeakMemory(device) as mem, autocast(device, dtype):
             parts, secs = timed(lambda: [reference_schedule(src, tgt, x[i : i + 1], levels, sched, clip) for i in range(args.images)], device)
         imgs = torch.stack([p[0] for p in parts])
         labels = torch.stack([p[1] for p in parts])
         depths = torch.stack([p[2] for p in parts])
         return imgs, labels, depths, {"evals": src.rows + tgt.rows, "seconds": secs, "peak_mib": mem.peak}
 
-    def run_progaug(steps, batched=True):
-        src, tgt = Counted(pair.source), Counted(pair.target)
-        call = (lambda: generate_progressive(src, tgt, x, levels=levels, steps=steps, diffusion=diffusion, max_batch=args.max_batch)) if batched else \
-            (lambda: [generate_progressive(src, tgt, x[i : i + 1], levels=levels, steps=steps, diffusion=diffusion) for i in range(args.images)])
+    def run_progaug(steps, batched=True, autocast_dtype=dtype):
+        src, tgt = Counted(models[0]), Counted(models[1])
+        kw = dict(levels=levels, steps=steps, diffusion=diffusion, autocast_dtype=autocast_dtype)
+        call = (lambda: generate_progressive(src, tgt, x, max_batch=max_batch, **kw)) if batched else \
+            (lambda: [generate_progressive(src, tgt, x[i : i + 1], max_batch=1, **kw) for i in range(args.images)])
         with PeakMemory(device) as mem:
             r, secs = timed(call, device)
         if not batched:
@@ -201,6 +224,14 @@ def main(argv=None) -> int:
                 "mean_abs_soft_label_difference": float((fast_labels - same_labels).abs().mean()),
                 "mean_abs_level_error_steps": float((fast_labels.cpu() - levels.float()).abs().mean()),
                 "mean_abs_level_error_ref_steps": float((same_labels.cpu() - levels.float()).abs().mean())}
+    if dtype is None:  # what bf16 autocast changes, side by side with the float32 run at `steps`
+        bf_imgs, bf_labels, bf_depths, bf = run_progaug(args.steps, autocast_dtype=torch.bfloat16)
+        res["bf16_vs_float32"] = {
+            "seconds_ratio_float32_over_bf16": fast["seconds"] / bf["seconds"],
+            "psnr_db": float(psnr(bf_imgs.flatten(0, 1), fast_imgs.flatten(0, 1)).mean()),
+            "mean_abs_soft_label_difference": float((bf_labels - fast_labels).abs().mean()),
+            "depths_identical_fraction": float((bf_depths == fast_depths).float().mean()),
+        }
     if args.metric_weights:
         from progaug.metrics import load_lpips
 
@@ -215,8 +246,9 @@ def report(res: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     rows = [("reference (paper's code)", res["reference"]), (f"progaug, S = {res['ref_steps']}", res["progaug_same_steps"]),
-            (f"progaug, S = {res['steps']}", res["progaug"]), (f"progaug, S = {res['steps']}, one image at a time", res["progaug_one_at_a_time"])]
-    lines = [f"# Speed: reference schedule vs progaug ({res['device']}, {res['machine']}, {res['threads']} threads)", "",
+            (f"progaug, S = {res['steps']}", res["progaug"]), (f"progaug, S = {res['steps']}, one image at a time, one row per call", res["progaug_one_at_a_time"])]
+    lines = [f"# Speed: reference schedule vs progaug ({res['device']}, {res['machine']}, {res['threads']} threads, "
+             f"{'bf16' if res['bf16'] else 'float32'}, {res['max_batch']} rows per call)", "",
              f"`{res['command']}` — {res['images']} source images x {res['levels']} levels = {res['outputs']} outputs, "
              f"{res['image_size']} px, U-Net A {res['paramsA'] / 1e6:.2f} M parameters.", "",
              "| schedule | U-Net evals / output | s / output | memory (MiB, see docs) |", "| --- | --- | --- | --- |"]
@@ -224,6 +256,9 @@ def report(res: dict, out: Path) -> None:
     lines += ["", "| ratio | value |", "| --- | --- |"] + [f"| {k} | {v:.2f} |" for k, v in res["ratios"].items()]
     lines += ["", "| agreement / fidelity | value |", "| --- | --- |"]
     lines += [f"| {k} | {v:.4g} |" for k, v in {**res["same_steps_agreement"], **res["fidelity"]}.items()]
+    if "bf16_vs_float32" in res:
+        lines += ["", f"| bf16 autocast vs float32 at S = {res['steps']} | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.4g} |" for k, v in res["bf16_vs_float32"].items()]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     try:

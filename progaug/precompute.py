@@ -182,15 +182,18 @@ def precompute(
     levels = default_levels(config.levels)
     bar = tqdm(total=_samples_in(todo, config), unit="img", disable=not progress or rank != 0, desc="precompute",
                dynamic_ncols=True)
+    began = time.perf_counter()
     for start in range(0, len(todo), config.batch_size):
         groups = todo[start : start + config.batch_size]
         _run_groups((source, target), pair, sources, source_names, groups, plan, levels, config, out, device)
         bar.update(sum(len(_sample_ids(g, config)) for g in groups))
     bar.close()
+    seconds = time.perf_counter() - began
     _barrier(world)
     if rank == 0:
         execution = {"device": str(device), "batch_size": config.batch_size, "micro_batch": config.micro_batch,
-                     "threads": torch.get_num_threads(), "processes": world, "runtime": (runtime or RuntimeConfig()).to_dict()}
+                     "threads": torch.get_num_threads(), "processes": world, "runtime": (runtime or RuntimeConfig()).to_dict(),
+                     "samples_this_run_rank0": _samples_in(todo, config), "seconds_this_run_rank0": round(seconds, 2)}
         _finish(out, pair, sources, source_names, plan, config, settings, arguments or {}, execution)
     return out
 

@@ -10,7 +10,7 @@ import torch
 from progaug.checkpoint import atomic_write_bytes
 from progaug.pair import Pair
 
-__all__ = ["progressive_strip", "source_images"]
+__all__ = ["progressive_strip", "source_tiles"]
 
 
 def source_tiles(source: str, pair: Pair, *, split: str = "train") -> tuple[torch.Tensor, list[str]]:

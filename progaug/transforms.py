@@ -21,7 +21,7 @@ import torch
 from torchvision.transforms import v2
 
 from progaug.errors import check_positive_int
-from progaug.frequency import DEFAULT_RADIUS, adaptive_depths
+from progaug.frequency import DEFAULT_RADIUS
 from progaug.generator import generate_progressive
 
 __all__ = ["ProgressiveDiffusionAugment"]

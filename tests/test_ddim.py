@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from progaug.config import DiffusionConfig
 from progaug.diffusion import DDIMSchedule, bridge, ddim_step, invert, sample, sample_from_depths
 from progaug.diffusion.schedule import training_alpha_bar
 

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from progaug import hub
 from progaug.checkpoint import save_unet

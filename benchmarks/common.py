@@ -1,0 +1,163 @@
+"""Helpers shared by the benchmarks: data splits, generated image sets (cached on disk), bar plots.
+
+Generated sets are the expensive part of ``generation.py`` and ``downstream.py`` (hundreds of DDIM
+decodes on a CPU), and both use the same ones, so they are kept in ``benchmarks/cache/`` under a name
+that holds everything they depend on (pair sha256, count, steps, bf16, seed, sources sha256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from progaug.data import TileSpec, folder_tiles, hgsc_tiles
+from progaug.data.tiles import TileSet, dihedral, to_model_range
+from progaug.diffusion import DDIMSchedule, bridge, sample
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("PROGAUG_BENCH_CACHE", ROOT / "benchmarks" / "cache"))
+"""Where generated sets are kept (``$PROGAUG_BENCH_CACHE`` overrides; the tests use a temporary folder)."""
+
+__all__ = ["CACHE", "ROOT", "bar_panels", "bar_plot", "command_line", "dihedral_cycle", "final_stage", "heldout", "load_splits", "to_uint8",
+           "unconditional"]
+
+
+def command_line(script: str, argv) -> str:
+    """The command that produced a result, for the reports."""
+    return " ".join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def load_splits(data: str, size: int) -> dict[str, TileSet]:
+    """Tiles per split: ``'hgsc'`` (the bundled demo: train / val / test by spatial block), a root with
+    ``train/``, ``val/``, ``test/`` class folders, or a plain ``root/<class>/`` folder (train only)."""
+    if data == "hgsc":
+        spec = TileSpec(tile_size=size, stride=size // 2)
+        return {s: hgsc_tiles(s, spec) for s in ("train", "val", "test")}
+    root = Path(data)
+    if (root / "train").is_dir():
+        return {s: folder_tiles(root / s, tile_size=size) for s in ("train", "val", "test") if (root / s).is_dir()}
+    return {"train": folder_tiles(root, tile_size=size)}
+
+
+def heldout(splits: dict[str, TileSet], cls: str) -> torch.Tensor | None:
+    """uint8 tiles of ``cls`` from the validation and test splits, or None when there are none."""
+    parts = [splits[s].of_class(cls).images for s in ("val", "test") if s in splits]
+    return torch.cat(parts) if parts else None
+
+
+def dihedral_cycle(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` images from ``x``: ``x`` in order, then again flipped / rotated when ``n > len(x)``."""
+    return torch.stack([dihedral(x[i % len(x)], (i // len(x)) % 8) for i in range(n)])
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float images to uint8 (as they would be saved as PNG)."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte()
+
+
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.contiguous().numpy().tobytes() if isinstance(p, torch.Tensor) else repr(p).encode())
+    return h.hexdigest()[:16]
+
+
+def _cached(name: str, key: str, make) -> torch.Tensor:
+    from safetensors.torch import load_file, save
+
+    from progaug.checkpoint import atomic_write_bytes
+
+    path = CACHE / f"{name}-{key}.safetensors"
+    if path.is_file():
+        print(f"reusing {path}", flush=True)
+        return load_file(path)["images"]
+    images = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, save({"images": images.contiguous()}))
+    return images
+
+
+def _autocast(device: str, bf16: bool):
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str, bf16: bool, batch_size: int = 64) -> torch.Tensor:
+    """``n`` full-depth ADD translations (eq. 4) of uint8 source tiles (cycled with flips / rotations):
+    ``(n, 3, S, S)`` uint8."""
+
+    @torch.no_grad()
+    def make() -> torch.Tensor:
+        sched = DDIMSchedule.from_config(pair.diffusion, steps)
+        x = to_model_range(dihedral_cycle(sources, n))
+        out = []
+        for i, chunk in enumerate(x.split(batch_size)):
+            with _autocast(device, bf16):
+                out.append(to_uint8(bridge(pair.source, pair.target, chunk.to(device), sched, clip=pair.diffusion.clip_denoised).cpu()))
+            print(f"final-stage ADD: {min((i + 1) * batch_size, n)}/{n}", flush=True)
+        return torch.cat(out)
+
+    key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), n, steps, bf16, sources)
+    return _cached("final", key, make)
+
+
+def unconditional(pair, n: int, *, steps: int, device: str, bf16: bool, seed: int = 1234, batch_size: int = 64) -> torch.Tensor:
+    """``n`` unconditional DDIM samples of the target model (an IDDPM-style generator): uint8."""
+
+    @torch.no_grad()
+    def make() -> torch.Tensor:
+        sched = DDIMSchedule.from_config(pair.diffusion, steps)
+        gen = torch.Generator().manual_seed(seed)
+        s = pair.image_size
+        out = []
+        for start in range(0, n, batch_size):
+            noise = torch.randn(min(batch_size, n - start), 3, s, s, generator=gen).to(device)
+            with _autocast(device, bf16):
+                out.append(to_uint8(sample(pair.target, noise, sched, clip=pair.diffusion.clip_denoised).cpu()))
+            print(f"unconditional: {min(start + batch_size, n)}/{n}", flush=True)
+        return torch.cat(out)
+
+    key = _digest(pair.card["target"].get("sha256"), n, steps, bf16, seed)
+    return _cached("unconditional", key, make)
+
+
+def bar_plot(path: Path, names: list[str], series: dict[str, tuple[list[float], list[float] | None]], *, ylabel: str, title: str) -> None:
+    """Grouped bars (one group per name, one bar per series, optional error bars) saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(names)), 3.8))
+    for i, (label, (values, errors)) in enumerate(series.items()):
+        ax.bar(np.arange(len(names)) + i * width, values, width, yerr=errors, label=label, capsize=3)
+    ax.set_xticks(np.arange(len(names)) + width * (len(series) - 1) / 2, names, rotation=15)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(series) > 1:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def bar_panels(path: Path, names: list[str], panels: dict[str, list[float]]) -> None:
+    """One bar chart per metric, side by side, saved as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
+    for ax, (title, values) in zip(axes[0], panels.items()):
+        ax.bar(names, values, color="tab:blue")
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

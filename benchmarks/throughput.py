@@ -1,0 +1,197 @@
+"""Throughput of ``progaug precompute`` (progressive images per second) and the floor a GPU allows.
+
+1. ``progaug precompute`` run as users run it — one subprocess per variant, the same ``--n`` each, one
+   after the other in this run — reading the generation time from each manifest:
+
+   - ``first release``: ``--batch-size 8 --micro-batch 32 --no-malloc-tuning`` (the defaults before
+     the performance work: 8 sources padded to 32 rows in every inversion call);
+   - ``default``: automatic batches (32 sources, 32 rows per call on CPUs) and glibc malloc tuning;
+   - ``bf16``: ``--bf16``; ``bf16 + channels-last``: ``--bf16 --channels-last``;
+   - on CUDA also ``bf16 + compile``, and with ``--paper-size`` the same on a random-weight pair of
+     U-Nets of the paper's size at 256 px.
+
+2. The floor: FLOPs of one U-Net forward (``torch.utils.flop_counter`` on the meta device: no memory,
+   no weights) times the U-Net evaluations per progressive image measured in the runs
+   (``(S + sum of the L decode depths) / L``), over a GPU's dense bf16 peak.
+
+    python benchmarks/throughput.py                     # CPU, about 12 minutes
+    python benchmarks/throughput.py --device cuda --n 2000 --paper-size
+
+Writes ``benchmarks/results/throughput.json``, ``.md`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, bar_plot, command_line
+from progaug.config import DiffusionConfig, UNetConfig
+
+PEAK_BF16_DENSE_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "RTX 4090": 165.2}
+"""Dense bf16 tensor-core peaks from the vendors' data sheets (SXM parts), TFLOP/s."""
+
+PAPER_SIZE = dict(image_size=256, model_channels=256, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
+                  attention_resolutions=(32, 16, 8), head_channels=64)
+"""The ADM ImageNet-256 layout the paper's code uses (without its residual up/down-sampling blocks)."""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pair", default="hgsc-demo", help="(default: hgsc-demo)")
+    p.add_argument("--n", type=int, default=320, help="progressive images per variant (default: 320 = 32 sources x 10)")
+    p.add_argument("--device", default="cpu", help="(default: cpu)")
+    p.add_argument("--paper-size", action="store_true", help="also run a random-weight 256-px pair of the paper's size (GPU)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU for the floor (default: from the name)")
+    p.add_argument("--variants", nargs="+", default=None, help="subset of the variant names")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "throughput"))
+    return p.parse_args(argv)
+
+
+def forward_flops(config: UNetConfig) -> int:
+    """FLOPs of one forward of a U-Net at batch 1 (multiply-add = 2 FLOPs), counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from progaug.nn.unet import UNet
+
+    with torch.device("meta"):
+        model = UNet(config)
+        x = torch.zeros(1, config.in_channels, config.image_size, config.image_size)
+        with FlopCounterMode(display=False) as counter:
+            model(x, torch.zeros(1, dtype=torch.long))
+        params = sum(p.numel() for p in model.parameters())
+    return int(counter.get_total_flops()), int(params)
+
+
+def variants(device: str) -> dict[str, list[str]]:
+    out = {
+        "first release": ["--batch-size", "8", "--micro-batch", "32", "--no-malloc-tuning"],
+        "default": [],
+        "bf16": ["--bf16"],
+        "bf16 + channels-last": ["--bf16", "--channels-last"],
+    }
+    if device.startswith("cuda"):
+        out["bf16 + compile"] = ["--bf16", "--compile"]
+    return out
+
+
+def run_precompute(pair: str, n: int, device: str, flags: list[str], out: Path) -> dict:
+    """One ``progaug precompute`` in a subprocess; returns its manifest's execution block and depths."""
+    cmd = [sys.executable, "-m", "progaug", "precompute", "--pair", pair, "--n", str(n), "--out", str(out), "--device", device, *flags]
+    began = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    wall = time.perf_counter() - began
+    manifest = json.loads((out / "manifest.json").read_text())
+    ex = manifest["execution"]
+    rows = list(csv.DictReader(open(out / "labels.csv")))
+    levels, steps = manifest["settings"]["config"]["levels"], manifest["settings"]["config"]["steps"]
+    groups = [rows[i : i + levels] for i in range(0, len(rows), levels)]
+    evals = sum(steps + sum(int(r["depth"]) for r in g) for g in groups) / len(rows)
+    return {"flags": flags, "samples": ex["samples_this_run_rank0"], "seconds": ex["seconds_this_run_rank0"],
+            "images_per_second": ex["samples_this_run_rank0"] / ex["seconds_this_run_rank0"], "process_wall_s": round(wall, 1),
+            "batch_size": ex["batch_size"], "micro_batch": ex["micro_batch"], "threads": ex["threads"],
+            "unet_evals_per_image": evals}
+
+
+def random_pair(folder: Path, config: UNetConfig) -> Path:
+    """A pair folder of two random-weight U-Nets (global / local attention), for throughput only."""
+    import dataclasses
+
+    from progaug.checkpoint import save_unet
+    from progaug.nn.unet import UNet
+    from progaug.pair import write_card
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for role, attention in (("source", "global"), ("target", "local")):
+        torch.manual_seed(0)
+        save_unet(UNet(dataclasses.replace(config, attention=attention)).half(), folder / f"{role}.safetensors")
+    write_card(folder, {"direction": {"source_class": "stroma", "target_class": "tumour"}, "diffusion": DiffusionConfig().to_dict(),
+                        "source": {"attention": "global"}, "target": {"attention": "local"}, "training": {"steps_done": 0}})
+    return folder
+
+
+def gpu_peak(args) -> tuple[str, float | None]:
+    if args.peak_tflops:
+        return "given", args.peak_tflops
+    if args.device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(args.device))
+        for key, tflops in PEAK_BF16_DENSE_TFLOPS.items():
+            if key in name:
+                return name, tflops
+        return name, None
+    return "H100 (for reference)", PEAK_BF16_DENSE_TFLOPS["H100"]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from progaug.hub import load_pair
+
+    pair = load_pair(args.pair)
+    gpu, peak = gpu_peak(args)
+    res = {"machine": platform.platform(), "device": args.device, "torch": torch.__version__, "n": args.n, "gpu_for_floor": gpu,
+           "peak_bf16_tflops": peak, "command": command_line("throughput.py", argv), "pairs": {}}
+    targets = {args.pair: (args.pair, pair.source.config)}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.paper_size:
+            cfg = UNetConfig(**PAPER_SIZE)
+            targets["paper-size (random weights)"] = (str(random_pair(Path(tmp) / "paper", cfg)), cfg)
+        for label, (pair_ref, config) in targets.items():
+            flops, params = forward_flops(config)
+            entry = {"image_size": config.image_size, "params": params, "forward_gflops": flops / 1e9, "variants": {}}
+            for name, flags in variants(args.device).items():
+                if args.variants and name not in args.variants:
+                    continue
+                m = run_precompute(pair_ref, args.n, args.device, flags, Path(tmp) / f"{len(entry['variants'])}-{label[:5]}")
+                m["achieved_tflops"] = m["unet_evals_per_image"] * flops * m["images_per_second"] / 1e12
+                if peak:
+                    m["floor_seconds_per_image"] = m["unet_evals_per_image"] * flops / (peak * 1e12)
+                    m["fraction_of_floor"] = m["floor_seconds_per_image"] * m["images_per_second"]
+                entry["variants"][name] = m
+                print(label, name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items() if k != "flags"}, flush=True)
+            base = entry["variants"].get("first release")
+            for m in entry["variants"].values():
+                if base:
+                    m["speedup_over_first_release"] = m["images_per_second"] / base["images_per_second"]
+            res["pairs"][label] = entry
+    write(res, Path(args.out))
+    return 0
+
+
+def write(res: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+    lines = [f"# `progaug precompute` throughput ({res['device']}, {res['machine']})", "", f"`{res['command']}`, {res['n']} images per variant.", ""]
+    for label, entry in res["pairs"].items():
+        lines += [f"## {label}: {entry['image_size']} px, {entry['params'] / 1e6:.1f} M parameters per U-Net, "
+                  f"{entry['forward_gflops']:.2f} GFLOP per forward", "",
+                  "| variant | images/s | speed-up | U-Net evals / image | batch / micro-batch | achieved TFLOP/s | "
+                  f"floor on {res['gpu_for_floor']} (s / image) | share of that floor reached |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name, m in entry["variants"].items():
+            floor = f"{m['floor_seconds_per_image']:.2e}" if "floor_seconds_per_image" in m else "-"
+            share = f"{100 * m['fraction_of_floor']:.2f} %" if "fraction_of_floor" in m else "-"
+            lines.append(f"| {name} | {m['images_per_second']:.2f} | {m.get('speedup_over_first_release', 1):.2f}x | "
+                         f"{m['unet_evals_per_image']:.1f} | {m['batch_size']} / {m['micro_batch']} | {m['achieved_tflops']:.3f} | {floor} | {share} |")
+        lines.append("")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    label, entry = next(iter(res["pairs"].items()))
+    names = list(entry["variants"])
+    bar_plot(out.with_suffix(".png"), names, {"images/s": ([entry["variants"][n]["images_per_second"] for n in names], None)},
+             ylabel="progressive images / s", title=f"progaug precompute on {res['device']} ({label})")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

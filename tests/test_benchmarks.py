@@ -1,0 +1,105 @@
+"""The benchmark scripts run end to end on a tiny pair (32 px, a few steps) and hold their own claims:
+the reference schedule and progaug's agree at the same steps, with fewer U-Net evaluations."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_pair_dir
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    return make_pair_dir(tmp_path_factory.mktemp("bench") / "pair")
+
+
+@pytest.fixture
+def bench(monkeypatch, tmp_path):
+    """Import a benchmark module with its cache in ``tmp_path``; restore the thread count afterwards."""
+    monkeypatch.setenv("PROGAUG_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(BENCH))
+    threads = torch.get_num_threads()
+
+    def load(name):
+        for mod in (name, "common"):
+            sys.modules.pop(mod, None)
+        return __import__(name)
+
+    yield load
+    torch.set_num_threads(threads)
+
+
+def test_speed(bench, tiny_pair, tmp_path):
+    speed = bench("speed")
+    out = tmp_path / "speed"
+    assert speed.main(["--pair", str(tiny_pair), "--images", "2", "--levels", "3", "--ref-steps", "12", "--steps", "4",
+                       "--max-batch", "auto", "--threads", "1", "--out", str(out)]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    agree = res["same_steps_agreement"]
+    assert agree["depths_identical_fraction"] == 1.0 and agree["max_label_difference"] < 1e-4
+    assert agree["max_abs_image_difference"] < 1e-3
+    # the second inversion pass is gone: strictly fewer evaluations at the same steps, far fewer at S = 4
+    assert res["ratios"]["evals_reference_over_progaug_same_steps"] > 1.0
+    assert res["ratios"]["evals_reference_over_progaug"] > 2.0
+    assert res["progaug"]["evals"] == res["progaug_one_at_a_time"]["evals"]
+    assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()
+
+
+def test_downstream(bench, tiny_pair, tmp_path):
+    downstream = bench("downstream")
+    out = tmp_path / "downstream"
+    assert downstream.main(["--pair", str(tiny_pair), "--steps", "2", "--eval-every", "1", "--seeds", "0", "1", "--pro-n", "6",
+                            "--levels", "3", "--gen-n", "4", "--gen-steps", "3", "--width", "32", "--depth", "1", "--batch-size", "8",
+                            "--threads", "1", "--out", str(out)]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert set(res["arms"]) == {"baseline", "+ADD-500", "+ADD-Pro", "+Mixup/CutMix", "+IDDPM-style"}
+    n_train = res["arms"]["baseline"]["train_images"]
+    assert res["arms"]["+ADD-500"]["train_images"] == n_train + 4 and res["arms"]["+ADD-Pro"]["train_images"] == n_train + 6
+    for arm in res["arms"].values():
+        assert len(arm["runs"]) == 2 and 0 <= arm["summary"]["accuracy"]["mean"] <= 1
+    assert out.with_suffix(".png").is_file()
+    # the generated sets are kept and reused
+    cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert any(n.startswith("final-") for n in cached) and any(n.startswith("progressive-") for n in cached)
+
+
+def test_downstream_needs_three_splits(bench, tiny_pair, tmp_path):
+    from PIL import Image
+
+    for cls in ("stroma", "tumour"):
+        (tmp_path / "flat" / cls).mkdir(parents=True)
+        Image.new("RGB", (32, 32), (200, 100, 150)).save(tmp_path / "flat" / cls / "a.png")
+    with pytest.raises(SystemExit, match="needs train/, val/ and test/"):
+        bench("downstream").main(["--pair", str(tiny_pair), "--data", str(tmp_path / "flat"), "--threads", "1"])
+
+
+@pytest.mark.skipif(not WEIGHTS.is_dir(), reason="needs ../shared/weights (offline metric weights)")
+def test_generation(bench, tiny_pair, tmp_path):
+    generation = bench("generation")
+    out = tmp_path / "generation"
+    assert generation.main(["--pair", str(tiny_pair), "--metric-weights", str(WEIGHTS), "--n", "8", "--steps", "3",
+                            "--lpips-pairs", "8", "--threads", "1", "--out", str(out)]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert set(res["methods"]) == {"ADD", "IDDPM-style", "real held-out"}
+    for m in res["methods"].values():
+        assert m["fid"] > 0 and m["sfid"] > 0 and 0 < m["lpips_diversity"] < 1
+
+
+def test_throughput(bench, tiny_pair, tmp_path):
+    throughput = bench("throughput")
+    out = tmp_path / "throughput"
+    assert throughput.main(["--pair", str(tiny_pair), "--n", "6", "--variants", "first release", "default",
+                            "--out", str(out)]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    entry = res["pairs"][str(tiny_pair)]
+    assert entry["image_size"] == 32 and entry["forward_gflops"] > 0
+    first, default = entry["variants"]["first release"], entry["variants"]["default"]
+    assert (first["batch_size"], first["micro_batch"]) == (8, 32) and (default["batch_size"], default["micro_batch"]) == (32, 32)
+    assert first["unet_evals_per_image"] == pytest.approx(default["unet_evals_per_image"])  # same work, other batching
+    assert 0 < default["fraction_of_floor"] < 1
