@@ -124,7 +124,8 @@ def unconditional(pair, n: int, *, steps: int, device: str, bf16: bool, seed: in
     return _cached("unconditional", key, make)
 
 
-def bar_plot(path: Path, names: list[str], series: dict[str, tuple[list[float], list[float] | None]], *, ylabel: str, title: str) -> None:
+def bar_plot(path: Path, names: list[str], series: dict[str, tuple[list[float], list[float] | None]], *, ylabel: str, title: str,
+             ylim: tuple[float, float] | None = None) -> None:
     """Grouped bars (one group per name, one bar per series, optional error bars) saved as a PNG."""
     import matplotlib
 
@@ -139,6 +140,9 @@ def bar_plot(path: Path, names: list[str], series: dict[str, tuple[list[float], 
     ax.set_xticks(np.arange(len(names)) + width * (len(series) - 1) / 2, names, rotation=15)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.grid(axis="y", alpha=0.3)
     if len(series) > 1:
         ax.legend()
     fig.tight_layout()

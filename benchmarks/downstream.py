@@ -221,20 +221,24 @@ def main(argv=None) -> int:
 def write(res: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+    n_test = sum(res["counts"]["test"].values())
     lines = [f"# Downstream ViT on {res['classes']} (test split, mean +- std over seeds {res['args']['seeds']})", "",
              f"`{res['command']}` on {res['machine']}, {res['seconds']} s.", "",
-             "| arm | training images | accuracy (%) | F1 macro (%) | F1 target class (%) |", "| --- | --- | --- | --- | --- |"]
+             f"| arm | training images | accuracy (%) | F1 macro (%) | F1 target class (%) | test errors per seed (of {n_test}) |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for arm, r in res["arms"].items():
         s = r["summary"]
+        errors = ", ".join(str(round((1 - run["accuracy"]) * n_test)) for run in r["runs"])
         lines.append(f"| {arm} | {r['train_images']} | " + " | ".join(
-            f"{100 * s[m]['mean']:.1f} +- {100 * s[m]['std']:.1f}" for m in ("accuracy", "f1_macro", "f1_target")) + " |")
+            f"{100 * s[m]['mean']:.1f} +- {100 * s[m]['std']:.1f}" for m in ("accuracy", "f1_macro", "f1_target")) + f" | {errors} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     names = list(res["arms"])
     series = {m: ([100 * res["arms"][n]["summary"][m]["mean"] for n in names], [100 * res["arms"][n]["summary"][m]["std"] for n in names])
               for m in ("accuracy", "f1_macro")}
-    bar_plot(out.with_suffix(".png"), names, series, ylabel="% on the test split",
-             title=f"Downstream ViT, mean +- std over seeds {res['args']['seeds']}")
+    low = min(m - e for means, errors in series.values() for m, e in zip(means, errors))
+    bar_plot(out.with_suffix(".png"), names, series, ylabel="% on the test split", ylim=(max(0.0, np.floor(low) - 1), 100.5),
+             title=f"Downstream ViT, mean +- std over seeds {res['args']['seeds']} (y axis cut)")
 
 
 if __name__ == "__main__":

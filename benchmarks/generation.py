@@ -83,12 +83,16 @@ def main(argv=None) -> int:
            "threads": applied["threads"], "reference_tiles": len(tgt_train), "command": command_line("generation.py", argv),
            "pair_training": {k: pair.card.get("training", {}).get(k) for k in ("steps_done", "wall_time_s", "device")},
            "methods": {}}
+    equal = min(len(images) for images in sets.values())  # Frechet distances are biased by set size: also compare at one size
+    res["equal_n"] = equal
     for name, images in sets.items():
         feats = inception_features(inception, images)
         res["methods"][name] = {
             "count": len(images),
             "fid": frechet_distance(feats["pool"], ref["pool"]),
             "sfid": frechet_distance(feats["spatial"], ref["spatial"]),
+            "fid_equal_n": frechet_distance(feats["pool"][:equal], ref["pool"]),
+            "sfid_equal_n": frechet_distance(feats["spatial"][:equal], ref["spatial"]),
             "lpips_diversity": lpips_diversity(lpips, images, pairs=args.lpips_pairs, seed=args.seed),
         }
         print(name, {k: round(v, 4) for k, v in res["methods"][name].items()}, flush=True)
@@ -103,17 +107,20 @@ def write(res: dict, out: Path) -> None:
     lines = [f"# Generation quality ({res['classes'][0]} -> {res['classes'][1]}, {res['n']} images per method, DDIM {res['steps']} steps)", "",
              f"`{res['command']}` on {res['machine']} ({res['device']}), {res['seconds']} s. Reference: {res['reference_tiles']} real "
              f"training tiles of {res['classes'][1]}.", "",
-             "| method | FID (lower better) | sFID | LPIPS diversity (higher = more diverse) | paper ROSE FID / sFID / LPIPS | paper pRCC |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             f"| method | images | FID (lower better) | sFID | FID, first {res['equal_n']} | sFID, first {res['equal_n']} | "
+             "LPIPS diversity (higher = more diverse) | paper ROSE FID / sFID / LPIPS | paper pRCC |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, m in res["methods"].items():
         paper = PAPER.get(name)
         cells = [" / ".join(f"{v:g}" for v in paper[d]) if paper else "-" for d in ("ROSE", "pRCC")]
-        lines.append(f"| {name} | {m['fid']:.1f} | {m['sfid']:.1f} | {m['lpips_diversity']:.4f} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {name} | {m['count']} | {m['fid']:.1f} | {m['sfid']:.1f} | {m['fid_equal_n']:.1f} | {m['sfid_equal_n']:.1f} | "
+                     f"{m['lpips_diversity']:.4f} | {cells[0]} | {cells[1]} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     names = list(res["methods"])
-    bar_panels(out.with_suffix(".png"), names, {f"{key} ({res['n']} images)": [res["methods"][n][key] for n in names]
-                                                for key in ("fid", "sfid", "lpips_diversity")})
+    panels = {f"FID, first {res['equal_n']} images": "fid_equal_n", f"sFID, first {res['equal_n']} images": "sfid_equal_n",
+              "LPIPS diversity": "lpips_diversity"}
+    bar_panels(out.with_suffix(".png"), names, {title: [res["methods"][n][key] for n in names] for title, key in panels.items()})
 
 
 if __name__ == "__main__":

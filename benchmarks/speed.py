@@ -9,7 +9,7 @@
 Execution settings (``--threads``, ``--channels-last``, ``--compile``, ``--malloc-tuning``, ``--bf16``)
 apply to every schedule alike.
 
-    python benchmarks/speed.py --quick          # CPU, a few minutes
+    python benchmarks/speed.py --quick          # CPU, about 3 minutes (writes speed_quick.*)
     python benchmarks/speed.py --images 8 --device cuda
 
 Prints and writes ``benchmarks/results/speed.json``, ``benchmarks/results/speed.md`` and
@@ -147,8 +147,8 @@ def parse_args(argv=None):
     p.add_argument("--bf16", action="store_true", help="run the U-Nets under bf16 autocast (all schedules)")
     p.add_argument("--device", default="cpu", help="(default: cpu)")
     p.add_argument("--metric-weights", default=None, help="folder of the LPIPS weights (optional)")
-    p.add_argument("--quick", action="store_true", help="2 images, 5 levels: a few minutes on a CPU")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed"))
+    p.add_argument("--quick", action="store_true", help="2 images, 5 levels, reference at 500 steps: about 3 min on a 2-core CPU")
+    p.add_argument("--out", default=None, help="output path without suffix (default: benchmarks/results/speed, or speed_quick with --quick)")
     add_config_arguments(p, RuntimeConfig)
     return p.parse_args(argv)
 
@@ -156,7 +156,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.quick:
-        args.images, args.levels = 2, 5
+        args.images, args.levels, args.ref_steps = 2, 5, 500
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / ("speed_quick" if args.quick else "speed"))
     device = torch.device(args.device)
     runtime = config_from_args(RuntimeConfig, args)
     applied = apply_runtime(runtime, device)

@@ -54,6 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--n", type=int, default=320, help="progressive images per variant (default: 320 = 32 sources x 10)")
     p.add_argument("--device", default="cpu", help="(default: cpu)")
     p.add_argument("--paper-size", action="store_true", help="also run a random-weight 256-px pair of the paper's size (GPU)")
+    p.add_argument("--paper-n", type=int, default=160, help="images per variant for the paper-size pair (default: 160)")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU for the floor (default: from the name)")
     p.add_argument("--variants", nargs="+", default=None, help="subset of the variant names")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "throughput"))
@@ -142,18 +143,18 @@ def main(argv=None) -> int:
     gpu, peak = gpu_peak(args)
     res = {"machine": platform.platform(), "device": args.device, "torch": torch.__version__, "n": args.n, "gpu_for_floor": gpu,
            "peak_bf16_tflops": peak, "command": command_line("throughput.py", argv), "pairs": {}}
-    targets = {args.pair: (args.pair, pair.source.config)}
+    targets = {args.pair: (args.pair, pair.source.config, args.n)}
     with tempfile.TemporaryDirectory() as tmp:
         if args.paper_size:
             cfg = UNetConfig(**PAPER_SIZE)
-            targets["paper-size (random weights)"] = (str(random_pair(Path(tmp) / "paper", cfg)), cfg)
-        for label, (pair_ref, config) in targets.items():
+            targets["paper-size (random weights)"] = (str(random_pair(Path(tmp) / "paper", cfg)), cfg, args.paper_n)
+        for label, (pair_ref, config, n) in targets.items():
             flops, params = forward_flops(config)
             entry = {"image_size": config.image_size, "params": params, "forward_gflops": flops / 1e9, "variants": {}}
             for name, flags in variants(args.device).items():
                 if args.variants and name not in args.variants:
                     continue
-                m = run_precompute(pair_ref, args.n, args.device, flags, Path(tmp) / f"{len(entry['variants'])}-{label[:5]}")
+                m = run_precompute(pair_ref, n, args.device, flags, Path(tmp) / f"{len(entry['variants'])}-{label[:5]}")
                 m["achieved_tflops"] = m["unet_evals_per_image"] * flops * m["images_per_second"] / 1e12
                 if peak:
                     m["floor_seconds_per_image"] = m["unet_evals_per_image"] * flops / (peak * 1e12)
@@ -165,8 +166,21 @@ def main(argv=None) -> int:
                 if base:
                     m["speedup_over_first_release"] = m["images_per_second"] / base["images_per_second"]
             res["pairs"][label] = entry
+    add_paper_size_floor(res)
     write(res, Path(args.out))
     return 0
+
+
+def add_paper_size_floor(res: dict) -> None:
+    """The floor of a paper-size 256-px pair at the evaluations per image measured in this run (FLOPs only)."""
+    flops, params = forward_flops(UNetConfig(**PAPER_SIZE))
+    first = next(iter(res["pairs"].values()))
+    evals = sum(m["unet_evals_per_image"] for m in first["variants"].values()) / len(first["variants"])
+    floor = {"params": params, "forward_gflops": flops / 1e9, "unet_evals_per_image": evals, "tflop_per_image": evals * flops / 1e12}
+    if res["peak_bf16_tflops"]:
+        floor["floor_seconds_per_image"] = floor["tflop_per_image"] / res["peak_bf16_tflops"]
+        floor["floor_minutes_for_5000"] = 5000 * floor["floor_seconds_per_image"] / 60
+    res["paper_size_floor"] = floor
 
 
 def write(res: dict, out: Path) -> None:
@@ -185,6 +199,12 @@ def write(res: dict, out: Path) -> None:
             lines.append(f"| {name} | {m['images_per_second']:.2f} | {m.get('speedup_over_first_release', 1):.2f}x | "
                          f"{m['unet_evals_per_image']:.1f} | {m['batch_size']} / {m['micro_batch']} | {m['achieved_tflops']:.3f} | {floor} | {share} |")
         lines.append("")
+    f = res.get("paper_size_floor")
+    if f:
+        lines += [f"Paper-size U-Net at 256 px ({f['params'] / 1e6:.0f} M parameters, {f['forward_gflops']:.0f} GFLOP per forward) at the "
+                  f"{f['unet_evals_per_image']:.1f} evaluations per image measured here: {f['tflop_per_image']:.1f} TFLOP per progressive "
+                  f"image" + (f"; floor on {res['gpu_for_floor']} ({res['peak_bf16_tflops']} TFLOP/s dense bf16): "
+                              f"{f['floor_seconds_per_image']:.3f} s per image, {f['floor_minutes_for_5000']:.1f} min for 5000." if "floor_seconds_per_image" in f else "."), ""]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     label, entry = next(iter(res["pairs"].items()))

@@ -35,6 +35,20 @@ def bench(monkeypatch, tmp_path):
     torch.set_num_threads(threads)
 
 
+def split_folders(root: Path, per_class: int = 6) -> Path:
+    """``root/{train,val,test}/{stroma,tumour}/*.png``: 32-px tiles of random texture."""
+    from PIL import Image
+
+    from conftest import random_tiles
+
+    for i, split in enumerate(("train", "val", "test")):
+        for j, cls in enumerate(("stroma", "tumour")):
+            (root / split / cls).mkdir(parents=True)
+            for k, tile in enumerate(random_tiles(per_class, seed=10 * i + j)):
+                Image.fromarray(tile.permute(1, 2, 0).numpy()).save(root / split / cls / f"{k}.png")
+    return root
+
+
 def test_speed(bench, tiny_pair, tmp_path):
     speed = bench("speed")
     out = tmp_path / "speed"
@@ -51,15 +65,18 @@ def test_speed(bench, tiny_pair, tmp_path):
     assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()
 
 
-def test_downstream(bench, tiny_pair, tmp_path):
+def test_downstream_on_class_folders(bench, tiny_pair, tmp_path):
     downstream = bench("downstream")
     out = tmp_path / "downstream"
-    assert downstream.main(["--pair", str(tiny_pair), "--steps", "2", "--eval-every", "1", "--seeds", "0", "1", "--pro-n", "6",
+    data = split_folders(tmp_path / "data")
+    assert downstream.main(["--pair", str(tiny_pair), "--data", str(data), "--steps", "2", "--eval-every", "1", "--seeds", "0", "1", "--pro-n", "6",
                             "--levels", "3", "--gen-n", "4", "--gen-steps", "3", "--width", "32", "--depth", "1", "--batch-size", "8",
                             "--threads", "1", "--out", str(out)]) == 0
     res = json.loads(out.with_suffix(".json").read_text())
     assert set(res["arms"]) == {"baseline", "+ADD-500", "+ADD-Pro", "+Mixup/CutMix", "+IDDPM-style"}
+    assert res["counts"]["test"] == {"stroma": 6, "tumour": 6}
     n_train = res["arms"]["baseline"]["train_images"]
+    assert n_train == 12
     assert res["arms"]["+ADD-500"]["train_images"] == n_train + 4 and res["arms"]["+ADD-Pro"]["train_images"] == n_train + 6
     for arm in res["arms"].values():
         assert len(arm["runs"]) == 2 and 0 <= arm["summary"]["accuracy"]["mean"] <= 1
@@ -80,13 +97,15 @@ def test_downstream_needs_three_splits(bench, tiny_pair, tmp_path):
 
 
 @pytest.mark.skipif(not WEIGHTS.is_dir(), reason="needs ../shared/weights (offline metric weights)")
-def test_generation(bench, tiny_pair, tmp_path):
+def test_generation_on_class_folders(bench, tiny_pair, tmp_path):
     generation = bench("generation")
     out = tmp_path / "generation"
-    assert generation.main(["--pair", str(tiny_pair), "--metric-weights", str(WEIGHTS), "--n", "8", "--steps", "3",
-                            "--lpips-pairs", "8", "--threads", "1", "--out", str(out)]) == 0
+    data = split_folders(tmp_path / "data")
+    assert generation.main(["--pair", str(tiny_pair), "--data", str(data), "--metric-weights", str(WEIGHTS), "--n", "8",
+                            "--steps", "3", "--lpips-pairs", "8", "--threads", "1", "--out", str(out)]) == 0
     res = json.loads(out.with_suffix(".json").read_text())
     assert set(res["methods"]) == {"ADD", "IDDPM-style", "real held-out"}
+    assert res["reference_tiles"] == 6 and res["methods"]["real held-out"]["count"] == 8
     for m in res["methods"].values():
         assert m["fid"] > 0 and m["sfid"] > 0 and 0 < m["lpips_diversity"] < 1
 

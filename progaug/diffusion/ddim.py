@@ -96,7 +96,10 @@ def invert(
     """
     depth = schedule.num_steps if depth is None else schedule.check_depth("depth", depth)
     x = x0
-    states = [x0.to(trajectory_device)] if return_trajectory else None
+    states = None
+    if return_trajectory:  # filled in place: one copy of the trajectory in memory, not a list and its stack
+        states = torch.empty((depth + 1, *x0.shape), dtype=x0.dtype, device=trajectory_device or x0.device)
+        states[0] = x0
     for k in range(depth):
         x = ddim_step(
             model,
@@ -107,8 +110,8 @@ def invert(
             clip=clip,
         )
         if states is not None:
-            states.append(x.to(trajectory_device))
-    return torch.stack(states) if states is not None else x
+            states[k + 1] = x
+    return states if states is not None else x
 
 
 @torch.no_grad()
