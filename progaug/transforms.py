@@ -43,7 +43,8 @@ class ProgressiveDiffusionAugment(v2.Transform):
         mean: Per-channel mean of batches that arrive normalised (undone before and redone after).
         std: Per-channel std, with ``mean``.
         device: Where the U-Nets run (default: the batch's device).
-        max_batch: Most rows per U-Net call.
+        max_batch: Most rows per U-Net call (default: automatic, see
+            :func:`progaug.runtime.auto_max_batch`: 32 on CPUs, memory-sized on CUDA, once per device).
         bf16: Run the U-Nets under bf16 autocast.
         radius: High-pass cut-off of the frequency measure.
 
@@ -65,7 +66,7 @@ class ProgressiveDiffusionAugment(v2.Transform):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         device: str | torch.device | None = None,
-        max_batch: int = 64,
+        max_batch: int | None = None,
         bf16: bool = False,
         radius: float = DEFAULT_RADIUS,
     ) -> None:
@@ -85,7 +86,7 @@ class ProgressiveDiffusionAugment(v2.Transform):
                 raise ValueError(f"`levels` must be non-empty values in (0, 1], got {levels!r}")
         check_positive_int("steps", steps)
         check_positive_int("num_classes", num_classes)
-        check_positive_int("max_batch", max_batch)
+        check_positive_int("max_batch", max_batch, allow_none=True)
         for name, idx in (("source_class", source_class), ("target_class", target_class)):
             if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < num_classes:
                 raise ValueError(f"`{name}` must be an int in [0, {num_classes}), got {idx!r}")
@@ -147,6 +148,17 @@ class ProgressiveDiffusionAugment(v2.Transform):
             raise ValueError(f"label outside the {self.num_classes} classes: {labels.tolist()}")
         return torch.nn.functional.one_hot(labels.long(), self.num_classes).float()
 
+    def _rows_per_call(self, pair: Pair, device: torch.device) -> int:
+        if self.max_batch is not None:
+            return self.max_batch
+        sizes = self.__dict__.setdefault("_auto_batch", {})
+        if str(device) not in sizes:
+            from progaug.runtime import auto_max_batch
+
+            sizes[str(device)] = auto_max_batch(pair.source, pair.image_size, device,
+                                                autocast_dtype=torch.bfloat16 if self.bf16 else None)
+        return sizes[str(device)]
+
     def _draw_levels(self, count: int) -> torch.Tensor:
         if self.levels is not None:
             choice = torch.randint(0, len(self.levels), (count,))
@@ -169,7 +181,7 @@ class ProgressiveDiffusionAugment(v2.Transform):
             raise ValueError(f"images are {tuple(images.shape[-2:])} but the pair was trained on {pair.image_size}x{pair.image_size} tiles")
         result = generate_progressive(
             pair.source, pair.target, images.to(device), levels=self._draw_levels(chosen.numel())[:, None],
-            steps=self.steps, diffusion=pair.diffusion, radius=self.radius, max_batch=self.max_batch,
+            steps=self.steps, diffusion=pair.diffusion, radius=self.radius, max_batch=self._rows_per_call(pair, device),
             autocast_dtype=torch.bfloat16 if self.bf16 else None,
         )
         out, new_rows = x.clone(), rows.clone()

@@ -64,6 +64,19 @@ class TestBatchForm:
         assert torch.equal(out[1], x[1]) and torch.equal(rows[1], torch.tensor([0.0, 1.0]))  # target class untouched
         assert not torch.equal(out[0], x[0]) and 0 < float(rows[0, 1]) <= 1
 
+    def test_automatic_rows_per_call_same_result(self, pair_dir):
+        from progaug.runtime import CPU_MAX_BATCH
+
+        x, y = random_tiles(3).float() / 255, torch.tensor([0, 0, 0])
+        auto, fixed = make(pair_dir), make(pair_dir, max_batch=1)
+        torch.manual_seed(3)
+        a = auto(x, y)
+        torch.manual_seed(3)
+        b = fixed(x, y)
+        assert auto._auto_batch == {"cpu": CPU_MAX_BATCH}
+        torch.testing.assert_close(a[0], b[0], atol=1 / 255, rtol=0)
+        torch.testing.assert_close(a[1], b[1], atol=1e-4, rtol=0)
+
     def test_p_zero_and_disabled_pass_through(self, pair_dir):
         x, y = random_tiles(2).float() / 255, torch.tensor([0, 0])
         out, rows = make(pair_dir, p=0.0)(x, y)
