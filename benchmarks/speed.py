@@ -28,8 +28,10 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import load_splits
 from progaug.cli_args import add_config_arguments, config_from_args
-from progaug.data import TileSpec, hgsc_tiles
 from progaug.data.tiles import to_model_range
 from progaug.diffusion import DDIMSchedule, ddim_step, sample
 from progaug.frequency import adaptive_depths, default_levels, highpass_amplitude, soft_labels
@@ -139,6 +141,7 @@ def timed(fn, device):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pair", default="hgsc-demo", help="(default: hgsc-demo)")
+    p.add_argument("--data", default="hgsc", help="'hgsc' (demo test tiles) or class folders, ROOT/{train,val,test}/<class>/ or ROOT/<class>/ (default: hgsc)")
     p.add_argument("--images", type=int, default=4, help="source images (default: 4)")
     p.add_argument("--levels", type=int, default=10, help="(default: 10)")
     p.add_argument("--ref-steps", type=int, default=1000, help="steps of the reference schedule (default: 1000)")
@@ -166,7 +169,8 @@ def main(argv=None) -> int:
     models = prepare_model(pair.source, runtime), prepare_model(pair.target, runtime)
     max_batch = auto_max_batch(pair.source, pair.image_size, device, autocast_dtype=dtype) if args.max_batch == "auto" else int(args.max_batch)
     diffusion, clip = pair.diffusion, pair.diffusion.clip_denoised
-    tiles = hgsc_tiles("test", TileSpec(tile_size=pair.image_size, stride=pair.image_size // 2)).of_class(pair.classes[0])
+    splits = load_splits(args.data, pair.image_size)
+    tiles = splits["test" if "test" in splits else "train"].of_class(pair.classes[0])
     pick = torch.linspace(0, len(tiles) - 1, args.images).round().long()
     x = to_model_range(tiles.images[pick]).to(device)
     levels = default_levels(args.levels)

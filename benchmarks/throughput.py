@@ -51,6 +51,7 @@ PAPER_SIZE = dict(image_size=256, model_channels=256, channel_mult=(1, 1, 2, 2, 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pair", default="hgsc-demo", help="(default: hgsc-demo)")
+    p.add_argument("--source", default="hgsc", help="source-class images for precompute: 'hgsc' or a folder (default: hgsc)")
     p.add_argument("--n", type=int, default=320, help="progressive images per variant (default: 320 = 32 sources x 10)")
     p.add_argument("--device", default="cpu", help="(default: cpu)")
     p.add_argument("--paper-size", action="store_true", help="also run a random-weight 256-px pair of the paper's size (GPU)")
@@ -88,9 +89,10 @@ def variants(device: str) -> dict[str, list[str]]:
     return out
 
 
-def run_precompute(pair: str, n: int, device: str, flags: list[str], out: Path) -> dict:
+def run_precompute(pair: str, n: int, device: str, flags: list[str], out: Path, source: str = "hgsc") -> dict:
     """One ``progaug precompute`` in a subprocess; returns its manifest's execution block and depths."""
-    cmd = [sys.executable, "-m", "progaug", "precompute", "--pair", pair, "--n", str(n), "--out", str(out), "--device", device, *flags]
+    cmd = [sys.executable, "-m", "progaug", "precompute", "--pair", pair, "--source", source, "--n", str(n), "--out", str(out),
+           "--device", device, *flags]
     began = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     wall = time.perf_counter() - began
@@ -154,7 +156,7 @@ def main(argv=None) -> int:
             for name, flags in variants(args.device).items():
                 if args.variants and name not in args.variants:
                     continue
-                m = run_precompute(pair_ref, n, args.device, flags, Path(tmp) / f"{len(entry['variants'])}-{label[:5]}")
+                m = run_precompute(pair_ref, n, args.device, flags, Path(tmp) / f"{len(entry['variants'])}-{label[:5]}", args.source)
                 m["achieved_tflops"] = m["unet_evals_per_image"] * flops * m["images_per_second"] / 1e12
                 if peak:
                     m["floor_seconds_per_image"] = m["unet_evals_per_image"] * flops / (peak * 1e12)

@@ -49,10 +49,11 @@ def split_folders(root: Path, per_class: int = 6) -> Path:
     return root
 
 
-def test_speed(bench, tiny_pair, tmp_path):
+def test_speed_on_class_folders(bench, tiny_pair, tmp_path):
     speed = bench("speed")
     out = tmp_path / "speed"
-    assert speed.main(["--pair", str(tiny_pair), "--images", "2", "--levels", "3", "--ref-steps", "12", "--steps", "4",
+    data = split_folders(tmp_path / "data")
+    assert speed.main(["--pair", str(tiny_pair), "--data", str(data), "--images", "2", "--levels", "3", "--ref-steps", "12", "--steps", "4",
                        "--max-batch", "auto", "--threads", "1", "--out", str(out)]) == 0
     res = json.loads(out.with_suffix(".json").read_text())
     agree = res["same_steps_agreement"]
