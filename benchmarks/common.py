@@ -15,14 +15,15 @@ from pathlib import Path
 import torch
 
 from progaug.data import TileSpec, folder_tiles, hgsc_tiles
-from progaug.data.tiles import TileSet, dihedral, to_model_range
+from progaug.data.tiles import TileSet, dihedral, to_model_range, to_uint8
 from progaug.diffusion import DDIMSchedule, bridge, sample
+from progaug.runtime import autocast
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("PROGAUG_BENCH_CACHE", ROOT / "benchmarks" / "cache"))
 """Where generated sets are kept (``$PROGAUG_BENCH_CACHE`` overrides; the tests use a temporary folder)."""
 
-__all__ = ["CACHE", "ROOT", "bar_panels", "bar_plot", "command_line", "dihedral_cycle", "final_stage", "heldout", "load_splits", "to_uint8",
+__all__ = ["CACHE", "ROOT", "bar_panels", "bar_plot", "command_line", "dihedral_cycle", "final_stage", "heldout", "load_splits", "pair_training",
            "unconditional"]
 
 
@@ -54,9 +55,10 @@ def dihedral_cycle(x: torch.Tensor, n: int) -> torch.Tensor:
     return torch.stack([dihedral(x[i % len(x)], (i // len(x)) % 8) for i in range(n)])
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float images to uint8 (as they would be saved as PNG)."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte()
+def pair_training(pair) -> dict:
+    """The pair card's training budget (steps, wall time, device), so figures name the weights they used."""
+    training = pair.card.get("training", {})
+    return {k: training.get(k) for k in ("steps_done", "wall_time_s", "device")}
 
 
 def _digest(*parts) -> str:
@@ -81,10 +83,6 @@ def _cached(name: str, key: str, make) -> torch.Tensor:
     return images
 
 
-def _autocast(device: str, bf16: bool):
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
-
-
 def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str, bf16: bool, batch_size: int = 64) -> torch.Tensor:
     """``n`` full-depth ADD translations (eq. 4) of uint8 source tiles (cycled with flips / rotations):
     ``(n, 3, S, S)`` uint8."""
@@ -95,7 +93,7 @@ def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str,
         x = to_model_range(dihedral_cycle(sources, n))
         out = []
         for i, chunk in enumerate(x.split(batch_size)):
-            with _autocast(device, bf16):
+            with autocast(device, torch.bfloat16 if bf16 else None):
                 out.append(to_uint8(bridge(pair.source, pair.target, chunk.to(device), sched, clip=pair.diffusion.clip_denoised).cpu()))
             print(f"final-stage ADD: {min((i + 1) * batch_size, n)}/{n}", flush=True)
         return torch.cat(out)
@@ -115,7 +113,7 @@ def unconditional(pair, n: int, *, steps: int, device: str, bf16: bool, seed: in
         out = []
         for start in range(0, n, batch_size):
             noise = torch.randn(min(batch_size, n - start), 3, s, s, generator=gen).to(device)
-            with _autocast(device, bf16):
+            with autocast(device, torch.bfloat16 if bf16 else None):
                 out.append(to_uint8(sample(pair.target, noise, sched, clip=pair.diffusion.clip_denoised).cpu()))
             print(f"unconditional: {min(start + batch_size, n)}/{n}", flush=True)
         return torch.cat(out)

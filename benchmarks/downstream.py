@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import CACHE, ROOT, bar_plot, command_line, final_stage, load_splits, unconditional
+from common import CACHE, ROOT, bar_plot, command_line, final_stage, load_splits, pair_training, unconditional
 from progaug.cli_args import add_config_arguments, config_from_args
 from progaug.data.tiles import TileSet, dihedral
 from progaug.hub import load_pair
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
         print(f"{arm}: {len(arms[arm][0])} training images ({time.time() - t0:.0f} s to build)", flush=True)
     res = {"classes": classes, "counts": {s: splits[s].counts() for s in splits}, "args": {k_: v for k_, v in vars(args).items()},
            "machine": platform.platform(), "threads": applied["threads"], "command": command_line("downstream.py", argv),
-           "pair_training": {k_: pair.card.get("training", {}).get(k_) for k_ in ("steps_done", "wall_time_s", "device")},
+           "pair_training": pair_training(pair),
            "seconds_generation": round(time.time() - began, 1), "arms": {}}
     for arm, (x, y, mixup) in arms.items():
         runs = [train_arm(x, y, splits, args, seed, mixup) for seed in args.seeds]

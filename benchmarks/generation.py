@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import bar_panels, command_line, final_stage, heldout, load_splits, unconditional
+from common import bar_panels, command_line, final_stage, heldout, load_splits, pair_training, unconditional
 from progaug.cli_args import add_config_arguments, config_from_args
 from progaug.data.tiles import to_model_range
 from progaug.hub import load_pair
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     sets = {name: to_model_range(images) for name, images in sets.items()}
     res = {"classes": [a, b], "n": args.n, "steps": args.steps, "bf16": args.bf16, "device": args.device, "machine": platform.platform(),
            "threads": applied["threads"], "reference_tiles": len(tgt_train), "command": command_line("generation.py", argv),
-           "pair_training": {k: pair.card.get("training", {}).get(k) for k in ("steps_done", "wall_time_s", "device")},
+           "pair_training": pair_training(pair),
            "methods": {}}
     equal = min(len(images) for images in sets.values())  # Frechet distances are biased by set size: also compare at one size
     res["equal_n"] = equal

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import load_splits
+from common import load_splits, pair_training
 from progaug.cli_args import add_config_arguments, config_from_args
 from progaug.data.tiles import to_model_range
 from progaug.diffusion import DDIMSchedule, ddim_step, sample
@@ -38,7 +38,7 @@ from progaug.frequency import adaptive_depths, default_levels, highpass_amplitud
 from progaug.generator import generate_progressive
 from progaug.hub import load_pair
 from progaug.metrics import psnr
-from progaug.runtime import RuntimeConfig, apply_runtime, auto_max_batch, prepare_model
+from progaug.runtime import RuntimeConfig, apply_runtime, auto_max_batch, autocast, prepare_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,16 +120,6 @@ def _move(model, x, schedule: DDIMSchedule, start: int, stop: int, clip: bool) -
     return x
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-def load_pair_steps(pair) -> dict:
-    """The pair card's training budget (steps, wall time), so figures name the weights they used."""
-    training = pair.card.get("training", {})
-    return {k: training.get(k) for k in ("steps_done", "wall_time_s", "device")}
-
-
 def timed(fn, device):
     _sync(device)
     start = time.perf_counter()
@@ -175,7 +165,7 @@ def main(argv=None) -> int:
     x = to_model_range(tiles.images[pick]).to(device)
     levels = default_levels(args.levels)
     outputs = args.images * args.levels
-    res = {"machine": platform.platform(), "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "pair_training": load_pair_steps(pair),
+    res = {"machine": platform.platform(), "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "pair_training": pair_training(pair),
            "images": args.images, "levels": args.levels, "outputs": outputs, "ref_steps": args.ref_steps, "steps": args.steps,
            "max_batch": max_batch, "bf16": args.bf16, "runtime": runtime.to_dict(), "applied": applied, "paramsA": sum(p.numel() for p in pair.source.parameters()),
            "image_size": pair.image_size, "command": " ".join(["python", "benchmarks/speed.py", *(argv or sys.argv[1:])])}

@@ -15,7 +15,6 @@ U-Net evaluations per source image: ``S`` for the inversion plus ``sum(depths)``
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import torch
@@ -24,6 +23,7 @@ from progaug.config import DiffusionConfig
 from progaug.diffusion import DDIMSchedule, EpsModel, invert, sample_from_depths
 from progaug.errors import check_image_batch, check_levels, check_positive_int
 from progaug.frequency import DEFAULT_RADIUS, adaptive_depths, default_levels, highpass_amplitude, soft_labels
+from progaug.runtime import autocast
 
 __all__ = ["ProgressiveResult", "fixed_batch_model", "generate_progressive"]
 
@@ -113,7 +113,7 @@ def generate_progressive(
             raise ValueError("`fixed_batch` needs `max_batch`, the fixed number of rows per U-Net call")
         source_model, target_model = fixed_batch_model(source_model, max_batch), fixed_batch_model(target_model, max_batch)
 
-    with _autocast(images.device, autocast_dtype):
+    with autocast(images.device, autocast_dtype):
         states, amps = [], []
         for x in images.split(chunk):
             traj = invert(source_model, x, schedule, clip=clip, return_trajectory=True)  # (S + 1, b, C, H, W)
@@ -158,8 +158,3 @@ def fixed_batch_model(model: EpsModel, size: int) -> EpsModel:
     call.config = getattr(model, "config", None)  # type: ignore[attr-defined]
     return call
 
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -99,7 +99,9 @@ def _group_plan(config: PrecomputeConfig, n_sources: int) -> list[tuple[int, int
 def _png_bytes(image: torch.Tensor) -> bytes:
     from PIL import Image
 
-    arr = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    from progaug.data.tiles import to_uint8
+
+    arr = to_uint8(image).permute(1, 2, 0).cpu().numpy()
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()

@@ -28,6 +28,7 @@ __all__ = [
     "CPU_MAX_BATCH",
     "RuntimeConfig",
     "apply_runtime",
+    "autocast",
     "auto_max_batch",
     "default_threads",
     "prepare_model",
@@ -62,6 +63,11 @@ class RuntimeConfig(_JsonMixin):
 
     def __post_init__(self) -> None:
         check_positive_int("threads", self.threads, allow_none=True)
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None):
+    """``torch.autocast`` on ``device``'s type with ``dtype``, or a no-op context when ``dtype`` is None."""
+    return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def default_threads() -> int:
@@ -177,7 +183,7 @@ def auto_max_batch(
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        with torch.autocast("cuda", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        with autocast(device, autocast_dtype):
             model(x, t)
         torch.cuda.synchronize(device)
         peaks.append(torch.cuda.max_memory_allocated(device) - base)

@@ -8,6 +8,7 @@ import os
 import torch
 
 from progaug.checkpoint import atomic_write_bytes
+from progaug.data.tiles import to_uint8
 from progaug.pair import Pair
 
 __all__ = ["progressive_strip", "source_tiles"]
@@ -75,7 +76,7 @@ def progressive_strip(
     draw.text((pad, 1), f"source ({classes[0]}) -> progressive images towards {classes[1]}; soft label = share of {classes[1]}", fill=(0, 0, 0))
 
     def to_pil(x: torch.Tensor) -> Image.Image:
-        arr = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        arr = to_uint8(x).permute(1, 2, 0).cpu().numpy()
         return Image.fromarray(arr).resize((size, size), Image.NEAREST)
 
     for row in range(b):

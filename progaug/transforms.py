@@ -15,7 +15,7 @@ is not part of the pickled state, so the transform pickles in microseconds.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torchvision.transforms import v2
@@ -23,6 +23,9 @@ from torchvision.transforms import v2
 from progaug.errors import check_positive_int
 from progaug.frequency import DEFAULT_RADIUS
 from progaug.generator import generate_progressive
+
+if TYPE_CHECKING:
+    from progaug.pair import Pair
 
 __all__ = ["ProgressiveDiffusionAugment"]
 

@@ -7,12 +7,18 @@ import dataclasses
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["TileDataset", "TileSet", "dihedral", "to_model_range"]
+__all__ = ["TileDataset", "TileSet", "dihedral", "to_model_range", "to_uint8"]
 
 
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
     """uint8 ``[0, 255]`` images -> float32 ``[-1, 1]`` (the diffusion models' range)."""
     return x.float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float images to uint8 [0, 255], clamped and rounded as they are saved to PNG (the inverse of
+    :func:`to_model_range` up to rounding)."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte()
 
 
 def dihedral(x: torch.Tensor, op: int) -> torch.Tensor:
