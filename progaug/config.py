@@ -83,6 +83,10 @@ class UNetConfig(_JsonMixin):
             or ``"local"`` (split into heads first, then a per-head qkv: the target model).
         dropout: Dropout in the residual blocks.
         use_scale_shift_norm: Timestep embedding as a FiLM scale and shift (ADM) instead of a sum.
+        norm_group_channels: Fewest channels per GroupNorm group (at most 32 groups, as in ADM; at
+            width 128 and up this is ADM's rule). 1 makes a width-32 U-Net use instance norms, which
+            hide a uniform colour shift of the input from the network: the first releases did that, and
+            their models sampled saturated wrong colours. Files without this field load as 1.
     """
 
     image_size: int = 64
@@ -96,9 +100,11 @@ class UNetConfig(_JsonMixin):
     attention: AttentionPriority = "global"
     dropout: float = 0.0
     use_scale_shift_norm: bool = True
+    norm_group_channels: int = 4
 
     def __post_init__(self) -> None:
         _check_int("image_size", self.image_size, 32, 256)
+        _check_int("norm_group_channels", self.norm_group_channels, 1, 4096)
         if self.in_channels != 3:
             raise ValueError(f"`in_channels` must be 3 (RGB), got {self.in_channels!r}")
         _check_int("model_channels", self.model_channels, 1, 4096)
@@ -146,6 +152,12 @@ class UNetConfig(_JsonMixin):
     def level_channels(self) -> tuple[int, ...]:
         """Width of each resolution level."""
         return tuple(self.model_channels * m for m in self.channel_mult)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
+        """Build the config from :meth:`to_dict` output; a dict written before ``norm_group_channels``
+        existed gets 1, the rule those weights were trained with."""
+        return config_from_dict(cls, {"norm_group_channels": 1, **data})
 
     def heads_for(self, channels: int) -> int:
         """Number of attention heads for a block of ``channels`` channels."""

@@ -153,6 +153,9 @@ def _identity(run: dict[str, Any]) -> dict[str, Any]:
     same = {k: v for k, v in json.loads(json.dumps(run)).items() if k not in ("device", "world_size", "command")}
     same["train"].pop("steps", None)
     same["train"].pop("checkpoint_every", None)
+    for key in ("source_model", "target_model"):  # through UNetConfig: fields added since read as their old meaning
+        if key in same:
+            same[key] = UNetConfig.from_dict(same[key]).to_dict()
     return same
 
 

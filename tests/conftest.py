@@ -62,15 +62,15 @@ def _deterministic() -> None:
     np.random.seed(0)
 
 
-def make_pair_dir(folder, classes=("stroma", "tumour")):
-    """A pair folder of two seeded tiny (32 px) U-Nets, as `progaug train` writes it."""
+def make_pair_dir(folder, classes=("stroma", "tumour"), **overrides):
+    """A pair folder of two seeded tiny (32 px) U-Nets, as `progaug train` writes it (``overrides``: UNetConfig fields)."""
     from progaug.checkpoint import save_unet
     from progaug.config import DiffusionConfig
     from progaug.pair import write_card
 
     folder.mkdir(parents=True, exist_ok=True)
-    save_unet(tiny_unet("global", seed=0), folder / "source.safetensors")
-    save_unet(tiny_unet("local", seed=1), folder / "target.safetensors")
+    save_unet(tiny_unet("global", seed=0, **overrides), folder / "source.safetensors")
+    save_unet(tiny_unet("local", seed=1, **overrides), folder / "target.safetensors")
     write_card(folder, {"direction": {"source_class": classes[0], "target_class": classes[1]},
                         "diffusion": DiffusionConfig().to_dict(),
                         "source": {"attention": "global"}, "target": {"attention": "local"}})

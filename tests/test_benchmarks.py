@@ -123,3 +123,19 @@ def test_throughput(bench, tiny_pair, tmp_path):
     assert (first["batch_size"], first["micro_batch"]) == (8, 32) and (default["batch_size"], default["micro_batch"]) == (32, 32)
     assert first["unet_evals_per_image"] == pytest.approx(default["unet_evals_per_image"])  # same work, other batching
     assert 0 < default["fraction_of_floor"] < 1
+
+
+def test_colour_shift_tells_instance_norms_apart(bench, tmp_path):
+    colour_shift = bench("colour_shift")
+    data = split_folders(tmp_path / "data")
+    pairs = [make_pair_dir(tmp_path / f"g{g}", norm_group_channels=g) for g in (1, 4)]
+    out = tmp_path / "colour"
+    assert colour_shift.main(["--pair", str(pairs[0]), "--pair", str(pairs[1]), "--data", str(data), "--count", "4", "--out", str(out)]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert [r["models"]["source"]["norm_group_channels"] for r in res] == [1, 4]
+    for role in ("source", "target"):
+        legacy, grouped = (abs(r["models"][role]["shift_response"]) for r in res)
+        assert grouped > 5 * legacy
+        errors = res[1]["models"][role]["by_timestep"]
+        assert set(errors) == {"999", "900", "600", "200"} and all(e["eps_mean_rms"] > 0 for e in errors.values())
+    assert "| shift response" in out.with_suffix(".md").read_text()

@@ -66,6 +66,30 @@ class TestTrainPair:
         with pytest.raises(ValueError, match="was made with another configuration"):
             run(tmp_path / "p", 4, resume=True, lr=1e-3)
 
+    def test_resume_of_a_state_from_before_norm_group_channels(self, tmp_path):
+        """A training state written before the field existed resumes with --norm-group-channels 1 only."""
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        def legacy_run(out, steps, resume=False, group_channels=1):
+            return train_pair(
+                toy_tiles(), out, source_class="a", target_class="b",
+                source_model=tiny_config("global", norm_group_channels=group_channels),
+                train=TrainConfig(steps=steps, **FAST), resume=resume, device="cpu", progress=False, command="test",
+            )
+
+        out = legacy_run(tmp_path / "p", 2)
+        path = out / "checkpoint.safetensors"
+        with safe_open(str(path), "pt") as f:
+            meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        stored = json.loads(meta["run"])
+        for key in ("source_model", "target_model"):
+            del stored[key]["norm_group_channels"]
+        save_file(tensors, str(path), metadata={**meta, "run": json.dumps(stored)})
+        with pytest.raises(ValueError, match="was made with another configuration"):
+            legacy_run(out, 3, resume=True, group_channels=4)
+        assert load_pair_dir(legacy_run(out, 3, resume=True)).card["training"]["steps_done"] == 3
+
     def test_existing_checkpoint_needs_resume(self, tmp_path):
         run(tmp_path / "p", 2)
         with pytest.raises(FileExistsError, match="pass --resume"):

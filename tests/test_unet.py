@@ -7,10 +7,14 @@ import torch
 
 from progaug.checkpoint import load_unet, load_unet_weights, read_unet_config, save_unet
 from progaug.config import UNetConfig
-from progaug.nn.attention import AttentionBlock
+from progaug.nn.attention import AttentionBlock, norm_groups
 from progaug.nn.unet import UNet
 
 from conftest import tiny_config, tiny_unet
+
+# tiny_unet("local", seed=7, norm_group_channels=1)(linspace input, t=123): sum and mean |.|
+GOLDEN_SUM = -37.26987075805664
+GOLDEN_ABS_MEAN = 0.049923259764909744
 
 
 class TestAttentionBlock:
@@ -70,14 +74,33 @@ class TestUNet:
         x = torch.randn(1, 3, 32, 32)
         assert not torch.allclose(model(x, torch.tensor([10])), model(x, torch.tensor([900])))
 
-    def test_golden_value(self):
-        model = tiny_unet("local", seed=7)
+    @pytest.mark.parametrize("group_channels,golden", [(4, (-62.177093505859375, 0.07372776418924332)), (1, (GOLDEN_SUM, GOLDEN_ABS_MEAN))])
+    def test_golden_value(self, group_channels, golden):
+        # 1 is the first releases' normalisation: files written then must still compute the same
+        model = tiny_unet("local", seed=7, norm_group_channels=group_channels)
         x = torch.linspace(-1, 1, 3 * 32 * 32).reshape(1, 3, 32, 32)
         with torch.no_grad():
             out = model(x, torch.tensor([123]))
         # pinned from this seeded model on torch 2.14.1 CPU; guards against silent architecture changes
-        assert float(out.sum()) == pytest.approx(GOLDEN_SUM, rel=1e-3)
-        assert float(out.abs().mean()) == pytest.approx(GOLDEN_ABS_MEAN, rel=1e-3)
+        assert float(out.sum()) == pytest.approx(golden[0], rel=1e-3)
+        assert float(out.abs().mean()) == pytest.approx(golden[1], rel=1e-3)
+
+    @pytest.mark.parametrize("seed", [0, 1, 2])
+    def test_uniform_colour_shift_reaches_the_output(self, seed):
+        """One channel per GroupNorm group (the first demo pair) hides a uniform colour shift of the input
+        from the network; the default grouping must pass it on, or samples keep the noise's colour."""
+        x, t = torch.randn(4, 3, 32, 32), torch.full((4,), 999)
+        shift = torch.tensor([0.5, -0.5, 0.3]).view(1, 3, 1, 1)
+
+        def response(group_channels: int) -> float:
+            model = tiny_unet("local", seed=seed, norm_group_channels=group_channels)
+            with torch.no_grad():
+                for m in model.modules():
+                    if isinstance(m, torch.nn.Conv2d):
+                        torch.nn.init.normal_(m.weight, std=0.1)
+                return float((model(x + shift, t) - model(x, t)).mean((0, 2, 3)).abs().sum())
+
+        assert response(4) > 5 * response(1)
 
     def test_bad_input(self):
         model = tiny_unet()
@@ -89,8 +112,13 @@ class TestUNet:
             model(torch.zeros(1, 3, 32, 32), torch.zeros(2, dtype=torch.long))
 
 
-GOLDEN_SUM = -37.26987075805664
-GOLDEN_ABS_MEAN = 0.049923259764909744
+@pytest.mark.parametrize(
+    "channels,min_group,groups",
+    [(32, 1, 32), (32, 4, 8), (64, 4, 16), (128, 4, 32), (256, 4, 32), (96, 4, 16), (16, 4, 4), (4, 8, 1), (48, 1, 16)],
+)
+def test_norm_groups(channels, min_group, groups):
+    assert norm_groups(channels, min_group) == groups
+    assert channels % groups == 0
 
 
 class TestUNetConfig:
@@ -98,6 +126,13 @@ class TestUNetConfig:
         c = tiny_config("local", head_channels=8)
         assert UNetConfig.from_json(c.to_json()) == c
         assert json.loads(c.to_json())["channel_mult"] == [1, 2]
+        assert UNetConfig.from_json(tiny_config(norm_group_channels=2).to_json()).norm_group_channels == 2
+
+    def test_dict_from_before_norm_group_channels_loads_as_one(self):
+        data = tiny_config().to_dict()
+        del data["norm_group_channels"]
+        assert UNetConfig.from_dict(data) == tiny_config(norm_group_channels=1)
+        assert UNetConfig().norm_group_channels == 4
 
     @pytest.mark.parametrize(
         "kwargs,match",
@@ -109,6 +144,7 @@ class TestUNetConfig:
             (dict(attention_resolutions=(7,)), "is not a feature-map side"),
             (dict(in_channels=1), "`in_channels` must be 3"),
             (dict(model_channels=31, num_heads=4), "attention width 62 is not divisible into 4 heads"),
+            (dict(norm_group_channels=0), r"`norm_group_channels` must be in \[1, 4096\], got 0"),
         ],
     )
     def test_bad_values(self, kwargs, match):
@@ -130,6 +166,26 @@ class TestCheckpoint:
         loaded = load_unet(path, attention=priority)
         assert loaded.config == model.config
         x, t = torch.randn(1, 3, 32, 32), torch.tensor([500])
+        torch.testing.assert_close(loaded(x, t), model(x, t))
+
+    def test_file_from_before_norm_group_channels(self, tmp_path):
+        """A checkpoint written by the first releases (no such key) loads with their normalisation."""
+        import json as _json
+
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        model = tiny_unet("local", seed=5, norm_group_channels=1)
+        path = tmp_path / "m.safetensors"
+        save_unet(model, path)
+        with safe_open(str(path), "pt") as f:
+            meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        config = _json.loads(meta["config"])
+        del config["norm_group_channels"]
+        save_file(tensors, str(path), metadata={**meta, "config": _json.dumps(config)})
+        loaded = load_unet(path)
+        assert loaded.config.norm_group_channels == 1
+        x, t = torch.randn(1, 3, 32, 32), torch.tensor([900])
         torch.testing.assert_close(loaded(x, t), model(x, t))
 
     def test_fp16_storage(self, tmp_path):

@@ -19,12 +19,27 @@ from torch import nn
 
 from progaug.config import ATTENTION_PRIORITIES
 
-__all__ = ["AttentionBlock", "group_norm"]
+__all__ = ["AttentionBlock", "group_norm", "norm_groups"]
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with up to 32 groups that divide ``channels`` (ADM uses 32)."""
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+def norm_groups(channels: int, min_group_channels: int = 1) -> int:
+    """Number of GroupNorm groups for ``channels`` channels.
+
+    ADM uses 32 groups; here the most groups that divide ``channels``, at most 32, with at least
+    ``min_group_channels`` channels in each. With one channel per group GroupNorm is an instance
+    norm: it removes each channel's spatial mean, so a network built only of such norms cannot see a
+    uniform colour shift of its input (it was 1 % sensitive in the first demo pair; see
+    ``docs/training.md``). ``min_group_channels=1`` gives ``gcd(32, channels)``, the first releases' rule.
+    """
+    groups = math.gcd(32, channels)
+    while groups > 1 and channels // groups < min_group_channels:
+        groups //= 2
+    return groups
+
+
+def group_norm(channels: int, min_group_channels: int = 1) -> nn.GroupNorm:
+    """GroupNorm over :func:`norm_groups` groups of ``channels``."""
+    return nn.GroupNorm(norm_groups(channels, min_group_channels), channels)
 
 
 class AttentionBlock(nn.Module):
@@ -39,7 +54,7 @@ class AttentionBlock(nn.Module):
         ``(B, C, H, W) -> (B, C, H, W)``.
     """
 
-    def __init__(self, channels: int, num_heads: int, priority: str = "global") -> None:
+    def __init__(self, channels: int, num_heads: int, priority: str = "global", min_group_channels: int = 1) -> None:
         super().__init__()
         if priority not in ATTENTION_PRIORITIES:
             raise ValueError(f"`priority` must be one of {ATTENTION_PRIORITIES}, got {priority!r}")
@@ -48,7 +63,7 @@ class AttentionBlock(nn.Module):
         self.channels = channels
         self.num_heads = num_heads
         self.priority = priority
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, min_group_channels)
         groups = 1 if priority == "global" else num_heads
         self.qkv = nn.Conv1d(channels, 3 * channels, 1, groups=groups)
         self.proj_out = nn.Conv1d(channels, channels, 1)

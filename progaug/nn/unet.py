@@ -32,12 +32,16 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice, with the timestep embedding in between; ``(B, Ci, H, W) -> (B, Co, H, W)``."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_ch: int, dropout: float, scale_shift: bool) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, emb_ch: int, dropout: float, scale_shift: bool, min_group_channels: int = 1
+    ) -> None:
         super().__init__()
         self.scale_shift = scale_shift
-        self.in_layers = nn.Sequential(group_norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.in_layers = nn.Sequential(
+            group_norm(in_ch, min_group_channels), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_ch, 2 * out_ch if scale_shift else out_ch))
-        self.out_norm = group_norm(out_ch)
+        self.out_norm = group_norm(out_ch, min_group_channels)
         self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out_ch, out_ch, 3, padding=1))
         nn.init.zeros_(self.out_layers[-1].weight)
         nn.init.zeros_(self.out_layers[-1].bias)
@@ -85,9 +89,17 @@ class UNet(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(ch0, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
         self.input_conv = nn.Conv2d(cfg.in_channels, ch0, 3, padding=1)
 
+        gn = cfg.norm_group_channels
+
+        def res(i: int, o: int) -> ResBlock:
+            return ResBlock(i, o, emb_ch, cfg.dropout, cfg.use_scale_shift_norm, gn)
+
+        def attention(ch: int) -> AttentionBlock:
+            return AttentionBlock(ch, cfg.heads_for(ch), cfg.attention, gn)
+
         def block(i: int, o: int, side: int) -> _Level:
-            attn = AttentionBlock(o, cfg.heads_for(o), cfg.attention) if side in cfg.attention_resolutions else None
-            return _Level(ResBlock(i, o, emb_ch, cfg.dropout, cfg.use_scale_shift_norm), attn)
+            attn = attention(o) if side in cfg.attention_resolutions else None  # first: keeps seeded inits
+            return _Level(res(i, o), attn)
 
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -105,11 +117,8 @@ class UNet(nn.Module):
                 side //= 2
         self.middle = nn.ModuleList(
             [
-                _Level(ResBlock(ch, ch, emb_ch, cfg.dropout, cfg.use_scale_shift_norm), None),
-                _Level(
-                    ResBlock(ch, ch, emb_ch, cfg.dropout, cfg.use_scale_shift_norm),
-                    AttentionBlock(ch, cfg.heads_for(ch), cfg.attention),
-                ),
+                _Level(res(ch, ch), None),
+                _Level(res(ch, ch), attention(ch)),
             ]
         )
         self.up = nn.ModuleList()
@@ -123,7 +132,7 @@ class UNet(nn.Module):
             if level > 0:
                 self.upsample.append(nn.Conv2d(ch, ch, 3, padding=1))
                 side *= 2
-        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, cfg.in_channels, 3, padding=1))
+        self.out = nn.Sequential(group_norm(ch, gn), nn.SiLU(), nn.Conv2d(ch, cfg.in_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
