@@ -12,7 +12,6 @@ Writes ``benchmarks/results/pair_quality.json``, ``docs/pair_quality.md`` and
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
 import sys
@@ -21,13 +20,14 @@ from pathlib import Path
 
 import torch
 
-from progaug.data import TileSpec, folder_tiles, hgsc_tiles
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, command_line, heldout, load_splits
 from progaug.data.tiles import to_model_range
 from progaug.diffusion import DDIMSchedule, invert, sample
-from progaug.metrics import frechet_distance, inception_features, load_inception, psnr
 from progaug.hub import load_pair
-
-ROOT = Path(__file__).resolve().parents[1]
+from progaug.metrics import frechet_distance, inception_features, load_inception, psnr
+from progaug.runtime import autocast
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,20 +49,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def real_tiles(data: str, size: int, classes: tuple[str, str]):
-    """``{class: {split: uint8 tiles}}``; folders have one split ("all") used for both roles."""
-    if data == "hgsc":
-        spec = TileSpec(tile_size=size, stride=size // 2)
-        splits = {s: hgsc_tiles(s, spec) for s in ("train", "val", "test")}
-        return {c: {"train": splits["train"].of_class(c).images,
-                    "heldout": torch.cat([splits["val"].of_class(c).images, splits["test"].of_class(c).images])}
-                for c in classes}
-    tiles = folder_tiles(data, tile_size=size, classes=list(classes))
-    return {c: {"train": tiles.of_class(c).images, "heldout": tiles.of_class(c).images} for c in classes}
-
-
-def autocast(device: str, on: bool):
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
+def real_tiles(data: str, size: int, classes: tuple[str, str]) -> dict[str, dict[str, torch.Tensor]]:
+    """``{class: {"train": uint8, "heldout": uint8}}``; data without val / test splits uses its training
+    tiles in both roles (the FID floor is then 0 by construction)."""
+    splits = load_splits(data, size)
+    out = {}
+    for c in classes:
+        train = splits["train"].of_class(c).images
+        held = heldout(splits, c)
+        out[c] = {"train": train, "heldout": train if held is None else held}
+    return out
 
 
 @torch.no_grad()
@@ -73,7 +69,7 @@ def unconditional(model, n: int, steps: int, args, diffusion) -> torch.Tensor:
     out = []
     for start in range(0, n, args.batch_size):
         noise = torch.randn(min(args.batch_size, n - start), 3, size, size, generator=gen).to(args.device)
-        with autocast(args.device, args.bf16):
+        with autocast(args.device, torch.bfloat16 if args.bf16 else None):
             out.append(sample(model, noise, sched, clip=diffusion.clip_denoised).float().cpu())
     return torch.cat(out)
 
@@ -132,7 +128,7 @@ def main(argv=None) -> int:
     a, b = classes
     result["fid_real_class_a_vs_class_b"] = frechet_distance(train_features[a]["pool"], train_features[b]["pool"])
     result["seconds"] = round(time.time() - began, 1)
-    result["command"] = " ".join(["python", "benchmarks/pair_quality.py", *(argv if argv is not None else sys.argv[1:])])
+    result["command"] = command_line("pair_quality.py", argv)
     Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out_json).write_text(json.dumps(result, indent=2) + "\n")
     save_grid(grid_rows, Path(args.out_png))

@@ -139,3 +139,21 @@ def test_colour_shift_tells_instance_norms_apart(bench, tmp_path):
         errors = res[1]["models"][role]["by_timestep"]
         assert set(errors) == {"999", "900", "600", "200"} and all(e["eps_mean_rms"] > 0 for e in errors.values())
     assert "| shift response" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.skipif(not WEIGHTS.is_dir(), reason="needs ../shared/weights (offline metric weights)")
+def test_pair_quality_on_class_folders(bench, tiny_pair, tmp_path):
+    pair_quality = bench("pair_quality")
+    data = split_folders(tmp_path / "data")
+    out = {k: tmp_path / f"pq.{k}" for k in ("json", "md", "png")}
+    assert pair_quality.main(["--pair", str(tiny_pair), "--data", str(data), "--metric-weights", str(WEIGHTS), "--n", "6", "--steps", "2",
+                              "--recon-steps", "2", "4", "--recon-count", "2", "--batch-size", "4", "--bf16",
+                              "--out-json", str(out["json"]), "--out-md", str(out["md"]), "--out-png", str(out["png"])]) == 0
+    res = json.loads(out["json"].read_text())
+    for cls in ("stroma", "tumour"):
+        e = res["per_class"][cls]
+        assert e["n_train_real"] == 6 and e["n_heldout_real"] == 12  # held out = val + test folders
+        assert e["fid_samples_vs_train"] > 0 and e["fid_heldout_real_vs_train"] > 0
+        assert set(e["recon_psnr_db"]) == {"2", "4"} and all(v > 0 for v in e["recon_psnr_db"].values())
+    assert res["fid_real_class_a_vs_class_b"] > 0 and out["png"].is_file()
+    assert "| stroma | global |" in out["md"].read_text()
