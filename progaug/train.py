@@ -358,6 +358,8 @@ def train_pair(
             _write_pair(out, members, done, run, elapsed)
             _sample_grid(members, cfg, diffusion, out / "samples" / f"step_{done:07d}.png", dev)
     bar.close()
+    if rank == 0 and start >= cfg.steps:  # nothing left to train: export the resumed state's pair files
+        _write_pair(out, members, start, run, earlier)
     if world > 1:
         import torch.distributed as dist
 

@@ -61,6 +61,17 @@ class TestTrainPair:
             x, y = load_file(str(straight / f"{role}.safetensors")), load_file(str(resumed / f"{role}.safetensors"))
             assert all(torch.equal(x[k], y[k]) for k in x)
 
+    def test_resume_at_the_budget_exports_the_pair(self, tmp_path):
+        """A training state alone (as kept in training/hgsc-demo) becomes pair files with --steps at its step."""
+        trained = run(tmp_path / "a", 2)
+        (tmp_path / "b").mkdir()
+        (tmp_path / "b" / "checkpoint.safetensors").write_bytes((trained / "checkpoint.safetensors").read_bytes())
+        exported = run(tmp_path / "b", 2, resume=True)
+        for role in ("source", "target"):
+            x, y = load_file(str(trained / f"{role}.safetensors")), load_file(str(exported / f"{role}.safetensors"))
+            assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+        assert load_pair_dir(exported).card["training"]["steps_done"] == 2
+
     def test_resume_with_changed_config_refused(self, tmp_path):
         run(tmp_path / "p", 2)
         with pytest.raises(ValueError, match="was made with another configuration"):
