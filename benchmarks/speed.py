@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import load_splits, pair_training
+from common import ROOT, command_line, load_splits, pair_training
 from progaug.cli_args import add_config_arguments, config_from_args
 from progaug.data.tiles import to_model_range
 from progaug.diffusion import DDIMSchedule, ddim_step, sample
@@ -40,7 +40,6 @@ from progaug.hub import load_pair
 from progaug.metrics import psnr
 from progaug.runtime import RuntimeConfig, apply_runtime, auto_max_batch, autocast, prepare_model
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class Counted:
@@ -168,7 +167,7 @@ def main(argv=None) -> int:
     res = {"machine": platform.platform(), "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "pair_training": pair_training(pair),
            "images": args.images, "levels": args.levels, "outputs": outputs, "ref_steps": args.ref_steps, "steps": args.steps,
            "max_batch": max_batch, "bf16": args.bf16, "runtime": runtime.to_dict(), "applied": applied, "paramsA": sum(p.numel() for p in pair.source.parameters()),
-           "image_size": pair.image_size, "command": " ".join(["python", "benchmarks/speed.py", *(argv or sys.argv[1:])])}
+           "image_size": pair.image_size, "command": command_line("speed.py", argv)}
 
     def run_reference():
         src, tgt = Counted(models[0]), Counted(models[1])

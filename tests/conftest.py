@@ -62,6 +62,22 @@ def _deterministic() -> None:
     np.random.seed(0)
 
 
+def drop_model_field(path, meta_key: str, field: str = "norm_group_channels") -> None:
+    """Rewrite a safetensors file as an older progaug wrote it: ``field`` removed from every U-Net config
+    in the JSON metadata entry ``meta_key`` (``"config"`` of a U-Net file, ``"run"`` of a training state)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    entry = json.loads(meta[meta_key])
+    for config in (entry[k] for k in ("source_model", "target_model")) if meta_key == "run" else (entry,):
+        del config[field]
+    save_file(tensors, str(path), metadata={**meta, meta_key: json.dumps(entry)})
+
+
 def make_pair_dir(folder, classes=("stroma", "tumour"), **overrides):
     """A pair folder of two seeded tiny (32 px) U-Nets, as `progaug train` writes it (``overrides``: UNetConfig fields)."""
     from progaug.checkpoint import save_unet

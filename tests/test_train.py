@@ -15,7 +15,7 @@ from progaug.data.tiles import TileSet
 from progaug.pair import load_pair_dir
 from progaug.train import TrainConfig, augment_dihedral, train_pair
 
-from conftest import tiny_config
+from conftest import drop_model_field, tiny_config
 
 FAST = dict(batch_size=4, checkpoint_every=2, sample_steps=2, warmup_steps=2)
 
@@ -79,9 +79,6 @@ class TestTrainPair:
 
     def test_resume_of_a_state_from_before_norm_group_channels(self, tmp_path):
         """A training state written before the field existed resumes with --norm-group-channels 1 only."""
-        from safetensors import safe_open
-        from safetensors.torch import save_file
-
         def legacy_run(out, steps, resume=False, group_channels=1):
             return train_pair(
                 toy_tiles(), out, source_class="a", target_class="b",
@@ -90,13 +87,7 @@ class TestTrainPair:
             )
 
         out = legacy_run(tmp_path / "p", 2)
-        path = out / "checkpoint.safetensors"
-        with safe_open(str(path), "pt") as f:
-            meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-        stored = json.loads(meta["run"])
-        for key in ("source_model", "target_model"):
-            del stored[key]["norm_group_channels"]
-        save_file(tensors, str(path), metadata={**meta, "run": json.dumps(stored)})
+        drop_model_field(out / "checkpoint.safetensors", "run")
         with pytest.raises(ValueError, match="was made with another configuration"):
             legacy_run(out, 3, resume=True, group_channels=4)
         assert load_pair_dir(legacy_run(out, 3, resume=True)).card["training"]["steps_done"] == 3

@@ -10,7 +10,7 @@ from progaug.config import UNetConfig
 from progaug.nn.attention import AttentionBlock, norm_groups
 from progaug.nn.unet import UNet
 
-from conftest import tiny_config, tiny_unet
+from conftest import drop_model_field, tiny_config, tiny_unet
 
 # tiny_unet("local", seed=7, norm_group_channels=1)(linspace input, t=123): sum and mean |.|
 GOLDEN_SUM = -37.26987075805664
@@ -170,19 +170,10 @@ class TestCheckpoint:
 
     def test_file_from_before_norm_group_channels(self, tmp_path):
         """A checkpoint written by the first releases (no such key) loads with their normalisation."""
-        import json as _json
-
-        from safetensors import safe_open
-        from safetensors.torch import save_file
-
         model = tiny_unet("local", seed=5, norm_group_channels=1)
         path = tmp_path / "m.safetensors"
         save_unet(model, path)
-        with safe_open(str(path), "pt") as f:
-            meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-        config = _json.loads(meta["config"])
-        del config["norm_group_channels"]
-        save_file(tensors, str(path), metadata={**meta, "config": _json.dumps(config)})
+        drop_model_field(path, "config")
         loaded = load_unet(path)
         assert loaded.config.norm_group_channels == 1
         x, t = torch.randn(1, 3, 32, 32), torch.tensor([900])
