@@ -33,7 +33,7 @@ from progaug.diffusion import DDIMSchedule, sample, training_alpha_bar
 from progaug.nn.unet import UNet
 from progaug.pair import write_card
 
-__all__ = ["TrainConfig", "train_pair"]
+__all__ = ["TrainConfig", "loss_weights", "train_pair"]
 
 CHECKPOINT = "checkpoint.safetensors"
 ROLES = ("source", "target")
@@ -53,6 +53,10 @@ class TrainConfig(_JsonMixin):
         grad_clip: Gradient-norm clip.
         checkpoint_every: Steps between checkpoints, pair files and sample grids.
         sample_steps: DDIM steps of the sample grid.
+        loss_weighting: ``"uniform"`` (plain epsilon MSE, as DDPM/ADM) or ``"min_snr"`` (each timestep's
+            epsilon MSE weighted by ``min(SNR, gamma) / SNR``, min-SNR-gamma of Hang et al., ICCV 2023); the model stays an
+            epsilon predictor on the same schedule either way.
+        min_snr_gamma: The ``gamma`` of ``"min_snr"`` weighting.
         bf16: Run forward and backward under bf16 autocast (CPU and CUDA).
         save_dtype: Dtype of the shipped EMA weights.
         seed: Seed of every random draw.
@@ -67,6 +71,8 @@ class TrainConfig(_JsonMixin):
     grad_clip: float = 1.0
     checkpoint_every: int = 1000
     sample_steps: int = 25
+    loss_weighting: Literal["uniform", "min_snr"] = "uniform"
+    min_snr_gamma: float = 5.0
     bf16: bool = True
     save_dtype: Literal["float16", "float32"] = "float16"
     seed: int = 0
@@ -78,6 +84,10 @@ class TrainConfig(_JsonMixin):
             raise ValueError(f"`lr` must be > 0, got {self.lr!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay!r}")
+        if self.loss_weighting not in ("uniform", "min_snr"):
+            raise ValueError(f"`loss_weighting` must be 'uniform' or 'min_snr', got {self.loss_weighting!r}")
+        if not self.min_snr_gamma > 0:
+            raise ValueError(f"`min_snr_gamma` must be > 0, got {self.min_snr_gamma!r}")
         if self.save_dtype not in ("float16", "float32"):
             raise ValueError(f"`save_dtype` must be 'float16' or 'float32', got {self.save_dtype!r}")
 
@@ -96,6 +106,20 @@ def augment_dihedral(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     for i, op in enumerate(ops.tolist()):
         out[i] = dihedral(x[i], op)
     return out
+
+
+def loss_weights(alpha_bar_t: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Per-sample weight of the epsilon MSE for timesteps with ``alpha_bar_t`` (shape ``(B,)``).
+
+    ``"uniform"``: ones. ``"min_snr"``: ``min(SNR, gamma) / SNR`` with ``SNR = alpha_bar / (1 - alpha_bar)``,
+    the min-SNR-gamma weighting written for an epsilon-prediction loss (Hang et al., ICCV 2023, eq. 8):
+    low-noise steps (SNR > gamma), whose gradients conflict with the others, count less; steps at
+    SNR <= gamma keep weight 1.
+    """
+    if cfg.loss_weighting == "uniform":
+        return torch.ones_like(alpha_bar_t)
+    snr = alpha_bar_t / (1 - alpha_bar_t)
+    return snr.clamp(max=cfg.min_snr_gamma) / snr
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
@@ -151,6 +175,7 @@ class _Member:
 def _identity(run: dict[str, Any]) -> dict[str, Any]:
     """What must not change across a resume: all but the step budget, the machine and the command line."""
     same = {k: v for k, v in json.loads(json.dumps(run)).items() if k not in ("device", "world_size", "command")}
+    same["train"] = TrainConfig.from_dict(same["train"]).to_dict()  # fields added since read as their old meaning
     same["train"].pop("steps", None)
     same["train"].pop("checkpoint_every", None)
     for key in ("source_model", "target_model"):  # through UNetConfig: fields added since read as their old meaning
@@ -380,7 +405,11 @@ def _train_step(m: _Member, step: int, cfg: TrainConfig, rank: int, stream: int,
     m.model.train()
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
         pred = m.model(x_t, t)
-    loss = F.mse_loss(pred.float(), noise)
+    if cfg.loss_weighting == "uniform":
+        loss = F.mse_loss(pred.float(), noise)
+    else:
+        per_sample = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = (per_sample * loss_weights(alpha_bar[t], cfg)).mean()
     m.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(m.model.parameters(), cfg.grad_clip)

@@ -33,9 +33,32 @@ class TestHgscTiles:
 
     def test_documented_counts(self, splits):
         # the figures in docs/data.md
-        assert splits["train"].counts() == {"stroma": 500, "tumour": 266}
-        assert splits["val"].counts() == {"stroma": 242, "tumour": 77}
-        assert splits["test"].counts() == {"stroma": 214, "tumour": 134}
+        assert splits["train"].counts() == {"stroma": 288, "tumour": 308}
+        assert splits["val"].counts() == {"stroma": 40, "tumour": 78}
+        assert splits["test"].counts() == {"stroma": 90, "tumour": 93}
+
+    def test_both_classes_from_one_crop(self, splits):
+        # the honest task: a classifier cannot tell the classes apart by crop, stain batch or scanner
+        for tiles in splits.values():
+            assert {src.split(":")[0] for src in tiles.sources} == {"hgsc_nest.jpg"}
+
+    def test_class_follows_the_nucleus_mask(self):
+        from progaug.data.hgsc import tile_class
+
+        spec = TileSpec()
+        types = np.zeros((64, 64), dtype=np.int32)
+        assert tile_class(types, spec) is None  # no nuclei
+        types[:8, :8] = 3  # 64 neoplastic pixels
+        assert tile_class(types, spec) == "tumour"
+        types[8:12, :8] = 1  # 32 connective: neoplastic share 0.67 -> mixed, no class
+        assert tile_class(types, spec) is None
+        types[:] = 0
+        types[:7, :7] = 1  # 49 pixels: too few nuclei
+        assert tile_class(types, spec) is None
+        types[:8, :8] = 1
+        assert tile_class(types, spec) == "stroma"
+        types[:8, :8] = 2  # inflammatory belongs to neither class
+        assert tile_class(types, spec) is None
 
     def test_splits_never_overlap_in_space(self, splits):
         size = 64
@@ -56,9 +79,17 @@ class TestHgscTiles:
 
     def test_block_split_rule(self):
         spec = TileSpec()
-        assert block_split(0, 0, spec) == "train"
-        assert block_split(768, 0, spec) == "val" and block_split(768, 800, spec) == "test"
-        assert block_split(350, 0, spec) is None  # crosses the border at 384
+        assert block_split(0, 0, spec) == "val" and block_split(500, 0, spec) == "train"
+        assert block_split(0, 500, spec) == "test"
+        assert block_split(200, 0, spec) == "val"  # crosses into the next block, of the same split: kept
+        assert block_split(480, 0, spec) is None  # touches a val and a train block
+        assert block_split(1436, 1436, spec) == "train"  # last tile of the crop
+
+    def test_spec_validation(self):
+        with pytest.raises(ValueError, match="`class_share` must be in"):
+            TileSpec(class_share=0.4)
+        with pytest.raises(ValueError, match="`tile_size` 300 must not exceed `block_size` 250"):
+            TileSpec(tile_size=300)
 
     def test_bad_split(self):
         with pytest.raises(ValueError, match="`split` must be one of"):
