@@ -71,7 +71,7 @@ def _digest(*parts) -> str:
 def _cached(name: str, key: str, make) -> torch.Tensor:
     from safetensors.torch import load_file, save
 
-    from progaug.checkpoint import atomic_write_bytes
+    from progaug.fileio import atomic_write_bytes
 
     path = CACHE / f"{name}-{key}.safetensors"
     if path.is_file():

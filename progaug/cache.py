@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from progaug.checkpoint import read_format_json, sha256_file
+from progaug.fileio import read_format_json, sha256_file
 
 __all__ = ["ProgressiveCache"]
 

@@ -6,62 +6,19 @@ moved into place with ``os.replace``, so a crash never leaves a half-written che
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from progaug.config import UNetConfig
+from progaug.fileio import atomic_write_bytes, read_format_json, safetensors_bytes, sha256_file
 from progaug.nn.unet import UNet
 
 __all__ = ["FORMAT", "atomic_write_bytes", "read_format_json", "load_unet", "load_unet_weights", "read_unet_config", "save_unet", "sha256_file"]
 
 FORMAT = "progaug.unet/1"
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_format_json(path: Path, expected_format: str, what: str) -> dict:
-    """Parse a JSON file that must carry ``"format": expected_format``.
-
-    Raises:
-        ValueError: Not valid JSON, or another format; the message names the file and ``what``.
-    """
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != expected_format:
-        got = data.get("format") if isinstance(data, dict) else None
-        raise ValueError(f"{path} is not a progaug {what} (format {got!r}, expected {expected_format!r})")
-    return data
 
 
 def save_unet(
@@ -82,8 +39,6 @@ def save_unet(
     Returns:
         The sha256 of the written file.
     """
-    from safetensors.torch import save
-
     if not isinstance(model, UNet):
         raise TypeError(f"`model` must be a progaug UNet, got {type(model).__name__}")
     tensors = {}
@@ -94,7 +49,7 @@ def save_unet(
         tensors[name] = value.contiguous()
     meta = {"format": FORMAT, "config": model.config.to_json(), "attention": model.config.attention}
     meta.update(metadata or {})
-    atomic_write_bytes(path, save(tensors, metadata=meta))
+    atomic_write_bytes(path, safetensors_bytes(tensors, meta))
     return sha256_file(path)
 
 

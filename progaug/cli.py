@@ -211,11 +211,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error_message(exc: OSError) -> str:
+    """``<file>: <why>`` for an operating-system error (full disk, read-only folder, file in the way)."""
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
+
+
+def _interrupted_message(args: argparse.Namespace, how: str) -> str:
+    """One line for Ctrl-C / SIGTERM: what was kept and how to go on."""
+    out = getattr(args, "out", None)
+    if out is None or not hasattr(args, "resume"):
+        return f"progaug: {how}: nothing was written"
+    argv = [a for a in sys.argv[1:] if a != "--resume"] if args.argv is None else [a for a in args.argv if a != "--resume"]
+    return (f"progaug: {how}: the finished part in {out} is kept (every file there is complete); "
+            f"continue with: progaug {' '.join(argv)} --resume")
+
+
+def _raise_interrupt(signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``progaug`` console script and ``python -m progaug``."""
+    """Entry point of the ``progaug`` console script and ``python -m progaug``.
+
+    Errors the user can fix (bad values, missing or bad files, a full disk, a folder in use) are
+    printed as one line ``progaug: error: <what>: <why>`` with exit code 2; Ctrl-C and SIGTERM print one
+    line saying what was kept and how to resume (exit codes 130 and 143).
+    """
+    import signal
+
+    from progaug.fileio import OutputLocked
+
     args = build_parser().parse_args(argv)
+    args.argv = None if argv is None else list(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as exc:
+    except KeyboardInterrupt as exc:
+        how = "stopped by SIGTERM" if str(exc) == "SIGTERM" else "interrupted"
+        print(_interrupted_message(args, how), file=sys.stderr)
+        return 143 if how.endswith("SIGTERM") else 130
+    except (ValueError, TypeError, OutputLocked) as exc:
         print(f"progaug: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # also our own FileNotFoundError / FileExistsError messages
+        print(f"progaug: error: {_os_error_message(exc)}", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

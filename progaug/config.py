@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any, Literal, TypeVar
 
-__all__ = ["AttentionPriority", "DiffusionConfig", "UNetConfig", "config_from_dict", "config_to_dict"]
+__all__ = ["AttentionPriority", "DiffusionConfig", "UNetConfig", "config_from_dict", "config_to_dict", "describe_differences"]
 
 AttentionPriority = Literal["global", "local"]
 ATTENTION_PRIORITIES: tuple[str, ...] = ("global", "local")
@@ -39,6 +39,28 @@ def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
         raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys are {sorted(names)}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     return cls(**kwargs)
+
+
+def describe_differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    """The settings that differ between two JSON-like trees, one line each, by dotted key.
+
+    >>> describe_differences({"train": {"lr": 1e-4, "seed": 0}}, {"train": {"lr": 2e-4, "seed": 0}})
+    ['train.lr: stored 0.0001, now 0.0002']
+    """
+    if isinstance(stored, dict) and isinstance(current, dict):
+        lines: list[str] = []
+        for key in sorted(set(stored) | set(current), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in stored:
+                lines.append(f"{name}: not stored, now {json.dumps(current[key])}")
+            elif key not in current:
+                lines.append(f"{name}: stored {json.dumps(stored[key])}, now not set")
+            else:
+                lines += describe_differences(stored[key], current[key], name)
+        return lines
+    if stored != current:
+        return [f"{prefix or 'value'}: stored {json.dumps(stored)}, now {json.dumps(current)}"]
+    return []
 
 
 def _jsonable(value: Any) -> Any:

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from progaug.cache import ProgressiveCache
+from progaug.losses import _label_rows
 
 __all__ = ["SoftLabelProgressiveDataset"]
 
@@ -91,12 +92,18 @@ class SoftLabelProgressiveDataset(Dataset):
                 must contain the cache's source and target classes.
             transform: Applied to each float [0, 1] image.
             device: Keep all images as uint8 on this device (e.g. ``"cuda"``): ``__getitem__`` and
-                :meth:`sample_batch` then return device tensors with no copying from the host.
+                :meth:`sample_batch` then return device tensors with no copying from the host. Checked
+                before anything is read: it must parse and exist on this machine.
             verify: Check every file's sha256 against the manifest.
 
         Raises:
-            FileNotFoundError, ValueError: Missing or altered cache files; classes that do not match.
+            TypeError: ``device`` is neither a str nor a torch.device.
+            FileNotFoundError, ValueError: Missing or altered cache files; classes that do not match; a
+                ``device`` that does not parse or is not on this machine.
         """
+        from progaug.transforms import _check_device  # here: the cache path needs no torchvision/generator import
+
+        device = _check_device("device", device)
         cache = ProgressiveCache.open(cache_dir, verify=verify)
         names = list(classes if classes is not None else getattr(real, "classes", None) or cache.classes)
         for name in cache.classes:
@@ -146,8 +153,9 @@ class SoftLabelProgressiveDataset(Dataset):
                     image, row = self.augment(image, int(label))
                 finally:
                     torch.random.set_rng_state(state)
+                row = _label_rows(torch.as_tensor(row)[None], len(self.classes), name="augment")[0]
             else:
-                row = torch.nn.functional.one_hot(torch.tensor(int(label)), len(self.classes)).float()
+                row = _one_hot(label, len(self.classes))
         if self.transform is not None:
             image = self.transform(image)
         return image, row
@@ -158,5 +166,14 @@ def _materialise(real: Dataset, num_classes: int) -> tuple[torch.Tensor, torch.T
     for i in range(len(real)):
         image, label = real[i]
         images.append((_to_float_image(image) * 255).round().clamp(0, 255).byte())
-        rows.append(torch.nn.functional.one_hot(torch.tensor(int(label)), num_classes).float())
+        rows.append(_one_hot(label, num_classes))
     return torch.stack(images), torch.stack(rows)
+
+
+def _one_hot(label: Any, num_classes: int) -> torch.Tensor:
+    """One class index from a base dataset -> float32 ``(K,)`` one-hot row.
+
+    Raises:
+        ValueError: The index is outside ``[0, num_classes)``.
+    """
+    return _label_rows(torch.tensor([int(label)]), num_classes, name="label")[0]

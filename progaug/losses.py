@@ -3,6 +3,9 @@
 Soft labels are dense ``(B, K)`` float rows summing to 1 (what torchvision's MixUp/CutMix and timm's
 losses take). For ADD with two classes a progressive image of soft label ``L`` gets the row
 ``[1 - L, L]`` over (source class, target class).
+
+Labels are checked wherever they enter (these losses, the batch transform, the dataset) by one private
+helper, :func:`_label_rows`: finite, >= 0, rows summing to 1, the classifier's ``K``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,115 @@ __all__ = [
 ]
 
 
+_ROW_SUM_TOLERANCE = 1e-4  # |sum(row) - 1| allowed for float32/float64 rows (more for 16-bit floats)
+
+
+def _check_indices(name: str, indices: torch.Tensor, num_classes: int) -> None:
+    """Raise ``ValueError`` unless every integer class index lies in ``[0, num_classes)``."""
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= num_classes):
+        raise ValueError(
+            f"`{name}` must lie in [0, {num_classes}), got {indices.tolist()} (a label outside the {num_classes} classes)"
+        )
+
+
+def _show_row(index: int, row: torch.Tensor) -> str:
+    """``"row 3 = [0.7, 0.7]"`` for an error message."""
+    return f"row {index} = {[round(v, 6) for v in row.tolist()]}"
+
+
+def _check_probability_rows(name: str, rows: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless each row of ``(B, K)`` floats is finite, >= 0 and sums to 1.
+
+    One device synchronisation when the rows are valid; the slow diagnosis runs only on failure.
+    """
+    if rows.numel() == 0:
+        return
+    r = rows.detach().double()
+    tolerance = max(_ROW_SUM_TOLERANCE, rows.shape[-1] * torch.finfo(rows.dtype).eps)
+    finite = torch.isfinite(r).all(dim=-1)
+    sums = torch.where(torch.isfinite(r), r, 0.0).sum(dim=-1)
+    if bool((finite & (r >= 0).all(dim=-1) & ((sums - 1).abs() <= tolerance)).all()):
+        return
+    r, finite, sums = r.cpu(), finite.cpu(), sums.cpu()
+    for i in range(r.shape[0]):
+        if not finite[i]:
+            raise ValueError(f"`{name}` rows must be finite, got {_show_row(i, r[i])}")
+        if bool((r[i] < 0).any()):
+            raise ValueError(f"`{name}` rows must be >= 0, got {_show_row(i, r[i])}")
+        if abs(float(sums[i]) - 1) > tolerance:
+            raise ValueError(
+                f"`{name}` rows must sum to 1 (within {tolerance:.2g}), got {_show_row(i, r[i])} "
+                f"summing to {float(sums[i]):.6g}"
+            )
+
+
+def _label_rows(
+    labels: object,
+    num_classes: int,
+    *,
+    batch: int | None = None,
+    name: str = "target",
+    binary: bool = False,
+) -> torch.Tensor:
+    """Check labels wherever they enter progaug and return them as ``(B, K)`` probability rows.
+
+    The one check shared by the losses and the batch transform. Accepted forms:
+
+    - ``(B,)`` integer class indices in ``[0, K)`` -> float32 one-hot rows;
+    - ``(B, K)`` floating rows, each finite, >= 0 and summing to 1 (within 1e-4, or ``K`` machine
+      epsilons of a 16-bit dtype) -> returned as they are (same dtype);
+    - with ``binary=True`` (and ``num_classes=2``), also ``(B,)`` or ``(B, 1)`` floating labels ``L`` in
+      [0, 1] (the share of class 1) and ``(B, 1)`` integer indices -> rows ``[1 - L, L]``.
+
+    Args:
+        labels: The labels as given by the caller.
+        num_classes: ``K``, the width the rows must have (a classifier's number of logits).
+        batch: Required ``B`` (None: any).
+        name: Argument name for the error messages.
+        binary: Accept the binary forms above.
+
+    Returns:
+        ``(B, K)`` floating rows.
+
+    Raises:
+        TypeError: Not a tensor; a bool or complex dtype; integer labels that are not ``(B,)`` indices.
+        ValueError: Wrong shape or ``K``; an index outside ``[0, K)``; a row that is not finite, has a
+            negative entry or does not sum to 1; a binary label outside [0, 1].
+    """
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dtype == torch.bool or labels.is_complex():
+        raise TypeError(f"`{name}` must hold integer class indices or floating rows, got dtype {labels.dtype}")
+    width = "B" if batch is None else batch
+    if binary and (labels.ndim == 1 or (labels.ndim == 2 and labels.shape[1] == 1)):
+        labels = labels.reshape(-1)
+        if batch is not None and labels.shape[0] != batch:
+            raise ValueError(f"`{name}` must hold one label per logit ({batch}), got {labels.shape[0]}")
+        if labels.is_floating_point():
+            values = labels.detach().double()
+            valid = torch.isfinite(values) & (values >= 0) & (values <= 1)
+            if not bool(valid.all()):
+                i = int((~valid).nonzero()[0, 0])
+                raise ValueError(f"`{name}` labels must be finite and lie in [0, 1], got {float(values[i]):.6g} at index {i}")
+            return torch.stack([1 - labels, labels], dim=1)
+    if not labels.is_floating_point():
+        if labels.ndim != 1:
+            raise TypeError(
+                f"`{name}` rows must be floating point (integer labels are ({width},) class indices), "
+                f"got dtype {labels.dtype} of shape {tuple(labels.shape)}"
+            )
+        if batch is not None and labels.shape[0] != batch:
+            raise ValueError(f"`{name}` must have shape ({batch},) or ({batch}, {num_classes}), got {tuple(labels.shape)}")
+        _check_indices(name, labels, num_classes)
+        return F.one_hot(labels.long(), num_classes).float()
+    if labels.ndim != 2 or labels.shape[1] != num_classes or (batch is not None and labels.shape[0] != batch):
+        forms = (f"({width},), ({width}, 1) or ({width}, 2)" if binary
+                 else f"({width}, {num_classes}) (or ({width},) class indices)")
+        raise ValueError(f"`{name}` must have shape {forms}, got {tuple(labels.shape)}")
+    _check_probability_rows(name, labels)
+    return labels
+
+
 def indices_to_one_hot(indices: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``(B,)`` int64 class indices -> ``(B, K)`` float32 one-hot rows.
 
@@ -30,8 +142,7 @@ def indices_to_one_hot(indices: torch.Tensor, num_classes: int) -> torch.Tensor:
     indices = torch.as_tensor(indices)
     if indices.is_floating_point() or indices.ndim != 1:
         raise ValueError(f"`indices` must be a (B,) integer tensor, got {indices.dtype} of shape {tuple(indices.shape)}")
-    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= num_classes):
-        raise ValueError(f"`indices` must lie in [0, {num_classes}), got {indices.tolist()}")
+    _check_indices("indices", indices, num_classes)
     return F.one_hot(indices.long(), num_classes).float()
 
 
@@ -81,18 +192,33 @@ class SoftTargetCrossEntropy(nn.Module):
         self._loss = _TimmSoftCE()
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if not target.is_floating_point():
-            target = indices_to_one_hot(target, logits.shape[-1])
-        if target.shape != logits.shape:
-            raise ValueError(f"`target` must have shape {tuple(logits.shape)}, got {tuple(target.shape)}")
-        return self._loss(logits, smooth_soft_targets(target.to(logits.dtype), self.smoothing))
+        """Mean soft-target cross-entropy.
+
+        Args:
+            logits: ``(B, K)`` classifier outputs.
+            target: ``(B, K)`` probability rows (finite, >= 0, each summing to 1) or ``(B,)`` class indices.
+
+        Raises:
+            TypeError: ``target`` is not a tensor, or integer but not ``(B,)``.
+            ValueError: ``logits`` not ``(B, K)``; ``target`` of another shape, or rows that are not
+                probabilities; an index outside ``[0, K)``.
+        """
+        if logits.ndim != 2:
+            raise ValueError(f"`logits` must have shape (B, K), got {tuple(logits.shape)}")
+        rows = _label_rows(target, logits.shape[-1], batch=logits.shape[0], name="target")
+        return self._loss(logits, smooth_soft_targets(rows.to(logits.dtype), self.smoothing))
 
 
 class BinarySoftTargetLoss(nn.Module):
     """Binary form: one logit per sample, the target is the soft label ``L`` (share of the positive class).
 
     ``BCEWithLogits(logit, L')`` with ``L' = L (1 - smoothing) + smoothing / 2``. Accepts ``(B,)`` or
-    ``(B, 1)`` logits and ``(B,)`` labels in [0, 1] or ``(B, 2)`` rows (column 1 is used).
+    ``(B, 1)`` logits and, as targets, ``(B,)`` or ``(B, 1)`` labels in [0, 1] (integer 0/1 too) or
+    ``(B, 2)`` probability rows (column 1 is used). Anything else (``(B, 3)`` rows, a label of 1.7,
+    rows that do not sum to 1) is refused.
+
+    Args:
+        smoothing: Label smoothing in [0, 1).
     """
 
     def __init__(self, smoothing: float = 0.0) -> None:
@@ -101,10 +227,17 @@ class BinarySoftTargetLoss(nn.Module):
         self.smoothing = float(smoothing)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean binary cross-entropy against the (smoothed) soft labels.
+
+        Raises:
+            TypeError: ``target`` is not a tensor, or of a bool/complex dtype.
+            ValueError: ``logits`` not ``(B,)``/``(B, 1)``; ``target`` of another form or batch size; a
+                label outside [0, 1]; rows that are not probabilities.
+        """
+        if logits.ndim not in (1, 2) or (logits.ndim == 2 and logits.shape[1] != 1):
+            raise ValueError(f"`logits` must have shape (B,) or (B, 1), got {tuple(logits.shape)}")
         logits = logits.reshape(-1)
-        target = target[:, 1] if target.ndim == 2 else target
-        target = target.to(logits.dtype).reshape(-1)
-        if target.shape != logits.shape:
-            raise ValueError(f"`target` must hold one label per logit ({logits.shape[0]}), got {target.shape[0]}")
+        rows = _label_rows(target, 2, batch=logits.shape[0], name="target", binary=True)
+        target = rows[:, 1].to(logits.dtype)
         target = target * (1 - self.smoothing) + self.smoothing / 2
         return F.binary_cross_entropy_with_logits(logits, target)

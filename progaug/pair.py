@@ -2,8 +2,9 @@
 
 A pair folder holds ``source.safetensors``, ``target.safetensors`` and ``card.json``. The card records
 the configs, the attention priorities, the classes and direction, the training budget, the data, the
-sha256 of each weight file and the command that produced it. Loading checks every sha256 and refuses a
-model whose priority differs from the card's.
+sha256 of each weight file and the command that produced it. Loading checks the card against a small
+schema (required keys and their types), every sha256, and refuses a model whose priority differs from
+the card's.
 """
 
 from __future__ import annotations
@@ -11,19 +12,35 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import reprlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from progaug.checkpoint import atomic_write_bytes, load_unet, read_format_json, sha256_file
+from progaug.checkpoint import load_unet
+from progaug.fileio import atomic_write_bytes, sha256_file
 from progaug.config import DiffusionConfig
 from progaug.nn.unet import UNet
 
-__all__ = ["CARD_FORMAT", "Pair", "load_pair_dir", "write_card"]
+__all__ = ["CARD_FORMAT", "ROLES", "Pair", "check_card", "load_pair_dir", "parse_card", "read_card", "write_card"]
 
 CARD_FORMAT = "progaug.pair/1"
 ROLES = ("source", "target")
+
+# Required keys of a loadable card and their types; a nested dict is a nested object with its own keys.
+_WEIGHTS = {"file": str, "sha256": str}
+CARD_SCHEMA: dict[str, Any] = {
+    "format": str,
+    "direction": {"source_class": str, "target_class": str},
+    "diffusion": dict,
+    "source": _WEIGHTS,
+    "target": _WEIGHTS,
+}
+_TYPE_NAMES = {str: "a string", dict: "an object"}
+_HEX = frozenset("0123456789abcdef")
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
 
 
 @dataclasses.dataclass
@@ -80,18 +97,92 @@ def write_card(folder: str | os.PathLike[str], card: dict[str, Any]) -> None:
     atomic_write_bytes(folder / "card.json", (json.dumps(card, indent=2, sort_keys=True) + "\n").encode())
 
 
+def _short(value: object) -> str:
+    """``repr(value)``, shortened to about 60 characters (a bad value may be a whole nested object)."""
+    return _REPR.repr(value)
+
+
+def _check_keys(value: dict[str, Any], schema: dict[str, Any], where: str, prefix: str = "") -> None:
+    for key, kind in schema.items():
+        name = prefix + key
+        if key not in value:
+            raise ValueError(f"{where}: missing key {name!r}")
+        expected = dict if isinstance(kind, dict) else kind
+        if not isinstance(value[key], expected):
+            got = value[key]
+            raise ValueError(f"{where}: key {name!r} must be {_TYPE_NAMES[expected]}, got {type(got).__name__} {_short(got)}")
+        if isinstance(kind, dict):
+            _check_keys(value[key], kind, where, name + ".")
+
+
+def check_card(card: object, where: str) -> dict[str, Any]:
+    """Check a parsed pair card against :data:`CARD_SCHEMA` and return it.
+
+    Beyond the required keys and their types: the format tag must be :data:`CARD_FORMAT`, each weight
+    ``file`` a plain file name inside the pair folder, each ``sha256`` 64 lowercase hex digits, and an
+    ``attention`` entry, where present, ``"global"`` or ``"local"``.
+
+    Args:
+        card: The parsed JSON.
+        where: The card's path or URL, named in every message.
+
+    Raises:
+        ValueError: Not an object, a missing key, a value of the wrong type or a bad value; the message
+            names ``where``, the key (dotted for nested keys) and the value.
+    """
+    if not isinstance(card, dict):
+        raise ValueError(f"{where}: a pair card must be a JSON object, got {type(card).__name__} {_short(card)}")
+    if "format" in card and card["format"] != CARD_FORMAT:
+        raise ValueError(f"{where} is not a progaug pair card (format {_short(card['format'])}, expected {CARD_FORMAT!r})")
+    _check_keys(card, CARD_SCHEMA, where)
+    for role in ROLES:
+        entry = card[role]
+        name = entry["file"]
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise ValueError(f"{where}: key '{role}.file' must be a plain file name in the pair folder, got {name!r}")
+        if len(entry["sha256"]) != 64 or not set(entry["sha256"]) <= _HEX:
+            raise ValueError(f"{where}: key '{role}.sha256' must be 64 lowercase hex digits, got {_short(entry['sha256'])}")
+        if entry.get("attention", "global") not in ("global", "local"):
+            raise ValueError(f"{where}: key '{role}.attention' must be 'global' or 'local', got {_short(entry['attention'])}")
+    return card
+
+
+def parse_card(data: bytes | str, where: str) -> dict[str, Any]:
+    """Parse ``card.json`` bytes and check them with :func:`check_card`.
+
+    Raises:
+        ValueError: Not UTF-8 JSON, or a card that fails :func:`check_card`; the message names ``where``.
+    """
+    try:
+        card = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{where} is not valid JSON: {exc}") from exc
+    return check_card(card, where)
+
+
+def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check a ``card.json`` file.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: See :func:`parse_card`; the message names ``path``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pair card not found: {path}")
+    return parse_card(path.read_bytes(), str(path))
+
+
 def load_pair_dir(folder: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> Pair:
     """Load a pair folder, checking the card, each file's sha256 and each model's attention priority.
 
     Raises:
         FileNotFoundError: The folder, its card or a weight file is missing.
-        ValueError: Unreadable card, sha256 mismatch, or a model of the wrong priority.
+        ValueError: Unreadable or incomplete card (see :func:`check_card`), sha256 mismatch, or a
+            model of the wrong priority.
     """
     folder = Path(folder)
-    card_path = folder / "card.json"
-    if not card_path.is_file():
-        raise FileNotFoundError(f"pair card not found: {card_path}")
-    card = read_format_json(card_path, CARD_FORMAT, "pair card")
+    card = read_card(folder / "card.json")
     models = {}
     for role in ROLES:
         entry = card[role]
@@ -99,7 +190,11 @@ def load_pair_dir(folder: str | os.PathLike[str], *, device: torch.device | str 
         if not path.is_file():
             raise FileNotFoundError(f"pair weight file not found: {path}")
         got = sha256_file(path)
-        if got != entry.get("sha256"):
-            raise ValueError(f"{path}: sha256 mismatch, expected {entry.get('sha256')} got {got}")
+        if got != entry["sha256"]:
+            hint = ""
+            if (folder / "checkpoint.safetensors").is_file():  # a `progaug train` folder stopped while exporting
+                hint = ("; the folder holds a training state, so a `progaug train` was probably stopped between writing "
+                        "the weights and card.json: rerun the same train command with --resume to write them again")
+            raise ValueError(f"{path}: sha256 mismatch, expected {entry['sha256']} got {got}{hint}")
         models[role] = load_unet(path, attention=entry.get("attention"), device=device)
     return Pair(models["source"], models["target"], card, folder)

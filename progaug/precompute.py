@@ -20,8 +20,10 @@ resumed run keeps the stored one).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -32,8 +34,8 @@ from typing import Any
 import torch
 
 from progaug.cache import MANIFEST_FORMAT
-from progaug.checkpoint import atomic_write_bytes, sha256_file
-from progaug.config import _JsonMixin
+from progaug.fileio import LOCK_NAME, atomic_write_bytes, lock_folder, sha256_file
+from progaug.config import _JsonMixin, describe_differences
 from progaug.data.tiles import dihedral
 from progaug.errors import check_positive_int
 from progaug.frequency import DEFAULT_RADIUS, default_levels
@@ -87,6 +89,18 @@ class PrecomputeConfig(_JsonMixin):
     def groups(self) -> int:
         """Number of source groups (one inversion each)."""
         return -(-self.n // self.levels)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    """What every group of one precompute run shares."""
+
+    pair: Pair
+    sources: torch.Tensor  # (N, 3, S, S) uint8
+    names: tuple[str, ...]
+    plan: list[tuple[int, int]]  # (source index, dihedral op) per group
+    config: PrecomputeConfig
+    out: Path
 
 
 def _group_plan(config: PrecomputeConfig, n_sources: int) -> list[tuple[int, int]]:
@@ -160,8 +174,6 @@ def precompute(
         ValueError: Empty or wrongly shaped sources, or ``--resume`` with other settings.
         FileExistsError: ``out`` holds a run and ``resume`` is False.
     """
-    from tqdm import tqdm
-
     config = config or PrecomputeConfig()
     _check_sources(sources, source_names, pair.image_size)
     out = Path(out)
@@ -175,29 +187,49 @@ def precompute(
         "sources_sha256": _tensor_digest(sources),
         "n_sources": int(sources.shape[0]),
     }
-    if rank == 0:
-        _prepare(out, settings, resume)
-    _barrier(world)
     plan = _group_plan(config, sources.shape[0])
-    todo = [g for g in range(config.groups) if g % world == rank and not (out / "records" / f"{g:06d}.json").is_file()]
-    source, target = prepare_model(pair.source, runtime), prepare_model(pair.target, runtime)
+    context = _Context(pair, sources, tuple(source_names), plan, config, out)
+    with contextlib.ExitStack() as stack:
+        if rank == 0:
+            stack.enter_context(lock_folder(out, "progaug precompute"))
+            _prepare(out, settings, resume)
+            if resume:
+                _drop_bad_records(context)
+        _barrier(world)
+        missing = [g for g in range(config.groups) if not _record_path(out, g).is_file()]
+        _generate(context, [g for g in missing if g % world == rank], rank, world, device, progress, runtime,
+                  arguments or {}, settings, redo=bool(missing))
+    return out
+
+
+def _generate(ctx: _Context, todo: list[int], rank: int, world: int, device, progress: bool, runtime: RuntimeConfig | None,
+              arguments: dict[str, Any], settings: dict[str, Any], redo: bool) -> None:
+    """Generate this rank's missing groups, then (rank 0) write ``labels.csv``, the preview and the manifest."""
+    from tqdm import tqdm
+
+    config, out, pair = ctx.config, ctx.out, ctx.pair
+    models = (prepare_model(pair.source, runtime), prepare_model(pair.target, runtime))
     levels = default_levels(config.levels)
     bar = tqdm(total=_samples_in(todo, config), unit="img", disable=not progress or rank != 0, desc="precompute",
                dynamic_ncols=True)
     began = time.perf_counter()
-    for start in range(0, len(todo), config.batch_size):
-        groups = todo[start : start + config.batch_size]
-        _run_groups((source, target), pair, sources, source_names, groups, plan, levels, config, out, device)
-        bar.update(sum(len(_sample_ids(g, config)) for g in groups))
-    bar.close()
+    try:
+        for start in range(0, len(todo), config.batch_size):
+            groups = todo[start : start + config.batch_size]
+            _run_groups(ctx, models, groups, levels, device)
+            bar.update(sum(len(_sample_ids(g, config)) for g in groups))
+    finally:
+        bar.close()  # ends the bar's line, also when a group fails
     seconds = time.perf_counter() - began
     _barrier(world)
     if rank == 0:
         execution = {"device": str(device), "batch_size": config.batch_size, "micro_batch": config.micro_batch,
                      "threads": torch.get_num_threads(), "processes": world, "runtime": (runtime or RuntimeConfig()).to_dict(),
                      "samples_this_run_rank0": _samples_in(todo, config), "seconds_this_run_rank0": round(seconds, 2)}
-        _finish(out, pair, sources, source_names, plan, config, settings, arguments or {}, execution)
-    return out
+        previous = _previous_manifest(out)
+        if not redo and previous is not None:  # a resume of a finished, intact set: keep the run that made it
+            execution = previous.get("execution", execution)
+        _finish(ctx, settings, arguments, execution)
 
 
 def _resolve_batches(config: PrecomputeConfig, out: Path, pair: Pair, device, resume: bool) -> PrecomputeConfig:
@@ -205,7 +237,10 @@ def _resolve_batches(config: PrecomputeConfig, out: Path, pair: Pair, device, re
     micro = config.micro_batch
     run_file = out / "run.json"
     if micro is None and resume and run_file.is_file():
-        micro = json.loads(run_file.read_text()).get("config", {}).get("micro_batch")
+        try:
+            micro = json.loads(run_file.read_text()).get("config", {}).get("micro_batch")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+            raise ValueError(f"{run_file} is not valid JSON ({exc}): this folder cannot be resumed; choose another --out") from exc
     if micro is None:
         micro = auto_max_batch(pair.source, pair.image_size, device, autocast_dtype=torch.bfloat16 if config.bf16 else None)
     return dataclasses.replace(config, micro_batch=int(micro), batch_size=config.batch_size or int(micro))
@@ -233,11 +268,14 @@ def _prepare(out: Path, settings: dict[str, Any], resume: bool) -> None:
     if run_file.is_file():
         if not resume:
             raise FileExistsError(f"{out} already holds a precomputed run: pass --resume to complete it, or choose another --out")
-        stored = json.loads(run_file.read_text())
-        if stored != json.loads(json.dumps(settings)):
-            raise ValueError(f"--resume: {out} was made with other settings.\nstored:  {json.dumps(stored, sort_keys=True)}\n"
-                             f"current: {json.dumps(settings, sort_keys=True)}")
-    elif out.exists() and any(out.iterdir()):
+        try:
+            stored = json.loads(run_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{run_file} is not valid JSON ({exc}): this folder cannot be resumed; choose another --out") from exc
+        differences = describe_differences(stored, json.loads(json.dumps(settings)))
+        if differences:
+            raise ValueError(f"--resume: {out} was made with other settings: " + "; ".join(differences))
+    elif out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise FileExistsError(f"{out} exists and is not a precomputed run; choose an empty or new --out")
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "records").mkdir(exist_ok=True)
@@ -252,19 +290,23 @@ def _samples_in(groups: list[int], config: PrecomputeConfig) -> int:
     return sum(len(_sample_ids(g, config)) for g in groups)
 
 
-def _run_groups(models, pair, sources, names, groups, plan, levels, config, out, device) -> None:
+def _run_groups(ctx: _Context, models, groups: list[int], levels, device) -> None:
+    """Generate source groups ``groups`` and write their images, then each group's record."""
     from progaug.data.tiles import to_model_range
 
+    pair, sources, names, plan, config, out = ctx.pair, ctx.sources, ctx.names, ctx.plan, ctx.config, ctx.out
     x = torch.stack([dihedral(to_model_range(sources[plan[g][0]]), plan[g][1]) for g in groups]).to(device)
     result = generate_progressive(
         *models, x, levels=levels, steps=config.steps, diffusion=pair.diffusion, radius=config.radius,
         max_batch=config.micro_batch, fixed_batch=True, autocast_dtype=torch.bfloat16 if config.bf16 else None,
     )
     for row, g in enumerate(groups):
-        records = []
+        records, digests = [], {}
         for j, i in enumerate(_sample_ids(g, config)):
             name = f"images/{i:06d}.png"
-            atomic_write_bytes(out / name, _png_bytes(result.images[row, j]))
+            data = _png_bytes(result.images[row, j])
+            atomic_write_bytes(out / name, data)
+            digests[name] = hashlib.sha256(data).hexdigest()
             depth = int(result.depths[row, j])
             records.append({
                 "file": name, "source": names[plan[g][0]], "source_class": pair.classes[0], "target_class": pair.classes[1],
@@ -275,23 +317,98 @@ def _run_groups(models, pair, sources, names, groups, plan, levels, config, out,
                 "amplitude_latent": round(float(result.amplitudes[row, -1]), 6),
                 "dihedral": plan[g][1], "seed": config.seed,
             })
-        atomic_write_bytes(out / "records" / f"{g:06d}.json", json.dumps(records).encode())
+        _write_record(out, g, records, digests)
 
 
-def _finish(out, pair, sources, names, plan, config, settings, arguments, execution) -> None:
+RECORD_FORMAT = "progaug.records/1"
+
+
+def _record_path(out: Path, group: int) -> Path:
+    return out / "records" / f"{group:06d}.json"
+
+
+def _rows_digest(rows: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
+def _write_record(out: Path, group: int, rows: list[dict[str, Any]], images: dict[str, str]) -> None:
+    """A group's record: its ``labels.csv`` rows, the sha256 of its images and of the rows themselves
+    (so a record edited by hand, or an image altered since, is found on ``--resume``)."""
+    record = {"format": RECORD_FORMAT, "rows": rows, "images": images, "rows_sha256": _rows_digest(rows)}
+    atomic_write_bytes(_record_path(out, group), json.dumps(record).encode())
+
+
+def _read_record(ctx: _Context, group: int) -> list[dict[str, Any]]:
+    """The rows of a group's record, checked against the run and against its images.
+
+    Raises:
+        ValueError: The record is unreadable, edited, not this run's, or an image is missing or altered;
+            the message names the file.
+    """
+    path = _record_path(ctx.out, group)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is unreadable: {exc}") from exc
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        raise ValueError(f"{path} is not a {RECORD_FORMAT} record")
+    rows, images = record.get("rows"), record.get("images")
+    if not isinstance(rows, list) or not isinstance(images, dict) or record.get("rows_sha256") != _rows_digest(rows):
+        raise ValueError(f"{path} was edited after it was written (its rows do not match their sha256)")
+    ids = _sample_ids(group, ctx.config)
+    expected = [f"images/{i:06d}.png" for i in ids]
+    if [r.get("file") for r in rows] != expected or sorted(images) != expected:
+        raise ValueError(f"{path} lists {[r.get('file') for r in rows]}, expected {expected}")
+    source, op = ctx.plan[group]
+    for r in rows:
+        if (r.get("source"), r.get("dihedral"), r.get("steps"), r.get("seed")) != (ctx.names[source], op, ctx.config.steps, ctx.config.seed):
+            raise ValueError(f"{path} belongs to another run (source, flip, steps or seed differ)")
+    for name in expected:
+        file = ctx.out / name
+        if not file.is_file():
+            raise ValueError(f"{file} is missing")
+        if sha256_file(file) != images[name]:
+            raise ValueError(f"{file} is not the image that was written (sha256 differs; truncated or altered)")
+    return rows
+
+
+def _drop_bad_records(ctx: _Context) -> None:
+    """Remove the records that fail :func:`_read_record`, so their groups are generated again."""
+    import sys
+
+    for g in range(ctx.config.groups):
+        if not _record_path(ctx.out, g).is_file():
+            continue
+        try:
+            _read_record(ctx, g)
+        except ValueError as exc:
+            print(f"progaug precompute: group {g} will be generated again: {exc}", file=sys.stderr)
+            _record_path(ctx.out, g).unlink()
+
+
+def _previous_manifest(out: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _finish(ctx: _Context, settings: dict[str, Any], arguments: dict[str, Any], execution: dict[str, Any]) -> None:
+    """Write ``labels.csv``, ``preview.png`` and, last, ``manifest.json`` from the checked records."""
     import platform
 
     import progaug
 
+    out, pair, config = ctx.out, ctx.pair, ctx.config
     rows = []
     for g in range(config.groups):
-        rows += json.loads((out / "records" / f"{g:06d}.json").read_text())
+        rows += _read_record(ctx, g)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(out / "labels.csv", buf.getvalue().encode())
-    _write_preview(out, sources, plan, rows, config, pair)
+    _write_preview(out, ctx.sources, ctx.plan, rows, config, pair)
     files = {r["file"]: sha256_file(out / r["file"]) for r in rows}
     files["labels.csv"] = sha256_file(out / "labels.csv")
     manifest = {

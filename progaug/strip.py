@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from progaug.checkpoint import atomic_write_bytes
+from progaug.fileio import atomic_write_bytes
 from progaug.data.tiles import to_uint8
 from progaug.pair import Pair
 

@@ -11,6 +11,7 @@ seeded by ``(seed, n, rank, model)``, so a resumed run continues exactly as an u
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import io
@@ -25,9 +26,10 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from progaug.checkpoint import atomic_write_bytes, save_unet
+from progaug.checkpoint import save_unet
+from progaug.fileio import atomic_write_bytes, lock_folder, safetensors_bytes
 from progaug.errors import check_positive_int
-from progaug.config import DiffusionConfig, UNetConfig, _JsonMixin
+from progaug.config import DiffusionConfig, UNetConfig, _JsonMixin, describe_differences
 from progaug.data.tiles import TileSet, dihedral, to_model_range
 from progaug.diffusion import DDIMSchedule, sample, training_alpha_bar
 from progaug.nn.unet import UNet
@@ -185,8 +187,6 @@ def _identity(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def _save_checkpoint(out: Path, members: list[_Member], step: int, run: dict[str, Any], wall_time: float) -> None:
-    from safetensors.torch import save
-
     tensors: dict[str, torch.Tensor] = {}
     meta: dict[str, Any] = {}
     for m in members:
@@ -197,7 +197,7 @@ def _save_checkpoint(out: Path, members: list[_Member], step: int, run: dict[str
         _flatten(f"{m.role}.optim", m.optimizer.state_dict(), tensors, meta)
     info = {"step": str(step), "run": json.dumps(run, sort_keys=True), "optim_meta": json.dumps(meta),
             "wall_time_s": f"{wall_time:.1f}"}
-    atomic_write_bytes(out / CHECKPOINT, save(tensors, metadata=info))
+    atomic_write_bytes(out / CHECKPOINT, safetensors_bytes(tensors, info))
 
 
 def _load_checkpoint(out: Path, members: list[_Member], run: dict[str, Any]) -> tuple[int, float]:
@@ -207,15 +207,20 @@ def _load_checkpoint(out: Path, members: list[_Member], run: dict[str, Any]) -> 
     path = out / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-    with safe_open(str(path), framework="pt") as f:
-        info = f.metadata()
-    stored = json.loads(info["run"])
-    if _identity(stored) != _identity(run):
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            info = f.metadata() or {}
+        stored = json.loads(info["run"])
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for truncated or corrupt files
+        raise ValueError(f"--resume: {path} is not a readable progaug training state ({type(exc).__name__}: {exc}); "
+                         f"it may be truncated: restore a copy or start a new output folder") from exc
+    differences = describe_differences(_identity(stored), _identity(run))
+    if differences:
         raise ValueError(
             f"--resume: {path} was made with another configuration; start a new output folder or use the "
-            f"same settings.\nstored:  {json.dumps(_identity(stored), sort_keys=True)}\ncurrent: {json.dumps(_identity(run), sort_keys=True)}"
+            f"same settings. Differences: " + "; ".join(differences)
         )
-    tensors = load_file(str(path))
     meta = json.loads(info["optim_meta"])
     for m in members:
         m.net.load_state_dict({k.split(".model.", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{m.role}.model.")})
@@ -321,8 +326,6 @@ def train_pair(
     Returns:
         The output folder.
     """
-    from tqdm import tqdm
-
     cfg = train or TrainConfig()
     diffusion = diffusion or DiffusionConfig()
     src_cfg = source_model or UNetConfig(attention="global")
@@ -363,33 +366,49 @@ def train_pair(
             model = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
         members.append(_Member(role, model, ema, opt, class_tiles[i]))
 
-    start, earlier = _load_checkpoint(out, members, run) if resume else (0, 0.0)
-    if not resume and (out / CHECKPOINT).exists():
-        raise FileExistsError(f"{out / CHECKPOINT} exists: pass --resume to continue it, or choose another --out")
-    alpha_bar = torch.from_numpy(training_alpha_bar(diffusion)).float().to(dev)
-    per_rank = cfg.batch_size // world
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress or rank != 0, desc="train", dynamic_ncols=True)
-    began = time.time()
-    for step in range(start, cfg.steps):
-        losses = []
-        for i, m in enumerate(members):
-            losses.append(_train_step(m, step, cfg, rank, i, per_rank, alpha_bar, dev))
-        bar.update(1)
-        bar.set_postfix(loss_a=f"{losses[0]:.4f}", loss_b=f"{losses[1]:.4f}")
-        done = step + 1
-        if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            elapsed = earlier + time.time() - began  # training time of all sittings
-            _save_checkpoint(out, members, done, run, elapsed)
-            _write_pair(out, members, done, run, elapsed)
-            _sample_grid(members, cfg, diffusion, out / "samples" / f"step_{done:07d}.png", dev)
-    bar.close()
-    if rank == 0 and start >= cfg.steps:  # nothing left to train: export the resumed state's pair files
-        _write_pair(out, members, start, run, earlier)
+    with contextlib.ExitStack() as stack:
+        if rank == 0:
+            stack.enter_context(lock_folder(out, "progaug train"))
+        _train_loop(members, out, run, cfg, diffusion, resume, rank, world, dev, progress)
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
     return out
+
+
+def _train_loop(members: list[_Member], out: Path, run: dict[str, Any], cfg: TrainConfig, diffusion: DiffusionConfig,
+                resume: bool, rank: int, world: int, dev: torch.device, progress: bool) -> None:
+    """Steps from the checkpoint (or 0) to ``cfg.steps``, with checkpoints, pair files and sample grids."""
+    from tqdm import tqdm
+
+    start, earlier = _load_checkpoint(out, members, run) if resume else (0, 0.0)
+    if not resume and (out / CHECKPOINT).exists():
+        raise FileExistsError(f"{out / CHECKPOINT} exists: pass --resume to continue it, or choose another --out")
+    grid = out / "samples" / f"step_{start:07d}.png"
+    if rank == 0 and start > 0 and not grid.is_file():  # the last sitting stopped while drawing it
+        _sample_grid(members, cfg, diffusion, grid, dev)
+    alpha_bar = torch.from_numpy(training_alpha_bar(diffusion)).float().to(dev)
+    per_rank = cfg.batch_size // world
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress or rank != 0, desc="train", dynamic_ncols=True)
+    began = time.time()
+    try:
+        for step in range(start, cfg.steps):
+            losses = []
+            for i, m in enumerate(members):
+                losses.append(_train_step(m, step, cfg, rank, i, per_rank, alpha_bar, dev))
+            bar.update(1)
+            bar.set_postfix(loss_a=f"{losses[0]:.4f}", loss_b=f"{losses[1]:.4f}")
+            done = step + 1
+            if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+                elapsed = earlier + time.time() - began  # training time of all sittings
+                _save_checkpoint(out, members, done, run, elapsed)
+                _write_pair(out, members, done, run, elapsed)
+                _sample_grid(members, cfg, diffusion, out / "samples" / f"step_{done:07d}.png", dev)
+    finally:
+        bar.close()  # ends the bar's line, also when a step or a save fails
+    if rank == 0 and start >= cfg.steps:  # nothing left to train: export the resumed state's pair files
+        _write_pair(out, members, start, run, earlier)
 
 
 def _train_step(m: _Member, step: int, cfg: TrainConfig, rank: int, stream: int, batch: int, alpha_bar: torch.Tensor, dev: torch.device) -> float:

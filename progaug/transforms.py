@@ -6,6 +6,9 @@ target) with ``L`` the soft label reached (eq. 9); other images pass through wit
 Batch form (like timm's ``Mixup`` and torchvision's ``MixUp``): ``(B, C, H, W), (B,) or (B, K) ->
 (B, C, H, W), (B, K)``, one generator call for all chosen images of the batch.
 
+Image scale follows the dtype, as in torchvision v2: ``uint8`` means 0..255, a floating dtype means
+[0, 1] (or normalised with ``mean``/``std``); the output has the input's dtype and layout.
+
 Where it runs best: the batch form on the GPU inside the training loop (in place of timm's
 ``mixup_fn``). Inside CPU DataLoader workers each sample costs a full inversion and decode on one
 thread — precompute instead (``progaug precompute``). The pair is loaded lazily in each process and
@@ -23,11 +26,51 @@ from torchvision.transforms import v2
 from progaug.errors import check_positive_int
 from progaug.frequency import DEFAULT_RADIUS
 from progaug.generator import generate_progressive
+from progaug.losses import _label_rows
 
 if TYPE_CHECKING:
     from progaug.pair import Pair
 
 __all__ = ["ProgressiveDiffusionAugment"]
+
+
+def _check_device(name: str, device: object) -> torch.device | None:
+    """Parse a device argument at construction time, so that a bad one fails there and not in torch later.
+
+    Args:
+        name: Argument name for the error messages.
+        device: None, a device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``) or a :class:`torch.device`.
+
+    Returns:
+        The parsed device, or None.
+
+    Raises:
+        TypeError: Neither None, a string nor a torch.device.
+        ValueError: A string torch cannot parse; an accelerator type (CUDA, MPS, XPU, ...) this machine
+            does not have; an index beyond the devices present.
+    """
+    if device is None:
+        return None
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"`{name}` must be a str or torch.device, got {type(device).__name__} {device!r}")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"`{name}` must name a torch device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}") from err
+    if parsed.type in ("cpu", "meta"):
+        return parsed
+    backend = torch.backends.mps if parsed.type == "mps" else getattr(torch, parsed.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if callable(is_available) and not is_available():
+        raise ValueError(f"`{name}` is {device!r} but {parsed.type.upper()} is not available on this machine (use 'cpu')")
+    device_count = getattr(getattr(torch, parsed.type, None), "device_count", None)
+    if parsed.index is not None and callable(device_count) and parsed.index >= device_count():
+        count = device_count()
+        raise ValueError(
+            f"`{name}` is {device!r} but this machine has {count} {parsed.type.upper()} device(s) "
+            f"(indices 0..{count - 1})"
+        )
+    return parsed
 
 
 class ProgressiveDiffusionAugment(v2.Transform):
@@ -43,9 +86,11 @@ class ProgressiveDiffusionAugment(v2.Transform):
         num_classes: ``K``, the width of the label rows.
         source_class: Index of class A (the pair's source class) in the classifier's classes.
         target_class: Index of class B.
-        mean: Per-channel mean of batches that arrive normalised (undone before and redone after).
+        mean: Per-channel mean of floating batches that arrive normalised (undone before and redone
+            after); uint8 images are 0..255 and never normalised, so it does not apply to them.
         std: Per-channel std, with ``mean``.
-        device: Where the U-Nets run (default: the batch's device).
+        device: Where the U-Nets run (default: the batch's device); checked here: it must parse and
+            exist on this machine.
         max_batch: Most rows per U-Net call (default: automatic, see
             :func:`progaug.runtime.auto_max_batch`: 32 on CPUs, memory-sized on CUDA, once per device).
         bf16: Run the U-Nets under bf16 autocast.
@@ -90,6 +135,7 @@ class ProgressiveDiffusionAugment(v2.Transform):
         check_positive_int("steps", steps)
         check_positive_int("num_classes", num_classes)
         check_positive_int("max_batch", max_batch, allow_none=True)
+        parsed_device = _check_device("device", device)
         for name, idx in (("source_class", source_class), ("target_class", target_class)):
             if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < num_classes:
                 raise ValueError(f"`{name}` must be an int in [0, {num_classes}), got {idx!r}")
@@ -105,7 +151,7 @@ class ProgressiveDiffusionAugment(v2.Transform):
         self.num_classes, self.source_class, self.target_class = num_classes, source_class, target_class
         self.mean = None if mean is None else tuple(float(m) for m in mean)
         self.std = None if std is None else tuple(float(s) for s in std)
-        self.device = None if device is None else str(device)
+        self.device = None if parsed_device is None else str(parsed_device)
         self.max_batch, self.bf16, self.radius = max_batch, bf16, radius
         self.mixup_enabled = True
 
@@ -139,17 +185,18 @@ class ProgressiveDiffusionAugment(v2.Transform):
             return self._batch(image, label)
         return self._single(image, label)
 
-    def _rows(self, labels: torch.Tensor, batch: int) -> torch.Tensor:
-        labels = torch.as_tensor(labels)
-        if labels.ndim == 2:
-            if labels.shape != (batch, self.num_classes):
-                raise ValueError(f"label rows must have shape ({batch}, {self.num_classes}), got {tuple(labels.shape)}")
-            return labels.float()
-        if labels.shape != (batch,) or labels.is_floating_point():
-            raise ValueError(f"labels must be ({batch},) class indices or ({batch}, {self.num_classes}) rows, got {tuple(labels.shape)} {labels.dtype}")
-        if batch and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(f"label outside the {self.num_classes} classes: {labels.tolist()}")
-        return torch.nn.functional.one_hot(labels.long(), self.num_classes).float()
+    def _rows(self, labels: Any, batch: int) -> torch.Tensor:
+        """``(B,)`` class indices or ``(B, K)`` probability rows -> checked float32 ``(B, K)`` rows.
+
+        Raises:
+            TypeError, ValueError: See :func:`progaug.losses._label_rows` (the one shared check).
+        """
+        if not isinstance(labels, torch.Tensor):
+            try:
+                labels = torch.as_tensor(labels)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise TypeError(f"`labels` must be a tensor of class indices or rows, got {type(labels).__name__}") from err
+        return _label_rows(labels, self.num_classes, batch=batch, name="labels").float()
 
     def _rows_per_call(self, pair: Pair, device: torch.device) -> int:
         if self.max_batch is not None:
@@ -170,6 +217,8 @@ class ProgressiveDiffusionAugment(v2.Transform):
         return low + (high - low) * torch.rand(count, dtype=torch.float64)
 
     def _batch(self, x: torch.Tensor, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.dtype != torch.uint8 and not x.is_floating_point():
+            raise TypeError(f"`images` must be uint8 (0..255) or floating point ([0, 1]), got dtype {x.dtype}")
         rows = self._rows(labels, x.shape[0]).to(x.device)
         if not self.mixup_enabled or self.p == 0.0:
             return x, rows
@@ -208,25 +257,33 @@ class ProgressiveDiffusionAugment(v2.Transform):
             if image.mode != "RGB":
                 raise ValueError(f"PIL image has mode {image.mode!r}; the pair takes RGB (use image.convert('RGB'))")
             tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
-            out, rows = self._batch(tensor.float() / 255, torch.tensor([label]))
-            return Image.fromarray((out[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()), rows[0]
+            out, rows = self._batch(tensor, torch.tensor([label]))
+            return Image.fromarray(out[0].permute(1, 2, 0).numpy()), rows[0]
         if not isinstance(image, torch.Tensor) or image.ndim != 3:
             raise TypeError(f"image must be a PIL image or a (3, H, W) tensor, got {type(image).__name__}")
-        if image.dtype == torch.uint8:
-            out, rows = self._batch(image[None].float() / 255, torch.tensor([label]))
-            return (out[0] * 255).round().clamp(0, 255).byte(), rows[0]
         out, rows = self._batch(image[None], torch.tensor([label]))
         return out[0], rows[0]
 
     def _to_model_range(self, x: torch.Tensor) -> torch.Tensor:
-        """Batch in [0, 1] (or normalised with mean/std) -> [-1, 1] float32."""
+        """Batch -> [-1, 1] float32, the scale read from the dtype (as torchvision v2 does).
+
+        ``uint8``: 0..255 (never normalised, ``mean``/``std`` do not apply). Floating: [0, 1], or
+        normalised with ``mean``/``std`` when given.
+
+        Raises:
+            ValueError: Not 3 channels; floating values that are not finite or outside [0, 1].
+        """
+        if x.shape[1] != 3:
+            raise ValueError(f"images must have 3 channels, got {x.shape[1]}")
+        if x.dtype == torch.uint8:
+            return x.float() / 255 * 2 - 1
         x = x.float()
         if self.mean is not None:
             mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
             std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
             x = x * std + mean
-        if x.shape[1] != 3:
-            raise ValueError(f"images must have 3 channels, got {x.shape[1]}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("images must be finite, got NaN or infinite values")
         if float(x.min()) < -1e-3 or float(x.max()) > 1 + 1e-3:
             raise ValueError(
                 f"images must be in [0, 1] (or normalised with the given mean/std), got min {float(x.min()):.3g} "
@@ -235,7 +292,10 @@ class ProgressiveDiffusionAugment(v2.Transform):
         return x.clamp(0, 1) * 2 - 1
 
     def _from_model_range(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """[-1, 1] -> ``dtype``'s scale: ``uint8`` 0..255 (rounded), floating [0, 1] (re-normalised)."""
         x = (x.float() + 1) / 2
+        if dtype == torch.uint8:
+            return (x.clamp(0, 1) * 255).round().to(torch.uint8)
         if self.mean is not None:
             mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
             std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)

@@ -62,6 +62,18 @@ def _deterministic() -> None:
     np.random.seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _clean_progaug_environment(monkeypatch, tmp_path_factory) -> None:
+    """Tests never depend on the ambient environment: every ``PROGAUG_*`` variable a user may have set
+    (``PROGAUG_OFFLINE=1`` in a shell profile, a ``PROGAUG_HOME``) is cleared, and ``PROGAUG_HOME``
+    points at a fresh temporary folder; a test that needs one sets it itself."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("PROGAUG_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PROGAUG_HOME", str(tmp_path_factory.mktemp("progaug_home")))
+
+
 def drop_model_field(path, meta_key: str, field: str = "norm_group_channels") -> None:
     """Rewrite a safetensors file as an older progaug wrote it: ``field`` removed from every U-Net config
     in the JSON metadata entry ``meta_key`` (``"config"`` of a U-Net file, ``"run"`` of a training state)."""
@@ -96,6 +108,19 @@ def make_pair_dir(folder, classes=("stroma", "tumour"), **overrides):
 @pytest.fixture
 def pair_dir(tmp_path):
     return make_pair_dir(tmp_path / "pair")
+
+
+@pytest.fixture
+def class_folders(tmp_path):
+    """``root/normal/*.png`` and ``root/tumour/*.png``: three 32-px tiles per class."""
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for c, cls in enumerate(("normal", "tumour")):
+        (root / cls).mkdir(parents=True)
+        for i, tile in enumerate(random_tiles(3, seed=c)):
+            Image.fromarray(tile.permute(1, 2, 0).numpy()).save(root / cls / f"{i}.png")
+    return root
 
 
 def random_tiles(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:

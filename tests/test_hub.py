@@ -20,10 +20,12 @@ DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
 
 
 class Server:
-    """Serves files from a dict; ``mode`` "ok", "cut" (half the bytes, then hang up) or "wrong"."""
+    """Serves files from a dict (tests may change it between requests) on 127.0.0.1; ``mode`` "ok",
+    "cut" (half the bytes, then hang up) or "wrong"; ``drip`` > 0 sends the body one byte every ``drip``
+    seconds after a correct Content-Length."""
 
-    def __init__(self, files: dict[str, bytes], mode: str = "ok", delay: float = 0.0) -> None:
-        self.files, self.mode, self.delay, self.hits = files, mode, delay, []
+    def __init__(self, files: dict[str, bytes], mode: str = "ok", delay: float = 0.0, drip: float = 0.0) -> None:
+        self.files, self.mode, self.delay, self.drip, self.hits = files, mode, delay, drip, []
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -39,12 +41,19 @@ class Server:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if outer.drip:
+                    for i in range(len(body)):
+                        self.wfile.write(body[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(outer.drip)
+                    return
                 self.wfile.write(body[: len(body) // 2] if outer.mode == "cut" else body)
 
             def log_message(self, *args):
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -90,7 +99,7 @@ class TestDownload:
 
     def test_http_error(self, tmp_path):
         with Server({}) as s:
-            with pytest.raises(OSError, match="download failed"):
+            with pytest.raises(hub.DownloadError, match=r"could not download .*/nothing.bin: HTTP 404"):
                 hub.download(f"{s.url}/nothing.bin", tmp_path / "n.bin", DIGEST)
 
     def test_offline_never_touches_network(self, tmp_path, monkeypatch):

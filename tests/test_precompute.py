@@ -56,18 +56,18 @@ class TestPrecompute:
         real = pc._run_groups
         calls = []
 
-        def dying(models, pair, sources, names, groups, *args):
+        def dying(ctx, models, groups, *args):
             calls.append(list(groups))
             if len(calls) == 2:
                 raise KeyboardInterrupt("killed")
-            return real(models, pair, sources, names, groups, *args)
+            return real(ctx, models, groups, *args)
 
         monkeypatch.setattr(pc, "_run_groups", dying)
         with pytest.raises(KeyboardInterrupt):
             run(pair_dir, tmp_path / "r", batch_size=1)
         assert not (tmp_path / "r" / "manifest.json").exists()
         calls.clear()
-        monkeypatch.setattr(pc, "_run_groups", lambda *a: (calls.append(list(a[4])), real(*a))[1])
+        monkeypatch.setattr(pc, "_run_groups", lambda *a: (calls.append(list(a[2])), real(*a))[1])
         run(pair_dir, tmp_path / "r", resume=True, batch_size=1)
         assert calls == [[1], [2], [3]]  # group 0 was finished before the kill
         assert files(tmp_path / "r") == files(run(pair_dir, tmp_path / "ref", batch_size=1))

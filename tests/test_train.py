@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import progaug.train as train_mod
-from progaug.checkpoint import sha256_file
+from progaug.fileio import sha256_file
 from progaug.data.tiles import TileSet
 from progaug.pair import load_pair_dir
 from progaug.train import TrainConfig, augment_dihedral, train_pair

@@ -36,7 +36,7 @@ def list_class_folders(root: str | os.PathLike[str], classes: list[str] | tuple[
         folder = root / name
         if not folder.is_dir():
             raise FileNotFoundError(f"class folder not found: {folder}")
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in folder.iterdir() if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise ValueError(f"class folder {folder} holds no image ({', '.join(IMAGE_SUFFIXES)})")
         out[name] = files

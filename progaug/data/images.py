@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,27 @@ def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
     raise ValueError(f"{name}: image mode {mode!r} cannot be converted to RGB")
 
 
+def _file_size(path: Path) -> int:
+    """Size of a regular file, with errors that say what is wrong with the path.
+
+    Raises:
+        FileNotFoundError: Nothing there, or a symbolic link to nothing.
+        ValueError: A symbolic link loop, a folder or another non-file.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        broken = " (a broken symbolic link)" if path.is_symlink() else ""
+        raise FileNotFoundError(f"image not found: {path}{broken}") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError(f"{path}: a symbolic link loop, not an image") from None
+        raise
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{path}: not a regular file")
+    return info.st_size
+
+
 def load_rgb(path: str | os.PathLike[str], *, min_size: int | None = None) -> Image.Image:
     """Open an image file as RGB, fully decoded.
 
@@ -47,19 +70,23 @@ def load_rgb(path: str | os.PathLike[str], *, min_size: int | None = None) -> Im
         min_size: Refuse images whose shorter side is below this many pixels.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: Empty, corrupt, unreadable, of an unconvertible mode, or too small; the
+        FileNotFoundError: ``path`` does not exist (or is a broken link).
+        ValueError: A link loop or folder, too large to decode safely, empty, corrupt, unreadable, of an unconvertible mode, or too small; the
             message names the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    if path.stat().st_size == 0:
+    size = _file_size(path)
+    if size == 0:
         raise ValueError(f"{path}: the file is empty")
     try:
         with Image.open(path) as im:
             im.load()
             rgb = to_rgb(im, str(path))
+    except Image.DecompressionBombError as exc:
+        raise ValueError(
+            f"{path}: too large to open safely ({exc}); cut it into smaller images first, or raise "
+            f"PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"{path}: not a readable image ({exc})") from exc
     if min_size is not None and min(rgb.size) < min_size:

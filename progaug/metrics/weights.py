@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from progaug.checkpoint import sha256_file
+from progaug.fileio import sha256_file
 
 __all__ = ["METRIC_FILES", "OFFICIAL_INCEPTION", "download_official_inception", "load_metric_weights", "metric_weights_dir"]
 
