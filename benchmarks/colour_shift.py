@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, command_line, load_splits, pair_training
+from common import ROOT, command_line, load_splits, pair_training, repo_relative
 from progaug.data.tiles import to_model_range
 from progaug.diffusion.schedule import training_alpha_bar
 from progaug.hub import load_pair
@@ -75,7 +75,7 @@ def measure(name: str, data: str, count: int, seed: int) -> dict:
     pair = load_pair(name)
     splits = load_splits(data, pair.image_size)
     alpha_bar = training_alpha_bar(pair.diffusion)
-    result = {"pair": name, "training": pair_training(pair), "models": {}}
+    result = {"pair": repo_relative(name), "training": pair_training(pair), "models": {}}
     for role, model, cls in (("source", pair.source, pair.classes[0]), ("target", pair.target, pair.classes[1])):
         gen = torch.Generator().manual_seed(seed)
         x0 = to_model_range(splits["train"].of_class(cls).images[:count]).float()

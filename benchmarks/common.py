@@ -17,19 +17,30 @@ import torch
 from progaug.data import TileSpec, folder_tiles, hgsc_tiles
 from progaug.data.tiles import TileSet, dihedral, to_model_range, to_uint8
 from progaug.diffusion import DDIMSchedule, bridge, sample
-from progaug.runtime import autocast
+from progaug.runtime import autocast, autocast_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("PROGAUG_BENCH_CACHE", ROOT / "benchmarks" / "cache"))
 """Where generated sets are kept (``$PROGAUG_BENCH_CACHE`` overrides; the tests use a temporary folder)."""
 
 __all__ = ["CACHE", "ROOT", "bar_panels", "bar_plot", "command_line", "dihedral_cycle", "final_stage", "heldout", "load_splits", "pair_training",
-           "unconditional"]
+           "repo_relative", "unconditional"]
 
 
 def command_line(script: str, argv) -> str:
     """The command that produced a result, for the reports."""
     return " ".join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def repo_relative(value):
+    """An absolute path inside the repository as a path relative to it (``progaug/pairs/hgsc-demo``), so
+    results name no folder of the machine that made them; any other value as it is."""
+    if not isinstance(value, (str, os.PathLike)) or not os.path.isabs(value):
+        return value
+    try:
+        return Path(value).resolve().relative_to(ROOT).as_posix()
+    except ValueError:  # outside the repository
+        return str(value)
 
 
 def load_splits(data: str, size: int) -> dict[str, TileSet]:
@@ -93,7 +104,7 @@ def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str,
         x = to_model_range(dihedral_cycle(sources, n))
         out = []
         for i, chunk in enumerate(x.split(batch_size)):
-            with autocast(device, torch.bfloat16 if bf16 else None):
+            with autocast(device, autocast_dtype(bf16)):
                 out.append(to_uint8(bridge(pair.source, pair.target, chunk.to(device), sched, clip=pair.diffusion.clip_denoised).cpu()))
             print(f"final-stage ADD: {min((i + 1) * batch_size, n)}/{n}", flush=True)
         return torch.cat(out)
@@ -113,7 +124,7 @@ def unconditional(pair, n: int, *, steps: int, device: str, bf16: bool, seed: in
         out = []
         for start in range(0, n, batch_size):
             noise = torch.randn(min(batch_size, n - start), 3, s, s, generator=gen).to(device)
-            with autocast(device, torch.bfloat16 if bf16 else None):
+            with autocast(device, autocast_dtype(bf16)):
                 out.append(to_uint8(sample(pair.target, noise, sched, clip=pair.diffusion.clip_denoised).cpu()))
             print(f"unconditional: {min(start + batch_size, n)}/{n}", flush=True)
         return torch.cat(out)

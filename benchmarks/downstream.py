@@ -35,11 +35,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import CACHE, ROOT, bar_plot, command_line, final_stage, load_splits, pair_training, unconditional
+from common import CACHE, ROOT, bar_plot, command_line, final_stage, load_splits, pair_training, repo_relative, unconditional
 from progaug.cli_args import add_config_arguments, config_from_args
 from progaug.data.tiles import TileSet, dihedral
 from progaug.hub import load_pair
-from progaug.losses import SoftTargetCrossEntropy
+from progaug.losses import SoftLabelCrossEntropy
 from progaug.runtime import RuntimeConfig, apply_runtime
 
 ARMS = ("baseline", "+ADD-500", "+ADD-Pro", "+Mixup/CutMix", "+IDDPM-style")
@@ -140,7 +140,7 @@ def train_arm(images, rows, splits, args, seed: int, mixup: bool) -> dict[str, f
     model = make_model(args, k, images.shape[-1])
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
-    loss_fn = SoftTargetCrossEntropy()
+    loss_fn = SoftLabelCrossEntropy()
     mix = None
     if mixup:
         from timm.data import Mixup
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
         else:
             raise SystemExit(f"unknown arm {arm!r}")
         print(f"{arm}: {len(arms[arm][0])} training images ({time.time() - t0:.0f} s to build)", flush=True)
-    res = {"classes": classes, "counts": {s: splits[s].counts() for s in splits}, "args": {k_: v for k_, v in vars(args).items()},
+    res = {"classes": classes, "counts": {s: splits[s].counts() for s in splits}, "args": {k_: repo_relative(v) for k_, v in vars(args).items()},
            "machine": platform.platform(), "threads": applied["threads"], "command": command_line("downstream.py", argv),
            "pair_training": pair_training(pair),
            "seconds_generation": round(time.time() - began, 1), "arms": {}}

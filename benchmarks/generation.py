@@ -25,14 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import bar_panels, command_line, final_stage, heldout, load_splits, pair_training, unconditional
+from common import ROOT, bar_panels, command_line, final_stage, heldout, load_splits, pair_training, unconditional
 from progaug.cli_args import add_config_arguments, config_from_args
 from progaug.data.tiles import to_model_range
 from progaug.hub import load_pair
 from progaug.metrics import frechet_distance, inception_features, load_inception, load_lpips, lpips_diversity
 from progaug.runtime import RuntimeConfig, apply_runtime
 
-ROOT = Path(__file__).resolve().parents[1]
 PAPER = {  # Table 1 of the paper (ROSE / pRCC), for comparison in spirit only
     "ADD": {"ROSE": (67.83, 70.29, 0.6267), "pRCC": (58.31, 81.26, 0.6078)},
     "ADD (no HAS)": {"ROSE": (61.71, 74.64, 0.4398), "pRCC": (67.93, 84.64, 0.4125)},

@@ -22,12 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, command_line, heldout, load_splits
+from common import ROOT, command_line, heldout, load_splits, repo_relative
 from progaug.data.tiles import to_model_range
 from progaug.diffusion import DDIMSchedule, invert, sample
 from progaug.hub import load_pair
 from progaug.metrics import frechet_distance, inception_features, load_inception, psnr
-from progaug.runtime import autocast
+from progaug.runtime import autocast, autocast_dtype
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,7 +69,7 @@ def unconditional(model, n: int, steps: int, args, diffusion) -> torch.Tensor:
     out = []
     for start in range(0, n, args.batch_size):
         noise = torch.randn(min(args.batch_size, n - start), 3, size, size, generator=gen).to(args.device)
-        with autocast(args.device, torch.bfloat16 if args.bf16 else None):
+        with autocast(args.device, autocast_dtype(args.bf16)):
             out.append(sample(model, noise, sched, clip=diffusion.clip_denoised).float().cpu())
     return torch.cat(out)
 
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     classes = pair.classes
     real = real_tiles(args.data, pair.image_size, classes)
     net = load_inception(args.metric_weights, device=args.device)
-    result = {"pair": str(pair.path), "card_training": pair.card.get("training", {}), "classes": list(classes),
+    result = {"pair": repo_relative(str(pair.path)), "card_training": pair.card.get("training", {}), "classes": list(classes),
               "n_samples": args.n, "sample_steps": args.steps, "bf16": args.bf16, "machine": platform.machine(),
               "device": args.device, "torch_threads": torch.get_num_threads(), "per_class": {}}
     grid_rows, train_features = [], {}

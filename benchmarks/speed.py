@@ -38,7 +38,7 @@ from progaug.frequency import adaptive_depths, default_levels, highpass_amplitud
 from progaug.generator import generate_progressive
 from progaug.hub import load_pair
 from progaug.metrics import psnr
-from progaug.runtime import RuntimeConfig, apply_runtime, auto_max_batch, autocast, prepare_model
+from progaug.runtime import RuntimeConfig, apply_runtime, auto_max_batch, autocast, autocast_dtype, prepare_model
 
 
 
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     runtime = config_from_args(RuntimeConfig, args)
     applied = apply_runtime(runtime, device)
     pair = load_pair(args.pair, device=device)
-    dtype = torch.bfloat16 if args.bf16 else None
+    dtype = autocast_dtype(args.bf16)
     models = prepare_model(pair.source, runtime), prepare_model(pair.target, runtime)
     max_batch = auto_max_batch(pair.source, pair.image_size, device, autocast_dtype=dtype) if args.max_batch == "auto" else int(args.max_batch)
     diffusion, clip = pair.diffusion, pair.diffusion.clip_denoised

@@ -3,7 +3,7 @@
 1. ``progaug precompute`` run as users run it — one subprocess per variant, the same ``--n`` each, one
    after the other in this run — reading the generation time from each manifest:
 
-   - ``first release``: ``--batch-size 8 --micro-batch 32 --no-malloc-tuning`` (the defaults before
+   - ``first release``: ``--batch-size 8 --max-batch 32 --no-malloc-tuning`` (the defaults before
      the performance work: 8 sources padded to 32 rows in every inversion call);
    - ``default``: automatic batches (32 sources, 32 rows per call on CPUs) and glibc malloc tuning;
    - ``bf16``: ``--bf16``; ``bf16 + channels-last``: ``--bf16 --channels-last``;
@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, bar_plot, command_line
+from common import ROOT, bar_plot, command_line, repo_relative
 from progaug.config import DiffusionConfig, UNetConfig
 
 PEAK_BF16_DENSE_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "RTX 4090": 165.2}
@@ -79,7 +79,7 @@ def forward_flops(config: UNetConfig) -> int:
 
 def variants(device: str) -> dict[str, list[str]]:
     out = {
-        "first release": ["--batch-size", "8", "--micro-batch", "32", "--no-malloc-tuning"],
+        "first release": ["--batch-size", "8", "--max-batch", "32", "--no-malloc-tuning"],
         "default": [],
         "bf16": ["--bf16"],
         "bf16 + channels-last": ["--bf16", "--channels-last"],
@@ -104,7 +104,7 @@ def run_precompute(pair: str, n: int, device: str, flags: list[str], out: Path, 
     evals = sum(steps + sum(int(r["depth"]) for r in g) for g in groups) / len(rows)
     return {"flags": flags, "samples": ex["samples_this_run_rank0"], "seconds": ex["seconds_this_run_rank0"],
             "images_per_second": ex["samples_this_run_rank0"] / ex["seconds_this_run_rank0"], "process_wall_s": round(wall, 1),
-            "batch_size": ex["batch_size"], "micro_batch": ex["micro_batch"], "threads": ex["threads"],
+            "batch_size": ex["batch_size"], "max_batch": ex["max_batch"], "threads": ex["threads"],
             "unet_evals_per_image": evals}
 
 
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     gpu, peak = gpu_peak(args)
     res = {"machine": platform.platform(), "device": args.device, "torch": torch.__version__, "n": args.n, "gpu_for_floor": gpu,
            "peak_bf16_tflops": peak, "command": command_line("throughput.py", argv), "pairs": {}}
-    targets = {args.pair: (args.pair, pair.source.config, args.n)}
+    targets = {repo_relative(args.pair): (args.pair, pair.source.config, args.n)}
     with tempfile.TemporaryDirectory() as tmp:
         if args.paper_size:
             cfg = UNetConfig(**PAPER_SIZE)
@@ -192,14 +192,14 @@ def write(res: dict, out: Path) -> None:
     for label, entry in res["pairs"].items():
         lines += [f"## {label}: {entry['image_size']} px, {entry['params'] / 1e6:.1f} M parameters per U-Net, "
                   f"{entry['forward_gflops']:.2f} GFLOP per forward", "",
-                  "| variant | images/s | speed-up | U-Net evals / image | batch / micro-batch | achieved TFLOP/s | "
+                  "| variant | images/s | speed-up | U-Net evals / image | batch / max_batch | achieved TFLOP/s | "
                   f"floor on {res['gpu_for_floor']} (s / image) | share of that floor reached |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name, m in entry["variants"].items():
             floor = f"{m['floor_seconds_per_image']:.2e}" if "floor_seconds_per_image" in m else "-"
             share = f"{100 * m['fraction_of_floor']:.2f} %" if "fraction_of_floor" in m else "-"
             lines.append(f"| {name} | {m['images_per_second']:.2f} | {m.get('speedup_over_first_release', 1):.2f}x | "
-                         f"{m['unet_evals_per_image']:.1f} | {m['batch_size']} / {m['micro_batch']} | {m['achieved_tflops']:.3f} | {floor} | {share} |")
+                         f"{m['unet_evals_per_image']:.1f} | {m['batch_size']} / {m['max_batch']} | {m['achieved_tflops']:.3f} | {floor} | {share} |")
         lines.append("")
     f = res.get("paper_size_floor")
     if f:

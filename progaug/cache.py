@@ -1,21 +1,152 @@
-"""Reading a precomputed folder (``progaug precompute``) with every file checked against its manifest."""
+"""The precomputed-set format: written by :mod:`progaug.precompute`, read by :class:`ProgressiveCache`.
+
+Layout of a folder::
+
+    run.json             the settings (checked by --resume; written by progaug.precompute)
+    images/NNNNNN.png    sample i = source group i // L, level i % L
+    records/GGGGGG.json  per source group: the rows of labels.csv (written after its PNGs)
+    labels.csv           file, source, level, soft_label, depth, amplitudes, ... (:data:`COLUMNS`)
+    manifest.json        versions, pair sha256, settings, sha256 of every file
+    preview.png          the first source groups as a strip (source, progressive images, labels)
+
+Every file goes through :func:`progaug.fileio.atomic_write_bytes`. A group's record carries the sha256
+of its images and of its rows, so a record edited by hand, or an image altered since, is found on
+``--resume``; the manifest, written last, carries the sha256 of every file for :meth:`ProgressiveCache.open`.
+"""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import io
+import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from progaug.fileio import read_format_json, sha256_file
+from progaug.fileio import atomic_write_bytes, read_format_json, sha256_file
 
-__all__ = ["ProgressiveCache"]
+__all__ = ["COLUMNS", "CSV_FIELDS", "MANIFEST_FORMAT", "RECORD_FORMAT", "ProgressiveCache"]
 
 MANIFEST_FORMAT = "progaug.cache/1"
+RECORD_FORMAT = "progaug.records/1"
+
+COLUMNS: tuple[tuple[str, type], ...] = (
+    ("file", str), ("source", str), ("source_class", str), ("target_class", str), ("level", float), ("soft_label", float),
+    ("depth", int), ("steps", int), ("amplitude_source", float), ("amplitude_state", float), ("amplitude_latent", float),
+    ("dihedral", int), ("seed", int),
+)
+"""The columns of ``labels.csv`` (and of the rows of a record), in order, with their types."""
+
+CSV_FIELDS = tuple(name for name, _ in COLUMNS)
+_NUMBERS = {name: kind for name, kind in COLUMNS if kind is not str}
+
+
+def image_name(sample: int) -> str:
+    """The file of sample ``sample``, relative to the folder."""
+    return f"images/{sample:06d}.png"
+
+
+def record_path(out: Path, group: int) -> Path:
+    """The record of source group ``group``."""
+    return out / "records" / f"{group:06d}.json"
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+
+def _rows_digest(rows: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
+def write_record(out: Path, group: int, rows: list[dict[str, Any]], images: dict[str, str]) -> None:
+    """A group's record: its ``labels.csv`` rows, the sha256 of its images and of the rows themselves
+    (so a record edited by hand, or an image altered since, is found on ``--resume``)."""
+    record = {"format": RECORD_FORMAT, "rows": rows, "images": images, "rows_sha256": _rows_digest(rows)}
+    atomic_write_bytes(record_path(out, group), json.dumps(record).encode())
+
+
+def write_labels(out: Path, rows: list[dict[str, Any]]) -> None:
+    """``labels.csv``: one line per sample, the columns of :data:`CSV_FIELDS`."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out / "labels.csv", buf.getvalue().encode())
+
+
+def write_manifest(out: Path, rows: list[dict[str, Any]], **fields: Any) -> None:
+    """``manifest.json``, written last: ``fields`` (settings, pair card, arguments, execution), the
+    versions, and the sha256 of the images of ``rows`` and of ``labels.csv``."""
+    import platform
+
+    import progaug
+
+    files = {r["file"]: sha256_file(out / r["file"]) for r in rows}
+    files["labels.csv"] = sha256_file(out / "labels.csv")
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": {"progaug": progaug.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        **fields,
+        "samples": len(rows),
+        "files": files,
+    }
+    atomic_write_bytes(out / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+def read_record(out: Path, group: int, files: list[str], run: tuple[Any, Any, Any, Any]) -> list[dict[str, Any]]:
+    """The rows of a group's record, checked against the run and against its images.
+
+    Args:
+        out: The folder.
+        group: The source group.
+        files: The image names the record must list (:func:`image_name` of its samples).
+        run: ``(source, dihedral, steps, seed)`` every row must carry.
+
+    Raises:
+        ValueError: The record is unreadable, edited, not this run's, or an image is missing or altered;
+            the message names the file.
+    """
+    path = record_path(out, group)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is unreadable: {exc}") from exc
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        raise ValueError(f"{path} is not a {RECORD_FORMAT} record")
+    rows, images = record.get("rows"), record.get("images")
+    if not isinstance(rows, list) or not isinstance(images, dict) or record.get("rows_sha256") != _rows_digest(rows):
+        raise ValueError(f"{path} was edited after it was written (its rows do not match their sha256)")
+    if [r.get("file") for r in rows] != files or sorted(images) != files:
+        raise ValueError(f"{path} lists {[r.get('file') for r in rows]}, expected {files}")
+    for r in rows:
+        if (r.get("source"), r.get("dihedral"), r.get("steps"), r.get("seed")) != run:
+            raise ValueError(f"{path} belongs to another run (source, flip, steps or seed differ)")
+    for name in files:
+        file = out / name
+        if not file.is_file():
+            raise ValueError(f"{file} is missing")
+        if sha256_file(file) != images[name]:
+            raise ValueError(f"{file} is not the image that was written (sha256 differs; truncated or altered)")
+    return rows
+
+
+def finished_manifest(out: Path) -> dict[str, Any] | None:
+    """The manifest of a finished run in ``out`` as it is (unchecked), or None when there is none or it
+    is unreadable."""
+    try:
+        return json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 @dataclasses.dataclass
@@ -88,10 +219,6 @@ class ProgressiveCache:
             with Image.open(self.root / r["file"]) as im:
                 arrays.append(np.array(im.convert("RGB")))
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-
-
-_NUMBERS = {"level": float, "soft_label": float, "depth": int, "steps": int, "amplitude_source": float,
-            "amplitude_state": float, "amplitude_latent": float, "dihedral": int, "seed": int}
 
 
 def _parse(row: dict[str, str]) -> dict[str, Any]:

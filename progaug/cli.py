@@ -16,12 +16,17 @@ from progaug.cli_args import add_config_arguments, config_from_args
 
 __all__ = ["build_parser", "main"]
 
+DEMO_PAIR = "hgsc-demo"
+
 
 def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+    from progaug.config import UNetConfig
+
     p.add_argument("--data", default="hgsc", help="'hgsc' (the bundled demo tiles) or a folder root/<class>/*.png (default: hgsc)")
     p.add_argument("--source-class", default=None, help="class A (default: stroma for hgsc, else the first class folder)")
     p.add_argument("--target-class", default=None, help="class B (default: tumour for hgsc, else the second class folder)")
-    p.add_argument("--tile-size", type=int, default=64, help="tile side in pixels (default: 64)")
+    p.add_argument("--tile-size", type=int, default=UNetConfig.image_size,
+                   help="tile side in pixels, the U-Nets' image_size (default: %(default)s)")
 
 
 def _load_data(args: argparse.Namespace, split: str = "train"):
@@ -64,7 +69,7 @@ def _apply_runtime(args: argparse.Namespace, device):
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from progaug.config import DiffusionConfig, UNetConfig
+    from progaug.config import ATTENTION_PRIORITIES, PAIR_ATTENTION, DiffusionConfig, UNetConfig
     from progaug.train import TrainConfig
 
     p = sub.add_parser("train", help="train a source/target pair of diffusion U-Nets",
@@ -73,9 +78,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder of the pair")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--source-attention", choices=["global", "local"], default="global", help="(default: global)")
-    p.add_argument("--target-attention", choices=["global", "local"], default="local",
-                   help="(default: local; 'global' trains the ADD-without-HAS ablation)")
+    p.add_argument("--source-attention", choices=ATTENTION_PRIORITIES, default=PAIR_ATTENTION["source"],
+                   help="attention priority of model A (default: %(default)s)")
+    p.add_argument("--target-attention", choices=ATTENTION_PRIORITIES, default=PAIR_ATTENTION["target"],
+                   help="attention priority of model B (default: %(default)s; 'global' trains the ADD-without-HAS ablation)")
     add_config_arguments(p, TrainConfig)
     add_config_arguments(p, UNetConfig, exclude=("attention", "in_channels", "image_size"))
     add_config_arguments(p, DiffusionConfig, exclude=("sampling_steps",))
@@ -84,12 +90,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    import torch
-
     from progaug.config import DiffusionConfig, UNetConfig
+    from progaug.runtime import default_device
     from progaug.train import TrainConfig, train_pair
 
-    _apply_runtime(args, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    _apply_runtime(args, args.device or default_device())
     tiles, source, target, info = _load_data(args)
     base = config_from_args(UNetConfig, args, image_size=args.tile_size, attention=args.source_attention)
     out = train_pair(
@@ -104,6 +109,7 @@ def _run_train(args: argparse.Namespace) -> int:
         data_info=info,
         resume=args.resume,
         device=args.device,
+        command=" ".join(["progaug", *_argv(args)]),
     )
     print(f"pair written to {out}")
     return 0
@@ -114,12 +120,12 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _add_progressive(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("progressive", help="progressive images of a few source tiles, as a PNG strip with soft labels")
-    p.add_argument("--pair", default="hgsc-demo", help="pair folder, or the name of a pair shipped with progaug (default: hgsc-demo)")
+    p.add_argument("--pair", default=DEMO_PAIR, help="pair folder, or the name of a pair shipped with progaug (default: %(default)s)")
     p.add_argument("--source", default="hgsc", help="'hgsc' (demo test tiles of the source class, default) or a folder of images")
     p.add_argument("--count", type=int, default=4, help="number of source tiles (default: 4)")
     p.add_argument("--levels", type=int, default=10, help="number of soft-label levels, evenly spaced in (0, 1] (default: 10)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50)")
-    p.add_argument("--device", default="cpu", help="(default: cpu)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the pair's diffusion.sampling_steps)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
     p.add_argument("--out", default="progressive.png", help="output PNG (default: progressive.png)")
     _add_runtime_arguments(p)
     p.set_defaults(func=_run_progressive)
@@ -133,7 +139,8 @@ def _run_progressive(args: argparse.Namespace) -> int:
     from progaug.data.tiles import to_model_range
     from progaug.hub import load_pair
     from progaug.runtime import prepare_model
-    from progaug.strip import progressive_strip, source_tiles
+    from progaug.data.sources import source_tiles
+    from progaug.strip import progressive_strip
 
     runtime = _apply_runtime(args, args.device)
     pair = load_pair(args.pair, device=args.device)
@@ -162,7 +169,7 @@ def _add_precompute(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("precompute", help="write N progressive soft-labelled samples (PNG + labels.csv + manifest)",
                        description="Generate progressive samples from source-class images with a trained pair.")
-    p.add_argument("--pair", default="hgsc-demo", help="registry name, pair folder or URL (default: hgsc-demo, embedded)")
+    p.add_argument("--pair", default=DEMO_PAIR, help="registry name, pair folder or URL (default: %(default)s, embedded)")
     p.add_argument("--source", default="hgsc",
                    help="'hgsc' (demo training tiles of the pair's source class, default) or a folder of source-class images")
     p.add_argument("--out", default="progaug-cache", help="output folder (default: progaug-cache)")
@@ -176,13 +183,12 @@ def _add_precompute(sub: argparse._SubParsersAction) -> None:
 def _run_precompute(args: argparse.Namespace) -> int:
     import os
 
-    import torch
-
     from progaug.hub import load_pair
     from progaug.precompute import PrecomputeConfig, precompute
-    from progaug.strip import source_tiles
+    from progaug.data.sources import source_tiles
+    from progaug.runtime import default_device
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     if device.startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     runtime = _apply_runtime(args, device)
@@ -218,12 +224,17 @@ def _os_error_message(exc: OSError) -> str:
     return str(exc)
 
 
+def _argv(args: argparse.Namespace) -> list[str]:
+    """The arguments after ``progaug``: those given to :func:`main`, else the process's command line."""
+    return list(sys.argv[1:]) if args.argv is None else list(args.argv)
+
+
 def _interrupted_message(args: argparse.Namespace, how: str) -> str:
     """One line for Ctrl-C / SIGTERM: what was kept and how to go on."""
     out = getattr(args, "out", None)
     if out is None or not hasattr(args, "resume"):
         return f"progaug: {how}: nothing was written"
-    argv = [a for a in sys.argv[1:] if a != "--resume"] if args.argv is None else [a for a in args.argv if a != "--resume"]
+    argv = [a for a in _argv(args) if a != "--resume"]
     return (f"progaug: {how}: the finished part in {out} is kept (every file there is complete); "
             f"continue with: progaug {' '.join(argv)} --resume")
 
@@ -235,9 +246,11 @@ def _raise_interrupt(signum, frame) -> None:  # noqa: ANN001 - signal handler si
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``progaug`` console script and ``python -m progaug``.
 
-    Errors the user can fix (bad values, missing or bad files, a full disk, a folder in use) are
-    printed as one line ``progaug: error: <what>: <why>`` with exit code 2; Ctrl-C and SIGTERM print one
-    line saying what was kept and how to resume (exit codes 130 and 143).
+    Errors the user can fix (bad values, missing or bad files, a full disk, a folder in use: ``ValueError``,
+    ``OSError``, :class:`progaug.fileio.OutputLocked`) are printed as one line ``progaug: error: <what>:
+    <why>`` with exit code 2; any other exception (a ``TypeError`` is a bug, not a user error) propagates
+    with its traceback. Ctrl-C and SIGTERM print one line saying what was kept and how to resume (exit
+    codes 130 and 143).
     """
     import signal
 
@@ -252,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         how = "stopped by SIGTERM" if str(exc) == "SIGTERM" else "interrupted"
         print(_interrupted_message(args, how), file=sys.stderr)
         return 143 if how.endswith("SIGTERM") else 130
-    except (ValueError, TypeError, OutputLocked) as exc:
+    except (ValueError, OutputLocked) as exc:
         print(f"progaug: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # also our own FileNotFoundError / FileExistsError messages

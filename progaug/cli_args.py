@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
-import re
 import types
 import typing
 from typing import Any, TypeVar
 
-__all__ = ["add_config_arguments", "config_from_args", "field_docs"]
+__all__ = ["add_config_arguments", "config_from_args", "help_text"]
 
 C = TypeVar("C")
 
@@ -23,24 +21,15 @@ def _dest(prefix: str, name: str) -> str:
     return (prefix + name).replace("-", "_")
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """The first sentence of each field's entry in the ``Attributes:`` section of ``cls``'s docstring."""
-    docs: dict[str, str] = {}
-    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
-    if "Attributes:" not in lines:
-        return docs
-    current = None
-    for line in lines[lines.index("Attributes:") + 1 :]:
-        if line and not line.startswith(" "):
-            break
-        match = re.match(r"^ {4}(\w+)(?: \(.*?\))?: (.*)$", line)
-        if match:
-            current = match.group(1)
-            docs[current] = match.group(2).strip()
-        elif current and line.strip():
-            docs[current] += " " + line.strip()
-    plain = {k: re.sub(r"``(.*?)``", r"\1", re.sub(r":\w+:`~?(?:[\w.]*\.)?(\w+)`", r"\1", v)) for k, v in docs.items()}
-    return {k: v.split(". ")[0].rstrip(".") for k, v in plain.items()}
+def help_text(field: dataclasses.Field) -> str:
+    """The ``--help`` text of a config field: its ``metadata["help"]`` (see :func:`progaug.config.setting`),
+    followed by ``(default: ...)`` unless the default is None (the text then says what None means)."""
+    text = field.metadata.get("help", "")
+    default = field.default
+    if default is not None:
+        shown = list(default) if isinstance(default, tuple) else default
+        text = f"{text} (default: {shown})".lstrip()
+    return text.replace("%", "%%")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, prefix: str = "", exclude: tuple[str, ...] = ()) -> None:
@@ -50,18 +39,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, prefix: 
     get ``choices``, ``tuple[int, ...]`` fields take several values.
     """
     hints = typing.get_type_hints(cls)
-    docs = field_docs(cls)
     group = parser.add_argument_group(cls.__name__)
     for field in dataclasses.fields(cls):
         if field.name in exclude:
             continue
         kind = hints[field.name]
         kwargs: dict[str, Any] = {"dest": _dest(prefix, field.name), "default": None}
-        default = field.default
-        help_text = f"(default: {list(default) if isinstance(default, tuple) else default})"
-        if field.name in docs:
-            doc = docs[field.name]
-            help_text = (doc if default is None and "default" in doc.lower() else f"{doc} {help_text}").replace("%", "%%")
         origin, args = typing.get_origin(kind), typing.get_args(kind)
         if origin in (typing.Union, types.UnionType):
             kind = next(a for a in args if a is not type(None))
@@ -74,7 +57,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, prefix: 
             kwargs.update(nargs="+", type=args[0])
         else:
             kwargs["type"] = kind
-        group.add_argument(_flag(prefix, field.name), help=help_text, **kwargs)
+        group.add_argument(_flag(prefix, field.name), help=help_text(field), **kwargs)
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace, *, prefix: str = "", base: C | None = None, **overrides: Any) -> C:

@@ -11,12 +11,24 @@ import json
 import math
 from typing import Any, Literal, TypeVar
 
-__all__ = ["AttentionPriority", "DiffusionConfig", "UNetConfig", "config_from_dict", "config_to_dict", "describe_differences"]
+from progaug.errors import check_int, check_number
+
+__all__ = ["AttentionPriority", "DiffusionConfig", "JsonConfig", "UNetConfig", "config_from_dict", "config_to_dict", "describe_differences", "setting"]
 
 AttentionPriority = Literal["global", "local"]
 ATTENTION_PRIORITIES: tuple[str, ...] = ("global", "local")
+PAIR_ATTENTION: dict[str, AttentionPriority] = {"source": "global", "target": "local"}
+"""The attention priority of each model of an ADD pair (paper 2.2, hybrid attention strategy)."""
 
 C = TypeVar("C")
+
+
+def setting(default: Any, help: str) -> Any:
+    """A config field with its default and its ``--help`` text (``metadata["help"]``).
+
+    :func:`progaug.cli_args.add_config_arguments` turns each such field into a flag with this text.
+    """
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -29,7 +41,8 @@ def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
 
     Raises:
         TypeError: ``data`` is not a dict.
-        ValueError: ``data`` has keys that ``cls`` does not know.
+        ValueError: ``data`` has keys that ``cls`` does not know, or a value ``cls`` refuses (of the
+            wrong type too: the data was read from a file, so it is a bad value there).
     """
     if not isinstance(data, dict):
         raise TypeError(f"`data` must be a dict, got {type(data).__name__}")
@@ -38,7 +51,10 @@ def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys are {sorted(names)}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a value of the wrong type in stored data is a bad value of `data`
+        raise ValueError(f"bad {cls.__name__} value: {exc}") from exc
 
 
 def describe_differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
@@ -67,7 +83,9 @@ def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-class _JsonMixin:
+class JsonConfig:
+    """Base of the config dataclasses: a JSON round trip through :meth:`to_dict` / :meth:`from_dict`."""
+
     def to_dict(self) -> dict[str, Any]:
         """Return the config as a JSON-ready dict."""
         return config_to_dict(self)
@@ -87,8 +105,11 @@ class _JsonMixin:
         return cls.from_dict(json.loads(text))
 
 
+_JsonMixin = JsonConfig  # its name in progaug 0.1.0, kept for one release
+
+
 @dataclasses.dataclass(frozen=True)
-class UNetConfig(_JsonMixin):
+class UNetConfig(JsonConfig):
     """Shape of an ADM-style epsilon-prediction U-Net (paper section 2.2).
 
     Attributes:
@@ -107,40 +128,59 @@ class UNetConfig(_JsonMixin):
         use_scale_shift_norm: Timestep embedding as a FiLM scale and shift (ADM) instead of a sum.
         norm_group_channels: Fewest channels per GroupNorm group (at most 32 groups, as in ADM; at
             width 128 and up this is ADM's rule). 1 makes a width-32 U-Net use instance norms, which
-            hide a uniform colour shift of the input from the network: the first releases did that, and
-            their models sampled saturated wrong colours. Files without this field load as 1.
+            hide a uniform colour shift of the input from the network. Files without this field load
+            as 1.
+        gaussian_skip: ``sigma`` of a built-in noise predictor for Gaussian data ``N(0, sigma^2)``,
+            ``eps_g = sqrt(1 - a) x_t / (a sigma^2 + 1 - a)``, added to the network's output so the
+            network learns only the correction (an EDM-style skip, Karras et al. 2022; the model stays
+            an epsilon predictor). It passes the input's colour straight through at high noise. None:
+            off (the plain ADM network; files without this field load as None).
     """
 
-    image_size: int = 64
-    in_channels: int = 3
-    model_channels: int = 32
-    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
-    num_res_blocks: int = 2
-    attention_resolutions: tuple[int, ...] = (16, 8)
-    num_heads: int = 4
-    head_channels: int | None = None
-    attention: AttentionPriority = "global"
-    dropout: float = 0.0
-    use_scale_shift_norm: bool = True
-    norm_group_channels: int = 4
+    image_size: int = setting(64, "Side of the square input in pixels, 32..256, divisible by 2 ** (len(channel_mult) - 1)")
+    in_channels: int = setting(3, "Image channels; progaug works on RGB, so 3")
+    model_channels: int = setting(32, "Width of the first level")
+    channel_mult: tuple[int, ...] = setting((1, 2, 2, 2), "Width multiplier per resolution level (one level per entry)")
+    num_res_blocks: int = setting(2, "Residual blocks per level on the way down (one more on the way up)")
+    attention_resolutions: tuple[int, ...] = setting((16, 8), "Feature-map sides (pixels) that get an attention block")
+    num_heads: int = setting(4, "Attention heads, used when head_channels is None")
+    head_channels: int | None = setting(None, "Channels per head; overrides num_heads when set (default: None, num_heads heads)")
+    attention: AttentionPriority = setting(
+        "global",
+        "global (qkv over all channels, then split into heads: the source model) or local (split into heads "
+        "first, then a per-head qkv: the target model)",
+    )
+    dropout: float = setting(0.0, "Dropout in the residual blocks")
+    use_scale_shift_norm: bool = setting(True, "Timestep embedding as a FiLM scale and shift (ADM) instead of a sum")
+    norm_group_channels: int = setting(
+        4, "Fewest channels per GroupNorm group (at most 32 groups, as in ADM; at width 128 and up this is ADM's rule)"
+    )
+    gaussian_skip: float | None = setting(
+        None,
+        "sigma of a built-in noise predictor for Gaussian data N(0, sigma^2), added to the network's output so "
+        "that the network learns only the correction (default: None, off)",
+    )
 
     def __post_init__(self) -> None:
-        _check_int("image_size", self.image_size, 32, 256)
-        _check_int("norm_group_channels", self.norm_group_channels, 1, 4096)
+        check_int("image_size", self.image_size, low=32, high=256)
+        if self.gaussian_skip is not None:
+            if not 0 < check_number("gaussian_skip", self.gaussian_skip) <= 10:
+                raise ValueError(f"`gaussian_skip` must be in (0, 10], got {self.gaussian_skip!r}")
+        check_int("norm_group_channels", self.norm_group_channels, low=1, high=4096)
         if self.in_channels != 3:
             raise ValueError(f"`in_channels` must be 3 (RGB), got {self.in_channels!r}")
-        _check_int("model_channels", self.model_channels, 1, 4096)
-        _check_int("num_res_blocks", self.num_res_blocks, 1, 16)
-        _check_int("num_heads", self.num_heads, 1, 256)
+        check_int("model_channels", self.model_channels, low=1, high=4096)
+        check_int("num_res_blocks", self.num_res_blocks, low=1, high=16)
+        check_int("num_heads", self.num_heads, low=1, high=256)
         if self.head_channels is not None:
-            _check_int("head_channels", self.head_channels, 1, 4096)
+            check_int("head_channels", self.head_channels, low=1, high=4096)
         if not isinstance(self.channel_mult, tuple) or not self.channel_mult:
             raise TypeError(f"`channel_mult` must be a non-empty tuple of ints, got {self.channel_mult!r}")
         for m in self.channel_mult:
-            _check_int("channel_mult", m, 1, 64)
+            check_int("channel_mult", m, low=1, high=64)
         if self.attention not in ATTENTION_PRIORITIES:
             raise ValueError(f"`attention` must be one of {ATTENTION_PRIORITIES}, got {self.attention!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
+        if not 0.0 <= check_number("dropout", self.dropout) < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout!r}")
         factor = self.downsample_factor
         if self.image_size % factor:
@@ -189,7 +229,7 @@ class UNetConfig(_JsonMixin):
 
 
 @dataclasses.dataclass(frozen=True)
-class DiffusionConfig(_JsonMixin):
+class DiffusionConfig(JsonConfig):
     """The training noise schedule (paper eq. 1) and the default sampling respacing.
 
     The reference code uses guided-diffusion's linear schedule: betas evenly spaced from
@@ -203,28 +243,21 @@ class DiffusionConfig(_JsonMixin):
         clip_denoised: Clip the predicted x0 to [-1, 1] in every DDIM step (both directions).
     """
 
-    num_train_steps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    sampling_steps: int = 50
-    clip_denoised: bool = True
+    num_train_steps: int = setting(1000, "T, the number of training timesteps")
+    beta_start: float = setting(1e-4, "First beta, for T = 1000")
+    beta_end: float = setting(0.02, "Last beta, for T = 1000")
+    sampling_steps: int = setting(50, "Default number of DDIM steps S for inversion and sampling")
+    clip_denoised: bool = setting(True, "Clip the predicted x0 to [-1, 1] in every DDIM step (both directions)")
 
     def __post_init__(self) -> None:
-        _check_int("num_train_steps", self.num_train_steps, 2, 100_000)
-        _check_int("sampling_steps", self.sampling_steps, 1, self.num_train_steps)
+        check_int("num_train_steps", self.num_train_steps, low=2, high=100_000)
+        check_int("sampling_steps", self.sampling_steps, low=1, high=self.num_train_steps)
         for name in ("beta_start", "beta_end"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            value = check_number(name, getattr(self, name))
+            if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
         if not self.beta_start < self.beta_end or self.beta_end * 1000 / self.num_train_steps >= 1:
             raise ValueError(
                 f"need 0 < `beta_start` < `beta_end` and scaled `beta_end` < 1, "
                 f"got beta_start={self.beta_start!r}, beta_end={self.beta_end!r}"
             )
-
-
-def _check_int(name: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"`{name}` must be in [{low}, {high}], got {value!r}")

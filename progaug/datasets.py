@@ -10,7 +10,6 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -24,9 +23,9 @@ def _to_float_image(image: Any) -> torch.Tensor:
     from PIL import Image
 
     if isinstance(image, Image.Image):
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
+        return pil_to_tensor(image if image.mode == "RGB" else image.convert("RGB")).float() / 255
     if isinstance(image, torch.Tensor):
         return image.float() / 255 if image.dtype == torch.uint8 else image.float()
     raise TypeError(f"base dataset images must be PIL images or tensors, got {type(image).__name__}")

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_image_batch", "check_levels", "check_positive_int"]
+__all__ = ["check_image_batch", "check_int", "check_levels", "check_number"]
 
 _RANGE_SLACK = 1e-3  # images that went through a float round trip may overshoot [-1, 1] slightly
 
@@ -65,17 +65,32 @@ def check_levels(name: str, levels: Sequence[float] | torch.Tensor, *, max_count
     return t
 
 
-def check_positive_int(name: str, value: object, *, allow_none: bool = False) -> int | None:
-    """Return ``value`` if it is an int >= 1 (or None when allowed).
+def check_int(name: str, value: object, *, low: int = 1, high: int | None = None, allow_none: bool = False) -> int | None:
+    """Return ``value`` if it is an int in ``[low, high]`` (``high`` None: no upper bound), or None when allowed.
 
     Raises:
-        TypeError: Not an int.
-        ValueError: Smaller than 1.
+        TypeError: Not an int (a bool is not taken for one).
+        ValueError: Outside the range.
     """
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"`{name}` must be an int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"`{name}` must be >= 1, got {value!r}")
+    if high is None and value < low:
+        raise ValueError(f"`{name}` must be >= {low}, got {value!r}")
+    if high is not None and not low <= value <= high:
+        raise ValueError(f"`{name}` must be in [{low}, {high}], got {value!r}")
     return value
+
+
+
+
+def check_number(name: str, value: object) -> float:
+    """Return ``value`` as a float if it is a real number (int or float, not a bool).
+
+    Raises:
+        TypeError: Not a real number.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number, got {type(value).__name__} {value!r}")
+    return float(value)

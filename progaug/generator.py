@@ -21,7 +21,7 @@ import torch
 
 from progaug.config import DiffusionConfig
 from progaug.diffusion import DDIMSchedule, EpsModel, invert, sample_from_depths
-from progaug.errors import check_image_batch, check_levels, check_positive_int
+from progaug.errors import check_image_batch, check_int, check_levels
 from progaug.frequency import DEFAULT_RADIUS, adaptive_depths, default_levels, highpass_amplitude, soft_labels
 from progaug.runtime import autocast
 
@@ -83,15 +83,16 @@ def generate_progressive(
         images: ``(B, 3, H, W)`` float images of the source class in [-1, 1], at the models' size.
         levels: ``(L,)`` or ``(B, L)`` requested soft labels in (0, 1], strictly increasing;
             default 10 levels ``0.1, 0.2, ..., 1.0``. ``L <= steps``.
-        steps: DDIM steps ``S`` (default ``diffusion.sampling_steps``, 50).
+        steps: DDIM steps ``S`` (default ``diffusion.sampling_steps``).
         diffusion: Training schedule of the pair (default: linear, 1000 steps).
         radius: High-pass cut-off of the frequency measure (fraction of the side).
         max_batch: Most images per U-Net call in the inversion and the decodes (default: all).
         fixed_batch: Pad every U-Net call to exactly ``max_batch`` rows, so that each image's result
             does not depend on which other images share its batch (bit-identical on CPU whatever the
             number of source images per call; used by ``progaug precompute``).
-        autocast_dtype: Run the U-Nets under ``torch.autocast`` with this dtype (e.g. bfloat16);
-            the DDIM arithmetic stays in the images' dtype.
+        autocast_dtype: Run the U-Nets under ``torch.autocast`` with this dtype (e.g. bfloat16, see
+            :func:`progaug.runtime.autocast_dtype` for a ``bf16`` flag); the DDIM arithmetic stays in the
+            images' dtype.
         trajectory_device: Where to keep the ``S + 1`` inversion states (default: the images' device).
 
     Returns:
@@ -105,7 +106,7 @@ def generate_progressive(
     schedule = DDIMSchedule.from_config(diffusion, steps)
     check_image_batch("images", images, size=_model_size(source_model))
     levels = check_levels("levels", default_levels() if levels is None else levels, max_count=schedule.num_steps)
-    max_batch = check_positive_int("max_batch", max_batch, allow_none=True)
+    max_batch = check_int("max_batch", max_batch, allow_none=True)
     clip = diffusion.clip_denoised
     chunk = max_batch or images.shape[0]
     if fixed_batch:

@@ -10,13 +10,15 @@ helper, :func:`_label_rows`: finite, >= 0, rows summing to 1, the classifier's `
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
     "BinarySoftTargetLoss",
-    "SoftTargetCrossEntropy",
+    "SoftLabelCrossEntropy",
     "indices_to_one_hot",
     "smooth_soft_targets",
     "soft_label_to_row",
@@ -137,11 +139,13 @@ def indices_to_one_hot(indices: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``(B,)`` int64 class indices -> ``(B, K)`` float32 one-hot rows.
 
     Raises:
-        ValueError: An index outside ``[0, num_classes)``.
+        TypeError: Floating-point indices.
+        ValueError: Not ``(B,)``; an index outside ``[0, num_classes)``.
     """
     indices = torch.as_tensor(indices)
     if indices.is_floating_point() or indices.ndim != 1:
-        raise ValueError(f"`indices` must be a (B,) integer tensor, got {indices.dtype} of shape {tuple(indices.shape)}")
+        error = TypeError if indices.is_floating_point() else ValueError
+        raise error(f"`indices` must be a (B,) integer tensor, got {indices.dtype} of shape {tuple(indices.shape)}")
     _check_indices("indices", indices, num_classes)
     return F.one_hot(indices.long(), num_classes).float()
 
@@ -174,10 +178,11 @@ def smooth_soft_targets(rows: torch.Tensor, smoothing: float) -> torch.Tensor:
     return rows * (1.0 - smoothing) + smoothing / rows.shape[-1]
 
 
-class SoftTargetCrossEntropy(nn.Module):
+class SoftLabelCrossEntropy(nn.Module):
     """Cross-entropy with probability targets, optionally smoothed: ``mean_b sum_k -y_bk log softmax(x)_bk``.
 
-    Reuses ``timm.loss.SoftTargetCrossEntropy`` for the loss itself; accepts ``(B,)`` index targets too.
+    Reuses ``timm.loss.SoftTargetCrossEntropy`` for the loss itself, but takes a ``smoothing`` argument
+    and accepts ``(B,)`` index targets too (timm's class of that name takes neither).
 
     Args:
         smoothing: Label smoothing applied to the target rows (see :func:`smooth_soft_targets`).
@@ -207,6 +212,23 @@ class SoftTargetCrossEntropy(nn.Module):
             raise ValueError(f"`logits` must have shape (B, K), got {tuple(logits.shape)}")
         rows = _label_rows(target, logits.shape[-1], batch=logits.shape[0], name="target")
         return self._loss(logits, smooth_soft_targets(rows.to(logits.dtype), self.smoothing))
+
+
+class SoftTargetCrossEntropy(SoftLabelCrossEntropy):
+    """Deprecated name of :class:`SoftLabelCrossEntropy`; warns when built.
+
+    It was renamed because timm's ``SoftTargetCrossEntropy`` has another signature (no ``smoothing``,
+    no index targets).
+    """
+
+    def __init__(self, smoothing: float = 0.0) -> None:
+        warnings.warn(
+            "progaug's SoftTargetCrossEntropy is renamed SoftLabelCrossEntropy (timm's class of the old name "
+            "takes no smoothing and no index targets); the old name will be removed",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(smoothing)
 
 
 class BinarySoftTargetLoss(nn.Module):

@@ -1,27 +1,21 @@
 """``progaug precompute``: a folder of progressive, soft-labelled samples made ahead of training.
 
-Layout of the output folder::
-
-    run.json             the settings (checked by --resume)
-    images/NNNNNN.png    sample i = source group i // L, level i % L
-    records/GGGGGG.json  per source group: the rows of labels.csv (written after its PNGs)
-    labels.csv           file, source, level, soft_label, depth, amplitudes, ...
-    manifest.json        versions, pair sha256, settings, sha256 of every file
-    preview.png          the first source groups as a strip (source, progressive images, labels)
+The folder's format (``run.json``, ``images/``, ``records/``, ``labels.csv``, ``manifest.json``,
+``preview.png``) is described, written and read in :mod:`progaug.cache`; this module generates.
 
 Each file is written to a temporary name and renamed, and a group's record only after its images, so a
 run killed at any moment (even ``kill -9``) is completed by ``--resume`` without recomputing or
 trusting half-written files. Sample ``i`` depends only on the pair, the sources, the settings and the
 seed — not on ``--batch-size`` nor on the number of ``torchrun`` processes (every U-Net call has
-exactly ``micro_batch`` rows; bit-identical on CPU at the same number of threads per process).
-``--batch-size`` may therefore change on ``--resume``; ``--micro-batch`` may not (left out, the
-resumed run keeps the stored one).
+exactly ``max_batch`` rows; bit-identical on CPU at the same number of threads per process).
+``--batch-size`` may therefore change on ``--resume``; ``--max-batch`` may not (left out, the
+resumed run keeps the stored one). A folder written when the setting was called ``micro_batch``
+(``--micro-batch``) resumes as well.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import hashlib
 import io
@@ -33,56 +27,69 @@ from typing import Any
 
 import torch
 
-from progaug.cache import MANIFEST_FORMAT
-from progaug.fileio import LOCK_NAME, atomic_write_bytes, lock_folder, sha256_file
-from progaug.config import _JsonMixin, describe_differences
+from progaug.cache import (
+    CSV_FIELDS, finished_manifest, image_name, read_record, record_path, write_labels, write_manifest, write_record,
+)
+from progaug.fileio import LOCK_NAME, atomic_write_bytes, lock_folder
+from progaug.config import JsonConfig, describe_differences
 from progaug.data.tiles import dihedral
-from progaug.errors import check_positive_int
+from progaug.errors import check_int
 from progaug.frequency import DEFAULT_RADIUS, default_levels
 from progaug.generator import generate_progressive
 from progaug.pair import Pair
-from progaug.runtime import RuntimeConfig, auto_max_batch, prepare_model
+from progaug.runtime import RuntimeConfig, auto_max_batch, autocast_dtype, prepare_model
 
 __all__ = ["CSV_FIELDS", "PrecomputeConfig", "precompute"]
 
-CSV_FIELDS = (
-    "file", "source", "source_class", "target_class", "level", "soft_label", "depth", "steps",
-    "amplitude_source", "amplitude_state", "amplitude_latent", "dihedral", "seed",
-)
+_LEGACY_NAMES = {"micro_batch": "max_batch"}  # earlier names of settings, as stored in run.json and manifest.json
 
 
 @dataclasses.dataclass(frozen=True)
-class PrecomputeConfig(_JsonMixin):
+class PrecomputeConfig(JsonConfig):
     """Settings of a precomputed set.
 
     Attributes:
         n: Number of progressive samples (``n / levels`` source groups, rounded up).
         levels: Soft-label levels per source image, evenly spaced in (0, 1] (adaptive depth).
         steps: DDIM steps ``S``.
-        batch_size: Source images per generator call (default: ``micro_batch``, so the inversion
+        batch_size: Source images per generator call (default: ``max_batch``, so the inversion
             fills its calls; no effect on the results).
-        micro_batch: Rows per U-Net call, fixed so that results do not depend on ``batch_size``
+        max_batch: Rows per U-Net call, fixed so that results do not depend on ``batch_size``
             (default: :func:`progaug.runtime.auto_max_batch`, 32 on CPUs, memory-sized on CUDA).
         radius: High-pass cut-off of the frequency measure.
         bf16: Run the U-Nets under bf16 autocast.
         seed: Seed of the source order and of the flips/rotations of repeated sources.
     """
 
-    n: int = 5000
-    levels: int = 10
-    steps: int = 50
-    batch_size: int | None = None
-    micro_batch: int | None = None
-    radius: float = DEFAULT_RADIUS
-    bf16: bool = False
-    seed: int = 0
+    n: int = dataclasses.field(default=5000, metadata={"help": "Number of progressive samples (n / levels source groups, rounded up)"})
+    levels: int = dataclasses.field(
+        default=10, metadata={"help": "Soft-label levels per source image, evenly spaced in (0, 1] (adaptive depth)"}
+    )
+    steps: int | None = dataclasses.field(
+        default=None, metadata={"help": "DDIM steps S (default: the pair's diffusion.sampling_steps)"}
+    )
+    batch_size: int | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Source images per generator call (default: max_batch, so the inversion fills its calls; "
+                          "no effect on the results)"},
+    )
+    max_batch: int | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Rows per U-Net call, fixed so that results do not depend on batch_size (default: automatic, "
+                          "32 on CPUs, memory-sized on CUDA)"},
+    )
+    radius: float = dataclasses.field(default=DEFAULT_RADIUS, metadata={"help": "High-pass cut-off of the frequency measure"})
+    bf16: bool = dataclasses.field(default=False, metadata={"help": "Run the U-Nets under bf16 autocast"})
+    seed: int = dataclasses.field(
+        default=0, metadata={"help": "Seed of the source order and of the flips/rotations of repeated sources"}
+    )
 
     def __post_init__(self) -> None:
-        for name in ("n", "levels", "steps"):
-            check_positive_int(name, getattr(self, name))
-        for name in ("batch_size", "micro_batch"):
-            check_positive_int(name, getattr(self, name), allow_none=True)
-        if self.levels > self.steps:
+        for name in ("n", "levels"):
+            check_int(name, getattr(self, name))
+        for name in ("steps", "batch_size", "max_batch"):
+            check_int(name, getattr(self, name), allow_none=True)
+        if self.steps is not None and self.levels > self.steps:
             raise ValueError(f"`levels` {self.levels} exceeds `steps` {self.steps}: each level needs its own depth")
 
     @property
@@ -196,7 +203,7 @@ def precompute(
             if resume:
                 _drop_bad_records(context)
         _barrier(world)
-        missing = [g for g in range(config.groups) if not _record_path(out, g).is_file()]
+        missing = [g for g in range(config.groups) if not record_path(out, g).is_file()]
         _generate(context, [g for g in missing if g % world == rank], rank, world, device, progress, runtime,
                   arguments or {}, settings, redo=bool(missing))
     return out
@@ -223,27 +230,56 @@ def _generate(ctx: _Context, todo: list[int], rank: int, world: int, device, pro
     seconds = time.perf_counter() - began
     _barrier(world)
     if rank == 0:
-        execution = {"device": str(device), "batch_size": config.batch_size, "micro_batch": config.micro_batch,
+        execution = {"device": str(device), "batch_size": config.batch_size, "max_batch": config.max_batch,
                      "threads": torch.get_num_threads(), "processes": world, "runtime": (runtime or RuntimeConfig()).to_dict(),
                      "samples_this_run_rank0": _samples_in(todo, config), "seconds_this_run_rank0": round(seconds, 2)}
-        previous = _previous_manifest(out)
+        previous = finished_manifest(out)
         if not redo and previous is not None:  # a resume of a finished, intact set: keep the run that made it
-            execution = previous.get("execution", execution)
+            execution = _renamed(previous.get("execution", execution))
         _finish(ctx, settings, arguments, execution)
 
 
 def _resolve_batches(config: PrecomputeConfig, out: Path, pair: Pair, device, resume: bool) -> PrecomputeConfig:
-    """Fill in the automatic ``micro_batch`` (the stored one on ``--resume``) and ``batch_size``."""
-    micro = config.micro_batch
+    """Fill in the pair's ``steps``, the automatic ``max_batch`` (the stored one on ``--resume``) and
+    ``batch_size``; the filled-in config passes the same checks as a given one."""
+    max_batch = config.max_batch
     run_file = out / "run.json"
-    if micro is None and resume and run_file.is_file():
+    if max_batch is None and resume and run_file.is_file():
+        stored = _read_run_file(run_file)
         try:
-            micro = json.loads(run_file.read_text()).get("config", {}).get("micro_batch")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-            raise ValueError(f"{run_file} is not valid JSON ({exc}): this folder cannot be resumed; choose another --out") from exc
-    if micro is None:
-        micro = auto_max_batch(pair.source, pair.image_size, device, autocast_dtype=torch.bfloat16 if config.bf16 else None)
-    return dataclasses.replace(config, micro_batch=int(micro), batch_size=config.batch_size or int(micro))
+            max_batch = stored.get("config", {}).get("max_batch")
+        except AttributeError as exc:
+            raise ValueError(_not_resumable(run_file, exc)) from exc
+    if max_batch is None:
+        max_batch = auto_max_batch(pair.source, pair.image_size, device, autocast_dtype=autocast_dtype(config.bf16))
+    steps = pair.diffusion.sampling_steps if config.steps is None else config.steps
+    return dataclasses.replace(config, steps=steps, max_batch=int(max_batch), batch_size=config.batch_size or int(max_batch))
+
+
+def _not_resumable(run_file: Path, exc: Exception) -> str:
+    return f"{run_file} is not valid JSON ({exc}): this folder cannot be resumed; choose another --out"
+
+
+def _renamed(settings: Any) -> Any:
+    """``settings`` with the earlier names of settings (``micro_batch``) replaced by today's."""
+    if not isinstance(settings, dict):
+        return settings
+    return {_LEGACY_NAMES.get(k, k): v for k, v in settings.items()}
+
+
+def _read_run_file(run_file: Path) -> Any:
+    """The stored settings of ``run.json``, earlier names of settings read as today's.
+
+    Raises:
+        ValueError: Not valid JSON.
+    """
+    try:
+        stored = json.loads(run_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(_not_resumable(run_file, exc)) from exc
+    if isinstance(stored, dict) and "config" in stored:
+        stored["config"] = _renamed(stored["config"])
+    return stored
 
 
 def _check_sources(sources: torch.Tensor, names, size: int) -> None:
@@ -258,8 +294,6 @@ def _check_sources(sources: torch.Tensor, names, size: int) -> None:
 
 
 def _tensor_digest(x: torch.Tensor) -> str:
-    import hashlib
-
     return hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()
 
 
@@ -268,11 +302,7 @@ def _prepare(out: Path, settings: dict[str, Any], resume: bool) -> None:
     if run_file.is_file():
         if not resume:
             raise FileExistsError(f"{out} already holds a precomputed run: pass --resume to complete it, or choose another --out")
-        try:
-            stored = json.loads(run_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{run_file} is not valid JSON ({exc}): this folder cannot be resumed; choose another --out") from exc
-        differences = describe_differences(stored, json.loads(json.dumps(settings)))
+        differences = describe_differences(_read_run_file(run_file), json.loads(json.dumps(settings)))
         if differences:
             raise ValueError(f"--resume: {out} was made with other settings: " + "; ".join(differences))
     elif out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
@@ -298,12 +328,12 @@ def _run_groups(ctx: _Context, models, groups: list[int], levels, device) -> Non
     x = torch.stack([dihedral(to_model_range(sources[plan[g][0]]), plan[g][1]) for g in groups]).to(device)
     result = generate_progressive(
         *models, x, levels=levels, steps=config.steps, diffusion=pair.diffusion, radius=config.radius,
-        max_batch=config.micro_batch, fixed_batch=True, autocast_dtype=torch.bfloat16 if config.bf16 else None,
+        max_batch=config.max_batch, fixed_batch=True, autocast_dtype=autocast_dtype(config.bf16),
     )
     for row, g in enumerate(groups):
         records, digests = [], {}
         for j, i in enumerate(_sample_ids(g, config)):
-            name = f"images/{i:06d}.png"
+            name = image_name(i)
             data = _png_bytes(result.images[row, j])
             atomic_write_bytes(out / name, data)
             digests[name] = hashlib.sha256(data).hexdigest()
@@ -317,59 +347,14 @@ def _run_groups(ctx: _Context, models, groups: list[int], levels, device) -> Non
                 "amplitude_latent": round(float(result.amplitudes[row, -1]), 6),
                 "dihedral": plan[g][1], "seed": config.seed,
             })
-        _write_record(out, g, records, digests)
-
-
-RECORD_FORMAT = "progaug.records/1"
-
-
-def _record_path(out: Path, group: int) -> Path:
-    return out / "records" / f"{group:06d}.json"
-
-
-def _rows_digest(rows: list[dict[str, Any]]) -> str:
-    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
-
-
-def _write_record(out: Path, group: int, rows: list[dict[str, Any]], images: dict[str, str]) -> None:
-    """A group's record: its ``labels.csv`` rows, the sha256 of its images and of the rows themselves
-    (so a record edited by hand, or an image altered since, is found on ``--resume``)."""
-    record = {"format": RECORD_FORMAT, "rows": rows, "images": images, "rows_sha256": _rows_digest(rows)}
-    atomic_write_bytes(_record_path(out, group), json.dumps(record).encode())
+        write_record(out, g, records, digests)
 
 
 def _read_record(ctx: _Context, group: int) -> list[dict[str, Any]]:
-    """The rows of a group's record, checked against the run and against its images.
-
-    Raises:
-        ValueError: The record is unreadable, edited, not this run's, or an image is missing or altered;
-            the message names the file.
-    """
-    path = _record_path(ctx.out, group)
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is unreadable: {exc}") from exc
-    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
-        raise ValueError(f"{path} is not a {RECORD_FORMAT} record")
-    rows, images = record.get("rows"), record.get("images")
-    if not isinstance(rows, list) or not isinstance(images, dict) or record.get("rows_sha256") != _rows_digest(rows):
-        raise ValueError(f"{path} was edited after it was written (its rows do not match their sha256)")
-    ids = _sample_ids(group, ctx.config)
-    expected = [f"images/{i:06d}.png" for i in ids]
-    if [r.get("file") for r in rows] != expected or sorted(images) != expected:
-        raise ValueError(f"{path} lists {[r.get('file') for r in rows]}, expected {expected}")
+    """The rows of a group's record, checked against this run and its images (:func:`progaug.cache.read_record`)."""
     source, op = ctx.plan[group]
-    for r in rows:
-        if (r.get("source"), r.get("dihedral"), r.get("steps"), r.get("seed")) != (ctx.names[source], op, ctx.config.steps, ctx.config.seed):
-            raise ValueError(f"{path} belongs to another run (source, flip, steps or seed differ)")
-    for name in expected:
-        file = ctx.out / name
-        if not file.is_file():
-            raise ValueError(f"{file} is missing")
-        if sha256_file(file) != images[name]:
-            raise ValueError(f"{file} is not the image that was written (sha256 differs; truncated or altered)")
-    return rows
+    files = [image_name(i) for i in _sample_ids(group, ctx.config)]
+    return read_record(ctx.out, group, files, (ctx.names[source], op, ctx.config.steps, ctx.config.seed))
 
 
 def _drop_bad_records(ctx: _Context) -> None:
@@ -377,52 +362,25 @@ def _drop_bad_records(ctx: _Context) -> None:
     import sys
 
     for g in range(ctx.config.groups):
-        if not _record_path(ctx.out, g).is_file():
+        if not record_path(ctx.out, g).is_file():
             continue
         try:
             _read_record(ctx, g)
         except ValueError as exc:
             print(f"progaug precompute: group {g} will be generated again: {exc}", file=sys.stderr)
-            _record_path(ctx.out, g).unlink()
-
-
-def _previous_manifest(out: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((out / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
+            record_path(ctx.out, g).unlink()
 
 
 def _finish(ctx: _Context, settings: dict[str, Any], arguments: dict[str, Any], execution: dict[str, Any]) -> None:
     """Write ``labels.csv``, ``preview.png`` and, last, ``manifest.json`` from the checked records."""
-    import platform
-
-    import progaug
-
     out, pair, config = ctx.out, ctx.pair, ctx.config
     rows = []
     for g in range(config.groups):
         rows += _read_record(ctx, g)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(out / "labels.csv", buf.getvalue().encode())
+    write_labels(out, rows)
     _write_preview(out, ctx.sources, ctx.plan, rows, config, pair)
-    files = {r["file"]: sha256_file(out / r["file"]) for r in rows}
-    files["labels.csv"] = sha256_file(out / "labels.csv")
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "versions": {"progaug": progaug.__version__, "torch": torch.__version__, "python": platform.python_version()},
-        "settings": settings,
-        "pair_card": {k: pair.card.get(k) for k in ("direction", "source", "target", "training")},
-        "arguments": arguments,
-        "execution": execution,
-        "samples": len(rows),
-        "files": files,
-    }
-    atomic_write_bytes(out / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    write_manifest(out, rows, settings=settings, pair_card={k: pair.card.get(k) for k in ("direction", "source", "target", "training")},
+                   arguments=arguments, execution=execution)
 
 
 def _write_preview(out: Path, sources, plan, rows, config, pair, count: int = 4) -> None:

@@ -1,13 +1,10 @@
-"""How the U-Nets run: threads, allocator, memory format, compilation and batch size.
+"""How the U-Nets run: device, threads, allocator, memory format, compilation, batch size, autocast.
 
-None of these settings changes what is computed beyond float tolerance (see ``docs/performance.md``
-for the tolerances and the tests that hold them); they change speed and memory only. What *does*
-change results (steps, levels, bf16 autocast, the seed) lives in the configs of the commands.
-
-Measured on the 2-core CPU this project is developed on (64-px demo U-Net, 1.68 M parameters,
-``python benchmarks/speed.py``): per-row throughput is flat from 16 to 64 rows per call once glibc keeps
-freed memory (without that, 64 rows per call ran 1.5x slower than 16); channels_last gave 5-10 %;
-``torch.compile`` took about 50 s per shape and no speed-up, so it is off by default.
+None of the :class:`RuntimeConfig` settings changes what is computed beyond float tolerance (see
+``docs/performance.md`` for the tolerances, the tests that hold them and the measured speed-ups); they
+change speed and memory only. What *does* change results (steps, levels, bf16 autocast, the seed)
+lives in the configs of the commands; :func:`autocast_dtype` turns their ``bf16`` flag into the
+autocast dtype that :func:`autocast` and the generator take.
 """
 
 from __future__ import annotations
@@ -21,8 +18,8 @@ from typing import Any
 
 import torch
 
-from progaug.config import _JsonMixin
-from progaug.errors import check_positive_int
+from progaug.config import JsonConfig, setting
+from progaug.errors import check_int
 
 __all__ = [
     "CPU_MAX_BATCH",
@@ -30,6 +27,8 @@ __all__ = [
     "apply_runtime",
     "autocast",
     "auto_max_batch",
+    "autocast_dtype",
+    "default_device",
     "default_threads",
     "prepare_model",
     "rows_that_fit",
@@ -37,11 +36,11 @@ __all__ = [
 ]
 
 CPU_MAX_BATCH = 32
-"""Rows per U-Net call on CPUs: throughput per row is flat from 16 to 64 rows (64-px demo pair)."""
+"""Rows per U-Net call on CPUs (see ``docs/performance.md`` for the measurements behind it)."""
 
 
 @dataclasses.dataclass(frozen=True)
-class RuntimeConfig(_JsonMixin):
+class RuntimeConfig(JsonConfig):
     """Execution settings shared by ``progaug precompute``, ``progaug progressive`` and the benchmarks.
 
     Attributes:
@@ -49,20 +48,39 @@ class RuntimeConfig(_JsonMixin):
             number of ``torchrun`` processes on this node (``LOCAL_WORLD_SIZE``), at least 1, so that
             processes never oversubscribe the cores).
         channels_last: Keep the U-Net weights and activations in channels-last memory format.
-        compile: ``torch.compile`` the U-Nets (pays off on GPUs for long runs; on a 2-core CPU it cost
-            about 50 s per input shape and gave no speed-up).
+        compile: ``torch.compile`` the U-Nets (each new input shape is compiled first, which takes
+            time; see ``docs/performance.md`` for when it pays off).
         malloc_tuning: On Linux with glibc and a CPU device, keep freed memory in the process instead
-            of handing it back to the system after every large tensor (``mallopt``); this removes
-            most of the system time of batched CPU inference.
+            of handing it back to the system after every large tensor (``mallopt``).
     """
 
-    threads: int | None = None
-    channels_last: bool = False
-    compile: bool = False
-    malloc_tuning: bool = True
+    threads: int | None = setting(
+        None,
+        "CPU threads per process (default: the CPUs this process may use divided by the number of torchrun "
+        "processes on this node (LOCAL_WORLD_SIZE), at least 1, so that processes never oversubscribe the cores)",
+    )
+    channels_last: bool = setting(False, "Keep the U-Net weights and activations in channels-last memory format")
+    compile: bool = setting(
+        False, "torch.compile the U-Nets (each new input shape is compiled first; see docs/performance.md)"
+    )
+    malloc_tuning: bool = setting(
+        True,
+        "On Linux with glibc and a CPU device, keep freed memory in the process instead of handing it back to "
+        "the system after every large tensor (mallopt)",
+    )
 
     def __post_init__(self) -> None:
-        check_positive_int("threads", self.threads, allow_none=True)
+        check_int("threads", self.threads, allow_none=True)
+
+
+def default_device() -> str:
+    """``"cuda"`` when CUDA is available, else ``"cpu"``: where commands run when no device is given."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def autocast_dtype(bf16: bool) -> torch.dtype | None:
+    """The autocast dtype of a ``bf16`` setting: ``torch.bfloat16`` when set, None (plain float32) otherwise."""
+    return torch.bfloat16 if bf16 else None
 
 
 def autocast(device: torch.device | str, dtype: torch.dtype | None):

@@ -9,39 +9,8 @@ import torch
 
 from progaug.fileio import atomic_write_bytes
 from progaug.data.tiles import to_uint8
-from progaug.pair import Pair
 
-__all__ = ["progressive_strip", "source_tiles"]
-
-
-def source_tiles(source: str, pair: Pair, *, split: str = "train") -> tuple[torch.Tensor, list[str]]:
-    """Source-class tiles at the pair's size and their names.
-
-    Args:
-        source: ``"hgsc"`` (the demo tiles of the pair's source class, from ``split``) or a folder of
-            images (``folder/*.png``, cut into tiles).
-        pair: The pair (gives the source class and the tile size).
-        split: Demo split to use with ``"hgsc"``.
-
-    Returns:
-        ``(N, 3, S, S)`` uint8 tiles and ``N`` names.
-
-    Raises:
-        ValueError: The pair's source class is not a demo class, or the folder holds no usable image.
-    """
-    from pathlib import Path
-
-    from progaug.data import HGSC_CLASSES, TileSpec, hgsc_tiles
-    from progaug.data.folder import folder_tiles
-
-    if source == "hgsc":
-        if pair.classes[0] not in HGSC_CLASSES:
-            raise ValueError(f"the pair's source class {pair.classes[0]!r} is not a demo class {HGSC_CLASSES}; pass --source DIR")
-        tiles = hgsc_tiles(split, TileSpec(tile_size=pair.image_size, stride=pair.image_size // 2)).of_class(pair.classes[0])
-    else:
-        folder = Path(source)
-        tiles = folder_tiles(folder.parent, tile_size=pair.image_size, classes=[folder.name])
-    return tiles.images, list(tiles.sources)
+__all__ = ["progressive_strip"]
 
 
 def progressive_strip(

@@ -28,21 +28,21 @@ import torch.nn.functional as F
 
 from progaug.checkpoint import save_unet
 from progaug.fileio import atomic_write_bytes, lock_folder, safetensors_bytes
-from progaug.errors import check_positive_int
-from progaug.config import DiffusionConfig, UNetConfig, _JsonMixin, describe_differences
+from progaug.errors import check_int
+from progaug.config import PAIR_ATTENTION, DiffusionConfig, JsonConfig, UNetConfig, describe_differences, setting
 from progaug.data.tiles import TileSet, dihedral, to_model_range
 from progaug.diffusion import DDIMSchedule, sample, training_alpha_bar
 from progaug.nn.unet import UNet
-from progaug.pair import write_card
+from progaug.pair import ROLES, write_card
+from progaug.runtime import autocast, autocast_dtype, default_device
 
 __all__ = ["TrainConfig", "loss_weights", "train_pair"]
 
 CHECKPOINT = "checkpoint.safetensors"
-ROLES = ("source", "target")
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig(_JsonMixin):
+class TrainConfig(JsonConfig):
     """Training recipe of both models (each model gets the same recipe).
 
     Attributes:
@@ -64,24 +64,29 @@ class TrainConfig(_JsonMixin):
         seed: Seed of every random draw.
     """
 
-    steps: int = 20000
-    batch_size: int = 16
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 500
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    checkpoint_every: int = 1000
-    sample_steps: int = 25
-    loss_weighting: Literal["uniform", "min_snr"] = "uniform"
-    min_snr_gamma: float = 5.0
-    bf16: bool = True
-    save_dtype: Literal["float16", "float32"] = "float16"
-    seed: int = 0
+    steps: int = setting(20000, "Optimiser steps per model (total, counting steps done before a resume)")
+    batch_size: int = setting(16, "Global batch per model (split over torchrun ranks)")
+    lr: float = setting(2e-4, "AdamW peak learning rate")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    warmup_steps: int = setting(500, "Linear learning-rate warm-up")
+    ema_decay: float = setting(0.999, "EMA decay (ramped up as min(decay, (1 + n) / (10 + n)))")
+    grad_clip: float = setting(1.0, "Gradient-norm clip")
+    checkpoint_every: int = setting(1000, "Steps between checkpoints, pair files and sample grids")
+    sample_steps: int = setting(25, "DDIM steps of the sample grid")
+    loss_weighting: Literal["uniform", "min_snr"] = setting(
+        "uniform",
+        "uniform (plain epsilon MSE, as DDPM/ADM) or min_snr (each timestep's epsilon MSE weighted by "
+        "min(SNR, gamma) / SNR, min-SNR-gamma of Hang et al., ICCV 2023); the model stays an epsilon predictor "
+        "on the same schedule either way",
+    )
+    min_snr_gamma: float = setting(5.0, "The gamma of min_snr weighting")
+    bf16: bool = setting(True, "Run forward and backward under bf16 autocast (CPU and CUDA)")
+    save_dtype: Literal["float16", "float32"] = setting("float16", "Dtype of the shipped EMA weights")
+    seed: int = setting(0, "Seed of every random draw")
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "sample_steps"):
-            check_positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         if not self.lr > 0:
             raise ValueError(f"`lr` must be > 0, got {self.lr!r}")
         if not 0 <= self.ema_decay < 1:
@@ -215,7 +220,11 @@ def _load_checkpoint(out: Path, members: list[_Member], run: dict[str, Any]) -> 
     except Exception as exc:  # safetensors raises its own error types for truncated or corrupt files
         raise ValueError(f"--resume: {path} is not a readable progaug training state ({type(exc).__name__}: {exc}); "
                          f"it may be truncated: restore a copy or start a new output folder") from exc
-    differences = describe_differences(_identity(stored), _identity(run))
+    try:
+        stored_identity = _identity(stored)
+    except (KeyError, TypeError, AttributeError) as exc:  # a run record of the wrong shape, e.g. edited by hand
+        raise ValueError(f"--resume: {path} holds an unreadable run record ({type(exc).__name__}: {exc})") from exc
+    differences = describe_differences(stored_identity, _identity(run))
     if differences:
         raise ValueError(
             f"--resume: {path} was made with another configuration; start a new output folder or use the "
@@ -273,19 +282,20 @@ def _write_pair(out: Path, members: list[_Member], step: int, run: dict[str, Any
 
 
 def _dist_setup(device: str | None) -> tuple[int, int, torch.device]:
+    """``(rank, world size, device)``: one process on ``device``, or this ``torchrun`` rank on its local GPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        import torch.distributed as dist
+    if world <= 1:
+        return 0, 1, torch.device(device or default_device())
+    import torch.distributed as dist
 
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if torch.cuda.is_available() and device != "cpu" else "gloo")
-        rank = dist.get_rank()
-        if torch.cuda.is_available() and device != "cpu":
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local)
-            return rank, world, torch.device("cuda", local)
-        return rank, world, torch.device("cpu")
-    return 0, 1, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    use_cuda = torch.cuda.is_available() and device != "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if not use_cuda:
+        return dist.get_rank(), world, torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local)
+    return dist.get_rank(), world, torch.device("cuda", local)
 
 
 def train_pair(
@@ -328,15 +338,9 @@ def train_pair(
     """
     cfg = train or TrainConfig()
     diffusion = diffusion or DiffusionConfig()
-    src_cfg = source_model or UNetConfig(attention="global")
-    tgt_cfg = target_model or dataclasses.replace(src_cfg, attention="local")
-    for name, cfg_ in (("source_model", src_cfg), ("target_model", tgt_cfg)):
-        if cfg_.image_size != tiles.images.shape[-1]:
-            raise ValueError(f"`{name}.image_size` {cfg_.image_size} differs from the tile size {tiles.images.shape[-1]}")
-    class_tiles = [tiles.of_class(source_class).images, tiles.of_class(target_class).images]
-    for cls, t in zip((source_class, target_class), class_tiles):
-        if len(t) == 0:
-            raise ValueError(f"class {cls!r} has no training tiles")
+    src_cfg = source_model or UNetConfig(attention=PAIR_ATTENTION["source"])
+    tgt_cfg = target_model or dataclasses.replace(src_cfg, attention=PAIR_ATTENTION["target"])
+    class_tiles = _class_tiles(tiles, (source_class, target_class), (src_cfg, tgt_cfg))
     rank, world, dev = _dist_setup(device)
     if cfg.batch_size % world:
         raise ValueError(f"`batch_size` {cfg.batch_size} is not divisible by the {world} torchrun processes")
@@ -352,20 +356,7 @@ def train_pair(
         "world_size": world,
         "command": command if command is not None else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
-
-    members = []
-    for i, (role, mcfg) in enumerate(zip(ROLES, (src_cfg, tgt_cfg))):
-        torch.manual_seed(cfg.seed + i)
-        net = UNet(mcfg).to(dev)
-        ema = copy.deepcopy(net).eval().requires_grad_(False)
-        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        model: torch.nn.Module = net
-        if world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            model = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
-        members.append(_Member(role, model, ema, opt, class_tiles[i]))
-
+    members = _build_members((src_cfg, tgt_cfg), class_tiles, cfg, diffusion, world, dev)
     with contextlib.ExitStack() as stack:
         if rank == 0:
             stack.enter_context(lock_folder(out, "progaug train"))
@@ -375,6 +366,46 @@ def train_pair(
 
         dist.barrier()
     return out
+
+
+def _class_tiles(tiles: TileSet, classes: tuple[str, str], configs: tuple[UNetConfig, UNetConfig]) -> list[torch.Tensor]:
+    """The ``(N, 3, S, S)`` uint8 tiles of each class, checked against the U-Nets' image size.
+
+    Raises:
+        ValueError: A U-Net's ``image_size`` is not the tile size; a class is unknown or has no tiles.
+    """
+    for name, config in zip(("source_model", "target_model"), configs):
+        if config.image_size != tiles.images.shape[-1]:
+            raise ValueError(f"`{name}.image_size` {config.image_size} differs from the tile size {tiles.images.shape[-1]}")
+    class_tiles = [tiles.of_class(name).images for name in classes]
+    for name, t in zip(classes, class_tiles):
+        if len(t) == 0:
+            raise ValueError(f"class {name!r} has no training tiles")
+    return class_tiles
+
+
+def _build_members(configs: tuple[UNetConfig, UNetConfig], class_tiles: list[torch.Tensor], cfg: TrainConfig,
+                   diffusion: DiffusionConfig, world: int, dev: torch.device) -> list[_Member]:
+    """Model, EMA copy and AdamW optimiser of each role; the model is DDP-wrapped under ``torchrun``.
+
+    Each model's initial weights come from ``torch.manual_seed(cfg.seed + i)`` (``i``: 0 source, 1 target).
+    """
+    members = []
+    for i, (role, config) in enumerate(zip(ROLES, configs)):
+        torch.manual_seed(cfg.seed + i)
+        net = UNet(config)
+        if config.gaussian_skip is not None:  # the skip uses the schedule the pair is trained on
+            net.skip_alpha_bar.copy_(torch.from_numpy(training_alpha_bar(diffusion)).float())
+        net = net.to(dev)
+        ema = copy.deepcopy(net).eval().requires_grad_(False)
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        model: torch.nn.Module = net
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+        members.append(_Member(role, model, ema, opt, class_tiles[i]))
+    return members
 
 
 def _train_loop(members: list[_Member], out: Path, run: dict[str, Any], cfg: TrainConfig, diffusion: DiffusionConfig,
@@ -422,7 +453,7 @@ def _train_step(m: _Member, step: int, cfg: TrainConfig, rank: int, stream: int,
     for group in m.optimizer.param_groups:
         group["lr"] = _lr_at(cfg, step)
     m.model.train()
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+    with autocast(dev, autocast_dtype(cfg.bf16)):
         pred = m.model(x_t, t)
     if cfg.loss_weighting == "uniform":
         loss = F.mse_loss(pred.float(), noise)

@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
-from progaug.errors import check_positive_int
+from progaug.errors import check_int, check_number
 from progaug.frequency import DEFAULT_RADIUS
 from progaug.generator import generate_progressive
-from progaug.losses import _label_rows
+from progaug.losses import _label_rows, soft_label_to_row
+from progaug.runtime import auto_max_batch, autocast_dtype
 
 if TYPE_CHECKING:
     from progaug.pair import Pair
@@ -73,8 +75,57 @@ def _check_device(name: str, device: object) -> torch.device | None:
     return parsed
 
 
+def _mean_std(mean: Sequence[float], std: Sequence[float], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` as ``(1, 3, 1, 1)`` float32 tensors on ``device``."""
+    return torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1)
+
+
+def _to_model_range(x: torch.Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> torch.Tensor:
+    """A ``(B, 3, H, W)`` batch -> [-1, 1] float32, the scale read from the dtype (as torchvision v2 does).
+
+    ``uint8``: 0..255 (never normalised, ``mean``/``std`` do not apply). Floating: [0, 1], or
+    normalised with ``mean``/``std`` when given.
+
+    Raises:
+        ValueError: Not 3 channels; floating values that are not finite or outside [0, 1].
+    """
+    if x.shape[1] != 3:
+        raise ValueError(f"images must have 3 channels, got {x.shape[1]}")
+    if x.dtype == torch.uint8:
+        return x.float() / 255 * 2 - 1
+    x = x.float()
+    if mean is not None:
+        mean_t, std_t = _mean_std(mean, std, x.device)
+        x = x * std_t + mean_t
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("images must be finite, got NaN or infinite values")
+    if float(x.min()) < -1e-3 or float(x.max()) > 1 + 1e-3:
+        raise ValueError(
+            f"images must be in [0, 1] (or normalised with the given mean/std), got min {float(x.min()):.3g} "
+            f"max {float(x.max()):.3g}; pass mean=... std=... for normalised batches"
+        )
+    return x.clamp(0, 1) * 2 - 1
+
+
+def _from_model_range(x: torch.Tensor, dtype: torch.dtype, mean: Sequence[float] | None = None,
+                     std: Sequence[float] | None = None) -> torch.Tensor:
+    """[-1, 1] -> ``dtype``'s scale: ``uint8`` 0..255 (rounded), floating [0, 1] (normalised with
+    ``mean``/``std`` when given); the inverse of :func:`_to_model_range`."""
+    x = (x.float() + 1) / 2
+    if dtype == torch.uint8:
+        return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    if mean is not None:
+        mean_t, std_t = _mean_std(mean, std, x.device)
+        x = (x - mean_t) / std_t
+    return x.to(dtype)
+
+
 class ProgressiveDiffusionAugment(v2.Transform):
     """Progressive diffusion augmentation with soft labels (ADD).
+
+    As in torchvision v2, :meth:`make_params` draws the randomness of a call (which rows are
+    transformed, the level each asks for) and :meth:`transform` does the work; :meth:`forward` is
+    overridden because the transform claims the labels (like ``MixUp``).
 
     Args:
         pair: Registry name, pair folder or URL (loaded lazily), or a loaded :class:`progaug.pair.Pair`.
@@ -82,7 +133,7 @@ class ProgressiveDiffusionAugment(v2.Transform):
         level_range: ``(low, high)`` in (0, 1]: each transformed image asks for a level drawn uniformly
             from it (the depth is then chosen adaptively and the label *reached* is returned).
         levels: Fixed levels to draw from instead of ``level_range``.
-        steps: DDIM steps.
+        steps: DDIM steps (default: the pair's ``diffusion.sampling_steps``).
         num_classes: ``K``, the width of the label rows.
         source_class: Index of class A (the pair's source class) in the classifier's classes.
         target_class: Index of class B.
@@ -107,7 +158,7 @@ class ProgressiveDiffusionAugment(v2.Transform):
         p: float = 0.5,
         level_range: tuple[float, float] = (0.1, 1.0),
         levels: Sequence[float] | None = None,
-        steps: int = 50,
+        steps: int | None = None,
         num_classes: int = 2,
         source_class: int = 0,
         target_class: int = 1,
@@ -123,7 +174,7 @@ class ProgressiveDiffusionAugment(v2.Transform):
 
         if not isinstance(pair, (str, Pair)) and not hasattr(pair, "__fspath__"):
             raise TypeError(f"`pair` must be a name, folder, URL or Pair, got {type(pair).__name__}")
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        if not 0.0 <= check_number("p", p) <= 1.0:
             raise ValueError(f"`p` must be a probability in [0, 1], got {p!r}")
         low, high = level_range
         if not 0.0 < low <= high <= 1.0:
@@ -132,12 +183,12 @@ class ProgressiveDiffusionAugment(v2.Transform):
             levels = [float(v) for v in levels]
             if not levels or not all(0.0 < v <= 1.0 for v in levels):
                 raise ValueError(f"`levels` must be non-empty values in (0, 1], got {levels!r}")
-        check_positive_int("steps", steps)
-        check_positive_int("num_classes", num_classes)
-        check_positive_int("max_batch", max_batch, allow_none=True)
+        check_int("steps", steps, allow_none=True)
+        check_int("num_classes", num_classes)
+        check_int("max_batch", max_batch, allow_none=True)
         parsed_device = _check_device("device", device)
         for name, idx in (("source_class", source_class), ("target_class", target_class)):
-            if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < num_classes:
+            if check_int(name, idx, low=0) >= num_classes:
                 raise ValueError(f"`{name}` must be an int in [0, {num_classes}), got {idx!r}")
         if source_class == target_class:
             raise ValueError(f"`source_class` and `target_class` must differ, both are {source_class}")
@@ -185,6 +236,35 @@ class ProgressiveDiffusionAugment(v2.Transform):
             return self._batch(image, label)
         return self._single(image, label)
 
+    def _batch(self, x: torch.Tensor, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.dtype != torch.uint8 and not x.is_floating_point():
+            raise TypeError(f"`images` must be uint8 (0..255) or floating point ([0, 1]), got dtype {x.dtype}")
+        rows = self._rows(labels, x.shape[0]).to(x.device)
+        if not self.mixup_enabled or self.p == 0.0:
+            return x, rows
+        params = self.make_params([x, rows])
+        if params["chosen"].numel() == 0:
+            return x, rows
+        return self.transform((x, rows), params)
+
+    def _single(self, image: Any, label: Any) -> tuple[Any, torch.Tensor]:
+        from PIL import Image
+
+        if isinstance(label, bool) or not isinstance(label, (int, torch.Tensor)):
+            raise TypeError(f"label must be an int class index, got {type(label).__name__}")
+        label = int(label)
+        if not 0 <= label < self.num_classes:
+            raise ValueError(f"label {label} is outside the {self.num_classes} classes")
+        if isinstance(image, Image.Image):
+            if image.mode != "RGB":
+                raise ValueError(f"PIL image has mode {image.mode!r}; the pair takes RGB (use image.convert('RGB'))")
+            out, rows = self._batch(F.pil_to_tensor(image)[None], torch.tensor([label]))
+            return F.to_pil_image(out[0]), rows[0]
+        if not isinstance(image, torch.Tensor) or image.ndim != 3:
+            raise TypeError(f"image must be a PIL image or a (3, H, W) tensor, got {type(image).__name__}")
+        out, rows = self._batch(image[None], torch.tensor([label]))
+        return out[0], rows[0]
+
     def _rows(self, labels: Any, batch: int) -> torch.Tensor:
         """``(B,)`` class indices or ``(B, K)`` probability rows -> checked float32 ``(B, K)`` rows.
 
@@ -198,109 +278,67 @@ class ProgressiveDiffusionAugment(v2.Transform):
                 raise TypeError(f"`labels` must be a tensor of class indices or rows, got {type(labels).__name__}") from err
         return _label_rows(labels, self.num_classes, batch=batch, name="labels").float()
 
-    def _rows_per_call(self, pair: Pair, device: torch.device) -> int:
-        if self.max_batch is not None:
-            return self.max_batch
-        sizes = self.__dict__.setdefault("_auto_batch", {})
-        if str(device) not in sizes:
-            from progaug.runtime import auto_max_batch
+    # randomness, then work (torchvision v2's split) -----------------------------------------------
 
-            sizes[str(device)] = auto_max_batch(pair.source, pair.image_size, device,
-                                                autocast_dtype=torch.bfloat16 if self.bf16 else None)
-        return sizes[str(device)]
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        """Draw the randomness of one batch call from torch's global generator.
 
-    def _draw_levels(self, count: int) -> torch.Tensor:
-        if self.levels is not None:
-            choice = torch.randint(0, len(self.levels), (count,))
-            return torch.tensor(self.levels, dtype=torch.float64)[choice]
-        low, high = self.level_range
-        return low + (high - low) * torch.rand(count, dtype=torch.float64)
+        Args:
+            flat_inputs: ``[images, rows]``: the ``(B, 3, H, W)`` batch and its ``(B, K)`` label rows.
 
-    def _batch(self, x: torch.Tensor, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.dtype != torch.uint8 and not x.is_floating_point():
-            raise TypeError(f"`images` must be uint8 (0..255) or floating point ([0, 1]), got dtype {x.dtype}")
-        rows = self._rows(labels, x.shape[0]).to(x.device)
-        if not self.mixup_enabled or self.p == 0.0:
-            return x, rows
+        Returns:
+            ``{"chosen": (n,) int64, "levels": (n,) float64}`` on the CPU: the indices of the
+            source-class rows to transform (each with probability ``p``) and the level each asks for
+            (from ``levels``, or uniform in ``level_range``).
+        """
+        images, rows = flat_inputs
         is_source = rows.argmax(dim=1) == self.source_class
-        chosen = torch.nonzero(is_source.cpu() & (torch.rand(x.shape[0]) < self.p)).flatten()
-        if chosen.numel() == 0:
-            return x, rows
-        images = self._to_model_range(x[chosen])
+        chosen = torch.nonzero(is_source.cpu() & (torch.rand(images.shape[0]) < self.p)).flatten()
+        if self.levels is not None:
+            levels = torch.tensor(self.levels, dtype=torch.float64)[torch.randint(0, len(self.levels), (chosen.numel(),))]
+        else:
+            low, high = self.level_range
+            levels = low + (high - low) * torch.rand(chosen.numel(), dtype=torch.float64)
+        return {"chosen": chosen, "levels": levels}
+
+    def transform(self, inpt: tuple[torch.Tensor, torch.Tensor], params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replace the chosen images by progressive images and their rows by the soft rows reached.
+
+        Args:
+            inpt: ``(images, rows)``: a ``(B, 3, H, W)`` uint8 or floating batch and its ``(B, K)`` rows.
+            params: From :meth:`make_params`, with at least one chosen row.
+
+        Returns:
+            ``(images, rows)``: new tensors of the input's dtypes and device.
+
+        Raises:
+            ValueError: The images are not 3-channel, in range, or at the pair's size.
+        """
+        x, rows = inpt
+        chosen = params["chosen"].to(x.device)
+        images = _to_model_range(x[chosen], self.mean, self.std)
         device = torch.device(self.device) if self.device else x.device
         pair = self.pair.to(device)
         if images.shape[-1] != pair.image_size or images.shape[-2] != pair.image_size:
             raise ValueError(f"images are {tuple(images.shape[-2:])} but the pair was trained on {pair.image_size}x{pair.image_size} tiles")
         result = generate_progressive(
-            pair.source, pair.target, images.to(device), levels=self._draw_levels(chosen.numel())[:, None],
+            pair.source, pair.target, images.to(device), levels=params["levels"][:, None],
             steps=self.steps, diffusion=pair.diffusion, radius=self.radius, max_batch=self._rows_per_call(pair, device),
-            autocast_dtype=torch.bfloat16 if self.bf16 else None,
+            autocast_dtype=autocast_dtype(self.bf16),
         )
         out, new_rows = x.clone(), rows.clone()
-        out[chosen.to(x.device)] = self._from_model_range(result.images[:, 0].to(x.device), x.dtype)
-        soft = result.soft_labels[:, 0].to(x.device)
-        new_rows[chosen.to(x.device)] = 0.0
-        new_rows[chosen.to(x.device), self.source_class] = 1 - soft
-        new_rows[chosen.to(x.device), self.target_class] = soft
+        out[chosen] = _from_model_range(result.images[:, 0].to(x.device), x.dtype, self.mean, self.std)
+        soft = result.soft_labels[:, 0].cpu()
+        new_rows[chosen] = soft_label_to_row(soft, self.source_class, self.target_class, self.num_classes).to(x.device)
         return out, new_rows
 
-    def _single(self, image: Any, label: Any) -> tuple[Any, torch.Tensor]:
-        import numpy as np
-        from PIL import Image
-
-        if isinstance(label, bool) or not isinstance(label, (int, torch.Tensor)):
-            raise TypeError(f"label must be an int class index, got {type(label).__name__}")
-        label = int(label)
-        if not 0 <= label < self.num_classes:
-            raise ValueError(f"label {label} is outside the {self.num_classes} classes")
-        if isinstance(image, Image.Image):
-            if image.mode != "RGB":
-                raise ValueError(f"PIL image has mode {image.mode!r}; the pair takes RGB (use image.convert('RGB'))")
-            tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
-            out, rows = self._batch(tensor, torch.tensor([label]))
-            return Image.fromarray(out[0].permute(1, 2, 0).numpy()), rows[0]
-        if not isinstance(image, torch.Tensor) or image.ndim != 3:
-            raise TypeError(f"image must be a PIL image or a (3, H, W) tensor, got {type(image).__name__}")
-        out, rows = self._batch(image[None], torch.tensor([label]))
-        return out[0], rows[0]
-
-    def _to_model_range(self, x: torch.Tensor) -> torch.Tensor:
-        """Batch -> [-1, 1] float32, the scale read from the dtype (as torchvision v2 does).
-
-        ``uint8``: 0..255 (never normalised, ``mean``/``std`` do not apply). Floating: [0, 1], or
-        normalised with ``mean``/``std`` when given.
-
-        Raises:
-            ValueError: Not 3 channels; floating values that are not finite or outside [0, 1].
-        """
-        if x.shape[1] != 3:
-            raise ValueError(f"images must have 3 channels, got {x.shape[1]}")
-        if x.dtype == torch.uint8:
-            return x.float() / 255 * 2 - 1
-        x = x.float()
-        if self.mean is not None:
-            mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-            std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-            x = x * std + mean
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("images must be finite, got NaN or infinite values")
-        if float(x.min()) < -1e-3 or float(x.max()) > 1 + 1e-3:
-            raise ValueError(
-                f"images must be in [0, 1] (or normalised with the given mean/std), got min {float(x.min()):.3g} "
-                f"max {float(x.max()):.3g}; pass mean=... std=... for normalised batches"
-            )
-        return x.clamp(0, 1) * 2 - 1
-
-    def _from_model_range(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """[-1, 1] -> ``dtype``'s scale: ``uint8`` 0..255 (rounded), floating [0, 1] (re-normalised)."""
-        x = (x.float() + 1) / 2
-        if dtype == torch.uint8:
-            return (x.clamp(0, 1) * 255).round().to(torch.uint8)
-        if self.mean is not None:
-            mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-            std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-            x = (x - mean) / std
-        return x.to(dtype)
+    def _rows_per_call(self, pair: Pair, device: torch.device) -> int:
+        if self.max_batch is not None:
+            return self.max_batch
+        sizes = self.__dict__.setdefault("_auto_batch", {})
+        if str(device) not in sizes:
+            sizes[str(device)] = auto_max_batch(pair.source, pair.image_size, device, autocast_dtype=autocast_dtype(self.bf16))
+        return sizes[str(device)]
 
     def extra_repr(self) -> str:
         return (f"pair={self._pair_spec or 'Pair'!r}, p={self.p}, level_range={self.level_range}, levels={self.levels}, "

@@ -111,6 +111,15 @@ def test_generation_on_class_folders(bench, tiny_pair, tmp_path):
         assert m["fid"] > 0 and m["sfid"] > 0 and 0 < m["lpips_diversity"] < 1
 
 
+def test_results_name_paths_relative_to_the_repository(bench):
+    common = bench("common")
+    assert common.repo_relative(str(common.ROOT / "progaug" / "pairs" / "hgsc-demo")) == "progaug/pairs/hgsc-demo"
+    assert common.repo_relative(common.ROOT / "benchmarks" / "results") == "benchmarks/results"
+    outside = str(Path(common.ROOT.anchor) / "elsewhere" / "pair")
+    assert [common.repo_relative(v) for v in (outside, "hgsc-demo", "../shared/weights", 3, None)] == [
+        outside, "hgsc-demo", "../shared/weights", 3, None]
+
+
 def test_throughput(bench, tiny_pair, tmp_path):
     throughput = bench("throughput")
     out = tmp_path / "throughput"
@@ -120,7 +129,7 @@ def test_throughput(bench, tiny_pair, tmp_path):
     entry = res["pairs"][str(tiny_pair)]
     assert entry["image_size"] == 32 and entry["forward_gflops"] > 0
     first, default = entry["variants"]["first release"], entry["variants"]["default"]
-    assert (first["batch_size"], first["micro_batch"]) == (8, 32) and (default["batch_size"], default["micro_batch"]) == (32, 32)
+    assert (first["batch_size"], first["max_batch"]) == (8, 32) and (default["batch_size"], default["max_batch"]) == (32, 32)
     assert first["unet_evals_per_image"] == pytest.approx(default["unet_evals_per_image"])  # same work, other batching
     assert 0 < default["fraction_of_floor"] < 1
 

@@ -1,5 +1,7 @@
 """The progaug command end to end on a tiny folder: train -> precompute -> progressive; errors."""
 
+import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -8,7 +10,7 @@ import pytest
 from PIL import Image
 
 from progaug.cache import ProgressiveCache
-from progaug.cli import main
+from progaug.cli import build_parser, main
 
 from conftest import random_tiles
 
@@ -23,16 +25,17 @@ def folder(class_folders):
 
 def test_train_precompute_progressive(folder, tmp_path, capsys):
     pair = tmp_path / "pair"
-    assert main(["train", "--data", str(folder), "--out", str(pair), "--steps", "2", "--batch-size", "2",
-                 "--checkpoint-every", "1", "--sample-steps", "2", "--device", "cpu", *TINY]) == 0
+    train = ["train", "--data", str(folder), "--out", str(pair), "--steps", "2", "--batch-size", "2",
+             "--checkpoint-every", "1", "--sample-steps", "2", "--device", "cpu", *TINY]
+    assert main(train) == 0
     card = json.loads((pair / "card.json").read_text())
     assert card["direction"] == {"source_class": "normal", "target_class": "tumour"}
     assert card["source"]["config"]["model_channels"] == 16 and card["target"]["attention"] == "local"
-    assert card["command"].startswith("progaug train") or card["command"]
+    assert card["command"] == " ".join(["progaug", *train])
 
     cache = tmp_path / "cache"
     assert main(["precompute", "--pair", str(pair), "--source", str(folder / "normal"), "--n", "4", "--levels", "2",
-                 "--steps", "4", "--micro-batch", "4", "--out", str(cache), "--device", "cpu"]) == 0
+                 "--steps", "4", "--max-batch", "4", "--out", str(cache), "--device", "cpu"]) == 0
     assert len(ProgressiveCache.open(cache)) == 4
 
     png = tmp_path / "strip.png"
@@ -52,6 +55,86 @@ def test_errors_exit_2_with_message(tmp_path, capsys):
 def test_class_flag_checked(folder, tmp_path):
     with pytest.raises(SystemExit, match="--source-class 'stroma' is not one of the classes"):
         main(["train", "--data", str(folder), "--source-class", "stroma", "--out", str(tmp_path / "o"), *TINY])
+
+
+def _set_card_diffusion(pair, **values):
+    path = pair / "card.json"
+    card = json.loads(path.read_text())
+    card["diffusion"].update(values)
+    path.write_text(json.dumps(card))
+
+
+def _progressive(pair, folder, out, *extra):
+    return ["progressive", "--pair", str(pair), "--source", str(folder / "normal"), "--count", "1", "--levels", "2",
+            "--threads", "1", "--out", str(out), *extra]
+
+
+def test_progressive_steps_default_to_the_pair(pair_dir, folder, tmp_path, monkeypatch):
+    import progaug.generator
+
+    real, used = progaug.generator.generate_progressive, []
+
+    def recording(*args, **kwargs):
+        result = real(*args, **kwargs)
+        used.append(result.num_steps)
+        return result
+
+    monkeypatch.setattr(progaug.generator, "generate_progressive", recording)
+    _set_card_diffusion(pair_dir, sampling_steps=3)
+    assert main(_progressive(pair_dir, folder, tmp_path / "a.png")) == 0
+    assert main(_progressive(pair_dir, folder, tmp_path / "b.png", "--steps", "4")) == 0
+    assert used == [3, 4]
+
+
+def test_only_user_errors_become_messages(pair_dir, folder, tmp_path, monkeypatch, capsys):
+    # a wrongly typed value in a file is a bad value of that file: exit 2 with a message
+    _set_card_diffusion(pair_dir, num_train_steps="1000")
+    assert main(_progressive(pair_dir, folder, tmp_path / "a.png")) == 2
+    assert "`num_train_steps` must be an int, got str '1000'" in capsys.readouterr().err
+    # a TypeError raised inside progaug is a bug: it keeps its traceback instead of exit 2
+    import progaug.hub
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(progaug.hub, "load_pair", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        main(_progressive(pair_dir, folder, tmp_path / "b.png"))
+
+
+def _flags(parser):
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return [(name, action) for name, p in sub.choices.items() for action in p._actions if action.option_strings]
+
+
+def test_every_flag_has_a_help_text():
+    flags = _flags(build_parser())
+    assert len(flags) > 60
+    for command, action in flags:
+        text = action.help or ""
+        assert text and not text.startswith("(default"), (command, action.option_strings, text)
+
+
+@pytest.mark.parametrize("cls", ["progaug.train.TrainConfig", "progaug.config.UNetConfig", "progaug.config.DiffusionConfig",
+                                 "progaug.runtime.RuntimeConfig", "progaug.precompute.PrecomputeConfig"])
+def test_config_fields_carry_their_help(cls):
+    import importlib
+
+    module, name = cls.rsplit(".", 1)
+    for field in dataclasses.fields(getattr(importlib.import_module(module), name)):
+        text = field.metadata.get("help", "")
+        assert text, f"{cls}.{field.name} has no metadata['help']"
+        if field.default is None:  # the text itself says what None means
+            assert "default" in text, f"{cls}.{field.name}: say what the default None means"
+
+
+def test_defaults_come_from_the_configs():
+    from progaug.config import PAIR_ATTENTION, UNetConfig
+
+    args = build_parser().parse_args(["train", "--out", "x"])
+    assert args.tile_size == UNetConfig().image_size
+    assert (args.source_attention, args.target_attention) == (PAIR_ATTENTION["source"], PAIR_ATTENTION["target"])
+    assert build_parser().parse_args(["progressive"]).steps is None  # the pair's diffusion.sampling_steps
 
 
 def test_python_dash_m():

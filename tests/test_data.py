@@ -1,11 +1,14 @@
-"""Demo tiles (spatial split, counts, determinism) and the folder loader's handling of bad files."""
+"""Demo tiles (spatial split, counts, determinism), the folder loader's handling of bad files, and the
+source-class tiles a pair generates from."""
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from progaug.data import HGSC_CLASSES, TileSpec, folder_tiles, hgsc_tiles, load_rgb, to_rgb
+from progaug.data import HGSC_CLASSES, TileSpec, folder_tiles, hgsc_tiles, load_rgb, source_tiles, to_rgb
 from progaug.data.hgsc import block_split
 
 
@@ -167,3 +170,22 @@ class TestFolderTiles:
     def test_load_rgb_missing(self, tmp_path):
         with pytest.raises(FileNotFoundError, match="image not found"):
             load_rgb(tmp_path / "x.png")
+
+
+class TestSourceTiles:
+    """``source_tiles`` reads only the pair's classes and size, so a stand-in pair is enough."""
+
+    PAIR = SimpleNamespace(classes=("stroma", "tumour"), image_size=32)
+
+    def test_demo_tiles_of_the_source_class(self):
+        images, names = source_tiles("hgsc", self.PAIR, split="test")
+        expected = hgsc_tiles("test", TileSpec(tile_size=32, stride=16)).of_class("stroma")
+        assert torch.equal(images, expected.images) and names == list(expected.sources)
+
+    def test_folder_of_images(self, class_folders):
+        images, names = source_tiles(str(class_folders / "normal"), self.PAIR)
+        assert images.shape == (3, 3, 32, 32) and images.dtype == torch.uint8 and len(names) == 3
+
+    def test_pair_of_other_classes_needs_a_folder(self):
+        with pytest.raises(ValueError, match="is not a demo class .*; pass --source DIR"):
+            source_tiles("hgsc", SimpleNamespace(classes=("normal", "tumour"), image_size=32))

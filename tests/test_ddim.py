@@ -111,6 +111,8 @@ class TestBridge:
     def test_bad_depth(self):
         with pytest.raises(ValueError, match="`depth` must be an int in \\[0, 8\\], got 9"):
             bridge(tiny_unet(), tiny_unet("local"), torch.zeros(1, 3, 32, 32), DDIMSchedule.from_config(steps=8), depth=9)
+        with pytest.raises(TypeError, match="`depth` must be an int in \\[0, 8\\], got float 2.0"):
+            bridge(tiny_unet(), tiny_unet("local"), torch.zeros(1, 3, 32, 32), DDIMSchedule.from_config(steps=8), depth=2.0)
 
 
 class TestSampleFromDepths:
@@ -139,5 +141,7 @@ class TestSampleFromDepths:
         sched = DDIMSchedule.from_config(steps=10)
         with pytest.raises(ValueError, match="`depths` must lie in"):
             sample_from_depths(GaussianEps(0, 1), torch.zeros(2, 3, 8, 8), torch.tensor([1, 11]), sched)
-        with pytest.raises(ValueError, match="`max_batch`"):
+        with pytest.raises(ValueError, match="`max_batch` must be >= 1, got 0"):
             sample_from_depths(GaussianEps(0, 1), torch.zeros(2, 3, 8, 8), torch.tensor([1, 2]), sched, max_batch=0)
+        with pytest.raises(TypeError, match="`max_batch` must be an int, got float 2.0"):
+            sample_from_depths(GaussianEps(0, 1), torch.zeros(2, 3, 8, 8), torch.tensor([1, 2]), sched, max_batch=2.0)

@@ -71,7 +71,7 @@ class TestGenerateProgressive:
     def test_bf16_autocast_close_to_float32(self, pair, images):
         ref = generate_progressive(*pair, images, steps=8, levels=[1.0])
         fast = generate_progressive(*pair, images, steps=8, levels=[1.0], autocast_dtype=torch.bfloat16)
-        assert float((ref.images - fast.images).abs().mean()) < 0.05
+        assert 0 < float((ref.images - fast.images).abs().mean()) < 0.05  # bf16 did run, and stayed close
 
     @pytest.mark.parametrize(
         "x,exc,match",

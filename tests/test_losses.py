@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from progaug.losses import (
     BinarySoftTargetLoss,
-    SoftTargetCrossEntropy,
+    SoftLabelCrossEntropy,
     indices_to_one_hot,
     smooth_soft_targets,
     soft_label_to_row,
@@ -25,20 +25,24 @@ class TestConversions:
     def test_bad_values(self):
         with pytest.raises(ValueError, match=r"`indices` must lie in \[0, 2\), got \[0, 2\]"):
             indices_to_one_hot(torch.tensor([0, 2]), 2)
+        with pytest.raises(TypeError, match=r"`indices` must be a \(B,\) integer tensor, got torch.float32"):
+            indices_to_one_hot(torch.tensor([0.0, 1.0]), 2)
+        with pytest.raises(ValueError, match=r"`indices` must be a \(B,\) integer tensor, got torch.int64 of shape \(1, 2\)"):
+            indices_to_one_hot(torch.tensor([[0, 1]]), 2)
         with pytest.raises(ValueError, match=r"`soft_label` must lie in \[0, 1\]"):
             soft_label_to_row(torch.tensor([1.5]), 0, 1, 2)
         with pytest.raises(ValueError, match=r"`smoothing` must be in \[0, 1\)"):
-            SoftTargetCrossEntropy(smoothing=1.0)
+            SoftLabelCrossEntropy(smoothing=1.0)
 
 
-class TestSoftTargetCrossEntropy:
+class TestSoftLabelCrossEntropy:
     def test_equals_torch_cross_entropy_with_probabilities(self):
         logits, target = torch.randn(5, 3), torch.softmax(torch.randn(5, 3), -1)
-        torch.testing.assert_close(SoftTargetCrossEntropy()(logits, target), F.cross_entropy(logits, target))
+        torch.testing.assert_close(SoftLabelCrossEntropy()(logits, target), F.cross_entropy(logits, target))
 
     def test_index_targets_and_smoothing_match_torch(self):
         logits, idx = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
-        ours = SoftTargetCrossEntropy(smoothing=0.1)(logits, idx)
+        ours = SoftLabelCrossEntropy(smoothing=0.1)(logits, idx)
         torch.testing.assert_close(ours, F.cross_entropy(logits, idx, label_smoothing=0.1))
 
     def test_two_class_smoothing_on_soft_row(self):
@@ -46,7 +50,17 @@ class TestSoftTargetCrossEntropy:
 
     def test_shape_error(self):
         with pytest.raises(ValueError, match=r"`target` must have shape \(2, 3\)"):
-            SoftTargetCrossEntropy()(torch.randn(2, 3), torch.rand(2, 2))
+            SoftLabelCrossEntropy()(torch.randn(2, 3), torch.rand(2, 2))
+
+    def test_old_name_warns_and_computes_the_same(self):
+        import progaug
+        from progaug.losses import SoftTargetCrossEntropy
+
+        logits, idx = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+        with pytest.warns(DeprecationWarning, match="renamed SoftLabelCrossEntropy"):
+            old = progaug.SoftTargetCrossEntropy(smoothing=0.1)
+        assert progaug.SoftTargetCrossEntropy is SoftTargetCrossEntropy and "SoftTargetCrossEntropy" not in progaug.__all__
+        torch.testing.assert_close(old(logits, idx), SoftLabelCrossEntropy(smoothing=0.1)(logits, idx))
 
 
 class TestBinary:

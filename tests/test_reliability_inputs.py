@@ -13,7 +13,7 @@ import progaug.losses
 import progaug.transforms
 from progaug.datasets import SoftLabelProgressiveDataset
 from progaug.data.tiles import TileDataset, TileSet
-from progaug.losses import BinarySoftTargetLoss, SoftTargetCrossEntropy, soft_label_to_row
+from progaug.losses import BinarySoftTargetLoss, SoftLabelCrossEntropy, soft_label_to_row
 from progaug.transforms import ProgressiveDiffusionAugment
 
 from conftest import random_tiles
@@ -41,34 +41,34 @@ BAD_ROWS = [
 ]
 
 
-class TestSoftTargetCrossEntropyRows:
+class TestSoftLabelCrossEntropyRows:
     @pytest.mark.parametrize("rows,match", BAD_ROWS)
     def test_refuses_rows_that_are_not_probabilities(self, rows, match):
         with pytest.raises(ValueError, match=match.format(name="target")):
-            SoftTargetCrossEntropy()(torch.randn(2, 2), torch.tensor(rows))
+            SoftLabelCrossEntropy()(torch.randn(2, 2), torch.tensor(rows))
 
     def test_refuses_wrong_number_of_classes(self):
         with pytest.raises(ValueError, match=r"`target` must have shape \(2, 3\) \(or \(2,\) class indices\), got \(2, 2\)"):
-            SoftTargetCrossEntropy()(torch.randn(2, 3), torch.tensor([[0.5, 0.5], [1.0, 0.0]]))
+            SoftLabelCrossEntropy()(torch.randn(2, 3), torch.tensor([[0.5, 0.5], [1.0, 0.0]]))
 
     def test_refuses_wrong_types(self):
         with pytest.raises(TypeError, match="`target` must be a torch.Tensor, got list"):
-            SoftTargetCrossEntropy()(torch.randn(2, 2), [[1.0, 0.0], [0.0, 1.0]])
+            SoftLabelCrossEntropy()(torch.randn(2, 2), [[1.0, 0.0], [0.0, 1.0]])
         with pytest.raises(TypeError, match=r"`target` rows must be floating point .* got dtype torch.int64 of shape \(2, 2\)"):
-            SoftTargetCrossEntropy()(torch.randn(2, 2), torch.tensor([[1, 0], [0, 1]]))
+            SoftLabelCrossEntropy()(torch.randn(2, 2), torch.tensor([[1, 0], [0, 1]]))
         with pytest.raises(TypeError, match="`target` must hold integer class indices or floating rows, got dtype torch.bool"):
-            SoftTargetCrossEntropy()(torch.randn(2, 2), torch.tensor([True, False]))
+            SoftLabelCrossEntropy()(torch.randn(2, 2), torch.tensor([True, False]))
 
     def test_refuses_index_outside_classes(self):
         with pytest.raises(ValueError, match=r"`target` must lie in \[0, 3\), got \[0, 3\]"):
-            SoftTargetCrossEntropy()(torch.randn(2, 3), torch.tensor([0, 3]))
+            SoftLabelCrossEntropy()(torch.randn(2, 3), torch.tensor([0, 3]))
 
     def test_accepts_rows_within_tolerance_and_low_precision(self):
         logits = torch.randn(2, 2)
-        SoftTargetCrossEntropy()(logits, torch.tensor([[0.30005, 0.7], [1.0, 0.0]], dtype=torch.float64))
-        SoftTargetCrossEntropy()(logits, torch.tensor([[0.3, 0.7], [0.9, 0.1]], dtype=torch.bfloat16))
+        SoftLabelCrossEntropy()(logits, torch.tensor([[0.30005, 0.7], [1.0, 0.0]], dtype=torch.float64))
+        SoftLabelCrossEntropy()(logits, torch.tensor([[0.3, 0.7], [0.9, 0.1]], dtype=torch.bfloat16))
         with pytest.raises(ValueError, match="must sum to 1"):
-            SoftTargetCrossEntropy()(logits, torch.tensor([[0.3002, 0.7], [1.0, 0.0]], dtype=torch.float64))
+            SoftLabelCrossEntropy()(logits, torch.tensor([[0.3002, 0.7], [1.0, 0.0]], dtype=torch.float64))
 
 
 class TestBinarySoftTargetLossLabels:

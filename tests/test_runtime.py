@@ -14,6 +14,9 @@ from progaug.runtime import (
     RuntimeConfig,
     apply_runtime,
     auto_max_batch,
+    autocast,
+    autocast_dtype,
+    default_device,
     default_threads,
     prepare_model,
     rows_that_fit,
@@ -88,6 +91,21 @@ class TestThreads:
         assert RuntimeConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
+class TestDefaults:
+    def test_device(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        assert default_device() == "cpu"
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert default_device() == "cuda"
+
+    def test_autocast_dtype_of_the_bf16_flag(self):
+        assert autocast_dtype(True) is torch.bfloat16 and autocast_dtype(False) is None
+        with autocast("cpu", autocast_dtype(True)):
+            assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+        with autocast("cpu", autocast_dtype(False)):
+            assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+
+
 class TestBatchSizing:
     def test_rows_that_fit(self):
         mib = 2**20
@@ -117,7 +135,10 @@ class TestSameResults:
         assert_same_result(fast, reference)
 
     def test_channels_last_keeps_model_config(self, pair):
-        assert prepare_model(pair[0], RuntimeConfig(channels_last=True)).config == pair[0].config
+        model = prepare_model(pair[0], RuntimeConfig(channels_last=True))
+        assert model.config == pair[0].config
+        convs = [p for p in model.parameters() if p.ndim == 4]
+        assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
 
     def test_compile(self, pair, images, reference):
         cfg = RuntimeConfig(compile=True, channels_last=True)
@@ -137,12 +158,12 @@ class TestPrecomputeBatches:
         cfg = PrecomputeConfig(n=6, levels=3, steps=6)
         out = precompute(pair, random_tiles(2), ["a", "b"], tmp_path / "c", cfg, progress=False)
         manifest = json.loads((out / "manifest.json").read_text())
-        assert manifest["execution"]["micro_batch"] == CPU_MAX_BATCH == manifest["execution"]["batch_size"]
-        assert manifest["settings"]["config"]["micro_batch"] == CPU_MAX_BATCH
+        assert manifest["execution"]["max_batch"] == CPU_MAX_BATCH == manifest["execution"]["batch_size"]
+        assert manifest["settings"]["config"]["max_batch"] == CPU_MAX_BATCH
         assert "batch_size" not in manifest["settings"]["config"]
         # another batch size on resume is fine (results do not depend on it) ...
         precompute(pair, random_tiles(2), ["a", "b"], out, PrecomputeConfig(n=6, levels=3, steps=6, batch_size=1), resume=True, progress=False)
-        # ... another micro-batch is not
+        # ... another max_batch is not
         with pytest.raises(ValueError, match="other settings"):
-            precompute(pair, random_tiles(2), ["a", "b"], out, PrecomputeConfig(n=6, levels=3, steps=6, micro_batch=4), resume=True,
+            precompute(pair, random_tiles(2), ["a", "b"], out, PrecomputeConfig(n=6, levels=3, steps=6, max_batch=4), resume=True,
                        progress=False)

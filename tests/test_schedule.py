@@ -32,9 +32,9 @@ class TestRespacing:
     def test_fifty_steps(self):
         np.testing.assert_array_equal(respaced_timesteps(1000, 50)[:3], [19, 39, 59])
 
-    @pytest.mark.parametrize("steps", [0, 1001, 2.5, True])
-    def test_bad_steps(self, steps):
-        with pytest.raises(ValueError, match="`steps`"):
+    @pytest.mark.parametrize("steps,exc", [(0, ValueError), (1001, ValueError), (2.5, TypeError), (True, TypeError)])
+    def test_bad_steps(self, steps, exc):
+        with pytest.raises(exc, match=r"`steps` must be an int in \[1, 1000\]"):
             respaced_timesteps(1000, steps)
 
 

@@ -33,6 +33,9 @@ class TestConstruction:
             (dict(target_class=0), ValueError, "must differ"),
             (dict(mean=(0.5, 0.5, 0.5)), ValueError, "`mean` and `std` must be given together"),
             (dict(max_batch=2.0), TypeError, "`max_batch` must be an int"),
+            (dict(p=True), TypeError, "`p` must be a number, got bool True"),
+            (dict(source_class=1.0), TypeError, "`source_class` must be an int, got float 1.0"),
+            (dict(steps="6"), TypeError, "`steps` must be an int, got str '6'"),
         ],
     )
     def test_bad_arguments(self, pair_dir, kw, exc, match):
@@ -48,9 +51,15 @@ class TestConstruction:
         t.pair  # load the models in this process
         start = time.perf_counter()
         blob = pickle.dumps(t)
-        assert time.perf_counter() - start < 0.05 and len(blob) < 5000
+        assert time.perf_counter() - start < 0.05 and len(blob) < 5000  # 1.7 M float parameters are not in it
         clone = pickle.loads(blob)
-        assert clone._pair is None and clone.p == 1.0
+        assert clone.p == 1.0 and clone.pair is not t.pair  # the clone loads its own models on first use
+        x, y = random_tiles(2).float() / 255, torch.tensor([0, 0])
+        torch.manual_seed(4)
+        a = t(x, y)
+        torch.manual_seed(4)
+        b = clone(x, y)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 class TestBatchForm:
@@ -64,18 +73,60 @@ class TestBatchForm:
         assert torch.equal(out[1], x[1]) and torch.equal(rows[1], torch.tensor([0.0, 1.0]))  # target class untouched
         assert not torch.equal(out[0], x[0]) and 0 < float(rows[0, 1]) <= 1
 
-    def test_automatic_rows_per_call_same_result(self, pair_dir):
-        from progaug.runtime import CPU_MAX_BATCH
+    def test_automatic_rows_per_call_same_result(self, pair_dir, monkeypatch):
+        import progaug.runtime
+        import progaug.transforms
 
+        monkeypatch.setattr(progaug.runtime, "CPU_MAX_BATCH", 2)  # what auto_max_batch gives on CPUs
+        sizings = []
+        real = progaug.transforms.auto_max_batch
+        monkeypatch.setattr(progaug.transforms, "auto_max_batch", lambda *a, **k: sizings.append(a[2]) or real(*a, **k))
         x, y = random_tiles(3).float() / 255, torch.tensor([0, 0, 0])
         auto, fixed = make(pair_dir), make(pair_dir, max_batch=1)
+        rows = {"auto": [], "fixed": []}
+        for key, t in (("auto", auto), ("fixed", fixed)):
+            t.pair.source.register_forward_pre_hook(lambda m, args, key=key: rows[key].append(args[0].shape[0]))
         torch.manual_seed(3)
         a = auto(x, y)
         torch.manual_seed(3)
         b = fixed(x, y)
-        assert auto._auto_batch == {"cpu": CPU_MAX_BATCH}
+        auto(x, y)  # sized once per device
+        assert sizings == [torch.device("cpu")]
+        assert max(rows["auto"]) == 2 and max(rows["fixed"]) == 1
         torch.testing.assert_close(a[0], b[0], atol=1 / 255, rtol=0)
         torch.testing.assert_close(a[1], b[1], atol=1e-4, rtol=0)
+
+    def test_steps_default_to_the_pair(self, pair_dir):
+        t = ProgressiveDiffusionAugment(str(pair_dir), p=1.0, max_batch=4)
+        calls = []
+        t.pair.source.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+        t(random_tiles(2).float() / 255, torch.tensor([0, 0]))
+        assert t.steps is None and len(calls) == t.pair.diffusion.sampling_steps  # one inversion call per step
+
+    def test_make_params_then_transform_is_the_call(self, pair_dir):
+        t = make(pair_dir, level_range=(0.3, 0.6))
+        x, y = random_tiles(4).float() / 255, torch.tensor([0, 1, 0, 0])
+        rows = torch.nn.functional.one_hot(y, 2).float()
+        torch.manual_seed(1)
+        params = t.make_params([x, rows])
+        assert params["chosen"].tolist() == [0, 2, 3]  # the source rows (p = 1)
+        assert params["levels"].shape == (3,) and bool(((params["levels"] >= 0.3) & (params["levels"] <= 0.6)).all())
+        out, new_rows = t.transform((x, rows), params)
+        torch.manual_seed(1)
+        expected, expected_rows = t(x, y)
+        assert torch.equal(out, expected) and torch.equal(new_rows, expected_rows)
+
+    def test_draws_do_not_depend_on_loading_the_pair(self, pair_dir):
+        """All draws come before the work, so a lazily loaded pair (whose U-Net initialisation uses
+        torch's generator) does not shift them: a seeded call gives the same result either way."""
+        x, y = random_tiles(2).float() / 255, torch.tensor([0, 0])
+        loaded, lazy = make(pair_dir), make(pair_dir)
+        loaded.pair
+        torch.manual_seed(5)
+        a = lazy(x, y)
+        torch.manual_seed(5)
+        b = loaded(x, y)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
     def test_p_zero_and_disabled_pass_through(self, pair_dir):
         x, y = random_tiles(2).float() / 255, torch.tensor([0, 0])
@@ -98,8 +149,10 @@ class TestBatchForm:
         x = random_tiles(4).float() / 255
         rows_in = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
         out, rows = make(pair_dir)(x, rows_in)
+        assert torch.equal(rows[1::2], rows_in[1::2]) and bool((rows[0::2, 1] > 0).all())  # source rows became soft
         mixed, mixed_rows = v2.MixUp(num_classes=2)(out, rows)
         torch.testing.assert_close(mixed_rows.sum(1), torch.ones(4))
+        assert not torch.equal(mixed_rows, rows)
 
     def test_bad_batches(self, pair_dir):
         t = make(pair_dir)
@@ -152,7 +205,7 @@ class TestDataset:
 
     def test_from_cache_mixes_real(self, pair_dir, tmp_path):
         out = precompute(load_pair(pair_dir), random_tiles(2), ["a", "b"], tmp_path / "c",
-                         PrecomputeConfig(n=6, levels=3, steps=6, micro_batch=4), progress=False)
+                         PrecomputeConfig(n=6, levels=3, steps=6, max_batch=4), progress=False)
         ds = SoftLabelProgressiveDataset.from_cache(out, real=_tile_dataset(2))
         assert len(ds) == 6 + 4 and ds.classes == ["stroma", "tumour"]
         image, row = ds[0]
@@ -163,6 +216,6 @@ class TestDataset:
 
     def test_from_cache_class_mismatch(self, pair_dir, tmp_path):
         out = precompute(load_pair(pair_dir), random_tiles(2), ["a", "b"], tmp_path / "c",
-                         PrecomputeConfig(n=3, levels=3, steps=6, micro_batch=4), progress=False)
+                         PrecomputeConfig(n=3, levels=3, steps=6, max_batch=4), progress=False)
         with pytest.raises(ValueError, match="the cache's class 'stroma' is not among the classes"):
             SoftLabelProgressiveDataset.from_cache(out, classes=["normal", "tumour"])

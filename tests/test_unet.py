@@ -154,6 +154,13 @@ class TestUNetConfig:
     def test_bad_type(self):
         with pytest.raises(TypeError, match="`model_channels` must be an int, got float"):
             UNetConfig(model_channels=32.0)
+        with pytest.raises(TypeError, match="`dropout` must be a number, got str '0.1'"):
+            UNetConfig(dropout="0.1")
+
+    def test_wrong_type_in_stored_data_is_a_bad_value(self):
+        data = {**tiny_config().to_dict(), "num_heads": "2"}
+        with pytest.raises(ValueError, match="bad UNetConfig value: `num_heads` must be an int, got str '2'"):
+            UNetConfig.from_dict(data)
 
 
 class TestCheckpoint:

@@ -27,8 +27,8 @@ from importlib import resources
 import numpy as np
 import torch
 
-from progaug.errors import check_positive_int
-from progaug.config import _JsonMixin
+from progaug.errors import check_int
+from progaug.config import JsonConfig
 from progaug.data.images import load_rgb
 from progaug.data.tiles import TileSet
 
@@ -56,7 +56,7 @@ _NUCLEUS_TYPES = {"stroma": 1, "tumour": 3}  # type-mask values: 1 connective, 2
 
 
 @dataclasses.dataclass(frozen=True)
-class TileSpec(_JsonMixin):
+class TileSpec(JsonConfig):
     """How the demo crop is tiled and its tiles labelled.
 
     Attributes:
@@ -79,7 +79,7 @@ class TileSpec(_JsonMixin):
 
     def __post_init__(self) -> None:
         for name in ("tile_size", "stride", "block_size", "max_train_per_class"):
-            check_positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         if self.tile_size > self.block_size:
             raise ValueError(f"`tile_size` {self.tile_size} must not exceed `block_size` {self.block_size}")
         if not 0.5 <= self.class_share < 1:

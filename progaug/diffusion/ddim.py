@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 
 from progaug.diffusion.schedule import DDIMSchedule
+from progaug.errors import check_int
 
 __all__ = ["EpsModel", "bridge", "ddim_step", "invert", "sample", "sample_from_depths"]
 
@@ -184,8 +185,7 @@ def sample_from_depths(
         raise ValueError(f"`depths` must have shape ({latents.shape[0]},), got {tuple(depths.shape)}")
     if depths.numel() and (int(depths.min()) < 0 or int(depths.max()) > schedule.num_steps):
         raise ValueError(f"`depths` must lie in [0, {schedule.num_steps}], got {depths.tolist()}")
-    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
-        raise ValueError(f"`max_batch` must be a positive int or None, got {max_batch!r}")
+    check_int("max_batch", max_batch, allow_none=True)
     x = latents.clone()
     top = int(depths.max()) if depths.numel() else 0
     for k in range(top, 0, -1):

@@ -53,10 +53,10 @@ def respaced_timesteps(num_train_steps: int, steps: int) -> np.ndarray:
         ``(steps,)`` int64 array, strictly increasing.
 
     Raises:
+        TypeError: ``steps`` is not an int.
         ValueError: ``steps`` is not in ``[1, num_train_steps]``.
     """
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= num_train_steps:
-        raise ValueError(f"`steps` must be an int in [1, {num_train_steps}], got {steps!r}")
+    _check_state("steps", steps, 1, num_train_steps)
     k = np.arange(1, steps + 1, dtype=np.int64)
     return k * num_train_steps // steps - 1
 
@@ -95,8 +95,16 @@ class DDIMSchedule:
         """Return ``depth`` as an int after checking that it is a state of this schedule.
 
         Raises:
-            ValueError: ``depth`` is not an int in ``[0, S]``.
+            TypeError: ``depth`` is not an int.
+            ValueError: ``depth`` is not in ``[0, S]``.
         """
-        if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or not 0 <= depth <= self.num_steps:
-            raise ValueError(f"`{name}` must be an int in [0, {self.num_steps}], got {depth!r}")
-        return int(depth)
+        return _check_state(name, depth, 0, self.num_steps)
+
+
+def _check_state(name: str, value: object, low: int, high: int) -> int:
+    """``value`` as an int if it is an int (numpy's too, not a bool) in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an int in [{low}, {high}], got {type(value).__name__} {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"`{name}` must be an int in [{low}, {high}], got {value!r}")
+    return int(value)

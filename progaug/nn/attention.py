@@ -26,10 +26,9 @@ def norm_groups(channels: int, min_group_channels: int = 1) -> int:
     """Number of GroupNorm groups for ``channels`` channels.
 
     ADM uses 32 groups; here the most groups that divide ``channels``, at most 32, with at least
-    ``min_group_channels`` channels in each. With one channel per group GroupNorm is an instance
-    norm: it removes each channel's spatial mean, so a network built only of such norms cannot see a
-    uniform colour shift of its input (it was 1 % sensitive in the first demo pair; see
-    ``docs/training.md``). ``min_group_channels=1`` gives ``gcd(32, channels)``, the first releases' rule.
+    ``min_group_channels`` channels in each; ``min_group_channels=1`` gives ``gcd(32, channels)``. With
+    one channel per group GroupNorm is an instance norm: it removes each channel's spatial mean, so a
+    network built only of such norms cannot see a uniform colour shift of its input (``docs/method.md``).
     """
     groups = math.gcd(32, channels)
     while groups > 1 and channels // groups < min_group_channels:

@@ -135,6 +135,11 @@ class UNet(nn.Module):
         self.out = nn.Sequential(group_norm(ch, gn), nn.SiLU(), nn.Conv2d(ch, cfg.in_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        if cfg.gaussian_skip is not None:
+            from progaug.diffusion.schedule import training_alpha_bar
+
+            # alpha_bar of the training schedule, stored with the weights (train sets its own schedule)
+            self.register_buffer("skip_alpha_bar", torch.from_numpy(training_alpha_bar()).float())
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self._check_input(x, t)
@@ -155,7 +160,17 @@ class UNet(nn.Module):
                 h = blk(torch.cat([h, skips.pop()], dim=1), emb)
             if level < len(self.upsample):
                 h = self.upsample[level](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return self.out(h)
+        out = self.out(h)
+        if self.config.gaussian_skip is None:
+            return out
+        return out.float() + self.gaussian_eps(x, t)
+
+    def gaussian_eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The built-in predictor of ``config.gaussian_skip``: ``sqrt(1 - a) x / (a sigma^2 + 1 - a)``,
+        the exact ``E[eps | x_t]`` for data ``N(0, sigma^2 I)`` (float32, shape of ``x``)."""
+        a = self.skip_alpha_bar[t].float().view(-1, 1, 1, 1)
+        sigma2 = float(self.config.gaussian_skip) ** 2
+        return (1 - a).sqrt() * x.float() / (a * sigma2 + 1 - a)
 
     def _check_input(self, x: torch.Tensor, t: torch.Tensor) -> None:
         cfg = self.config

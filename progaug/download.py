@@ -1,0 +1,330 @@
+"""Downloading one file: a pinned sha256, time limits, a lock and per-process temporary files.
+
+- A file streams with ``requests`` into a per-process temporary file beside its destination, hashing as
+  it goes, is checked against the pinned sha256 and moved into place with ``os.replace``; a failure
+  deletes the temporary file, a mismatch raises an error naming expected and got. A file lock makes
+  concurrent processes (DataLoader workers, torchrun ranks) download once; each still writes its own
+  temporary file, because locks silently succeed on some network filesystems. Whoever takes the lock
+  removes the temporary files of processes that died mid-download, and the lock file on release.
+- Time limits: connecting gives up after 10 s, each wait for more bytes after ``timeout`` seconds
+  (30), a whole transfer after ``$PROGAUG_DOWNLOAD_TIMEOUT`` seconds (600; checked as bytes arrive, so
+  it may overrun by one ``timeout``): a server that trickles bytes cannot keep a download alive for
+  ever. Every network failure raises :class:`DownloadError` (an ``OSError``), one line:
+  ``could not download <url>: <why>``. A tqdm bar on stderr shows progress on a terminal.
+- ``PROGAUG_OFFLINE=1`` never touches the network and says which file is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import io
+import os
+import re
+import socket
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from progaug.fileio import sha256_file
+
+__all__ = ["DownloadError", "DownloadTimeout", "download", "download_deadline", "fetch_bytes", "offline"]
+
+ENV_OFFLINE = "PROGAUG_OFFLINE"
+ENV_TIMEOUT = "PROGAUG_DOWNLOAD_TIMEOUT"
+DEFAULT_DEADLINE_S = 600.0  # a whole transfer
+SOCKET_TIMEOUT_S = 30.0  # each wait for more bytes
+CONNECT_TIMEOUT_S = 10.0  # at most, for connecting
+_CHUNK = 1 << 20
+_STALE_AFTER_S = 3600.0  # a temporary file of unknown owner untouched this long is abandoned
+_LOCK_POLL_S = 0.05
+
+
+class DownloadError(OSError):
+    """A file could not be downloaded; the message is ``could not download <url>: <why>``."""
+
+
+class DownloadTimeout(DownloadError, TimeoutError):
+    """A download ran past its connect/read timeout or its overall deadline."""
+
+
+def offline() -> bool:
+    """Whether ``$PROGAUG_OFFLINE`` forbids the network."""
+    return os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def download_deadline() -> float:
+    """Seconds a whole transfer may take: ``$PROGAUG_DOWNLOAD_TIMEOUT``, default 600.
+
+    Raises:
+        ValueError: The variable is set but is not a number > 0.
+    """
+    text = os.environ.get(ENV_TIMEOUT, "").strip()
+    if not text:
+        return DEFAULT_DEADLINE_S
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{ENV_TIMEOUT} must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise ValueError(f"{ENV_TIMEOUT} must be > 0 seconds, got {text!r}")
+    return value
+
+
+# ------------------------------------------------------------------------ locks and temporary files
+
+
+def _same_file(handle: IO[bytes], path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(handle.fileno())
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _acquire(path: Path, wait: float) -> IO[bytes] | None:
+    """Open ``path`` and take an exclusive ``flock`` within ``wait`` seconds; None without a lock.
+
+    The holder deletes the lock file before releasing it, so a lock taken on a file that is no longer
+    at ``path`` is dropped and taken again on the new file.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: per-process temporary files still keep it safe
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    end = time.monotonic() + wait
+    while True:
+        handle = open(path, "a+b")
+        try:
+            while True:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= end:
+                        handle.close()
+                        warnings.warn(f"{path} is still held by another process after {wait:g} s; downloading without it",
+                                      stacklevel=2)
+                        return None
+                    time.sleep(_LOCK_POLL_S)
+        except OSError:  # a filesystem without locks
+            handle.close()
+            return None
+        if _same_file(handle, path):
+            return handle
+        handle.close()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, wait: float) -> Iterator[bool]:
+    """Hold an exclusive lock on ``path`` (POSIX ``flock``); yields False where none could be taken.
+
+    The lock file is deleted on release, after success or failure.
+    """
+    handle = _acquire(path, wait)
+    try:
+        yield handle is not None
+    finally:
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                path.unlink()  # still held: see _acquire
+            handle.close()
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _temp_file(dest: Path) -> tuple[int, Path]:
+    """A new temporary file beside ``dest``, named after this process and host (see :func:`_remove_stale`)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.p{os.getpid()}h{_host_tag()}.", suffix=".part", dir=dest.parent)
+    return fd, Path(name)
+
+
+_OURS = re.compile(r"p(\d+)h([0-9a-f]{8})\.[a-z0-9_]+\.part")
+_OLD = re.compile(r"[a-z0-9_]{8}\.part")  # what mkstemp made before the names carried the process
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would terminate the process on Windows
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale(dest: Path, max_age: float) -> None:
+    """Delete temporary files of ``dest`` left by crashed processes; call only while holding its lock.
+
+    A file of a dead process of this host goes at once; one of another host or of an earlier progaug
+    once untouched for ``max_age`` seconds (a live download writes at least every read timeout).
+    """
+    prefix, host = f".{dest.name}.", _host_tag()
+    for path in dest.parent.glob(glob.escape(prefix) + "*.part"):
+        rest = path.name[len(prefix):]
+        ours = _OURS.fullmatch(rest)
+        if ours and ours[2] == host:
+            stale = int(ours[1]) != os.getpid() and not _pid_alive(int(ours[1]))
+        elif ours or _OLD.fullmatch(rest):
+            try:
+                stale = time.time() - path.stat().st_mtime > max_age
+            except OSError:
+                continue
+        else:
+            continue  # another file's name
+        if stale:
+            path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------- transfer
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost OS-level reason of a requests/urllib3 error (e.g. "Connection refused"), else its text."""
+    todo, seen, text = [exc], set(), None
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(getattr(e, "strerror", None), str):
+            return e.strerror
+        if text is None and e.args and isinstance(e.args[0], str):
+            text = e.args[0]
+        todo += [x for x in (getattr(e, "reason", None), *e.args, e.__cause__, e.__context__) if isinstance(x, BaseException)]
+    return text or str(exc) or type(exc).__name__
+
+
+def _chunks(response: Any) -> Iterator[bytes]:
+    """The body as it arrives: ``read1`` returns whatever came, so the deadline is checked often."""
+    raw = response.raw
+    if not hasattr(raw, "read1"):  # urllib3 < 2
+        yield from response.iter_content(chunk_size=64 << 10)
+        return
+    while chunk := raw.read1(_CHUNK, decode_content=True):
+        yield chunk
+
+
+def _stream(url: str, out: BinaryIO, *, timeout: float, deadline: float, label: str | None,
+            max_bytes: int | None = None) -> tuple[str, int]:
+    """Write the body of ``url`` to ``out`` within ``deadline`` seconds; returns ``(sha256, bytes)``.
+
+    Raises:
+        DownloadTimeout: No connection or no bytes for ``timeout`` seconds, or past ``deadline``.
+        DownloadError: Any other network failure, an HTTP error status, a short body, or more than
+            ``max_bytes``.
+    """
+    import requests
+    from tqdm import tqdm
+    from urllib3.exceptions import HTTPError as Urllib3Error, ReadTimeoutError
+
+    wait = min(timeout, deadline)
+    connect = min(CONNECT_TIMEOUT_S, wait)
+    start, digest, written = time.monotonic(), hashlib.sha256(), 0
+    try:
+        with requests.get(url, stream=True, timeout=(connect, wait)) as response:
+            if response.status_code >= 400:
+                raise DownloadError(f"could not download {url}: HTTP {response.status_code} {response.reason}")
+            total = response.headers.get("Content-Length")
+            encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
+            total = int(total) if total and total.isdigit() and not encoded else None  # else the length is compressed
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=False,
+                      disable=None if label else True, dynamic_ncols=True) as bar:
+                for chunk in _chunks(response):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    written += len(chunk)
+                    bar.update(len(chunk))
+                    if max_bytes is not None and written > max_bytes:
+                        raise DownloadError(f"could not download {url}: larger than {max_bytes} bytes")
+                    if time.monotonic() - start > deadline:
+                        raise DownloadTimeout(
+                            f"could not download {url}: not complete within the {deadline:g} s deadline ({written} of "
+                            f"{total if total is not None else '?'} bytes); set {ENV_TIMEOUT} to allow longer")
+            if total is not None and written != total:
+                raise DownloadError(f"could not download {url}: connection closed after {written} of {total} bytes")
+    except DownloadError:
+        raise
+    except requests.ConnectTimeout as exc:
+        raise DownloadTimeout(f"could not download {url}: no connection within {connect:g} s") from exc
+    except (requests.Timeout, ReadTimeoutError, socket.timeout) as exc:
+        raise DownloadTimeout(f"could not download {url}: no data for {wait:g} s (after {written} bytes)") from exc
+    except (requests.RequestException, Urllib3Error, OSError) as exc:
+        raise DownloadError(f"could not download {url}: {_reason(exc)}") from exc
+    return digest.hexdigest(), written
+
+
+def _complete(dest: Path, sha256: str | None) -> bool:
+    return dest.is_file() and (sha256 is None or sha256_file(dest) == sha256)
+
+
+def download(url: str, dest: str | os.PathLike[str], sha256: str | None, *, size: int | None = None,
+             timeout: float | None = None, deadline: float | None = None) -> Path:
+    """Download ``url`` to ``dest`` once, checked against ``sha256`` (None: no pinned hash).
+
+    Args:
+        url: Where from.
+        dest: Where to; kept as it is if present with the right sha256.
+        sha256: Expected hex digest, or None to accept any bytes (and any cached ``dest``).
+        size: Expected size in bytes, or None.
+        timeout: Seconds to wait for more bytes (default 30; connecting at most 10; both at most ``deadline``).
+        deadline: Seconds the whole transfer may take (default :func:`download_deadline`).
+
+    Returns:
+        ``dest``, complete and verified.
+
+    Raises:
+        FileNotFoundError: ``PROGAUG_OFFLINE`` is set and ``dest`` is missing.
+        ValueError: The downloaded bytes have another sha256 or size (the file is deleted).
+        DownloadError: The transfer failed; ``DownloadTimeout`` if it timed out. Nothing is left behind.
+    """
+    dest = Path(dest)
+    if _complete(dest, sha256):
+        return dest
+    if offline():
+        raise FileNotFoundError(
+            f"{dest} is missing and {ENV_OFFLINE} is set, so it was not downloaded from {url}; "
+            f"put the file there (sha256 {sha256}) or unset {ENV_OFFLINE}"
+        )
+    deadline = download_deadline() if deadline is None else deadline
+    timeout = SOCKET_TIMEOUT_S if timeout is None else timeout
+    with _file_lock(dest.with_name(dest.name + ".lock"), wait=deadline + timeout) as locked:
+        if locked:
+            _remove_stale(dest, max(_STALE_AFTER_S, deadline + timeout))
+        if _complete(dest, sha256):
+            return dest  # another process finished it while we waited
+        _fetch(url, dest, sha256, size, timeout=timeout, deadline=deadline)
+    return dest
+
+
+def _fetch(url: str, dest: Path, sha256: str | None, size: int | None, *, timeout: float, deadline: float) -> None:
+    fd, tmp = _temp_file(dest)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            got, written = _stream(url, out, timeout=timeout, deadline=deadline, label=dest.name)
+        if sha256 is not None and got != sha256:
+            raise ValueError(f"{url}: sha256 mismatch, expected {sha256} got {got}; the download was deleted")
+        if size is not None and written != size:
+            raise ValueError(f"{url}: size mismatch, expected {size} bytes got {written}; the download was deleted")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fetch_bytes(url: str, *, max_bytes: int) -> bytes:
+    """A small file, in memory, under the same time limits as :func:`download`."""
+    buffer = io.BytesIO()
+    _stream(url, buffer, timeout=SOCKET_TIMEOUT_S, deadline=download_deadline(), label=None, max_bytes=max_bytes)
+    return buffer.getvalue()
