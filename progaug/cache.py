@@ -5,7 +5,7 @@ Layout of a folder::
     run.json             the settings (checked by --resume; written by progaug.precompute)
     images/NNNNNN.png    sample i = source group i // L, level i % L
     records/GGGGGG.json  per source group: the rows of labels.csv (written after its PNGs)
-    labels.csv           file, source, level, soft_label, depth, amplitudes, ... (:data:`COLUMNS`)
+    labels.csv           file, source, level, soft_label, depth, amplitudes, measure, ... (:data:`COLUMNS`)
     manifest.json        versions, pair sha256, settings, sha256 of every file
     preview.png          the first source groups as a strip (source, progressive images, labels)
 
@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from progaug.fileio import atomic_write_bytes, read_format_json, sha256_file
+from progaug.labels import LEGACY_MEASURE
 
-__all__ = ["COLUMNS", "CSV_FIELDS", "MANIFEST_FORMAT", "RECORD_FORMAT", "ProgressiveCache"]
+__all__ = ["ADDED_COLUMNS", "COLUMNS", "CSV_FIELDS", "MANIFEST_FORMAT", "RECORD_FORMAT", "ProgressiveCache"]
 
 MANIFEST_FORMAT = "progaug.cache/1"
 RECORD_FORMAT = "progaug.records/1"
@@ -39,9 +40,14 @@ RECORD_FORMAT = "progaug.records/1"
 COLUMNS: tuple[tuple[str, type], ...] = (
     ("file", str), ("source", str), ("source_class", str), ("target_class", str), ("level", float), ("soft_label", float),
     ("depth", int), ("steps", int), ("amplitude_source", float), ("amplitude_state", float), ("amplitude_latent", float),
-    ("dihedral", int), ("seed", int),
+    ("dihedral", int), ("seed", int), ("measure", str),
 )
-"""The columns of ``labels.csv`` (and of the rows of a record), in order, with their types."""
+"""The columns of ``labels.csv`` (and of the rows of a record), in order, with their types. The three
+``amplitude_*`` columns hold the label measure's value at the source, the chosen state and the latent
+(for ``"preview"``: the preview distance)."""
+
+ADDED_COLUMNS: dict[str, Any] = {"measure": LEGACY_MEASURE}
+"""Columns added after the first format, with the value that rows written before them read as."""
 
 CSV_FIELDS = tuple(name for name, _ in COLUMNS)
 _NUMBERS = {name: kind for name, kind in COLUMNS if kind is not str}
@@ -137,7 +143,7 @@ def read_record(out: Path, group: int, files: list[str], run: tuple[Any, Any, An
             raise ValueError(f"{file} is missing")
         if sha256_file(file) != images[name]:
             raise ValueError(f"{file} is not the image that was written (sha256 differs; truncated or altered)")
-    return rows
+    return [_with_added_columns(r) for r in rows]
 
 
 def finished_manifest(out: Path) -> dict[str, Any] | None:
@@ -198,6 +204,12 @@ class ProgressiveCache:
         return cls(root, manifest, rows)
 
     @property
+    def measure(self) -> str:
+        """The label measure of the set (``"paper"`` for sets made before the setting existed)."""
+        config = self.manifest.get("settings", {}).get("config", {})
+        return config.get("measure", LEGACY_MEASURE) if isinstance(config, dict) else LEGACY_MEASURE
+
+    @property
     def classes(self) -> tuple[str, str]:
         """``(source class, target class)`` of the pair that made the set."""
         a, b = self.manifest["settings"]["classes"]
@@ -222,4 +234,11 @@ class ProgressiveCache:
 
 
 def _parse(row: dict[str, str]) -> dict[str, Any]:
-    return {k: _NUMBERS[k](v) if k in _NUMBERS else v for k, v in row.items()}
+    """A ``labels.csv`` row with its numbers parsed; a column added since the file was written gets
+    the value of :data:`ADDED_COLUMNS`."""
+    return _with_added_columns({k: _NUMBERS[k](v) if k in _NUMBERS else v for k, v in row.items()})
+
+
+def _with_added_columns(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with the columns of :data:`ADDED_COLUMNS` it lacks (a row written before them)."""
+    return {**row, **{k: v for k, v in ADDED_COLUMNS.items() if k not in row}}

@@ -119,12 +119,17 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_progressive(sub: argparse._SubParsersAction) -> None:
+    from progaug.labels import DEFAULT_MEASURE, MEASURES
+
     p = sub.add_parser("progressive", help="progressive images of a few source tiles, as a PNG strip with soft labels")
     p.add_argument("--pair", default=DEMO_PAIR, help="pair folder, or the name of a pair shipped with progaug (default: %(default)s)")
     p.add_argument("--source", default="hgsc", help="'hgsc' (demo test tiles of the source class, default) or a folder of images")
     p.add_argument("--count", type=int, default=4, help="number of source tiles (default: 4)")
     p.add_argument("--levels", type=int, default=10, help="number of soft-label levels, evenly spaced in (0, 1] (default: 10)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the pair's diffusion.sampling_steps)")
+    p.add_argument("--measure", choices=MEASURES, default=DEFAULT_MEASURE,
+                   help="label measure: paper (eq. 7-9 on the noisy states), reference (the authors' code's FFT band) "
+                        "or preview (the target model's one-step preview of each state) (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
     p.add_argument("--out", default="progressive.png", help="output PNG (default: progressive.png)")
     _add_runtime_arguments(p)
@@ -151,8 +156,8 @@ def _run_progressive(args: argparse.Namespace) -> int:
     images = to_model_range(tiles[pick]).to(args.device)
     with torch.no_grad():
         result = generate_progressive(prepare_model(pair.source, runtime), prepare_model(pair.target, runtime), images,
-                                      levels=default_levels(args.levels),
-                                      steps=args.steps, diffusion=pair.diffusion)
+                                      levels=default_levels(args.levels), steps=args.steps, diffusion=pair.diffusion,
+                                      measure=args.measure)
     progressive_strip(images, result.images, result.soft_labels, args.out, classes=pair.classes)
     for b in range(images.shape[0]):
         labels = ", ".join(f"{v:.2f}" for v in result.soft_labels[b].tolist())

@@ -133,8 +133,9 @@ class UNetConfig(JsonConfig):
         gaussian_skip: ``sigma`` of a built-in noise predictor for Gaussian data ``N(0, sigma^2)``,
             ``eps_g = sqrt(1 - a) x_t / (a sigma^2 + 1 - a)``, added to the network's output so the
             network learns only the correction (an EDM-style skip, Karras et al. 2022; the model stays
-            an epsilon predictor). It passes the input's colour straight through at high noise. None:
-            off (the plain ADM network; files without this field load as None).
+            an epsilon predictor). It passes the input's colour straight through at high noise, and an
+            untrained network already predicts what a Gaussian fit of the data would. 0 turns it off
+            (the plain ADM network); files written before this setting existed load as 0.
     """
 
     image_size: int = setting(64, "Side of the square input in pixels, 32..256, divisible by 2 ** (len(channel_mult) - 1)")
@@ -155,17 +156,16 @@ class UNetConfig(JsonConfig):
     norm_group_channels: int = setting(
         4, "Fewest channels per GroupNorm group (at most 32 groups, as in ADM; at width 128 and up this is ADM's rule)"
     )
-    gaussian_skip: float | None = setting(
-        None,
+    gaussian_skip: float = setting(
+        0.5,
         "sigma of a built-in noise predictor for Gaussian data N(0, sigma^2), added to the network's output so "
-        "that the network learns only the correction (default: None, off)",
+        "that the network learns only the correction; 0 turns it off",
     )
 
     def __post_init__(self) -> None:
         check_int("image_size", self.image_size, low=32, high=256)
-        if self.gaussian_skip is not None:
-            if not 0 < check_number("gaussian_skip", self.gaussian_skip) <= 10:
-                raise ValueError(f"`gaussian_skip` must be in (0, 10], got {self.gaussian_skip!r}")
+        if not 0 <= check_number("gaussian_skip", self.gaussian_skip) <= 10:
+            raise ValueError(f"`gaussian_skip` must be in [0, 10] (0: off), got {self.gaussian_skip!r}")
         check_int("norm_group_channels", self.norm_group_channels, low=1, high=4096)
         if self.in_channels != 3:
             raise ValueError(f"`in_channels` must be 3 (RGB), got {self.in_channels!r}")
@@ -217,9 +217,12 @@ class UNetConfig(JsonConfig):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
-        """Build the config from :meth:`to_dict` output; a dict written before ``norm_group_channels``
-        existed gets 1, the rule those weights were trained with."""
-        return config_from_dict(cls, {"norm_group_channels": 1, **data})
+        """Build the config from :meth:`to_dict` output; a dict written before ``norm_group_channels`` or
+        ``gaussian_skip`` existed gets 1 and 0, what those weights were trained with."""
+        data = {"norm_group_channels": 1, "gaussian_skip": 0.0, **data}
+        if data["gaussian_skip"] is None:
+            data["gaussian_skip"] = 0.0
+        return config_from_dict(cls, data)
 
     def heads_for(self, channels: int) -> int:
         """Number of attention heads for a block of ``channels`` channels."""

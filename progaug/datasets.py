@@ -6,6 +6,7 @@ the optional ``transform``; labels as float32 ``(K,)`` rows summing to 1.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from progaug.cache import ProgressiveCache
+from progaug.labels import check_measure
 from progaug.losses import _label_rows
 
 __all__ = ["SoftLabelProgressiveDataset"]
@@ -45,6 +47,15 @@ class SoftLabelProgressiveDataset(Dataset):
         classes: Class names (default: ``base.classes``).
         transform: Applied to each float [0, 1] image tensor (e.g. ``v2.Normalize``).
         seed: Base seed of the on-the-fly randomness.
+        measure: Label measure of the on-the-fly samples (:data:`progaug.labels.MEASURES`): None keeps
+            ``augment``'s own; a name is set on a copy of ``augment`` (the one passed in is unchanged).
+
+    Attributes:
+        measure: The label measure of the progressive samples (None without ``augment``).
+
+    Raises:
+        ValueError: No ``classes``; an unknown ``measure``, or one given for an ``augment`` that has
+            no ``measure`` setting.
     """
 
     def __init__(
@@ -55,9 +66,19 @@ class SoftLabelProgressiveDataset(Dataset):
         classes: Sequence[str] | None = None,
         transform: Callable | None = None,
         seed: int = 0,
+        measure: str | None = None,
     ) -> None:
+        if measure is not None:
+            check_measure("measure", measure)
+            if not hasattr(augment, "measure"):
+                raise ValueError(f"`measure` {measure!r} needs an `augment` with a `measure` setting "
+                                 f"(a ProgressiveDiffusionAugment), got {type(augment).__name__}")
+            if augment.measure != measure:
+                augment = copy.copy(augment)
+                augment.measure = measure
         self.base = base
         self.augment = augment
+        self.measure = getattr(augment, "measure", None)
         self.transform = transform
         self.seed = seed
         self.epoch = 0
@@ -81,6 +102,7 @@ class SoftLabelProgressiveDataset(Dataset):
         transform: Callable | None = None,
         device: str | torch.device | None = None,
         verify: bool = True,
+        measure: str | None = None,
     ) -> SoftLabelProgressiveDataset:
         """Precomputed progressive samples, optionally mixed with a real dataset.
 
@@ -94,16 +116,23 @@ class SoftLabelProgressiveDataset(Dataset):
                 :meth:`sample_batch` then return device tensors with no copying from the host. Checked
                 before anything is read: it must parse and exist on this machine.
             verify: Check every file's sha256 against the manifest.
+            measure: The label measure the cache must have been made with (None: any; the dataset's
+                ``measure`` is the cache's).
 
         Raises:
             TypeError: ``device`` is neither a str nor a torch.device.
             FileNotFoundError, ValueError: Missing or altered cache files; classes that do not match; a
-                ``device`` that does not parse or is not on this machine.
+                ``device`` that does not parse or is not on this machine; a cache made with another
+                ``measure``.
         """
         from progaug.transforms import _check_device  # here: the cache path needs no torchvision/generator import
 
         device = _check_device("device", device)
+        if measure is not None:
+            check_measure("measure", measure)
         cache = ProgressiveCache.open(cache_dir, verify=verify)
+        if measure is not None and cache.measure != measure:
+            raise ValueError(f"the cache {cache_dir} was made with measure {cache.measure!r}, not the requested {measure!r}")
         names = list(classes if classes is not None else getattr(real, "classes", None) or cache.classes)
         for name in cache.classes:
             if name not in names:
@@ -121,6 +150,7 @@ class SoftLabelProgressiveDataset(Dataset):
         ds = cls(None, classes=names, transform=transform)
         ds._images, ds._rows = images.to(device) if device else images, rows.to(device) if device else rows
         ds.cache = cache
+        ds.measure = cache.measure
         return ds
 
     def sample_batch(self, batch_size: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,8 @@
 Pathological patterns live mostly in high frequencies; inversion towards noise first destroys them
 and then fills the spectrum with noise, so the high-pass amplitude moves steadily from the source
 image's value to the latent's, and eq. 9 turns it into a soft label in [0, 1].
+
+This is the ``"paper"`` label measure; :mod:`progaug.labels` holds the others and picks one by name.
 """
 
 from __future__ import annotations
@@ -53,10 +55,13 @@ def highpass_mask(height: int, width: int, radius: float = DEFAULT_RADIUS, devic
 
 
 def highpass_amplitude(x: torch.Tensor, radius: float = DEFAULT_RADIUS) -> torch.Tensor:
-    """Mean high-pass FFT magnitude of each image (eq. 7-8), on ``x``'s device.
+    """Mean high-pass FFT magnitude of each image (eq. 7-8), on ``x``'s device, in float32.
 
     ``A = mean over M_h of |FFT2(gray(x))|`` with an orthonormal FFT, so the value does not grow with
-    the image size: white noise of unit variance gives about 0.89 at any size, a flat image 0.
+    the image size: white noise whose luma has variance ``v`` gives ``sqrt(pi v / 4)`` at any size (the
+    Rayleigh mean), a flat image 0. For iid ``N(0, 1)`` RGB noise the BT.601 luma has
+    ``v = 0.299^2 + 0.587^2 + 0.114^2 = 0.447``, so about 0.59; for the same unit noise in all three
+    channels ``v = 1``, about 0.89. Runs with autocast disabled whatever the caller's context.
 
     Args:
         x: ``(*, 3, H, W)`` images (any range; the model range is [-1, 1]).
@@ -67,10 +72,11 @@ def highpass_amplitude(x: torch.Tensor, radius: float = DEFAULT_RADIUS) -> torch
     """
     if x.ndim < 3 or x.shape[-3] != 3:
         raise ValueError(f"`x` must have shape (*, 3, H, W), got {tuple(x.shape)}")
-    gray = to_grayscale(x.float())
     mask = highpass_mask(x.shape[-2], x.shape[-1], radius, device=x.device)
-    magnitude = torch.fft.fft2(gray, norm="ortho").abs()
-    return magnitude[..., mask].mean(dim=-1)
+    with torch.autocast(x.device.type, enabled=False):  # the luma einsum would run in bf16 under autocast
+        gray = to_grayscale(x.detach().float())
+        magnitude = torch.fft.fft2(gray, norm="ortho").abs()
+        return magnitude[..., mask].mean(dim=-1)
 
 
 def soft_labels(amplitudes: torch.Tensor) -> torch.Tensor:
@@ -112,14 +118,16 @@ def adaptive_depths(labels: torch.Tensor, levels: torch.Tensor | list[float]) ->
 
     Greedy forward search as in the reference code's ``get_adaptive_list``: level ``j`` takes the
     depth in ``(d_{j-1}, S - (L - 1 - j)]`` whose label is nearest (the first on ties), so depths stay
-    strictly increasing and every level gets one even where the curve is flat or not monotone.
+    strictly increasing and every level gets one even where the curve is flat or not monotone. A level
+    of exactly 1.0 always takes depth ``S``, the full translation, whatever the labels (the levels
+    below it keep at most ``S - 1``).
 
     Args:
         labels: ``(B, S + 1)`` soft labels along each trajectory (:func:`soft_labels`).
         levels: ``(L,)`` or ``(B, L)`` levels in (0, 1], strictly increasing, ``L <= S``.
 
     Returns:
-        ``(B, L)`` int64 depths in ``[1, S]``, strictly increasing along each row.
+        ``(B, L)`` int64 depths in ``[1, S]``, strictly increasing along each row; ``S`` for level 1.0.
     """
     if labels.ndim != 2:
         raise ValueError(f"`labels` must have shape (B, S + 1), got {tuple(labels.shape)}")
@@ -138,6 +146,7 @@ def adaptive_depths(labels: torch.Tensor, levels: torch.Tensor | list[float]) ->
         cost = (labels.float() - lv[:, j : j + 1]).abs().masked_fill(~allowed, float("inf"))
         prev = cost.argmin(dim=1)
         depths.append(prev)
+    depths[-1] = torch.where(lv[:, -1] == 1.0, torch.full_like(prev, s), prev)  # level 1.0: the full translation
     return torch.stack(depths, dim=1)
 
 

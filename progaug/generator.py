@@ -4,13 +4,16 @@ For a batch of source images of class A:
 
 1. invert each image once with the source model through all ``S`` states, keeping the trajectory
    (eq. 3 / 5);
-2. measure the high-pass amplitude of every state, batched on the device (eq. 7-8), and turn it into
-   soft labels (eq. 9);
+2. measure every state and turn the values into soft labels with the chosen label measure
+   (:mod:`progaug.labels`): ``"paper"`` is the high-pass amplitude of eq. 7-8 and the labels of eq. 9,
+   batched on the device; ``"preview"`` asks the target model for a one-step preview of each state;
 3. pick, per image, the depth nearest to each requested level (adaptive depth control);
 4. decode every chosen state of every image with the target model, all branches sharing model calls
    (:func:`progaug.diffusion.sample_from_depths`).
 
-U-Net evaluations per source image: ``S`` for the inversion plus ``sum(depths)`` for the decodes.
+U-Net evaluations per source image: ``S`` for the inversion, ``S`` more for the previews of the
+``"preview"`` measure, plus ``sum(depths)`` for the decodes. Only the U-Net calls run under autocast;
+the measures' maths is float32.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import torch
 from progaug.config import DiffusionConfig
 from progaug.diffusion import DDIMSchedule, EpsModel, invert, sample_from_depths
 from progaug.errors import check_image_batch, check_int, check_levels
-from progaug.frequency import DEFAULT_RADIUS, adaptive_depths, default_levels, highpass_amplitude, soft_labels
+from progaug.frequency import DEFAULT_RADIUS, adaptive_depths, default_levels
+from progaug.labels import DEFAULT_MEASURE, check_measure, labels_from_values, measure_states, preview_distance, preview_x0
 from progaug.runtime import autocast
 
 __all__ = ["ProgressiveResult", "fixed_batch_model", "generate_progressive"]
@@ -34,12 +38,15 @@ class ProgressiveResult:
 
     Attributes:
         images: ``(B, L, 3, H, W)`` float32 progressive images in [-1, 1], least to most translated.
-        soft_labels: ``(B, L)`` float32 soft labels actually reached (eq. 9 at the chosen depths).
+        soft_labels: ``(B, L)`` float32 soft labels actually reached (the labels at the chosen depths).
         depths: ``(B, L)`` int64 chosen depths in ``[1, S]``, strictly increasing per row.
         levels: ``(L,)`` or ``(B, L)`` float64 requested levels.
-        amplitudes: ``(B, S + 1)`` float32 high-pass amplitudes along each inversion (eq. 8).
-        trajectory_labels: ``(B, S + 1)`` float32 soft labels of every state (eq. 9).
+        amplitudes: ``(B, S + 1)`` float32 measured value of every state under ``measure``: the
+            high-pass amplitude (eq. 8) for ``"paper"``, the band amplitude for ``"reference"``, the
+            preview distance ``d(k)`` for ``"preview"``.
+        trajectory_labels: ``(B, S + 1)`` float32 soft labels of every state.
         num_steps: ``S``.
+        measure: The label measure (:data:`progaug.labels.MEASURES`).
     """
 
     images: torch.Tensor
@@ -49,11 +56,14 @@ class ProgressiveResult:
     amplitudes: torch.Tensor
     trajectory_labels: torch.Tensor
     num_steps: int
+    measure: str = DEFAULT_MEASURE
 
     @property
     def model_evaluations(self) -> int:
-        """U-Net evaluations spent: ``S`` per source image plus the sum of all decode depths."""
-        return self.num_steps * self.images.shape[0] + int(self.depths.sum())
+        """U-Net evaluations spent: ``S`` per source image (``2 S`` with ``"preview"``: the inversion and
+        the previews) plus the sum of all decode depths."""
+        per_source = 2 * self.num_steps if self.measure == "preview" else self.num_steps
+        return per_source * self.images.shape[0] + int(self.depths.sum())
 
 
 def _model_size(model: EpsModel) -> int | None:
@@ -69,6 +79,7 @@ def generate_progressive(
     levels: torch.Tensor | list[float] | None = None,
     steps: int | None = None,
     diffusion: DiffusionConfig | None = None,
+    measure: str = DEFAULT_MEASURE,
     radius: float = DEFAULT_RADIUS,
     max_batch: int | None = None,
     fixed_batch: bool = False,
@@ -82,28 +93,33 @@ def generate_progressive(
         target_model: Epsilon model of the target class (local-priority attention in ADD).
         images: ``(B, 3, H, W)`` float images of the source class in [-1, 1], at the models' size.
         levels: ``(L,)`` or ``(B, L)`` requested soft labels in (0, 1], strictly increasing;
-            default 10 levels ``0.1, 0.2, ..., 1.0``. ``L <= steps``.
+            default 10 levels ``0.1, 0.2, ..., 1.0``. ``L <= steps``. Level 1.0 is always depth ``S``.
         steps: DDIM steps ``S`` (default ``diffusion.sampling_steps``).
         diffusion: Training schedule of the pair (default: linear, 1000 steps).
-        radius: High-pass cut-off of the frequency measure (fraction of the side).
-        max_batch: Most images per U-Net call in the inversion and the decodes (default: all).
+        measure: Label measure, one of :data:`progaug.labels.MEASURES` (default
+            :data:`progaug.labels.DEFAULT_MEASURE`): ``"paper"`` (eq. 7-9), ``"reference"`` (the
+            authors' code's band) or ``"preview"`` (``S`` more target-model calls per source image).
+        radius: High-pass cut-off of the ``"paper"`` measure (fraction of the side).
+        max_batch: Most images per U-Net call in the inversion, the previews and the decodes
+            (default: all).
         fixed_batch: Pad every U-Net call to exactly ``max_batch`` rows, so that each image's result
             does not depend on which other images share its batch (bit-identical on CPU whatever the
             number of source images per call; used by ``progaug precompute``).
         autocast_dtype: Run the U-Nets under ``torch.autocast`` with this dtype (e.g. bfloat16, see
             :func:`progaug.runtime.autocast_dtype` for a ``bf16`` flag); the DDIM arithmetic stays in the
-            images' dtype.
+            images' dtype and the measures in float32.
         trajectory_device: Where to keep the ``S + 1`` inversion states (default: the images' device).
 
     Returns:
         A :class:`ProgressiveResult`.
 
     Raises:
-        TypeError, ValueError: Bad images, levels, steps or batch size (the message names which).
+        TypeError, ValueError: Bad images, levels, steps, measure or batch size (the message names which).
     """
     diffusion = diffusion or DiffusionConfig()
     steps = diffusion.sampling_steps if steps is None else steps
     schedule = DDIMSchedule.from_config(diffusion, steps)
+    measure = check_measure("measure", measure)
     check_image_batch("images", images, size=_model_size(source_model))
     levels = check_levels("levels", default_levels() if levels is None else levels, max_count=schedule.num_steps)
     max_batch = check_int("max_batch", max_batch, allow_none=True)
@@ -114,20 +130,24 @@ def generate_progressive(
             raise ValueError("`fixed_batch` needs `max_batch`, the fixed number of rows per U-Net call")
         source_model, target_model = fixed_batch_model(source_model, max_batch), fixed_batch_model(target_model, max_batch)
 
-    with autocast(images.device, autocast_dtype):
-        states, amps = [], []
-        for x in images.split(chunk):
+    states, values = [], []
+    for x in images.split(chunk):
+        with autocast(images.device, autocast_dtype):
             traj = invert(source_model, x, schedule, clip=clip, return_trajectory=True)  # (S + 1, b, C, H, W)
-            amps.append(highpass_amplitude(traj, radius).T)  # measured on the images' device, batched
-            states.append(traj.to(trajectory_device) if trajectory_device is not None else traj)
-        trajectory = torch.cat(states, dim=1)
-        amplitudes = torch.cat(amps).contiguous()  # (B, S + 1)
-        labels = soft_labels(amplitudes)
-        depths = adaptive_depths(labels, levels)  # (B, L)
-        b, n_levels = depths.shape
-        rows = torch.arange(b, device=depths.device)[:, None].expand(b, n_levels)
-        latents = trajectory[depths.flatten().to(trajectory.device), rows.flatten().to(trajectory.device)]
-        del trajectory
+        if measure == "preview":  # measured on the images' device, batched
+            values.append(_preview_distances(target_model, traj, schedule, chunk, autocast_dtype))
+        else:
+            values.append(measure_states(measure, traj, radius=radius))
+        states.append(traj.to(trajectory_device) if trajectory_device is not None else traj)
+    trajectory = torch.cat(states, dim=1)
+    measured = torch.cat(values).contiguous()  # (B, S + 1)
+    labels = labels_from_values(measure, measured)
+    depths = adaptive_depths(labels, levels)  # (B, L)
+    b, n_levels = depths.shape
+    rows = torch.arange(b, device=depths.device)[:, None].expand(b, n_levels)
+    latents = trajectory[depths.flatten().to(trajectory.device), rows.flatten().to(trajectory.device)]
+    del trajectory
+    with autocast(images.device, autocast_dtype):
         decoded = sample_from_depths(
             target_model, latents.to(images.device), depths.flatten(), schedule, clip=clip, max_batch=max_batch
         )
@@ -136,10 +156,40 @@ def generate_progressive(
         soft_labels=labels.gather(1, depths),
         depths=depths,
         levels=levels,
-        amplitudes=amplitudes,
+        amplitudes=measured,
         trajectory_labels=labels,
         num_steps=schedule.num_steps,
+        measure=measure,
     )
+
+
+@torch.no_grad()
+def _preview_distances(
+    target_model: EpsModel, trajectory: torch.Tensor, schedule: DDIMSchedule, chunk: int, autocast_dtype: torch.dtype | None
+) -> torch.Tensor:
+    """The ``"preview"`` measure's ``d(k)`` for every state of ``(S + 1, b, 3, H, W)`` trajectories.
+
+    States ``1..S`` of all ``b`` images go through the target model in calls of at most ``chunk`` rows
+    (:func:`progaug.labels.preview_x0`, then :func:`progaug.labels.preview_distance` to the source);
+    state 0 is the source itself, ``d(0) = 0``. Only the model calls run under autocast.
+
+    Returns:
+        ``(b, S + 1)`` float32 distances on the trajectory's device.
+    """
+    n, b = trajectory.shape[:2]
+    noisy = trajectory[1:].flatten(0, 1)  # (S * b, C, H, W), state-major
+    state = torch.arange(1, n).repeat_interleave(b)
+    image = torch.arange(b).repeat(n - 1)
+    distances = torch.zeros(b, n, dtype=torch.float32, device=trajectory.device)
+    for idx in torch.arange(noisy.shape[0]).split(chunk):
+        x, k = noisy[idx.to(noisy.device)], state[idx]
+        t = schedule.timesteps[k].to(device=x.device, dtype=torch.long)
+        with autocast(x.device, autocast_dtype):
+            eps = target_model(x, t)
+        x0_hat = preview_x0(x, eps, schedule.alpha_bar[k])
+        rows = image[idx].to(trajectory.device)
+        distances[rows, k.to(trajectory.device)] = preview_distance(x0_hat, trajectory[0][rows])
+    return distances
 
 
 def fixed_batch_model(model: EpsModel, size: int) -> EpsModel:

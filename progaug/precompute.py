@@ -10,7 +10,7 @@ seed — not on ``--batch-size`` nor on the number of ``torchrun`` processes (ev
 exactly ``max_batch`` rows; bit-identical on CPU at the same number of threads per process).
 ``--batch-size`` may therefore change on ``--resume``; ``--max-batch`` may not (left out, the
 resumed run keeps the stored one). A folder written when the setting was called ``micro_batch``
-(``--micro-batch``) resumes as well.
+(``--micro-batch``) resumes as well, and one written before ``measure`` existed resumes as ``"paper"``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from progaug.data.tiles import dihedral
 from progaug.errors import check_int
 from progaug.frequency import DEFAULT_RADIUS, default_levels
 from progaug.generator import generate_progressive
+from progaug.labels import DEFAULT_MEASURE, LEGACY_MEASURE, Measure, check_measure
 from progaug.pair import Pair
 from progaug.runtime import RuntimeConfig, auto_max_batch, autocast_dtype, prepare_model
 
@@ -56,7 +57,10 @@ class PrecomputeConfig(JsonConfig):
             fills its calls; no effect on the results).
         max_batch: Rows per U-Net call, fixed so that results do not depend on ``batch_size``
             (default: :func:`progaug.runtime.auto_max_batch`, 32 on CPUs, memory-sized on CUDA).
-        radius: High-pass cut-off of the frequency measure.
+        measure: Label measure (:data:`progaug.labels.MEASURES`): ``"paper"`` (eq. 7-9),
+            ``"reference"`` (the authors' code's band) or ``"preview"`` (the target model's one-step
+            preview of each state; ``steps`` more U-Net evaluations per source group).
+        radius: High-pass cut-off of the ``"paper"`` measure.
         bf16: Run the U-Nets under bf16 autocast.
         seed: Seed of the source order and of the flips/rotations of repeated sources.
     """
@@ -78,7 +82,13 @@ class PrecomputeConfig(JsonConfig):
         metadata={"help": "Rows per U-Net call, fixed so that results do not depend on batch_size (default: automatic, "
                           "32 on CPUs, memory-sized on CUDA)"},
     )
-    radius: float = dataclasses.field(default=DEFAULT_RADIUS, metadata={"help": "High-pass cut-off of the frequency measure"})
+    measure: Measure = dataclasses.field(
+        default=DEFAULT_MEASURE,
+        metadata={"help": "Label measure: paper (eq. 7-9 on the noisy states), reference (the authors' code's FFT band) "
+                          "or preview (the target model's one-step preview of each state; steps more U-Net calls per "
+                          "source group)"},
+    )
+    radius: float = dataclasses.field(default=DEFAULT_RADIUS, metadata={"help": "High-pass cut-off of the paper measure"})
     bf16: bool = dataclasses.field(default=False, metadata={"help": "Run the U-Nets under bf16 autocast"})
     seed: int = dataclasses.field(
         default=0, metadata={"help": "Seed of the source order and of the flips/rotations of repeated sources"}
@@ -89,6 +99,7 @@ class PrecomputeConfig(JsonConfig):
             check_int(name, getattr(self, name))
         for name in ("steps", "batch_size", "max_batch"):
             check_int(name, getattr(self, name), allow_none=True)
+        check_measure("measure", self.measure)
         if self.steps is not None and self.levels > self.steps:
             raise ValueError(f"`levels` {self.levels} exceeds `steps` {self.steps}: each level needs its own depth")
 
@@ -268,7 +279,8 @@ def _renamed(settings: Any) -> Any:
 
 
 def _read_run_file(run_file: Path) -> Any:
-    """The stored settings of ``run.json``, earlier names of settings read as today's.
+    """The stored settings of ``run.json``, earlier names of settings read as today's, and a run made
+    before ``measure`` existed read as :data:`progaug.labels.LEGACY_MEASURE` (what it used).
 
     Raises:
         ValueError: Not valid JSON.
@@ -279,6 +291,8 @@ def _read_run_file(run_file: Path) -> Any:
         raise ValueError(_not_resumable(run_file, exc)) from exc
     if isinstance(stored, dict) and "config" in stored:
         stored["config"] = _renamed(stored["config"])
+        if isinstance(stored["config"], dict):
+            stored["config"].setdefault("measure", LEGACY_MEASURE)
     return stored
 
 
@@ -327,8 +341,8 @@ def _run_groups(ctx: _Context, models, groups: list[int], levels, device) -> Non
     pair, sources, names, plan, config, out = ctx.pair, ctx.sources, ctx.names, ctx.plan, ctx.config, ctx.out
     x = torch.stack([dihedral(to_model_range(sources[plan[g][0]]), plan[g][1]) for g in groups]).to(device)
     result = generate_progressive(
-        *models, x, levels=levels, steps=config.steps, diffusion=pair.diffusion, radius=config.radius,
-        max_batch=config.max_batch, fixed_batch=True, autocast_dtype=autocast_dtype(config.bf16),
+        *models, x, levels=levels, steps=config.steps, diffusion=pair.diffusion, measure=config.measure,
+        radius=config.radius, max_batch=config.max_batch, fixed_batch=True, autocast_dtype=autocast_dtype(config.bf16),
     )
     for row, g in enumerate(groups):
         records, digests = [], {}
@@ -345,7 +359,7 @@ def _run_groups(ctx: _Context, models, groups: list[int], levels, device) -> Non
                 "amplitude_source": round(float(result.amplitudes[row, 0]), 6),
                 "amplitude_state": round(float(result.amplitudes[row, depth]), 6),
                 "amplitude_latent": round(float(result.amplitudes[row, -1]), 6),
-                "dihedral": plan[g][1], "seed": config.seed,
+                "dihedral": plan[g][1], "seed": config.seed, "measure": config.measure,
             })
         write_record(out, g, records, digests)
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from progaug.checkpoint import save_unet
 from progaug.fileio import atomic_write_bytes, lock_folder, safetensors_bytes
 from progaug.errors import check_int
-from progaug.config import PAIR_ATTENTION, DiffusionConfig, JsonConfig, UNetConfig, describe_differences, setting
+from progaug.config import PAIR_ATTENTION, DiffusionConfig, JsonConfig, UNetConfig, config_from_dict, describe_differences, setting
 from progaug.data.tiles import TileSet, dihedral, to_model_range
 from progaug.diffusion import DDIMSchedule, sample, training_alpha_bar
 from progaug.nn.unet import UNet
@@ -74,7 +74,7 @@ class TrainConfig(JsonConfig):
     checkpoint_every: int = setting(1000, "Steps between checkpoints, pair files and sample grids")
     sample_steps: int = setting(25, "DDIM steps of the sample grid")
     loss_weighting: Literal["uniform", "min_snr"] = setting(
-        "uniform",
+        "min_snr",
         "uniform (plain epsilon MSE, as DDPM/ADM) or min_snr (each timestep's epsilon MSE weighted by "
         "min(SNR, gamma) / SNR, min-SNR-gamma of Hang et al., ICCV 2023); the model stays an epsilon predictor "
         "on the same schedule either way",
@@ -83,6 +83,12 @@ class TrainConfig(JsonConfig):
     bf16: bool = setting(True, "Run forward and backward under bf16 autocast (CPU and CUDA)")
     save_dtype: Literal["float16", "float32"] = setting("float16", "Dtype of the shipped EMA weights")
     seed: int = setting(0, "Seed of every random draw")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build the config from :meth:`to_dict` output; a recipe written before ``loss_weighting``
+        existed gets ``"uniform"``, what those runs were trained with."""
+        return config_from_dict(cls, {"loss_weighting": "uniform", **data})
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "sample_steps"):
@@ -394,7 +400,7 @@ def _build_members(configs: tuple[UNetConfig, UNetConfig], class_tiles: list[tor
     for i, (role, config) in enumerate(zip(ROLES, configs)):
         torch.manual_seed(cfg.seed + i)
         net = UNet(config)
-        if config.gaussian_skip is not None:  # the skip uses the schedule the pair is trained on
+        if config.gaussian_skip:  # the skip uses the schedule the pair is trained on
             net.skip_alpha_bar.copy_(torch.from_numpy(training_alpha_bar(diffusion)).float())
         net = net.to(dev)
         ema = copy.deepcopy(net).eval().requires_grad_(False)

@@ -27,6 +27,7 @@ from torchvision.transforms.v2 import functional as F
 from progaug.errors import check_int, check_number
 from progaug.frequency import DEFAULT_RADIUS
 from progaug.generator import generate_progressive
+from progaug.labels import DEFAULT_MEASURE, LEGACY_MEASURE, check_measure
 from progaug.losses import _label_rows, soft_label_to_row
 from progaug.runtime import auto_max_batch, autocast_dtype
 
@@ -145,7 +146,9 @@ class ProgressiveDiffusionAugment(v2.Transform):
         max_batch: Most rows per U-Net call (default: automatic, see
             :func:`progaug.runtime.auto_max_batch`: 32 on CPUs, memory-sized on CUDA, once per device).
         bf16: Run the U-Nets under bf16 autocast.
-        radius: High-pass cut-off of the frequency measure.
+        measure: Label measure (:data:`progaug.labels.MEASURES`): ``"paper"`` (eq. 7-9), ``"reference"``
+            (the authors' code's band) or ``"preview"`` (``steps`` more U-Net calls per image).
+        radius: High-pass cut-off of the ``"paper"`` measure.
 
     Raises:
         TypeError, ValueError: A bad argument (the message names it).
@@ -167,6 +170,7 @@ class ProgressiveDiffusionAugment(v2.Transform):
         device: str | torch.device | None = None,
         max_batch: int | None = None,
         bf16: bool = False,
+        measure: str = DEFAULT_MEASURE,
         radius: float = DEFAULT_RADIUS,
     ) -> None:
         super().__init__()
@@ -186,6 +190,7 @@ class ProgressiveDiffusionAugment(v2.Transform):
         check_int("steps", steps, allow_none=True)
         check_int("num_classes", num_classes)
         check_int("max_batch", max_batch, allow_none=True)
+        check_measure("measure", measure)
         parsed_device = _check_device("device", device)
         for name, idx in (("source_class", source_class), ("target_class", target_class)):
             if check_int(name, idx, low=0) >= num_classes:
@@ -203,7 +208,7 @@ class ProgressiveDiffusionAugment(v2.Transform):
         self.mean = None if mean is None else tuple(float(m) for m in mean)
         self.std = None if std is None else tuple(float(s) for s in std)
         self.device = None if parsed_device is None else str(parsed_device)
-        self.max_batch, self.bf16, self.radius = max_batch, bf16, radius
+        self.max_batch, self.bf16, self.measure, self.radius = max_batch, bf16, measure, radius
         self.mixup_enabled = True
 
     # pickling: never the models -----------------------------------------------------------------
@@ -213,6 +218,10 @@ class ProgressiveDiffusionAugment(v2.Transform):
         if state.get("_pair_spec") is not None:
             state["_pair"] = None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("measure", LEGACY_MEASURE)  # pickled before the setting existed
+        super().__setstate__(state)
 
     @property
     def pair(self):
@@ -323,8 +332,8 @@ class ProgressiveDiffusionAugment(v2.Transform):
             raise ValueError(f"images are {tuple(images.shape[-2:])} but the pair was trained on {pair.image_size}x{pair.image_size} tiles")
         result = generate_progressive(
             pair.source, pair.target, images.to(device), levels=params["levels"][:, None],
-            steps=self.steps, diffusion=pair.diffusion, radius=self.radius, max_batch=self._rows_per_call(pair, device),
-            autocast_dtype=autocast_dtype(self.bf16),
+            steps=self.steps, diffusion=pair.diffusion, measure=self.measure, radius=self.radius,
+            max_batch=self._rows_per_call(pair, device), autocast_dtype=autocast_dtype(self.bf16),
         )
         out, new_rows = x.clone(), rows.clone()
         out[chosen] = _from_model_range(result.images[:, 0].to(x.device), x.dtype, self.mean, self.std)
@@ -342,4 +351,5 @@ class ProgressiveDiffusionAugment(v2.Transform):
 
     def extra_repr(self) -> str:
         return (f"pair={self._pair_spec or 'Pair'!r}, p={self.p}, level_range={self.level_range}, levels={self.levels}, "
-                f"steps={self.steps}, classes=({self.source_class} -> {self.target_class} of {self.num_classes})")
+                f"steps={self.steps}, measure={self.measure!r}, "
+                f"classes=({self.source_class} -> {self.target_class} of {self.num_classes})")

@@ -12,7 +12,7 @@ from progaug.config import DiffusionConfig, UNetConfig
 from progaug.diffusion.schedule import training_alpha_bar
 from progaug.nn.unet import UNet
 
-TINY = dict(image_size=32, model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16,), num_heads=2)
+TINY = dict(image_size=32, model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16,), num_heads=2, gaussian_skip=0.0)
 
 
 def tiny_config(attention: str = "global", **overrides) -> UNetConfig:

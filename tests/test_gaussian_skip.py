@@ -33,10 +33,20 @@ def test_colour_passes_through_at_high_noise():
     assert torch.allclose(response, torch.ones(3), atol=1e-3)
 
 
-def test_off_by_default_and_for_old_files():
-    assert UNetConfig().gaussian_skip is None
-    assert UNetConfig.from_dict({k: v for k, v in UNetConfig().to_dict().items() if k != "gaussian_skip"}).gaussian_skip is None
-    assert "skip_alpha_bar" not in UNet(tiny_config()).state_dict()
+def test_on_by_default_off_for_old_files():
+    assert UNetConfig().gaussian_skip == 0.5
+    old = {k: v for k, v in UNetConfig().to_dict().items() if k != "gaussian_skip"}
+    assert UNetConfig.from_dict(old).gaussian_skip == 0.0
+    assert "skip_alpha_bar" not in UNet(tiny_config(gaussian_skip=0.0)).state_dict()
+    assert "skip_alpha_bar" in UNet(tiny_config(gaussian_skip=0.5)).state_dict()
+
+
+def test_old_training_recipe_reads_as_uniform_weighting():
+    from progaug.train import TrainConfig
+
+    assert TrainConfig().loss_weighting == "min_snr"
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k != "loss_weighting"}
+    assert TrainConfig.from_dict(old).loss_weighting == "uniform"
 
 
 def test_schedule_travels_with_the_weights(tmp_path):
@@ -48,7 +58,7 @@ def test_schedule_travels_with_the_weights(tmp_path):
     assert torch.equal(back.skip_alpha_bar, model.skip_alpha_bar)
 
 
-@pytest.mark.parametrize("bad, error", [(0.0, ValueError), (-1.0, ValueError), (True, TypeError), ("0.5", TypeError)])
+@pytest.mark.parametrize("bad, error", [(-0.1, ValueError), (11.0, ValueError), (True, TypeError), ("0.5", TypeError), (None, TypeError)])
 def test_bad_values(bad, error):
     with pytest.raises(error, match="`gaussian_skip` must"):
         UNetConfig(gaussian_skip=bad)

@@ -147,29 +147,31 @@ class TestLossWeighting:
         a = torch.tensor([0.99, 5 / 6, 0.5, 1 / 101], dtype=torch.float64)
         w = loss_weights(a, cfg)
         assert torch.allclose(w, torch.tensor([5 / 99, 1.0, 1.0, 1.0], dtype=torch.float64))
-        assert torch.equal(loss_weights(a, TrainConfig()), torch.ones(4, dtype=torch.float64))
+        assert torch.equal(loss_weights(a, TrainConfig(loss_weighting="uniform")), torch.ones(4, dtype=torch.float64))
 
     def test_min_snr_changes_training_and_is_recorded(self, tmp_path):
-        plain = load_file(str(run(tmp_path / "u", 2) / "source.safetensors"))
+        plain = load_file(str(run(tmp_path / "u", 2, loss_weighting="uniform") / "source.safetensors"))
         out = run(tmp_path / "m", 2, loss_weighting="min_snr")
         weighted = load_file(str(out / "source.safetensors"))
         assert any(not torch.equal(plain[k], weighted[k]) for k in plain)
         assert load_pair_dir(out).card["training"]["loss_weighting"] == "min_snr"
         with pytest.raises(ValueError, match="was made with another configuration"):
-            run(tmp_path / "m", 3, resume=True)  # uniform weighting on a min_snr state
+            run(tmp_path / "m", 3, resume=True, loss_weighting="uniform")  # uniform weighting on a min_snr state
 
     def test_state_from_before_the_field_resumes_as_uniform(self, tmp_path):
         from safetensors import safe_open
         from safetensors.torch import load_file as load, save_file
 
-        out = run(tmp_path / "p", 2)
+        out = run(tmp_path / "p", 2, loss_weighting="uniform")
         path = out / "checkpoint.safetensors"
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
         stored = json.loads(meta["run"])
         del stored["train"]["loss_weighting"], stored["train"]["min_snr_gamma"]
         save_file(load(str(path)), str(path), metadata={**meta, "run": json.dumps(stored, sort_keys=True)})
-        assert load_pair_dir(run(out, 3, resume=True)).card["training"]["steps_done"] == 3
+        with pytest.raises(ValueError, match="train.loss_weighting: stored \"uniform\", now \"min_snr\""):
+            run(out, 3, resume=True)  # today's default is min_snr
+        assert load_pair_dir(run(out, 3, resume=True, loss_weighting="uniform")).card["training"]["steps_done"] == 3
 
     def test_bad_values(self):
         with pytest.raises(ValueError, match="`loss_weighting` must be 'uniform' or 'min_snr', got 'snr'"):

@@ -135,7 +135,7 @@ class UNet(nn.Module):
         self.out = nn.Sequential(group_norm(ch, gn), nn.SiLU(), nn.Conv2d(ch, cfg.in_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
-        if cfg.gaussian_skip is not None:
+        if cfg.gaussian_skip:
             from progaug.diffusion.schedule import training_alpha_bar
 
             # alpha_bar of the training schedule, stored with the weights (train sets its own schedule)
@@ -161,7 +161,7 @@ class UNet(nn.Module):
             if level < len(self.upsample):
                 h = self.upsample[level](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         out = self.out(h)
-        if self.config.gaussian_skip is None:
+        if not self.config.gaussian_skip:
             return out
         return out.float() + self.gaussian_eps(x, t)
 

@@ -1,0 +1,161 @@
+"""benchmarks/label_fidelity.py: its rank correlation and figure helpers, and an end-to-end run on a tiny
+pair (32 px, a few steps) and tiny class folders, holding the claims that can fail."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_pair_dir
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
+
+
+@pytest.fixture
+def fidelity(monkeypatch, tmp_path):
+    """The benchmark module, with its generated-set cache in ``tmp_path``; the thread count restored afterwards."""
+    monkeypatch.setenv("PROGAUG_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(BENCH))
+    threads = torch.get_num_threads()
+    for mod in ("label_fidelity", "common"):
+        sys.modules.pop(mod, None)
+    yield __import__("label_fidelity")
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def weights():
+    if not WEIGHTS.is_dir():
+        pytest.skip("needs ../shared/weights (offline LPIPS weights)")
+    return WEIGHTS
+
+
+def split_folders(root: Path, counts=(("train", 6), ("val", 3), ("test", 3))) -> Path:
+    """``root/<split>/{stroma,tumour}/*.png``: 32-px random-texture tiles, the tumour ones darker, so the
+    judge has something to learn."""
+    from PIL import Image
+
+    from conftest import random_tiles
+
+    for i, (split, n) in enumerate(counts):
+        for j, cls in enumerate(("stroma", "tumour")):
+            (root / split / cls).mkdir(parents=True)
+            tiles = random_tiles(n, seed=10 * i + j)
+            tiles = (tiles.float() * (0.5 if cls == "tumour" else 1.0)).to(torch.uint8)
+            for k, tile in enumerate(tiles):
+                Image.fromarray(tile.permute(1, 2, 0).numpy()).save(root / split / cls / f"{k}.png")
+    return root
+
+
+class TestSpearman:
+    def test_identical_and_reversed_rankings(self, fidelity):
+        x = torch.tensor([0.1, 0.4, 0.2, 0.9, 0.5])
+        assert fidelity.spearman(x, x) == pytest.approx(1.0)
+        assert fidelity.spearman(x, x * 10 + 3) == pytest.approx(1.0)  # monotone transforms keep the ranking
+        assert fidelity.spearman(x, -x) == pytest.approx(-1.0)
+
+    def test_ties_share_their_average_rank(self, fidelity):
+        assert fidelity.average_ranks(torch.tensor([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
+        # Pearson on average ranks: x ranks (1, 2.5, 2.5, 4) against y ranks (1, 2, 3, 4) -> 0.9487
+        assert fidelity.spearman(torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 3.0, 4.0])) == pytest.approx(0.9486833, abs=1e-6)
+
+    def test_constant_side_has_no_correlation(self, fidelity):
+        assert fidelity.spearman(torch.ones(4), torch.arange(4.0)) is None
+
+    def test_sizes_must_match(self, fidelity):
+        with pytest.raises(ValueError, match="equal size"):
+            fidelity.spearman(torch.arange(3.0), torch.arange(4.0))
+
+
+class TestFigures:
+    def test_depth_lists_differ(self, fidelity):
+        depths = torch.tensor([[1, 2, 3], [1, 2, 3], [1, 2, 3], [1, 3, 4]])
+        assert fidelity.depth_lists_differ(depths) == (0.25, 2)
+        assert fidelity.depth_lists_differ(depths[:3]) == (0.0, 1)
+
+    def test_lpips_steps_start_at_the_source(self, fidelity):
+        steps, ratio = fidelity.lpips_steps([0.2, 0.4, 1.0])
+        assert steps == pytest.approx([0.2, 0.2, 0.6]) and ratio == pytest.approx(3.0)
+        assert fidelity.lpips_steps([0.3, 0.2, 1.0])[1] is None  # a step backwards: no ratio
+
+    def test_goals(self, fidelity):
+        overall = {"spearman_label_judge": 0.85, "lpips_step_ratio": 2.0, "high_label_judged_a": 0.0, "depth_lists_differ": 0.5}
+        assert set(fidelity.goals(overall, 0.9, False).values()) == {True, False}  # Spearman below the paper's
+        assert all(fidelity.goals(overall, 0.7, False).values())
+        assert fidelity.goals({**overall, "depth_lists_differ": 0.0}, None, True)["depths_differ"] is False
+
+
+def test_measures_are_found_at_run_time(fidelity):
+    names = fidelity.available_measures()
+    assert isinstance(names, tuple) and "paper" in names
+
+
+def test_unknown_measure_is_refused(fidelity):
+    with pytest.raises(SystemExit):
+        fidelity.parse_args(["--measures", "no-such-measure"])
+
+
+def test_end_to_end_on_class_folders(fidelity, weights, tmp_path):
+    pair = make_pair_dir(tmp_path / "pair")
+    data = split_folders(tmp_path / "data")
+    out = tmp_path / "results" / "label_fidelity"
+    levels = 3
+    assert fidelity.main(["--pair", str(pair), "--data", str(data), "--metric-weights", str(weights), "--n", "5", "--levels", str(levels),
+                          "--steps", "4", "--chunk", "3", "--max-batch", "8", "--judge-steps", "15", "--threads", "1", "--device", "cpu",
+                          "--out", str(out)]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    for key in ("classes", "pair_sha256", "command", "judge", "measures", "measures_available", "goals", "n", "levels", "steps", "files"):
+        assert key in res
+    card = json.loads((pair / "card.json").read_text())
+    assert res["pair_sha256"] == {"source": card["source"]["sha256"], "target": card["target"]["sha256"]}
+    assert res["command"].startswith("python benchmarks/label_fidelity.py --pair")
+    # the judge saw the real training tiles and nothing else; it is scored on the 12 held-out real tiles
+    assert res["judge"]["train_tiles"] == 12 and res["judge"]["train_per_class"] == {"stroma": 6, "tumour": 6}
+    assert res["judge"]["heldout"]["tiles"] == 12 and 0 <= res["judge"]["heldout"]["accuracy"] <= 1
+    assert res["sources_split"] == "heldout" and res["n"] == 5
+    assert list(res["measures"]) == res["measures_available"]
+    for name, m in res["measures"].items():
+        assert [r["level"] for r in m["per_level"]] == pytest.approx([1 / 3, 2 / 3, 1.0], abs=1e-6)
+        for r in m["per_level"]:
+            assert 0 <= r["label_mean"] <= 1 and 0 <= r["judge_p_mean"] <= 1 and 1 <= r["depth_mean"] <= 4 and r["lpips_share_mean"] >= 0
+        o = m["overall"]
+        for share in ("high_label_judged_a", "depth_lists_differ"):
+            assert o[share] is None or 0 <= o[share] <= 1
+        assert 0 <= o["mean_abs_label_minus_judge"] <= 1 and len(o["lpips_steps"]) == levels
+        assert o["spearman_label_judge"] is None or -1 <= o["spearman_label_judge"] <= 1
+        if name == "paper":  # S / L for the inversion, plus one decode of depth 1..S per output
+            assert 4 / levels < o["unet_evals_per_output"] <= 4 + 4 / levels
+        assert len(m["scatter"]["label"]) == 5 * levels and set(m["goals_met"]) == set(res["goals"])
+        assert (out.parent / f"label_fidelity_strip_{name}.png").is_file()
+    assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()
+
+
+def test_every_measure_offered_is_passed_to_the_generator(fidelity, weights, tmp_path, monkeypatch):
+    """With a generator that takes ``measure=`` and a ``MEASURES`` constant (as progaug may or may not have
+    yet), each name is found at run time and generated once; the figures are kept per measure."""
+    import inspect
+    import types
+
+    real = fidelity.generate_progressive
+    takes_measure = "measure" in inspect.signature(real).parameters
+    seen = []
+
+    def fake(source_model, target_model, images, *, measure="paper", **kwargs):
+        seen.append(measure)
+        return real(source_model, target_model, images, **kwargs, **({"measure": "paper"} if takes_measure else {}))
+
+    monkeypatch.setattr(fidelity, "generate_progressive", fake)
+    monkeypatch.setitem(sys.modules, "progaug.labels", types.SimpleNamespace(MEASURES=("paper", "other")))
+    assert fidelity.available_measures() == ("paper", "other")
+    out = tmp_path / "lf"
+    assert fidelity.main(["--pair", str(make_pair_dir(tmp_path / "pair")), "--data", str(split_folders(tmp_path / "data")),
+                          "--metric-weights", str(weights), "--n", "2", "--levels", "2", "--steps", "3", "--judge-steps", "2",
+                          "--threads", "1", "--device", "cpu", "--out", str(out)]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert seen == ["paper", "other"] and list(res["measures"]) == ["paper", "other"]
+    # the same images under both names: the same figures, and "above the paper measure's" is not met by a tie
+    assert res["measures"]["other"]["overall"] == {**res["measures"]["paper"]["overall"], "seconds": res["measures"]["other"]["overall"]["seconds"]}
+    assert res["measures"]["other"]["goals_met"]["spearman"] in (False, None)

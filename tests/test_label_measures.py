@@ -1,0 +1,374 @@
+"""Label measures ("paper", "reference", "preview"): exact answers, the generator, precompute, the user faces."""
+
+import csv
+import json
+import math
+import pickle
+
+import pytest
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from progaug.cache import ProgressiveCache, _rows_digest
+from progaug.diffusion import DDIMSchedule, invert
+from progaug.frequency import adaptive_depths, highpass_amplitude, soft_labels
+from progaug.generator import generate_progressive
+from progaug.hub import load_pair
+from progaug.labels import (
+    DEFAULT_MEASURE,
+    MEASURES,
+    band_amplitude,
+    check_measure,
+    gaussian_blur,
+    labels_from_values,
+    preview_distance,
+    preview_labels,
+    preview_x0,
+)
+from progaug.precompute import PrecomputeConfig, precompute
+
+from conftest import random_tiles, tiny_unet
+
+UNKNOWN = r"`measure` must be one of 'paper', 'reference', 'preview'; got 'noise'"
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny_unet("global", seed=0), tiny_unet("local", seed=1)
+
+
+@pytest.fixture
+def images():
+    return torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
+
+
+def counting(model, calls, key):
+    def f(x, t):
+        calls[key].append(x.shape[0])
+        return model(x, t)
+
+    f.config = model.config
+    return f
+
+
+class TestCheckMeasure:
+    def test_known_and_default(self):
+        assert MEASURES == ("paper", "reference", "preview") and DEFAULT_MEASURE == "paper"
+        assert [check_measure("measure", m) for m in MEASURES] == list(MEASURES)
+
+    def test_unknown_named_with_the_known_ones(self):
+        with pytest.raises(ValueError, match=UNKNOWN):
+            check_measure("measure", "noise")
+        with pytest.raises(TypeError, match="`measure` must be a str"):
+            check_measure("measure", 1)
+
+    def test_unknown_refused_everywhere(self, pair, images, pair_dir):
+        from progaug.datasets import SoftLabelProgressiveDataset
+        from progaug.transforms import ProgressiveDiffusionAugment
+
+        with pytest.raises(ValueError, match=UNKNOWN):
+            generate_progressive(*pair, images, steps=4, levels=[1.0], measure="noise")
+        with pytest.raises(ValueError, match=UNKNOWN):
+            ProgressiveDiffusionAugment(str(pair_dir), measure="noise")
+        with pytest.raises(ValueError, match=UNKNOWN):
+            PrecomputeConfig(measure="noise")
+        with pytest.raises(ValueError, match=UNKNOWN):
+            SoftLabelProgressiveDataset([], ProgressiveDiffusionAugment(str(pair_dir)), classes=["a", "b"], measure="noise")
+
+
+class TestPaper:
+    def test_labels_bit_for_bit_as_eq_7_to_9(self, pair, images):
+        r = generate_progressive(*pair, images, steps=10, levels=[0.3, 0.6, 1.0], measure="paper")
+        traj = invert(pair[0], images, DDIMSchedule.from_config(steps=10), return_trajectory=True)
+        amplitudes = highpass_amplitude(traj).T
+        assert torch.equal(r.amplitudes, amplitudes)
+        assert torch.equal(r.trajectory_labels, soft_labels(amplitudes))
+        default = generate_progressive(*pair, images, steps=10, levels=[0.3, 0.6, 1.0])
+        assert default.measure == "paper" and torch.equal(default.images, r.images)
+
+    def test_white_noise_amplitude(self):
+        # iid N(0, 1) RGB: BT.601 luma variance v = 0.299^2 + 0.587^2 + 0.114^2; Rayleigh mean sqrt(pi v / 4)
+        v = 0.299**2 + 0.587**2 + 0.114**2
+        noise = torch.randn(8, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+        assert float(highpass_amplitude(noise).mean()) == pytest.approx(math.sqrt(math.pi * v / 4), rel=0.01)
+        assert math.sqrt(math.pi * v / 4) == pytest.approx(0.5925, abs=1e-4)
+
+
+class TestReference:
+    @staticmethod
+    def cosine(height, width, bin_, axis="x"):
+        w = torch.arange(width if axis == "x" else height, dtype=torch.float32)
+        wave = torch.cos(2 * torch.pi * bin_ * w / w.numel())
+        grid = wave.expand(height, width) if axis == "x" else wave[:, None].expand(height, width)
+        return grid.expand(1, 3, height, width).clone()
+
+    def test_cosine_at_bin_3(self):
+        # ortho FFT of cos(2 pi 3 x / W): sqrt(H W) / 2 at f_x = +-3; the band averages 10 bins
+        assert float(band_amplitude(self.cosine(32, 32, 3))) == pytest.approx(math.sqrt(32 * 32) / 2 / 10, rel=1e-5)
+        assert float(band_amplitude(self.cosine(32, 64, 3))) == pytest.approx(math.sqrt(32 * 64) / 2 / 10, rel=1e-5)
+
+    def test_only_the_centre_row_and_the_band_count(self):
+        assert float(band_amplitude(self.cosine(32, 32, 3, axis="y"))) < 1e-5  # vertical frequency
+        assert float(band_amplitude(self.cosine(32, 32, 12))) < 1e-5  # outside bins 1..10
+        assert float(band_amplitude(torch.full((2, 3, 32, 32), 0.4)).abs().max()) < 1e-6
+
+    def test_band_clipped_at_the_edge_of_small_images(self):
+        # 8 px: the centre column is 4, so only bins 1..3 lie right of DC
+        assert float(band_amplitude(self.cosine(8, 8, 3))) == pytest.approx(math.sqrt(64) / 2 / 3, rel=1e-5)
+
+    def test_labels_are_eq_9_of_the_band(self, pair, images):
+        r = generate_progressive(*pair, images, steps=8, levels=[0.5, 1.0], measure="reference")
+        traj = invert(pair[0], images, DDIMSchedule.from_config(steps=8), return_trajectory=True)
+        torch.testing.assert_close(r.amplitudes, band_amplitude(traj).T, rtol=0, atol=0)
+        assert torch.equal(r.trajectory_labels, soft_labels(r.amplitudes))
+
+
+class TestPreviewMaths:
+    def test_blur_is_torchvision_gaussian_blur(self):
+        x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(gaussian_blur(x), TF.gaussian_blur(x, kernel_size=[5, 5], sigma=[1.0, 1.0]))
+
+    def test_distance_of_a_uniform_shift(self):
+        src = torch.rand(2, 3, 16, 16) * 2 - 1
+        d = preview_distance(src + torch.tensor([0.1, 0.3]).view(2, 1, 1, 1), src)
+        torch.testing.assert_close(d, torch.tensor([0.1, 0.3]))
+
+    def test_x0_prediction_clipped(self):
+        a = torch.tensor([0.25, 1.0])
+        x, eps = torch.full((2, 3, 2, 2), 0.5), torch.full((2, 3, 2, 2), 0.25)  # 0.25: exact in bf16
+        x0 = preview_x0(x, eps.bfloat16(), a)
+        assert x0.dtype == torch.float32
+        torch.testing.assert_close(x0[0], torch.full((3, 2, 2), (0.5 - math.sqrt(0.75) * 0.25) / 0.5))
+        assert float(preview_x0(torch.full((1, 3, 2, 2), 3.0), torch.zeros(1, 3, 2, 2), a[:1]).max()) == 1.0
+
+    def test_running_max_labels(self):
+        labels = preview_labels(torch.tensor([[0.0, 2.0, 1.0, 4.0, 3.0, 4.0], [0.0, 1.0, 3.0, 2.0, 5.0, 2.5]]))
+        torch.testing.assert_close(labels, torch.tensor([[0, 0.5, 0.5, 1, 1, 1], [0, 0.4, 1, 1, 1, 1.0]]))
+        torch.testing.assert_close(preview_labels(torch.zeros(1, 5)), torch.linspace(0, 1, 5)[None])  # d(S) = 0
+
+    def test_labels_dispatch(self):
+        values = torch.tensor([[0.0, 2.0, 1.0, 4.0]])
+        assert torch.equal(labels_from_values("preview", values), preview_labels(values))
+        assert torch.equal(labels_from_values("paper", values), soft_labels(values))
+
+
+class TestPreviewGenerator:
+    def test_distances_from_the_target_models_preview(self, pair, images):
+        steps = 6
+        r = generate_progressive(*pair, images, steps=steps, levels=[0.5, 1.0], measure="preview")
+        sched = DDIMSchedule.from_config(steps=steps)
+        traj = invert(pair[0], images, sched, return_trajectory=True)
+        blurred_source = TF.gaussian_blur(images, kernel_size=[5, 5], sigma=[1.0, 1.0])
+        expected = torch.zeros(3, steps + 1)
+        for k in range(1, steps + 1):
+            a = float(sched.alpha_bar[k])
+            eps = pair[1](traj[k], torch.full((3,), int(sched.timesteps[k])))
+            x0 = ((traj[k] - math.sqrt(1 - a) * eps) / math.sqrt(a)).clamp(-1, 1)
+            diff = TF.gaussian_blur(x0, kernel_size=[5, 5], sigma=[1.0, 1.0]) - blurred_source
+            expected[:, k] = diff.square().mean(dim=(1, 2, 3)).sqrt()
+        torch.testing.assert_close(r.amplitudes, expected, atol=1e-5, rtol=1e-4)
+
+    def test_labels_monotone_with_endpoints(self, pair, images):
+        r = generate_progressive(*pair, images, steps=10, levels=[0.25, 0.5, 0.75, 1.0], measure="preview")
+        labels = r.trajectory_labels
+        assert bool((labels[:, 0] == 0).all()) and bool((labels[:, -1] == 1).all())
+        assert bool((labels.diff(dim=1) >= 0).all())
+        torch.testing.assert_close(r.soft_labels, labels.gather(1, r.depths))
+        assert bool((r.depths.diff(dim=1) > 0).all())
+
+    def test_batched_with_max_batch_and_fixed_batch(self, pair, images):
+        calls = {"source": [], "target": []}
+        r = generate_progressive(counting(pair[0], calls, "source"), counting(pair[1], calls, "target"), images,
+                                 steps=6, levels=[0.5, 1.0], measure="preview", max_batch=4, fixed_batch=True)
+        assert set(calls["source"]) == set(calls["target"]) == {4}  # every call padded to max_batch rows
+        alone = generate_progressive(*pair, images[1:2], steps=6, levels=[0.5, 1.0], measure="preview", max_batch=4,
+                                     fixed_batch=True)
+        assert torch.equal(alone.amplitudes[0], r.amplitudes[1]) and torch.equal(alone.images[0], r.images[1])
+
+
+@pytest.mark.parametrize("measure", MEASURES)
+def test_model_evaluations_counted(pair, images, measure):
+    calls = {"source": [], "target": []}
+    r = generate_progressive(counting(pair[0], calls, "source"), counting(pair[1], calls, "target"), images,
+                             steps=8, levels=[0.5, 1.0], measure=measure, max_batch=2)
+    previews = 3 * 8 if measure == "preview" else 0
+    assert sum(calls["source"]) == 3 * 8 and max(calls["target"]) <= 2
+    assert sum(calls["target"]) == int(r.depths.sum()) + previews
+    assert r.model_evaluations == sum(calls["source"]) + sum(calls["target"])
+
+
+class TestLevelOneIsTheFullTranslation:
+    def test_adaptive_depths(self):
+        labels = torch.tensor([[0.0, 0.5, 1.0, 1.0, 1.0], [0.0, 0.5, 1.0, 1.0, 1.0]])
+        assert adaptive_depths(labels, [0.5, 1.0]).tolist() == [[1, 4], [1, 4]]
+        assert adaptive_depths(labels, torch.tensor([[0.5, 1.0], [0.5, 0.99]])).tolist() == [[1, 4], [1, 2]]
+        assert adaptive_depths(labels, [0.25, 0.5, 0.75, 1.0]).tolist() == [[1, 2, 3, 4]] * 2
+
+    @pytest.mark.parametrize("measure", MEASURES)
+    def test_every_measure(self, pair, images, measure):
+        r = generate_progressive(*pair, images, steps=10, levels=[0.2, 0.6, 1.0], measure=measure)
+        assert r.depths[:, -1].tolist() == [10, 10, 10] and r.soft_labels[:, -1].tolist() == [1.0, 1.0, 1.0]
+
+
+class TestFloat32OutsideAutocast:
+    def test_measures_ignore_an_enclosing_autocast(self):
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+        plain = (highpass_amplitude(x), band_amplitude(x), preview_distance(x.clamp(-1, 1), x.clamp(-1, 1) * 0.5))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = (highpass_amplitude(x), band_amplitude(x), preview_distance(x.clamp(-1, 1), x.clamp(-1, 1) * 0.5))
+        for a, b in zip(plain, inside):
+            assert b.dtype == torch.float32 and torch.equal(a, b)
+
+    @pytest.mark.parametrize("measure", MEASURES)
+    def test_generator_measures_outside_autocast(self, pair, images, measure, monkeypatch):
+        import progaug.generator as gen
+
+        seen = []
+
+        def spy(fn):
+            def wrapped(*args, **kwargs):
+                seen.append(torch.is_autocast_enabled("cpu"))
+                out = fn(*args, **kwargs)
+                assert out.dtype == torch.float32
+                return out
+
+            return wrapped
+
+        for name in ("measure_states", "labels_from_values", "preview_distance", "preview_x0"):
+            monkeypatch.setattr(gen, name, spy(getattr(gen, name)))
+        r = generate_progressive(*pair, images, steps=6, levels=[0.5, 1.0], measure=measure, autocast_dtype=torch.bfloat16)
+        assert seen and not any(seen)
+        if measure == "paper":  # the same inversion under autocast, measured in float32 outside it
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                traj = invert(pair[0], images, DDIMSchedule.from_config(steps=6), return_trajectory=True)
+            assert torch.equal(r.amplitudes, highpass_amplitude(traj).T)
+
+
+# ------------------------------------------------------------------------------ precompute and user faces
+
+CFG = dict(n=6, levels=3, steps=6, max_batch=4)
+
+
+def run(pair_dir, out, resume=False, **kw):
+    return precompute(load_pair(pair_dir), random_tiles(2), ["t0", "t1"], out, PrecomputeConfig(**{**CFG, **kw}),
+                      resume=resume, progress=False)
+
+
+def images_of(out):
+    return {p.name: p.read_bytes() for p in sorted((out / "images").iterdir())}
+
+
+def write_as_before_measure(out):
+    """Rewrite a finished folder as progaug wrote it before the ``measure`` setting existed."""
+    for path in sorted((out / "records").iterdir()):
+        record = json.loads(path.read_text())
+        for row in record["rows"]:
+            del row["measure"]
+        record["rows_sha256"] = _rows_digest(record["rows"])
+        path.write_text(json.dumps(record))
+    run_json = json.loads((out / "run.json").read_text())
+    del run_json["config"]["measure"]
+    (out / "run.json").write_text(json.dumps(run_json))
+    with open(out / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    fields = [k for k in rows[0] if k != "measure"]
+    with open(out / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    from progaug.fileio import sha256_file
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["settings"]["config"]["measure"]
+    manifest["files"]["labels.csv"] = sha256_file(out / "labels.csv")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+class TestPrecompute:
+    def test_measure_recorded(self, pair_dir, tmp_path):
+        out = run(pair_dir, tmp_path / "c", measure="preview")
+        rows = list(csv.DictReader(open(out / "labels.csv")))
+        assert {r["measure"] for r in rows} == {"preview"}
+        assert json.loads((out / "run.json").read_text())["config"]["measure"] == "preview"
+        assert json.loads((out / "manifest.json").read_text())["settings"]["config"]["measure"] == "preview"
+        cache = ProgressiveCache.open(out)
+        assert cache.measure == "preview" and {r["measure"] for r in cache.rows} == {"preview"}
+        assert [r["depth"] for r in cache.rows[2::3]] == [6, 6]  # level 1.0: depth S
+
+    def test_resume_with_another_measure_refused_naming_both(self, pair_dir, tmp_path):
+        run(pair_dir, tmp_path / "c")
+        with pytest.raises(ValueError, match='made with other settings: config.measure: stored "paper", now "preview"'):
+            run(pair_dir, tmp_path / "c", resume=True, measure="preview")
+
+    def test_folder_from_before_the_setting_reads_and_resumes_as_paper(self, pair_dir, tmp_path):
+        out = run(pair_dir, tmp_path / "c")
+        reference = images_of(out)
+        write_as_before_measure(out)
+        cache = ProgressiveCache.open(out)
+        assert cache.measure == "paper" and {r["measure"] for r in cache.rows} == {"paper"}
+        (out / "records" / "000001.json").unlink()
+        run(pair_dir, out, resume=True)  # accepted: no `measure` stored means "paper"
+        assert images_of(out) == reference
+        assert {r["measure"] for r in ProgressiveCache.open(out).rows} == {"paper"}
+        with pytest.raises(ValueError, match='config.measure: stored "paper", now "reference"'):
+            run(pair_dir, out, resume=True, measure="reference")
+
+
+class TestUserFaces:
+    def test_cli_flags(self):
+        from progaug.cli import build_parser
+        from progaug.cli_args import config_from_args
+
+        parser = build_parser()
+        args = parser.parse_args(["precompute", "--measure", "preview"])
+        assert config_from_args(PrecomputeConfig, args).measure == "preview"
+        assert config_from_args(PrecomputeConfig, parser.parse_args(["precompute"])).measure == DEFAULT_MEASURE
+        assert parser.parse_args(["progressive", "--measure", "reference"]).measure == "reference"
+        assert parser.parse_args(["progressive"]).measure == DEFAULT_MEASURE
+        with pytest.raises(SystemExit):
+            parser.parse_args(["progressive", "--measure", "noise"])
+
+    def test_progressive_command_passes_the_measure(self, pair_dir, class_folders, tmp_path, monkeypatch):
+        import progaug.generator
+        from progaug.cli import main
+
+        real, used = progaug.generator.generate_progressive, []
+        monkeypatch.setattr(progaug.generator, "generate_progressive",
+                            lambda *a, **kw: (used.append(kw["measure"]), real(*a, **kw))[1])
+        assert main(["progressive", "--pair", str(pair_dir), "--source", str(class_folders / "normal"), "--count", "1",
+                     "--levels", "2", "--steps", "3", "--threads", "1", "--measure", "preview",
+                     "--out", str(tmp_path / "s.png")]) == 0
+        assert used == ["preview"]
+
+    def test_transform_passes_and_pickles_the_measure(self, pair_dir, monkeypatch):
+        import progaug.transforms
+        from progaug.transforms import ProgressiveDiffusionAugment
+
+        t = ProgressiveDiffusionAugment(str(pair_dir), steps=4, p=1.0, levels=[1.0], measure="preview", max_batch=4)
+        clone = pickle.loads(pickle.dumps(t))
+        assert clone.measure == "preview" and "measure='preview'" in repr(t)
+        state = t.__getstate__()
+        del state["measure"]  # pickled before the setting existed
+        old = ProgressiveDiffusionAugment.__new__(ProgressiveDiffusionAugment)
+        old.__setstate__(state)
+        assert old.measure == "paper"
+        real, used = progaug.transforms.generate_progressive, []
+        monkeypatch.setattr(progaug.transforms, "generate_progressive",
+                            lambda *a, **kw: (used.append(kw["measure"]), real(*a, **kw))[1])
+        _, rows = clone(random_tiles(2), torch.tensor([0, 0]))
+        assert used == ["preview"] and rows[:, 1].tolist() == [1.0, 1.0]
+
+    def test_dataset_measure(self, pair_dir, tmp_path):
+        from progaug.datasets import SoftLabelProgressiveDataset
+        from progaug.transforms import ProgressiveDiffusionAugment
+
+        augment = ProgressiveDiffusionAugment(str(pair_dir), steps=4)
+        ds = SoftLabelProgressiveDataset([], augment, classes=["a", "b"], measure="preview")
+        assert ds.measure == ds.augment.measure == "preview" and augment.measure == "paper"  # set on a copy
+        assert SoftLabelProgressiveDataset([], augment, classes=["a", "b"]).measure == "paper"
+        with pytest.raises(ValueError, match="`measure` 'preview' needs an `augment` with a `measure` setting"):
+            SoftLabelProgressiveDataset([], None, classes=["a", "b"], measure="preview")
+        out = run(pair_dir, tmp_path / "c", measure="reference")
+        assert SoftLabelProgressiveDataset.from_cache(out).measure == "reference"
+        with pytest.raises(ValueError, match="made with measure 'reference', not the requested 'paper'"):
+            SoftLabelProgressiveDataset.from_cache(out, measure="paper")
