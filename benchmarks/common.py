@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("PROGAUG_BENCH_CACHE", ROOT / "benchmarks" / "cache"))
 """Where generated sets are kept (``$PROGAUG_BENCH_CACHE`` overrides; the tests use a temporary folder)."""
 
-__all__ = ["CACHE", "ROOT", "bar_panels", "bar_plot", "command_line", "dihedral_cycle", "final_stage", "heldout", "load_splits", "pair_training",
+__all__ = ["CACHE", "ROOT", "bar_panels", "bar_plot", "command_line", "dihedral_cycle", "final_stage", "heldout", "load_splits", "open_benchmark", "pair_training",
            "repo_relative", "unconditional"]
 
 
@@ -174,3 +174,19 @@ def bar_panels(path: Path, names: list[str], panels: dict[str, list[float]]) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def open_benchmark(args):
+    """What every generating benchmark starts with: apply ``--threads`` & co (``RuntimeConfig`` flags on
+    ``args``), load ``args.pair`` on ``args.device`` and the splits of ``args.data`` at the pair's size.
+
+    Returns:
+        ``(applied runtime, pair, splits)``.
+    """
+    from progaug.cli_args import config_from_args
+    from progaug.hub import load_pair
+    from progaug.runtime import RuntimeConfig, apply_runtime
+
+    applied = apply_runtime(config_from_args(RuntimeConfig, args), args.device)
+    pair = load_pair(args.pair, device=args.device)
+    return applied, pair, load_splits(args.data, pair.image_size)

@@ -25,12 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, bar_panels, command_line, final_stage, heldout, load_splits, pair_training, unconditional
-from progaug.cli_args import add_config_arguments, config_from_args
+from common import ROOT, bar_panels, command_line, final_stage, heldout, open_benchmark, pair_training, unconditional
+from progaug.cli_args import add_config_arguments
 from progaug.data.tiles import to_model_range
 from progaug.hub import load_pair
 from progaug.metrics import frechet_distance, inception_features, load_inception, load_lpips, lpips_diversity
-from progaug.runtime import RuntimeConfig, apply_runtime
+from progaug.runtime import RuntimeConfig
 
 PAPER = {  # Table 1 of the paper (ROSE / pRCC), for comparison in spirit only
     "ADD": {"ROSE": (67.83, 70.29, 0.6267), "pRCC": (58.31, 81.26, 0.6078)},
@@ -61,10 +61,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     began = time.time()
-    applied = apply_runtime(config_from_args(RuntimeConfig, args), args.device)
-    pair = load_pair(args.pair, device=args.device)
+    applied, pair, splits = open_benchmark(args)
     a, b = pair.classes
-    splits = load_splits(args.data, pair.image_size)
     gen = dict(steps=args.steps, device=args.device, bf16=args.bf16, batch_size=args.batch_size)
     tgt_train = splits["train"].of_class(b).images
     sets = {"ADD": final_stage(pair, splits["train"].of_class(a).images, args.n, **gen)}

@@ -37,14 +37,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, command_line, final_stage, heldout, load_splits, pair_training, repo_relative
-from progaug.cli_args import add_config_arguments, config_from_args
+from common import ROOT, command_line, final_stage, heldout, open_benchmark, pair_training, repo_relative
+from progaug.cli_args import add_config_arguments
 from progaug.data.tiles import dihedral, to_model_range, to_uint8
 from progaug.frequency import default_levels
 from progaug.generator import generate_progressive
-from progaug.hub import load_pair
 from progaug.metrics import load_lpips
-from progaug.runtime import CPU_MAX_BATCH, RuntimeConfig, apply_runtime, autocast_dtype, default_device
+from progaug.runtime import CPU_MAX_BATCH, RuntimeConfig, autocast_dtype, default_device
 
 GOALS = {
     "depths_differ": "depths differ between images (share of sources off the most common depth list > 0)",
@@ -267,10 +266,8 @@ def lpips_shares(lpips, images: torch.Tensor, sources: torch.Tensor, full: torch
 def main(argv=None) -> int:
     args = parse_args(argv)
     began = time.time()
-    applied = apply_runtime(config_from_args(RuntimeConfig, args), args.device)
-    pair = load_pair(args.pair, device=args.device)
+    applied, pair, splits = open_benchmark(args)
     a, b = pair.classes
-    splits = load_splits(args.data, pair.image_size)
     train_a, train_b = (splits["train"].of_class(c).images for c in (a, b))
     judge = train_judge(train_a, train_b, steps=args.judge_steps, seed=args.judge_seed, device=args.device)
     held_a, held_b = heldout(splits, a), heldout(splits, b)

@@ -32,14 +32,7 @@ from conftest import random_tiles, tiny_unet
 UNKNOWN = r"`measure` must be one of 'paper', 'reference', 'preview'; got 'noise'"
 
 
-@pytest.fixture(scope="module")
-def pair():
-    return tiny_unet("global", seed=0), tiny_unet("local", seed=1)
-
-
-@pytest.fixture
-def images():
-    return torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
+from test_generator import images, pair  # noqa: F401 - the same tiny pair and source images as the generator tests
 
 
 def counting(model, calls, key):
