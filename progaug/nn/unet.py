@@ -139,7 +139,7 @@ class UNet(nn.Module):
             from progaug.diffusion.schedule import training_alpha_bar
 
             # alpha_bar of the training schedule, stored with the weights (train sets its own schedule)
-            self.register_buffer("skip_alpha_bar", torch.from_numpy(training_alpha_bar()).float())
+            self.register_buffer("skip_alpha_bar", torch.tensor(training_alpha_bar(), dtype=torch.float32))  # follows torch.device(...)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self._check_input(x, t)
