@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, command_line, load_splits, pair_training, repo_relative
+from common import ROOT, command_line, load_splits, pair_sha256, pair_training, repo_relative
 from progaug.data.tiles import to_model_range
 from progaug.diffusion.schedule import training_alpha_bar
 from progaug.hub import load_pair
@@ -75,7 +75,7 @@ def measure(name: str, data: str, count: int, seed: int) -> dict:
     pair = load_pair(name)
     splits = load_splits(data, pair.image_size)
     alpha_bar = training_alpha_bar(pair.diffusion)
-    result = {"pair": repo_relative(name), "training": pair_training(pair), "models": {}}
+    result = {"pair": repo_relative(name), "pair_sha256": pair_sha256(pair), "training": pair_training(pair), "models": {}}
     for role, model, cls in (("source", pair.source, pair.classes[0]), ("target", pair.target, pair.classes[1])):
         gen = torch.Generator().manual_seed(seed)
         x0 = to_model_range(splits["train"].of_class(cls).images[:count]).float()
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "results": results}, indent=1, default=str))
+    out.with_suffix(".json").write_text(json.dumps({"command": command, **({"pair_sha256": results[0]["pair_sha256"]} if len(results) == 1 else {}), "results": results}, indent=1, default=str))
     out.with_suffix(".md").write_text(text)
     return 0
 

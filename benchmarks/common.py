@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("PROGAUG_BENCH_CACHE", ROOT / "benchmarks" / "cache"))
 """Where generated sets are kept (``$PROGAUG_BENCH_CACHE`` overrides; the tests use a temporary folder)."""
 
-__all__ = ["CACHE", "ROOT", "bar_panels", "bar_plot", "command_line", "dihedral_cycle", "final_stage", "heldout", "load_splits", "open_benchmark", "pair_training",
-           "repo_relative", "unconditional"]
+__all__ = ["CACHE", "ROOT", "bar_panels", "bar_plot", "command_line", "dihedral_cycle", "final_stage", "heldout", "load_splits", "open_benchmark", "pair_sha256", "pair_training",
+           "progressive_bank", "repo_relative", "unconditional"]
 
 
 def command_line(script: str, argv) -> str:
@@ -64,6 +64,12 @@ def heldout(splits: dict[str, TileSet], cls: str) -> torch.Tensor | None:
 def dihedral_cycle(x: torch.Tensor, n: int) -> torch.Tensor:
     """``n`` images from ``x``: ``x`` in order, then again flipped / rotated when ``n > len(x)``."""
     return torch.stack([dihedral(x[i % len(x)], (i // len(x)) % 8) for i in range(n)])
+
+
+def pair_sha256(pair) -> dict:
+    """``{"source": ..., "target": ...}``: the sha256 of the pair's weight files as its card records them, the
+    key every result JSON carries so that a figure of an older pair can be found by a script."""
+    return {role: pair.card[role].get("sha256") for role in ("source", "target")}
 
 
 def pair_training(pair) -> dict:
@@ -111,6 +117,46 @@ def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str,
 
     key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), n, steps, bf16, sources)
     return _cached("final", key, make)
+
+
+def progressive_bank(pair, sources: torch.Tensor, measure: str, *, steps: int, levels: int, bf16: bool, device: str, max_batch: int,
+                     chunk: int = 32) -> dict:
+    """Progressive images (paper 2.1-2.3) of every uint8 source tile under one label measure, made in chunks
+    of ``chunk`` tiles and kept per chunk (a stopped run keeps what it made).
+
+    Returns:
+        ``{"images": (M, L, 3, S, S) uint8, "labels": (M, L) float32, "depths": (M, L) int64,
+        "evals_per_image": U-Net evaluations per output image (of the chunks made in this call, else of
+        all)}``; level ``L`` (1.0) is always the full eq. 4 translation.
+    """
+    from safetensors.torch import load_file, save
+
+    from progaug.fileio import atomic_write_bytes
+    from progaug.frequency import default_levels
+    from progaug.generator import generate_progressive
+
+    parts, made, evals = [], 0, 0
+    for start in range(0, len(sources), chunk):
+        part = sources[start:start + chunk]
+        key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), measure, steps, levels, bf16, part)
+        path = CACHE / f"progressive-{measure}-{key}.safetensors"
+        if path.is_file():
+            parts.append(load_file(path))
+            continue
+        with torch.no_grad():
+            r = generate_progressive(pair.source, pair.target, to_model_range(part).to(device), levels=default_levels(levels), steps=steps,
+                                     diffusion=pair.diffusion, measure=measure, max_batch=max_batch, autocast_dtype=autocast_dtype(bf16))
+        entry = {"images": to_uint8(r.images).cpu().contiguous(), "labels": r.soft_labels.float().cpu().contiguous(),
+                 "depths": r.depths.cpu().contiguous(), "evals": torch.tensor([r.model_evaluations])}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, save(entry))
+        parts.append(entry)
+        made, evals = made + r.images.shape[0] * r.images.shape[1], evals + r.model_evaluations
+        print(f"progressive [{measure}]: {min(start + chunk, len(sources))}/{len(sources)} sources", flush=True)
+    out = {name: torch.cat([p[name] for p in parts]) for name in ("images", "labels", "depths")}
+    total = sum(int(p["evals"]) for p in parts)
+    out["evals_per_image"] = evals / made if made else total / max(1, out["labels"].numel())
+    return out
 
 
 def unconditional(pair, n: int, *, steps: int, device: str, bf16: bool, seed: int = 1234, batch_size: int = 64) -> torch.Tensor:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, bar_panels, command_line, final_stage, heldout, open_benchmark, pair_training, unconditional
+from common import ROOT, bar_panels, command_line, final_stage, heldout, open_benchmark, pair_sha256, pair_training, unconditional
 from progaug.cli_args import add_config_arguments
 from progaug.data.tiles import to_model_range
 from progaug.hub import load_pair
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     sets = {name: to_model_range(images) for name, images in sets.items()}
     res = {"classes": [a, b], "n": args.n, "steps": args.steps, "bf16": args.bf16, "device": args.device, "machine": platform.platform(),
            "threads": applied["threads"], "reference_tiles": len(tgt_train), "command": command_line("generation.py", argv),
-           "pair_training": pair_training(pair),
+           "pair_training": pair_training(pair), "pair_sha256": pair_sha256(pair),
            "methods": {}}
     equal = min(len(images) for images in sets.values())  # Frechet distances are biased by set size: also compare at one size
     res["equal_n"] = equal

@@ -37,7 +37,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, command_line, final_stage, heldout, open_benchmark, pair_training, repo_relative
+from common import ROOT, command_line, final_stage, heldout, open_benchmark, pair_sha256, pair_training, repo_relative
 from progaug.cli_args import add_config_arguments
 from progaug.data.tiles import dihedral, to_model_range, to_uint8
 from progaug.frequency import default_levels
@@ -276,7 +276,7 @@ def main(argv=None) -> int:
     full = final_stage(pair, sources, len(sources), steps=args.steps, device=args.device, bf16=args.bf16, batch_size=args.max_batch)
     lpips = load_lpips(args.metric_weights, device=args.device)
     res = {"classes": [a, b], "pair": repo_relative(str(pair.path) if pair.path else args.pair),
-           "pair_sha256": {r: pair.card[r].get("sha256") for r in ("source", "target")}, "pair_training": pair_training(pair),
+           "pair_sha256": pair_sha256(pair), "pair_training": pair_training(pair),
            "command": command_line("label_fidelity.py", argv), "machine": platform.platform(), "device": args.device,
            "threads": applied["threads"], "n": len(sources), "sources_split": split, "levels": args.levels, "steps": args.steps,
            "bf16": args.bf16, "seed": args.seed, "measures_available": list(available_measures()),

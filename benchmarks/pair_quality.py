@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, command_line, heldout, load_splits, repo_relative
+from common import ROOT, command_line, heldout, load_splits, pair_sha256, repo_relative
 from progaug.data.tiles import to_model_range
 from progaug.diffusion import DDIMSchedule, invert, sample
 from progaug.hub import load_pair
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     classes = pair.classes
     real = real_tiles(args.data, pair.image_size, classes)
     net = load_inception(args.metric_weights, device=args.device)
-    result = {"pair": repo_relative(str(pair.path)), "card_training": pair.card.get("training", {}), "classes": list(classes),
+    result = {"pair": repo_relative(str(pair.path)), "pair_sha256": pair_sha256(pair), "card_training": pair.card.get("training", {}), "classes": list(classes),
               "n_samples": args.n, "sample_steps": args.steps, "bf16": args.bf16, "machine": platform.machine(),
               "device": args.device, "torch_threads": torch.get_num_threads(), "per_class": {}}
     grid_rows, train_features = [], {}

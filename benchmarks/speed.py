@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, command_line, load_splits, pair_training
+from common import ROOT, command_line, load_splits, pair_sha256, pair_training
 from progaug.cli_args import add_config_arguments, config_from_args
 from progaug.data.tiles import to_model_range
 from progaug.diffusion import DDIMSchedule, ddim_step, sample
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     x = to_model_range(tiles.images[pick]).to(device)
     levels = default_levels(args.levels)
     outputs = args.images * args.levels
-    res = {"machine": platform.platform(), "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "pair_training": pair_training(pair),
+    res = {"machine": platform.platform(), "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "pair_training": pair_training(pair), "pair_sha256": pair_sha256(pair),
            "images": args.images, "levels": args.levels, "outputs": outputs, "ref_steps": args.ref_steps, "steps": args.steps,
            "max_batch": max_batch, "bf16": args.bf16, "runtime": runtime.to_dict(), "applied": applied, "paramsA": sum(p.numel() for p in pair.source.parameters()),
            "image_size": pair.image_size, "command": command_line("speed.py", argv)}

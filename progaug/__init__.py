@@ -24,6 +24,8 @@ _EXPORTS = {
     "soft_labels": "progaug.frequency",
     "adaptive_depths": "progaug.frequency",
     "depth_for_label": "progaug.frequency",
+    "MEASURES": "progaug.labels",
+    "DEFAULT_MEASURE": "progaug.labels",
     "generate_progressive": "progaug.generator",
     "ProgressiveResult": "progaug.generator",
     "save_unet": "progaug.checkpoint",

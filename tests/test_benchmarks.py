@@ -2,6 +2,7 @@
 the reference schedule and progaug's agree at the same steps, with fewer U-Net evaluations."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -70,21 +71,80 @@ def test_downstream_on_class_folders(bench, tiny_pair, tmp_path):
     downstream = bench("downstream")
     out = tmp_path / "downstream"
     data = split_folders(tmp_path / "data")
-    assert downstream.main(["--pair", str(tiny_pair), "--data", str(data), "--steps", "2", "--eval-every", "1", "--seeds", "0", "1", "--pro-n", "6",
-                            "--levels", "3", "--gen-n", "4", "--gen-steps", "3", "--width", "32", "--depth", "1", "--batch-size", "8",
-                            "--threads", "1", "--out", str(out)]) == 0
+    args = ["--pair", str(tiny_pair), "--data", str(data), "--steps", "2", "--eval-every", "1", "--seeds", "0", "1", "--n", "2", "all",
+            "--levels", "3", "--gen-steps", "3", "--width", "32", "--depth", "1", "--batch-size", "8", "--threads", "1", "--out", str(out)]
+    assert downstream.main(args) == 0
     res = json.loads(out.with_suffix(".json").read_text())
-    assert set(res["arms"]) == {"baseline", "+ADD-500", "+ADD-Pro", "+Mixup/CutMix", "+IDDPM-style"}
-    assert res["counts"]["test"] == {"stroma": 6, "tumour": 6}
-    n_train = res["arms"]["baseline"]["train_images"]
-    assert n_train == 12
-    assert res["arms"]["+ADD-500"]["train_images"] == n_train + 4 and res["arms"]["+ADD-Pro"]["train_images"] == n_train + 6
-    for arm in res["arms"].values():
-        assert len(arm["runs"]) == 2 and 0 <= arm["summary"]["accuracy"]["mean"] <= 1
-    assert out.with_suffix(".png").is_file()
-    # the generated sets are kept and reused
+    arms = set(downstream.all_arms())
+    assert {"real", "+stain", "+Mixup/CutMix", "+ADD-final", "+IDDPM-style", "+ADD-Pro[paper]", "+ADD-Pro[reference]",
+            "+ADD-Pro[preview]", "+ADD-Pro[paper]+stain"} == arms
+    assert set(res["curve"]) == {"2", "all"} and res["counts"]["test"] == {"stroma": 6, "tumour": 6}
+    assert set(res["pair_sha256"]) == {"source", "target"} and all(len(v) == 64 for v in res["pair_sha256"].values())
+    for key, n_a in (("2", 2), ("all", 6)):
+        curve = res["curve"][key]
+        assert set(curve["arms"]) == arms
+        runs = curve["arms"]
+        assert all(r["real_images"] == 2 * n_a and r["generated_images"] == 0 for r in runs["real"]["runs"])
+        # ADD sources only from the N class-A tiles: 3 levels each, one full translation each, as many IDDPM samples
+        assert all(r["generated_images"] == 3 * n_a for r in runs["+ADD-Pro[preview]"]["runs"])
+        assert all(r["generated_images"] == n_a for a in ("+ADD-final", "+IDDPM-style") for r in runs[a]["runs"])
+        for name, arm in runs.items():
+            assert len(arm["runs"]) == 2 and arm["accuracy"]["low"] <= arm["accuracy"]["mean"] <= arm["accuracy"]["high"]
+            if name != "real":
+                diff = arm["paired"]["real"]
+                assert diff["per_seed"] == pytest.approx([r["accuracy"] - o["accuracy"] for r, o in zip(arm["runs"], runs["real"]["runs"])])
+    assert res["curve"]["all"]["leak"].startswith("unknown")  # the tiny pair's card names no data
+    assert out.with_suffix(".png").is_file() and "N = 2 real tiles per class" in out.with_suffix(".md").read_text()
+    # the generated sets are kept and a second run makes none
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert any(n.startswith("final-") for n in cached) and any(n.startswith("progressive-") for n in cached)
+    assert {n.split("-")[1] for n in cached if n.startswith("progressive-")} == {"paper", "reference", "preview"}
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}
+    assert downstream.main([*args, "--arms", "+ADD-Pro[paper]", "--out", str(tmp_path / "again")]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()} == before
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert list(again["curve"]["2"]["arms"]) == ["real", "+ADD-Pro[paper]"]
+    # the seed decides the run: the same seeds give the same test predictions again
+    first, second = (r["curve"]["2"]["arms"]["real"]["runs"] for r in (res, again))
+    assert [r["test_predictions_sha"] for r in first] == [r["test_predictions_sha"] for r in second]
+
+
+def test_downstream_statistics(bench):
+    downstream = bench("downstream")
+    d = downstream.interval([0.80, 0.82, 0.84, 0.86, 0.88])
+    # mean 0.84, sd 0.0316, t(4) = 2.776: half width 0.03925
+    assert d["mean"] == pytest.approx(0.84) and d["half_width"] == pytest.approx(2.776 * 0.0316228 / 5 ** 0.5, rel=1e-4)
+    assert downstream.interval([0.5])["half_width"] == 0.0
+    assert downstream.verdict(downstream.interval([0.02, 0.03, 0.025, 0.02, 0.03])) == "better"
+    assert downstream.verdict(downstream.interval([-0.02, -0.03, -0.025, -0.02, -0.03])) == "worse"
+    assert downstream.verdict(downstream.interval([0.05, -0.04, 0.01])) == "not told apart"
+
+
+def test_downstream_subsets_are_nested_and_seeded(bench):
+    from progaug.data.tiles import TileSet
+
+    downstream = bench("downstream")
+    labels = torch.tensor([0] * 10 + [1] * 7)
+    train = TileSet(torch.zeros(17, 3, 8, 8, dtype=torch.uint8), labels, ("a", "b"), tuple(str(i) for i in range(17)))
+    o0, o0b, o1 = downstream.class_orders(train, 0), downstream.class_orders(train, 0), downstream.class_orders(train, 1)
+    assert all(torch.equal(o0[c], o0b[c]) for c in "ab") and not torch.equal(o0["a"], o1["a"])
+    assert sorted(o0["a"].tolist()) == list(range(10)) and sorted(o0["b"].tolist()) == list(range(10, 17))
+    small, large = downstream.first_n(o0["a"], 3), downstream.first_n(o0["a"], 6)
+    assert set(small.tolist()) < set(large.tolist()) and downstream.first_n(o0["b"], None).numel() == 7
+
+
+@pytest.mark.parametrize("bad, match", [(["--n", "0"], "--n takes positive integers or 'all'"), (["--n", "ten"], "--n takes"),
+                                        (["--arms", "+nope"], r"--arms \['\+nope'\] unknown"), (["--seeds", "1", "1"], "--seeds must differ"),
+                                        (["--steps", "0"], "--steps must be >= 1")])
+def test_downstream_refuses_bad_arguments(bench, capsys, bad, match):
+    with pytest.raises(SystemExit):
+        bench("downstream").parse_args(bad)
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_downstream_quick_fills_in_what_is_not_given(bench):
+    args = bench("downstream").parse_args(["--quick", "--steps", "7"])
+    assert args.steps == 7 and args.seeds == [0, 1] and args.n == [25] and args.gen_steps == 10
+    assert args.arms[0] == "real"
 
 
 def test_downstream_needs_three_splits(bench, tiny_pair, tmp_path):
@@ -166,3 +226,23 @@ def test_pair_quality_on_class_folders(bench, tiny_pair, tmp_path):
         assert set(e["recon_psnr_db"]) == {"2", "4"} and all(v > 0 for v in e["recon_psnr_db"].values())
     assert res["fid_real_class_a_vs_class_b"] > 0 and out["png"].is_file()
     assert "| stroma | global |" in out["md"].read_text()
+
+
+def test_stale_results_finds_figures_of_another_pair(bench, tiny_pair, tmp_path, capsys):
+    stale = bench("stale_results")
+    card = json.loads((tiny_pair / "card.json").read_text())
+    shipped = {r: card[r]["sha256"] for r in ("source", "target")}
+    (tmp_path / "res").mkdir()
+    (tmp_path / "res" / "a.json").write_text(json.dumps({"pair_sha256": shipped}))
+    assert stale.main(["--pair", str(tiny_pair), "--results", str(tmp_path / "res")]) == 0
+    (tmp_path / "res" / "b.json").write_text(json.dumps({"pair_sha256": {**shipped, "target": "0" * 64}}))
+    (tmp_path / "res" / "c.json").write_text(json.dumps({"figures": 1}))
+    assert stale.main(["--pair", str(tiny_pair), "--results", str(tmp_path / "res")]) == 1
+    lines = capsys.readouterr().out.splitlines()[-3:]
+    assert [line.split()[0] for line in lines] == ["current", "STALE", "UNKNOWN"]
+
+
+def test_every_committed_result_names_its_pair():
+    for path in sorted((BENCH / "results").glob("*.json")):
+        recorded = json.loads(path.read_text()).get("pair_sha256")
+        assert isinstance(recorded, dict) and set(recorded) >= {"source", "target"}, path.name

@@ -19,7 +19,17 @@ _SHADOWED = pytest.mark.xfail(reason="progaug.precompute is also the submodule's
 @pytest.mark.parametrize("name", [pytest.param(n, marks=_SHADOWED) if n == "precompute" else n
                                   for n in progaug.__all__ if n != "__version__"])
 def test_public_names_resolve(name):
-    assert getattr(progaug, name).__name__ == name  # the object the name promises, not another one
+    obj = getattr(progaug, name)
+    if name.isupper():  # a constant: the module's own object
+        import importlib
+
+        assert obj is getattr(importlib.import_module(progaug._EXPORTS[name]), name)
+    else:
+        assert obj.__name__ == name  # the object the name promises, not another one
+
+
+def test_label_measures_are_public():
+    assert progaug.DEFAULT_MEASURE in progaug.MEASURES and set(progaug.MEASURES) >= {"paper", "reference", "preview"}
 
 
 def test_version_is_the_package_version():
