@@ -52,6 +52,7 @@ GOALS = {
     "high_label_judged_a": "at most 5 % of images labelled >= 0.5 that the judge calls A",
 }
 STRIP_SOURCES = 4
+BOOTSTRAP_DRAWS = 1000
 
 
 def available_measures() -> tuple[str, ...]:
@@ -152,6 +153,41 @@ def summarise(labels, judge_p, depths, shares, levels) -> dict:
                "depth_lists_differ": differ, "distinct_depth_lists": distinct,
                "lpips_steps": steps, "lpips_step_ratio": ratio}
     return {"per_level": rows, "overall": overall}
+
+
+def bootstrap_intervals(res: dict, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> None:
+    """Add 95 % bootstrap intervals over *sources* (each source's images stay together; the same draws for
+    every measure, so differences are paired): ``overall.spearman_ci95``, ``overall.high_label_judged_a_ci95``
+    and ``spearman_minus_paper`` (mean and ``ci95``) per measure. Uses the stored ``scatter``."""
+    entries = res["measures"]
+    if not entries:
+        return
+    n, levels = res["n"], len(next(iter(entries.values()))["per_level"])
+    data = {m: (torch.tensor(e["scatter"]["label"]).view(n, levels), torch.tensor(e["scatter"]["judge_p"]).view(n, levels))
+            for m, e in entries.items()}
+    gen = torch.Generator().manual_seed(seed)
+    rho = {m: [] for m in data}
+    wrong = {m: [] for m in data}
+    for _ in range(draws):
+        idx = torch.randint(0, n, (n,), generator=gen)
+        for m, (labels, p) in data.items():
+            lab, pj = labels[idx].flatten(), p[idx].flatten()
+            rho[m].append(spearman(lab, pj))
+            high = lab >= 0.5
+            wrong[m].append(float((pj[high] < 0.5).double().mean()) if high.any() else None)
+
+    def ci(values) -> list[float] | None:
+        v = torch.tensor([x for x in values if x is not None], dtype=torch.float64).sort().values
+        return None if len(v) < draws // 2 else [float(v[int(0.025 * (len(v) - 1))]), float(v[int(0.975 * (len(v) - 1))])]
+
+    for m, e in entries.items():
+        e["overall"]["spearman_ci95"] = ci(rho[m])
+        e["overall"]["high_label_judged_a_ci95"] = ci(wrong[m])
+        if "paper" in rho and m != "paper":
+            diffs = [None if a is None or b is None else a - b for a, b in zip(rho[m], rho["paper"])]
+            kept = [d for d in diffs if d is not None]
+            e["overall"]["spearman_minus_paper"] = {"mean": sum(kept) / len(kept) if kept else None, "ci95": ci(diffs)}
+    res["bootstrap"] = {"draws": draws, "seed": seed, "unit": "source tile (its images resampled together)"}
 
 
 def goals(overall: dict, paper_spearman: float | None, is_paper: bool) -> dict:
@@ -298,6 +334,7 @@ def main(argv=None) -> int:
         res["measures"][measure] = entry
         strips[measure] = out.with_name(f"{out.name}_strip_{measure}.png")
         write_strip(sources, gen, strips[measure], pair.classes)
+    bootstrap_intervals(res)
     paper = res["measures"].get("paper", {}).get("overall", {}).get("spearman_label_judge")
     for measure, entry in res["measures"].items():
         entry["goals_met"] = goals(entry["overall"], paper, measure == "paper")
@@ -316,6 +353,10 @@ def write_strip(sources: torch.Tensor, gen: dict, path: Path, classes) -> None:
 
 def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _ci(pair) -> str:
+    return "" if pair is None else f"[{pair[0]:.3f}, {pair[1]:.3f}]"
 
 
 def _mark(ok) -> str:
@@ -339,6 +380,15 @@ def render_markdown(res: dict) -> str:
                      f"{_fmt(o['high_label_judged_a'])} of {o['high_label_count']} images ({_mark(g['high_label_judged_a'])}) | "
                      f"{_fmt(o['depth_lists_differ'])}, {o['distinct_depth_lists']} distinct ({_mark(g['depths_differ'])}) | "
                      f"{_fmt(o['lpips_step_ratio'], 2)} ({_mark(g['lpips_steps'])}) | {_fmt(o['unet_evals_per_output'], 1)} |")
+    if res.get("bootstrap"):
+        lines += ["", f"95 % bootstrap intervals ({res['bootstrap']['draws']} draws over source tiles, the same draws for every measure):", "",
+                  "| measure | Spearman [95 %] | minus paper's [95 %] | labelled >= 0.5 judged A [95 %] |", "| --- | --- | --- | --- |"]
+        for m, e in res["measures"].items():
+            o = e["overall"]
+            d = o.get("spearman_minus_paper")
+            lines.append(f"| {m} | {_fmt(o['spearman_label_judge'])} {_ci(o.get('spearman_ci95'))} | "
+                         f"{'-' if d is None else _fmt(d['mean']) + ' ' + _ci(d['ci95'])} | "
+                         f"{_fmt(o['high_label_judged_a'])} {_ci(o.get('high_label_judged_a_ci95'))} |")
     lines += ["", "Goals: " + "; ".join(GOALS.values()) + ".", ""]
     for m, e in res["measures"].items():
         lines += [f"## {m}", "", "| level | label mean | label std | depth mean | judge p(B) mean | LPIPS share mean |",

@@ -157,5 +157,25 @@ def test_every_measure_offered_is_passed_to_the_generator(fidelity, weights, tmp
     res = json.loads(out.with_suffix(".json").read_text())
     assert seen == ["paper", "other"] and list(res["measures"]) == ["paper", "other"]
     # the same images under both names: the same figures, and "above the paper measure's" is not met by a tie
-    assert res["measures"]["other"]["overall"] == {**res["measures"]["paper"]["overall"], "seconds": res["measures"]["other"]["overall"]["seconds"]}
+    other = dict(res["measures"]["other"]["overall"])
+    assert other.pop("spearman_minus_paper")["mean"] in (0.0, None)  # paired draws: a measure minus itself is 0
+    assert other == {**res["measures"]["paper"]["overall"], "seconds": other["seconds"]}
     assert res["measures"]["other"]["goals_met"]["spearman"] in (False, None)
+
+
+def test_bootstrap_intervals_pair_the_measures(fidelity):
+    gen = torch.Generator().manual_seed(0)
+    n, levels = 40, 5
+    labels = torch.linspace(0.2, 1.0, levels).repeat(n, 1)
+    offset = torch.rand(n, 1, generator=gen) * 0.6  # a per-source judge offset, as on real data
+    good = (labels * 0.4 + offset).clamp(0, 1)  # rises with the label in every chain
+    noise = torch.rand(n, levels, generator=gen)  # unrelated to the label
+    res = {"n": n, "measures": {m: {"per_level": [{}] * levels, "overall": {"spearman_label_judge": 0.0, "high_label_judged_a": 0.0},
+                                    "scatter": {"label": labels.flatten().tolist(), "judge_p": p.flatten().tolist()}}
+                                for m, p in (("paper", noise), ("preview", good))}}
+    fidelity.bootstrap_intervals(res, draws=200)
+    lo, hi = res["measures"]["preview"]["overall"]["spearman_ci95"]
+    assert 0 < lo <= hi < 1
+    d = res["measures"]["preview"]["overall"]["spearman_minus_paper"]
+    assert d["ci95"][0] > 0 and d["mean"] > 0  # the label-following judge wins, and the interval says so
+    assert "spearman_minus_paper" not in res["measures"]["paper"]["overall"] and res["bootstrap"]["draws"] == 200
