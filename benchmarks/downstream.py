@@ -66,7 +66,9 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
         13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000}
 """Two-sided 95 % quantiles of Student's t by degrees of freedom (df between the keys: the next lower key,
 a slightly wider interval; above 60: 1.96)."""
-COMPARED_WITH = ("real", "+stain", "+Mixup/CutMix")
+COMPARED_WITH = ("real", "+stain", "+Mixup/CutMix", f"+ADD-Pro[{DEFAULT_MEASURE}]", "+ADD-final")
+"""Arms every arm is compared with, per seed: the baselines, and the generated arms among themselves (where
+the pair saw more tiles than the classifier, only the latter comparisons are fair)."""
 QUICK = {"seeds": [0, 1], "n": ["25"], "steps": 30, "eval_every": 15, "levels": 4, "gen_steps": 10}
 
 
@@ -468,14 +470,15 @@ def render_markdown(res: dict) -> str:
              "Paired differences are per seed (same subset, same initialisation); 'better' / 'worse' only when the 95 % interval "
              "excludes 0.", ""]
     for key, entry in res["curve"].items():
+        others = [o for o in COMPARED_WITH if o in entry["arms"]]
         lines += [f"## N = {key} real tiles per class", "", f"Pair leak: {entry['leak']}.", "",
-                  f"| arm | real + generated images | accuracy % [95 % CI] | vs real (points) | vs +stain | vs +Mixup/CutMix | test errors per seed (of {n_test}) |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "| arm | real + generated images | accuracy % [95 % CI] | " + " | ".join(f"vs {o} (points)" for o in others)
+                  + f" | test errors per seed (of {n_test}) |", "| --- " * (4 + len(others)) + "|"]
         for name, arm in entry["arms"].items():
             r0 = arm["runs"][0]
             errors = ", ".join(str(r["test_errors"]) for r in arm["runs"])
-            lines.append(f"| {name} | {r0['real_images']} + {r0['generated_images']} | {_pct(arm['accuracy'])} | {_diff(arm['paired'].get('real'))} | "
-                         f"{_diff(arm['paired'].get('+stain'))} | {_diff(arm['paired'].get('+Mixup/CutMix'))} | {errors} |")
+            lines.append(f"| {name} | {r0['real_images']} + {r0['generated_images']} | {_pct(arm['accuracy'])} | "
+                         + " | ".join(_diff(arm["paired"].get(o)) for o in others) + f" | {errors} |")
         lines.append("")
     if res.get("generation"):
         lines += ["Generated sets: " + "; ".join(f"{k}: {v.get('unet_evals_per_image')} U-Net evals per image, {v['seconds']} s"
