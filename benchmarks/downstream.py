@@ -66,7 +66,7 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
         13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000}
 """Two-sided 95 % quantiles of Student's t by degrees of freedom (df between the keys: the next lower key,
 a slightly wider interval; above 60: 1.96)."""
-COMPARED_WITH = ("real", "+stain", "+Mixup/CutMix", f"+ADD-Pro[{DEFAULT_MEASURE}]", "+ADD-final")
+COMPARED_WITH = ("real", "+stain", "+Mixup/CutMix", "+ADD-Pro[paper]", "+ADD-final")
 """Arms every arm is compared with, per seed: the baselines, and the generated arms among themselves (where
 the pair saw more tiles than the classifier, only the latter comparisons are fair)."""
 QUICK = {"seeds": [0, 1], "n": ["25"], "steps": 30, "eval_every": 15, "levels": 4, "gen_steps": 10}
