@@ -481,7 +481,7 @@ def render_markdown(res: dict) -> str:
                          + " | ".join(_diff(arm["paired"].get(o)) for o in others) + f" | {errors} |")
         lines.append("")
     if res.get("generation"):
-        lines += ["Generated sets: " + "; ".join(f"{k}: {v.get('unet_evals_per_image')} U-Net evals per image, {v['seconds']} s"
+        lines += ["Generated sets: " + "; ".join(f"{k}: {v.get('unet_evals_per_image'):.1f} U-Net evals per image, {v['seconds']} s"
                                                 for k, v in res["generation"].items()) + ".", ""]
     return "\n".join(lines)
 
@@ -499,10 +499,11 @@ def plot(res: dict, path: Path) -> None:
         offset = (i - (len(names) - 1) / 2) * 0.05
         xs = np.arange(len(keys)) + offset
         acc = [res["curve"][k]["arms"][name]["accuracy"] for k in keys]
-        axes[0].errorbar(xs, [100 * d["mean"] for d in acc], yerr=[100 * d["half_width"] for d in acc], marker="o", capsize=3, label=name)
+        style = {"marker": "o", "capsize": 3, "label": name, "color": f"C{i % 10}"}  # one colour per arm in both panels
+        axes[0].errorbar(xs, [100 * d["mean"] for d in acc], yerr=[100 * d["half_width"] for d in acc], **style)
         if name != "real":
             diff = [res["curve"][k]["arms"][name]["paired"]["real"] for k in keys]
-            axes[1].errorbar(xs, [100 * d["mean"] for d in diff], yerr=[100 * d["half_width"] for d in diff], marker="o", capsize=3, label=name)
+            axes[1].errorbar(xs, [100 * d["mean"] for d in diff], yerr=[100 * d["half_width"] for d in diff], **style)
     axes[1].axhline(0, color="grey", lw=1)
     for ax, ylabel in zip(axes, ("test accuracy (%)", "paired difference to real only (points)")):
         ax.set_xticks(np.arange(len(keys)), [f"N={k}" for k in keys])

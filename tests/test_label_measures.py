@@ -16,6 +16,7 @@ from progaug.generator import generate_progressive
 from progaug.hub import load_pair
 from progaug.labels import (
     DEFAULT_MEASURE,
+    LEGACY_MEASURE,
     MEASURES,
     band_amplitude,
     check_measure,
@@ -46,7 +47,7 @@ def counting(model, calls, key):
 
 class TestCheckMeasure:
     def test_known_and_default(self):
-        assert MEASURES == ("paper", "reference", "preview") and DEFAULT_MEASURE == "paper"
+        assert MEASURES == ("paper", "reference", "preview") and DEFAULT_MEASURE == "preview" and LEGACY_MEASURE == "paper"
         assert [check_measure("measure", m) for m in MEASURES] == list(MEASURES)
 
     def test_unknown_named_with_the_known_ones(self):
@@ -77,7 +78,7 @@ class TestPaper:
         assert torch.equal(r.amplitudes, amplitudes)
         assert torch.equal(r.trajectory_labels, soft_labels(amplitudes))
         default = generate_progressive(*pair, images, steps=10, levels=[0.3, 0.6, 1.0])
-        assert default.measure == "paper" and torch.equal(default.images, r.images)
+        assert default.measure == DEFAULT_MEASURE != "paper" and not torch.equal(default.soft_labels, r.soft_labels)
 
     def test_white_noise_amplitude(self):
         # iid N(0, 1) RGB: BT.601 luma variance v = 0.299^2 + 0.587^2 + 0.114^2; Rayleigh mean sqrt(pi v / 4)
@@ -289,18 +290,20 @@ class TestPrecompute:
         assert [r["depth"] for r in cache.rows[2::3]] == [6, 6]  # level 1.0: depth S
 
     def test_resume_with_another_measure_refused_naming_both(self, pair_dir, tmp_path):
-        run(pair_dir, tmp_path / "c")
+        run(pair_dir, tmp_path / "c", measure="paper")
         with pytest.raises(ValueError, match='made with other settings: config.measure: stored "paper", now "preview"'):
             run(pair_dir, tmp_path / "c", resume=True, measure="preview")
 
     def test_folder_from_before_the_setting_reads_and_resumes_as_paper(self, pair_dir, tmp_path):
-        out = run(pair_dir, tmp_path / "c")
+        out = run(pair_dir, tmp_path / "c", measure="paper")
         reference = images_of(out)
         write_as_before_measure(out)
         cache = ProgressiveCache.open(out)
         assert cache.measure == "paper" and {r["measure"] for r in cache.rows} == {"paper"}
         (out / "records" / "000001.json").unlink()
-        run(pair_dir, out, resume=True)  # accepted: no `measure` stored means "paper"
+        with pytest.raises(ValueError, match=f'config.measure: stored "paper", now "{DEFAULT_MEASURE}"'):
+            run(pair_dir, out, resume=True)  # the default changed since: the old measure must be asked for
+        run(pair_dir, out, resume=True, measure="paper")  # accepted: no `measure` stored means "paper"
         assert images_of(out) == reference
         assert {r["measure"] for r in ProgressiveCache.open(out).rows} == {"paper"}
         with pytest.raises(ValueError, match='config.measure: stored "paper", now "reference"'):
@@ -357,8 +360,10 @@ class TestUserFaces:
 
         augment = ProgressiveDiffusionAugment(str(pair_dir), steps=4)
         ds = SoftLabelProgressiveDataset([], augment, classes=["a", "b"], measure="preview")
-        assert ds.measure == ds.augment.measure == "preview" and augment.measure == "paper"  # set on a copy
-        assert SoftLabelProgressiveDataset([], augment, classes=["a", "b"]).measure == "paper"
+        assert ds.measure == ds.augment.measure == "preview" and augment.measure == DEFAULT_MEASURE  # set on a copy
+        assert SoftLabelProgressiveDataset([], augment, classes=["a", "b"]).measure == DEFAULT_MEASURE
+        paper = SoftLabelProgressiveDataset([], augment, classes=["a", "b"], measure="paper")
+        assert paper.measure == paper.augment.measure == "paper" and augment.measure == DEFAULT_MEASURE
         with pytest.raises(ValueError, match="`measure` 'preview' needs an `augment` with a `measure` setting"):
             SoftLabelProgressiveDataset([], None, classes=["a", "b"], measure="preview")
         out = run(pair_dir, tmp_path / "c", measure="reference")
