@@ -118,6 +118,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=4, help="ViT depth (default: 4)")
     p.add_argument("--patch", type=int, default=8, help="(default: 8)")
     p.add_argument("--eval-every", type=int, default=50, help="validation every this many steps (default: 50)")
+    p.add_argument("--generated-share", type=float, default=None,
+                   help="share of each batch drawn from the generated images (default: none, batches drawn uniformly from real + generated)")
     p.add_argument("--stain-sigma", type=float, default=0.05, help="HED jitter strength of the stain arms (default: 0.05, HED-light)")
     p.add_argument("--gen-steps", type=int, default=50, help="DDIM steps of the generated sets (default: 50)")
     p.add_argument("--levels", type=int, default=10, help="progressive images per class-A tile (default: 10)")
@@ -148,6 +150,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("steps", "batch_size", "eval_every", "levels", "gen_steps", "max_batch"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.generated_share is not None and not 0 < args.generated_share < 1:
+        p.error(f"--generated-share must lie in (0, 1), got {args.generated_share}")
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds must differ, got {args.seeds}")
     return args
@@ -325,8 +329,18 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def train_run(x: torch.Tensor, rows: torch.Tensor, splits: dict[str, TileSet], arm: Arm, args, seed: int) -> dict:
-    """Train one classifier; returns its validation accuracy and test metrics (best validation checkpoint)."""
+def batch_indices(n_total: int, n_generated: int, batch: int, share: float | None, gen: torch.Generator) -> torch.Tensor:
+    """Rows of one training batch: uniform over all ``n_total`` rows (``share`` None), or ``round(share *
+    batch)`` rows from the generated ones (the last ``n_generated``) and the rest from the real ones."""
+    if share is None or n_generated == 0:
+        return torch.randint(0, n_total, (batch,), generator=gen)
+    k, n_real = round(share * batch), n_total - n_generated
+    return torch.cat([torch.randint(0, n_real, (batch - k,), generator=gen), n_real + torch.randint(0, n_generated, (k,), generator=gen)])
+
+
+def train_run(x: torch.Tensor, rows: torch.Tensor, splits: dict[str, TileSet], arm: Arm, args, seed: int, generated: int = 0) -> dict:
+    """Train one classifier; returns its validation accuracy and test metrics (best validation checkpoint).
+    The last ``generated`` rows of ``x`` are generated images (``args.generated_share`` draws on them)."""
     gen = seed_everything(seed)
     k = rows.shape[1]
     model = make_model(args, k, x.shape[-1])  # same seed -> same initialisation for every arm
@@ -342,7 +356,7 @@ def train_run(x: torch.Tensor, rows: torch.Tensor, splits: dict[str, TileSet], a
     best, best_state = -1.0, None
     for step in range(args.steps):
         model.train()
-        idx = torch.randint(0, len(x), (args.batch_size,), generator=gen)
+        idx = batch_indices(len(x), generated, args.batch_size, args.generated_share, gen)
         ops = torch.randint(0, 8, (args.batch_size,), generator=gen).tolist()
         batch = torch.stack([dihedral(img, op) for img, op in zip(x[idx], ops)]).float() / 255
         if arm.stain:
@@ -416,7 +430,7 @@ def main(argv=None) -> int:
                 a_rows = torch.tensor([row_of[position[int(g)]] for g in chosen[a_cls]], dtype=torch.long)
                 x, y, generated = training_set(arm, train, chosen, a_rows, sets, pair.classes, seed)
                 t0 = time.time()
-                run = train_run(x, y, splits, arm, args, seed)
+                run = train_run(x, y, splits, arm, args, seed, generated)
                 run.update(real_images=len(x) - generated, generated_images=generated, seconds=round(time.time() - t0, 1))
                 runs.append(run)
                 print(f"  N={key} {arm.name} seed {seed}: test acc {run['accuracy']:.4f} ({run['test_errors']} errors), "
@@ -466,7 +480,8 @@ def render_markdown(res: dict) -> str:
              f"Pair: `{res['pair']}` ({res['pair_training'].get('steps_done')} steps per model), sha256 source "
              f"`{str(res['pair_sha256']['source'])[:12]}`, target `{str(res['pair_sha256']['target'])[:12]}`; trained on {res['pair_data']}.", "",
              f"Classifier: timm ViT width {a['width']}, depth {a['depth']}, patch {a['patch']}, {a['steps']} steps of {a['batch_size']}, "
-             f"lr {a['lr']}; test split {res['counts']['test']}.", "",
+             f"lr {a['lr']}; batches drawn {'uniformly from real + generated images' if a.get('generated_share') is None else str(round(100 * a['generated_share'])) + ' % from the generated images'}; "
+             f"test split {res['counts']['test']}.", "",
              "Paired differences are per seed (same subset, same initialisation); 'better' / 'worse' only when the 95 % interval "
              "excludes 0.", ""]
     for key, entry in res["curve"].items():

@@ -3,7 +3,8 @@
 (a) reference: per image at batch 1 — an S_ref-step inversion with the frequency measured after every
     step, the inversion again in segments up to each chosen depth, one decode per depth;
 (b) progaug: one inversion per image keeping the states, one batched FFT, all branches of all images
-    decoded in shared batches (``generate_progressive``), at S = S_ref and at S = 50;
+    decoded in shared batches (``generate_progressive`` with the reference's ``measure="paper"``), at
+    S = S_ref and at S = 50;
 (c) progaug's math one image at a time, every U-Net call on one row, at S = 50 (the batching gain alone).
 
 Execution settings (``--threads``, ``--channels-last``, ``--compile``, ``--malloc-tuning``, ``--bf16``)
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
 
     def run_progaug(steps, batched=True, autocast_dtype=dtype):
         src, tgt = Counted(models[0]), Counted(models[1])
-        kw = dict(levels=levels, steps=steps, diffusion=diffusion, autocast_dtype=autocast_dtype)
+        kw = dict(levels=levels, steps=steps, diffusion=diffusion, autocast_dtype=autocast_dtype, measure="paper")  # the reference's measure
         call = (lambda: generate_progressive(src, tgt, x, max_batch=max_batch, **kw)) if batched else \
             (lambda: [generate_progressive(src, tgt, x[i : i + 1], max_batch=1, **kw) for i in range(args.images)])
         with PeakMemory(device) as mem:

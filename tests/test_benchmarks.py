@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import make_pair_dir
+from progaug.labels import DEFAULT_MEASURE
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
@@ -77,7 +78,7 @@ def test_downstream_on_class_folders(bench, tiny_pair, tmp_path):
     res = json.loads(out.with_suffix(".json").read_text())
     arms = set(downstream.all_arms())
     assert {"real", "+stain", "+Mixup/CutMix", "+ADD-final", "+IDDPM-style", "+ADD-Pro[paper]", "+ADD-Pro[reference]",
-            "+ADD-Pro[preview]", "+ADD-Pro[paper]+stain"} == arms
+            "+ADD-Pro[preview]", f"+ADD-Pro[{DEFAULT_MEASURE}]+stain"} == arms
     assert set(res["curve"]) == {"2", "all"} and res["counts"]["test"] == {"stroma": 6, "tumour": 6}
     assert set(res["pair_sha256"]) == {"source", "target"} and all(len(v) == 64 for v in res["pair_sha256"].values())
     for key, n_a in (("2", 2), ("all", 6)):
@@ -134,7 +135,8 @@ def test_downstream_subsets_are_nested_and_seeded(bench):
 
 @pytest.mark.parametrize("bad, match", [(["--n", "0"], "--n takes positive integers or 'all'"), (["--n", "ten"], "--n takes"),
                                         (["--arms", "+nope"], r"--arms \['\+nope'\] unknown"), (["--seeds", "1", "1"], "--seeds must differ"),
-                                        (["--steps", "0"], "--steps must be >= 1")])
+                                        (["--steps", "0"], "--steps must be >= 1"),
+                                        (["--generated-share", "1"], r"--generated-share must lie in \(0, 1\), got 1.0")])
 def test_downstream_refuses_bad_arguments(bench, capsys, bad, match):
     with pytest.raises(SystemExit):
         bench("downstream").parse_args(bad)
@@ -246,3 +248,13 @@ def test_every_committed_result_names_its_pair():
     for path in sorted((BENCH / "results").glob("*.json")):
         recorded = json.loads(path.read_text()).get("pair_sha256")
         assert isinstance(recorded, dict) and set(recorded) >= {"source", "target"}, path.name
+
+
+def test_downstream_generated_share_splits_each_batch(bench):
+    downstream = bench("downstream")
+    gen = torch.Generator().manual_seed(0)
+    idx = downstream.batch_indices(110, 100, 32, 0.25, gen)  # 10 real rows, then 100 generated
+    assert len(idx) == 32 and int((idx >= 10).sum()) == 8 and int((idx < 10).sum()) == 24
+    uniform = downstream.batch_indices(110, 100, 1000, None, gen)
+    assert int((uniform >= 10).sum()) > 800  # uniform over the union: mostly generated rows
+    assert downstream.batch_indices(10, 0, 16, 0.5, gen).max() < 10  # an arm without generated images

@@ -52,10 +52,16 @@ class TestGenerateProgressive:
             f.config = model.config
             return f
 
-        r = generate_progressive(counting(pair[0], "source"), counting(pair[1], "target"), images, steps=10, levels=[0.5, 1.0])
+        r = generate_progressive(counting(pair[0], "source"), counting(pair[1], "target"), images, steps=10, levels=[0.5, 1.0],
+                                 measure="paper")
         assert calls["source"] == 3 * 10
         assert calls["target"] == int(r.depths.sum())
         assert r.model_evaluations == calls["source"] + calls["target"]
+        # the "preview" measure (the default): still one inversion per image, plus S target previews per image
+        calls.update(source=0, target=0)
+        r = generate_progressive(counting(pair[0], "source"), counting(pair[1], "target"), images, steps=10, levels=[0.5, 1.0])
+        assert r.measure == "preview" and calls["source"] == 3 * 10
+        assert calls["target"] == 3 * 10 + int(r.depths.sum()) and r.model_evaluations == calls["source"] + calls["target"]
 
     def test_same_seed_identical_on_cpu(self, images):
         a = generate_progressive(tiny_unet("global", 2), tiny_unet("local", 3), images, steps=6, levels=[0.5, 1.0])
