@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, bar_plot, command_line, pair_sha256, repo_relative
 from progaug.config import DiffusionConfig, UNetConfig
+from progaug.labels import LEGACY_MEASURE, inversion_evaluations
 
 PEAK_BF16_DENSE_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "RTX 4090": 165.2}
 """Dense bf16 tensor-core peaks from the vendors' data sheets (SXM parts), TFLOP/s."""
@@ -99,9 +100,10 @@ def run_precompute(pair: str, n: int, device: str, flags: list[str], out: Path, 
     manifest = json.loads((out / "manifest.json").read_text())
     ex = manifest["execution"]
     rows = list(csv.DictReader(open(out / "labels.csv")))
-    levels, steps = manifest["settings"]["config"]["levels"], manifest["settings"]["config"]["steps"]
-    groups = [rows[i : i + levels] for i in range(0, len(rows), levels)]
-    evals = sum(steps + sum(int(r["depth"]) for r in g) for g in groups) / len(rows)
+    config = manifest["settings"]["config"]
+    per_source = inversion_evaluations(config.get("measure", LEGACY_MEASURE), config["steps"])
+    groups = [rows[i : i + config["levels"]] for i in range(0, len(rows), config["levels"])]
+    evals = sum(per_source + sum(int(r["depth"]) for r in g) for g in groups) / len(rows)
     return {"flags": flags, "samples": ex["samples_this_run_rank0"], "seconds": ex["seconds_this_run_rank0"],
             "images_per_second": ex["samples_this_run_rank0"] / ex["seconds_this_run_rank0"], "process_wall_s": round(wall, 1),
             "batch_size": ex["batch_size"], "max_batch": ex["max_batch"], "threads": ex["threads"],

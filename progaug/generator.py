@@ -26,7 +26,7 @@ from progaug.config import DiffusionConfig
 from progaug.diffusion import DDIMSchedule, EpsModel, invert, sample_from_depths
 from progaug.errors import check_image_batch, check_int, check_levels
 from progaug.frequency import DEFAULT_RADIUS, adaptive_depths, default_levels
-from progaug.labels import DEFAULT_MEASURE, check_measure, labels_from_values, measure_states, preview_distance, preview_x0
+from progaug.labels import DEFAULT_MEASURE, check_measure, inversion_evaluations, labels_from_values, measure_states, preview_distance, preview_x0
 from progaug.runtime import autocast
 
 __all__ = ["ProgressiveResult", "fixed_batch_model", "generate_progressive"]
@@ -62,8 +62,7 @@ class ProgressiveResult:
     def model_evaluations(self) -> int:
         """U-Net evaluations spent: ``S`` per source image (``2 S`` with ``"preview"``: the inversion and
         the previews) plus the sum of all decode depths."""
-        per_source = 2 * self.num_steps if self.measure == "preview" else self.num_steps
-        return per_source * self.images.shape[0] + int(self.depths.sum())
+        return inversion_evaluations(self.measure, self.num_steps) * self.images.shape[0] + int(self.depths.sum())
 
 
 def _model_size(model: EpsModel) -> int | None:

@@ -37,6 +37,7 @@ __all__ = [
     "band_amplitude",
     "check_measure",
     "gaussian_blur",
+    "inversion_evaluations",
     "labels_from_values",
     "measure_states",
     "preview_distance",
@@ -196,6 +197,13 @@ def measure_states(measure: str, trajectory: torch.Tensor, *, radius: float = DE
         if measure == "reference":
             return band_amplitude(trajectory).T.contiguous()
     raise ValueError(f"`measure` {measure!r} needs the target model: use progaug.generator.generate_progressive")
+
+
+def inversion_evaluations(measure: str, steps: int) -> int:
+    """U-Net evaluations per source image before any decode: the ``steps``-step inversion, plus ``steps``
+    target-model previews for ``"preview"``. A progressive image set costs this per source plus the sum
+    of its decode depths."""
+    return 2 * steps if check_measure("measure", measure) == "preview" else steps
 
 
 def labels_from_values(measure: str, values: torch.Tensor) -> torch.Tensor:

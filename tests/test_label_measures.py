@@ -20,6 +20,7 @@ from progaug.labels import (
     MEASURES,
     band_amplitude,
     check_measure,
+    inversion_evaluations,
     gaussian_blur,
     labels_from_values,
     preview_distance,
@@ -49,6 +50,11 @@ class TestCheckMeasure:
     def test_known_and_default(self):
         assert MEASURES == ("paper", "reference", "preview") and DEFAULT_MEASURE == "preview" and LEGACY_MEASURE == "paper"
         assert [check_measure("measure", m) for m in MEASURES] == list(MEASURES)
+
+    def test_inversion_evaluations(self):
+        assert [inversion_evaluations(m, 50) for m in MEASURES] == [50, 50, 100]  # previews: S more per source
+        with pytest.raises(ValueError, match=UNKNOWN):
+            inversion_evaluations("noise", 50)
 
     def test_unknown_named_with_the_known_ones(self):
         with pytest.raises(ValueError, match=UNKNOWN):
