@@ -24,7 +24,7 @@ CACHE = Path(os.environ.get("PROGAUG_BENCH_CACHE", ROOT / "benchmarks" / "cache"
 """Where generated sets are kept (``$PROGAUG_BENCH_CACHE`` overrides; the tests use a temporary folder)."""
 
 __all__ = ["CACHE", "ROOT", "bar_panels", "bar_plot", "command_line", "dihedral_cycle", "final_stage", "heldout", "load_splits", "open_benchmark", "pair_sha256", "pair_training",
-           "progressive_bank", "repo_relative", "unconditional"]
+           "progressive_bank", "repo_relative", "unconditional", "write_report"]
 
 
 def command_line(script: str, argv) -> str:
@@ -220,6 +220,19 @@ def bar_panels(path: Path, names: list[str], panels: dict[str, list[float]]) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def write_report(res: dict, out: Path, markdown, plot) -> None:
+    """Write a result as ``out.json``, ``out.md`` (``markdown(res)``) and ``out.png`` (``plot(res, path)``),
+    creating the folder, and print the Markdown."""
+    import json
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+    text = markdown(res)
+    out.with_suffix(".md").write_text(text)
+    plot(res, out.with_suffix(".png"))
+    print(text)
 
 
 def open_benchmark(args):

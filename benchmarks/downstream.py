@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import random
 import sys
@@ -53,7 +52,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, command_line, final_stage, load_splits, pair_sha256, pair_training, progressive_bank, repo_relative, unconditional
+from common import ROOT, command_line, final_stage, load_splits, pair_sha256, pair_training, progressive_bank, repo_relative, unconditional, write_report
 from progaug.cli_args import add_config_arguments, config_from_args
 from progaug.data.tiles import TileSet, dihedral
 from progaug.hub import load_pair
@@ -533,12 +532,7 @@ def plot(res: dict, path: Path) -> None:
 
 
 def write(res: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    text = render_markdown(res)
-    out.with_suffix(".md").write_text(text)
-    plot(res, out.with_suffix(".png"))
-    print(text)
+    write_report(res, out, render_markdown, plot)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib
-import inspect
-import json
 import math
 import platform
 import sys
@@ -37,7 +35,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, command_line, final_stage, heldout, open_benchmark, pair_sha256, pair_training, repo_relative
+from common import ROOT, command_line, final_stage, heldout, open_benchmark, pair_sha256, pair_training, repo_relative, write_report
 from progaug.cli_args import add_config_arguments
 from progaug.data.tiles import dihedral, to_model_range, to_uint8
 from progaug.frequency import default_levels
@@ -56,17 +54,8 @@ BOOTSTRAP_DRAWS = 1000
 
 
 def available_measures() -> tuple[str, ...]:
-    """The label measures ``generate_progressive`` accepts, found at run time: a ``MEASURES`` constant in
-    ``progaug.labels`` or ``progaug.frequency`` when the generator takes ``measure=``, else ``("paper",)``."""
-    if "measure" not in inspect.signature(generate_progressive).parameters:
-        return ("paper",)
-    for module in ("progaug.labels", "progaug.frequency"):
-        try:
-            names = getattr(importlib.import_module(module), "MEASURES")
-        except (ImportError, AttributeError):
-            continue
-        return tuple(str(n) for n in names)
-    return ("paper",)
+    """The label measures progaug offers (``progaug.labels.MEASURES``), looked up when called."""
+    return tuple(str(n) for n in importlib.import_module("progaug.labels").MEASURES)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -267,15 +256,12 @@ def pick_sources(splits, cls: str, n: int, seed: int) -> tuple[torch.Tensor, str
 def generate(pair, sources: torch.Tensor, measure: str, args) -> dict:
     """Progressive images of uint8 ``sources`` under one label measure: uint8 images ``(B, L, 3, S, S)``,
     labels and depths ``(B, L)``, U-Net evaluations and seconds."""
-    extra = {"measure": measure} if "measure" in inspect.signature(generate_progressive).parameters else {}
-    if not extra and measure != "paper":
-        raise ValueError(f"this progaug's generate_progressive has no `measure` argument; cannot run measure {measure!r}")
     parts, evals, began = [], 0, time.time()
     for i, chunk in enumerate(sources.split(args.chunk)):
         with torch.no_grad():
             r = generate_progressive(pair.source, pair.target, to_model_range(chunk).to(args.device), levels=default_levels(args.levels),
                                      steps=args.steps, diffusion=pair.diffusion, max_batch=args.max_batch,
-                                     autocast_dtype=autocast_dtype(args.bf16), **extra)
+                                     autocast_dtype=autocast_dtype(args.bf16), measure=measure)
         parts.append((to_uint8(r.images).cpu(), r.soft_labels.float().cpu(), r.depths.cpu()))
         evals += r.model_evaluations
         print(f"{measure}: {min((i + 1) * args.chunk, len(sources))}/{len(sources)} sources", flush=True)
@@ -420,11 +406,7 @@ def plot(res: dict, path: Path) -> None:
 
 
 def write(res: dict, out: Path) -> None:
-    out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    text = render_markdown(res)
-    out.with_suffix(".md").write_text(text)
-    plot(res, out.with_suffix(".png"))
-    print(text)
+    write_report(res, out, render_markdown, plot)
 
 
 if __name__ == "__main__":

@@ -134,8 +134,8 @@ def test_end_to_end_on_class_folders(fidelity, weights, tmp_path):
 
 
 def test_every_measure_offered_is_passed_to_the_generator(fidelity, weights, tmp_path, monkeypatch):
-    """With a generator that takes ``measure=`` and a ``MEASURES`` constant (as progaug may or may not have
-    yet), each name is found at run time and generated once; the figures are kept per measure."""
+    """Every name in ``progaug.labels.MEASURES`` (looked up when the benchmark runs) is passed to the
+    generator once; the figures are kept per measure."""
     import inspect
     import types
 
