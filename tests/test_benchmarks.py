@@ -258,3 +258,42 @@ def test_downstream_generated_share_splits_each_batch(bench):
     uniform = downstream.batch_indices(110, 100, 1000, None, gen)
     assert int((uniform >= 10).sum()) > 800  # uniform over the union: mostly generated rows
     assert downstream.batch_indices(10, 0, 16, 0.5, gen).max() < 10  # an arm without generated images
+
+
+def test_memorisation_finds_copies_under_any_flip_or_rotation(bench):
+    memorisation = bench("memorisation")
+    from progaug.data.tiles import dihedral
+
+    gen = torch.Generator().manual_seed(0)
+    train = torch.rand(5, 3, 8, 8, generator=gen)
+    copies = torch.stack([dihedral(train[2], 6), train[4]])  # a flipped + rotated copy, a plain copy
+    fresh = torch.rand(3, 3, 8, 8, generator=gen)
+    d, i = memorisation.nearest_distance(torch.cat([copies, fresh]), train, chunk=2)
+    assert torch.allclose(d[:2], torch.zeros(2), atol=1e-6) and bool((d[2:] > 0.1).all())
+    assert int(i[0]) % 5 == 2 and int(i[1]) == 4  # index into the 8 * T views: op * T + tile
+    assert torch.equal(dihedral(train, int(i[0]) // 5)[int(i[0]) % 5], copies[0])
+    # the distance is the RMSE of [0, 1] pixels
+    d_one, _ = memorisation.nearest_distance(torch.full((1, 3, 8, 8), 0.5), torch.full((1, 3, 8, 8), 0.25))
+    assert d_one.item() == pytest.approx(0.25)
+    with pytest.raises(ValueError, match=r"queries of shape \(3, 4, 4\)"):
+        memorisation.nearest_distance(torch.rand(1, 3, 4, 4), train)
+    stats = memorisation.copy_statistics(torch.tensor([0.01, 0.2, 0.3, 0.4]), torch.tensor([0.1, 0.2, 0.3]))
+    assert stats["near_copy_share"] == pytest.approx(0.25) and stats["heldout_min"] == pytest.approx(0.1)
+    assert stats["median_ratio"] == pytest.approx(float(torch.tensor([0.01, 0.2, 0.3, 0.4]).median()) / 0.2)
+
+
+def test_memorisation_on_class_folders(bench, tiny_pair, tmp_path):
+    memorisation = bench("memorisation")
+    data = split_folders(tmp_path / "data")
+    out = tmp_path / "mem"
+    assert memorisation.main(["--pair", str(tiny_pair), "--data", str(data), "--n", "5", "--steps", "2", "--show", "3",
+                              "--threads", "1", "--out", str(out)]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    for cls in ("stroma", "tumour"):
+        s = res["per_class"][cls]
+        assert s["n_train"] == 6 and s["n_heldout"] == 12 and 0 <= s["near_copy_share"] <= 1
+        assert 0 < s["heldout_min"] <= s["median_heldout"] and s["median_sample"] > 0
+    assert res["pair_sha256"]["source"] and out.with_suffix(".png").is_file()
+    assert "| stroma | 5 | 12 |" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        memorisation.main(["--n", "0"])
