@@ -32,10 +32,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, command_line, heldout, open_benchmark, pair_sha256, pair_training, repo_relative, write_report
+from pair_quality import unconditional
 from progaug.cli_args import add_config_arguments
 from progaug.data.tiles import dihedral, to_model_range
-from progaug.diffusion import DDIMSchedule, sample
-from progaug.runtime import RuntimeConfig, autocast, autocast_dtype
+from progaug.runtime import RuntimeConfig
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,20 +94,6 @@ def copy_statistics(d_samples: torch.Tensor, d_heldout: torch.Tensor) -> dict:
     }
 
 
-@torch.no_grad()
-def draw(model, n: int, args, diffusion) -> torch.Tensor:
-    """``n`` unconditional DDIM samples in [0, 1], float32 on the CPU."""
-    sched = DDIMSchedule.from_config(diffusion, args.steps)
-    size = model.config.image_size
-    gen = torch.Generator().manual_seed(args.seed)
-    out = []
-    for start in range(0, n, args.batch_size):
-        noise = torch.randn(min(args.batch_size, n - start), 3, size, size, generator=gen).to(args.device)
-        with autocast(args.device, autocast_dtype(args.bf16)):
-            out.append(sample(model, noise, sched, clip=diffusion.clip_denoised).float().cpu())
-    return (torch.cat(out).clamp(-1, 1) + 1) / 2
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     began = time.time()
@@ -124,7 +110,7 @@ def main(argv=None) -> int:
             raise ValueError(f"--data {args.data!r} has no val/test tiles of class {cls!r}: held-out tiles are the reference")
         held = (to_model_range(held) + 1) / 2
         t0 = time.time()
-        fake = draw(getattr(pair, role), args.n, args, pair.diffusion)
+        fake = (unconditional(getattr(pair, role), args.n, args.steps, args, pair.diffusion).clamp(-1, 1) + 1) / 2
         seconds = time.time() - t0
         d_fake, i_fake = nearest_distance(fake, train)
         d_held, _ = nearest_distance(held, train)
