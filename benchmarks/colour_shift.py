@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"command": command, **({"pair_sha256": results[0]["pair_sha256"]} if len(results) == 1 else {}), "results": results}, indent=1, default=str))
+    out.with_suffix(".json").write_text(json.dumps({"command": command, "pair_sha256": results[0]["pair_sha256"], "results": results}, indent=1, default=str))
     out.with_suffix(".md").write_text(text)
     return 0
 

@@ -202,8 +202,11 @@ def test_colour_shift_tells_instance_norms_apart(bench, tmp_path):
     pairs = [make_pair_dir(tmp_path / f"g{g}", norm_group_channels=g) for g in (1, 4)]
     out = tmp_path / "colour"
     assert colour_shift.main(["--pair", str(pairs[0]), "--pair", str(pairs[1]), "--data", str(data), "--count", "4", "--out", str(out)]) == 0
-    res = json.loads(out.with_suffix(".json").read_text())["results"]
+    written = json.loads(out.with_suffix(".json").read_text())
+    res = written["results"]
     assert [r["models"]["source"]["norm_group_channels"] for r in res] == [1, 4]
+    # a comparison names the first --pair as the one measured (stale_results reads the top-level key)
+    assert written["pair_sha256"] == res[0]["pair_sha256"] != res[1]["pair_sha256"]
     for role in ("source", "target"):
         legacy, grouped = (abs(r["models"][role]["shift_response"]) for r in res)
         assert grouped > 5 * legacy
