@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, command_line, heldout, open_benchmark, pair_sha256, pair_training, repo_relative, write_report
 from pair_quality import unconditional
 from progaug.cli_args import add_config_arguments
-from progaug.data.tiles import dihedral, to_model_range
+from progaug.data.tiles import dihedral
 from progaug.runtime import RuntimeConfig
 
 
@@ -58,26 +58,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def nearest_distance(queries: torch.Tensor, train: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distance of each query to its nearest training tile under the 8 dihedral ops.
+def dihedral_views(train: torch.Tensor) -> torch.Tensor:
+    """The 8 flips / rotations of square ``(T, C, H, W)`` tiles, op-major: ``(8 T, C, H, W)``, view
+    ``op * T + tile`` is ``dihedral(train, op)[tile]``."""
+    return torch.cat([dihedral(train, op) for op in range(8)])
+
+
+def nearest_distance(queries: torch.Tensor, views: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distance of each query to its nearest view.
 
     Args:
         queries: ``(Q, C, H, W)`` float images in [0, 1].
-        train: ``(T, C, H, W)`` float images in [0, 1], square (the rotations must keep the shape).
+        views: ``(V, C, H, W)`` float images in [0, 1], e.g. :func:`dihedral_views` of the training tiles.
 
     Returns:
-        ``(distance, index)``: ``(Q,)`` RMSE in [0, 1] and ``(Q,)`` the index into the ``8 * T`` views
-        ``[dihedral(train, 0); ...; dihedral(train, 7)]`` (op = index // T, tile = index % T).
+        ``(distance, index)``: ``(Q,)`` RMSE in [0, 1] and ``(Q,)`` the index of the nearest view.
     """
-    if queries.shape[1:] != train.shape[1:]:
-        raise ValueError(f"queries of shape {tuple(queries.shape[1:])} and train tiles of shape {tuple(train.shape[1:])} differ")
-    views = torch.cat([dihedral(train, op) for op in range(8)]).flatten(1).double()
-    v2 = (views ** 2).sum(1)
+    if queries.shape[1:] != views.shape[1:]:
+        raise ValueError(f"queries of shape {tuple(queries.shape[1:])} and views of shape {tuple(views.shape[1:])} differ")
+    flat = views.flatten(1).double()
+    v2 = (flat ** 2).sum(1)
     best_d, best_i = [], []
     for q in queries.flatten(1).double().split(chunk):
-        sq = ((q ** 2).sum(1, keepdim=True) + v2[None] - 2 * q @ views.T).clamp_min(0)
+        sq = ((q ** 2).sum(1, keepdim=True) + v2[None] - 2 * q @ flat.T).clamp_min(0)
         d, i = sq.min(1)
-        best_d.append((d / views.shape[1]).sqrt())
+        best_d.append((d / flat.shape[1]).sqrt())
         best_i.append(i)
     return torch.cat(best_d).float(), torch.cat(best_i)
 
@@ -104,22 +109,22 @@ def main(argv=None) -> int:
            "distance": "RMSE of [0, 1] pixels to the nearest training tile under 8 flips / rotations", "per_class": {}}
     pictures = []
     for role, cls in zip(("source", "target"), pair.classes):
-        train = (to_model_range(splits["train"].of_class(cls).images) + 1) / 2
+        train = splits["train"].of_class(cls).images
+        views = dihedral_views(train.float() / 255)
         held = heldout(splits, cls)
         if held is None:
             raise ValueError(f"--data {args.data!r} has no val/test tiles of class {cls!r}: held-out tiles are the reference")
-        held = (to_model_range(held) + 1) / 2
+        held = held.float() / 255
         t0 = time.time()
         fake = (unconditional(getattr(pair, role), args.n, args.steps, args, pair.diffusion).clamp(-1, 1) + 1) / 2
         seconds = time.time() - t0
-        d_fake, i_fake = nearest_distance(fake, train)
-        d_held, _ = nearest_distance(held, train)
+        d_fake, i_fake = nearest_distance(fake, views)
+        d_held, _ = nearest_distance(held, views)
         stats = copy_statistics(d_fake, d_held)
         stats.update(n_train=len(train), n_heldout=len(held), sample_seconds=round(seconds, 1))
         res["per_class"][cls] = stats
         print(f"{cls}: median nearest distance samples {stats['median_sample']:.4f} vs held-out real {stats['median_heldout']:.4f} "
               f"(ratio {stats['median_ratio']:.2f}); near-copies {100 * stats['near_copy_share']:.1f} %", flush=True)
-        views = torch.cat([dihedral(train, op) for op in range(8)])
         order = d_fake.argsort()[: args.show]
         pictures.append((cls, fake[order], views[i_fake[order]], d_fake[order]))
     res["seconds"] = round(time.time() - began, 1)

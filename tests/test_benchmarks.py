@@ -271,7 +271,9 @@ def test_memorisation_finds_copies_under_any_flip_or_rotation(bench):
     train = torch.rand(5, 3, 8, 8, generator=gen)
     copies = torch.stack([dihedral(train[2], 6), train[4]])  # a flipped + rotated copy, a plain copy
     fresh = torch.rand(3, 3, 8, 8, generator=gen)
-    d, i = memorisation.nearest_distance(torch.cat([copies, fresh]), train, chunk=2)
+    views = memorisation.dihedral_views(train)
+    assert torch.equal(views[6 * 5 + 2], dihedral(train[2], 6))
+    d, i = memorisation.nearest_distance(torch.cat([copies, fresh]), views, chunk=2)
     assert torch.allclose(d[:2], torch.zeros(2), atol=1e-6) and bool((d[2:] > 0.1).all())
     assert int(i[0]) % 5 == 2 and int(i[1]) == 4  # index into the 8 * T views: op * T + tile
     assert torch.equal(dihedral(train, int(i[0]) // 5)[int(i[0]) % 5], copies[0])
@@ -279,7 +281,7 @@ def test_memorisation_finds_copies_under_any_flip_or_rotation(bench):
     d_one, _ = memorisation.nearest_distance(torch.full((1, 3, 8, 8), 0.5), torch.full((1, 3, 8, 8), 0.25))
     assert d_one.item() == pytest.approx(0.25)
     with pytest.raises(ValueError, match=r"queries of shape \(3, 4, 4\)"):
-        memorisation.nearest_distance(torch.rand(1, 3, 4, 4), train)
+        memorisation.nearest_distance(torch.rand(1, 3, 4, 4), views)
     stats = memorisation.copy_statistics(torch.tensor([0.01, 0.2, 0.3, 0.4]), torch.tensor([0.1, 0.2, 0.3]))
     assert stats["near_copy_share"] == pytest.approx(0.25) and stats["heldout_min"] == pytest.approx(0.1)
     assert stats["median_ratio"] == pytest.approx(float(torch.tensor([0.01, 0.2, 0.3, 0.4]).median()) / 0.2)
