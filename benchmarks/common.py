@@ -24,7 +24,7 @@ CACHE = Path(os.environ.get("PROGAUG_BENCH_CACHE", ROOT / "benchmarks" / "cache"
 """Where generated sets are kept (``$PROGAUG_BENCH_CACHE`` overrides; the tests use a temporary folder)."""
 
 __all__ = ["CACHE", "ROOT", "bar_panels", "bar_plot", "command_line", "dihedral_cycle", "final_stage", "heldout", "load_splits", "open_benchmark", "pair_sha256", "pair_training",
-           "progressive_bank", "repo_relative", "unconditional", "write_report"]
+           "progressive_bank", "repo_relative", "require_positive", "unconditional", "write_report"]
 
 
 def command_line(script: str, argv) -> str:
@@ -220,6 +220,13 @@ def bar_panels(path: Path, names: list[str], panels: dict[str, list[float]]) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def require_positive(parser, args, names) -> None:
+    """``parser.error`` (exit 2, the flag named) for the first of ``names`` on ``args`` that is below 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
 
 
 def write_report(res: dict, out: Path, markdown, plot) -> None:

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, command_line, final_stage, load_splits, pair_sha256, pair_training, progressive_bank, repo_relative, unconditional, write_report
+from common import ROOT, command_line, final_stage, load_splits, pair_sha256, pair_training, progressive_bank, repo_relative, require_positive, unconditional, write_report
 from progaug.cli_args import add_config_arguments, config_from_args
 from progaug.data.tiles import TileSet, dihedral
 from progaug.hub import load_pair
@@ -146,9 +146,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.n = [parse_n(v) for v in args.n]
     except ValueError as exc:
         p.error(str(exc))
-    for name in ("steps", "batch_size", "eval_every", "levels", "gen_steps", "max_batch"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    require_positive(p, args, ("steps", "batch_size", "eval_every", "levels", "gen_steps", "max_batch"))
     if args.generated_share is not None and not 0 < args.generated_share < 1:
         p.error(f"--generated-share must lie in (0, 1), got {args.generated_share}")
     if len(set(args.seeds)) != len(args.seeds):

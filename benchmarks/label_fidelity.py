@@ -35,7 +35,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, command_line, final_stage, heldout, open_benchmark, pair_sha256, pair_training, repo_relative, write_report
+from common import ROOT, command_line, final_stage, heldout, open_benchmark, pair_sha256, pair_training, repo_relative, require_positive, write_report
 from progaug.cli_args import add_config_arguments
 from progaug.data.tiles import dihedral, to_model_range, to_uint8
 from progaug.frequency import default_levels
@@ -82,9 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [m for m in args.measures if m not in offered]
     if unknown:
         p.error(f"--measures {unknown} not offered by this progaug; available: {list(offered)}")
-    for name in ("n", "levels", "steps", "max_batch", "chunk", "judge_steps"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    require_positive(p, args, ("n", "levels", "steps", "max_batch", "chunk", "judge_steps"))
     return args
 
 

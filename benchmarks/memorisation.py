@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, command_line, heldout, open_benchmark, pair_sha256, pair_training, repo_relative, write_report
+from common import ROOT, command_line, heldout, open_benchmark, pair_sha256, pair_training, repo_relative, require_positive, write_report
 from pair_quality import unconditional
 from progaug.cli_args import add_config_arguments
 from progaug.data.tiles import dihedral
@@ -52,9 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "memorisation"), help="path stem of the outputs")
     add_config_arguments(p, RuntimeConfig, exclude=("channels_last", "compile"))
     args = p.parse_args(argv)
-    for name in ("n", "steps", "batch_size", "show"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    require_positive(p, args, ("n", "steps", "batch_size", "show"))
     return args
 
 
