@@ -119,7 +119,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_progressive(sub: argparse._SubParsersAction) -> None:
-    from progaug.labels import DEFAULT_MEASURE, MEASURES
+    from progaug.labels import DEFAULT_MEASURE, MEASURE_HELP, MEASURES
 
     p = sub.add_parser("progressive", help="progressive images of a few source tiles, as a PNG strip with soft labels")
     p.add_argument("--pair", default=DEMO_PAIR, help="pair folder, or the name of a pair shipped with progaug (default: %(default)s)")
@@ -127,10 +127,7 @@ def _add_progressive(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, default=4, help="number of source tiles (default: 4)")
     p.add_argument("--levels", type=int, default=10, help="number of soft-label levels, evenly spaced in (0, 1] (default: 10)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the pair's diffusion.sampling_steps)")
-    p.add_argument("--measure", choices=MEASURES, default=DEFAULT_MEASURE,
-                   help="label measure: paper (eq. 7-9 on the noisy states), reference (the authors' code's FFT band) "
-                        "or preview (the target model's one-step preview of each state; about 2.2x the U-Net calls of paper) "
-                        "(default: %(default)s)")
+    p.add_argument("--measure", choices=MEASURES, default=DEFAULT_MEASURE, help=MEASURE_HELP + " (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
     p.add_argument("--out", default="progressive.png", help="output PNG (default: progressive.png)")
     _add_runtime_arguments(p)

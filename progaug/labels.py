@@ -32,6 +32,7 @@ from progaug.frequency import DEFAULT_RADIUS, highpass_amplitude, soft_labels, t
 __all__ = [
     "DEFAULT_MEASURE",
     "LEGACY_MEASURE",
+    "MEASURE_HELP",
     "MEASURES",
     "Measure",
     "band_amplitude",
@@ -52,6 +53,11 @@ DEFAULT_MEASURE: Measure = "preview"
 """The measure used when none is given: the one place this default lives. ``"preview"`` since 0.2, on the
 evidence of ``benchmarks/label_fidelity.py`` and ``benchmarks/downstream.py`` (``docs/method.md``, "Which
 measure is the default"); ``"paper"`` reproduces the paper's eq. 7-9 at less than half the cost."""
+
+MEASURE_HELP = ("Label measure: paper (eq. 7-9 on the noisy states), reference (the authors' code's FFT band) "
+                "or preview (the target model's one-step preview of each state: follows the images best in "
+                "benchmarks/label_fidelity.py; about 2.2x the U-Net calls of paper at 50 steps)")
+"""The command-line help of every ``--measure`` flag (``progaug precompute`` and ``progaug progressive``)."""
 
 LEGACY_MEASURE: Measure = "paper"
 """The measure of everything made before the setting existed (a cache whose ``run.json`` or

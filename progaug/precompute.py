@@ -36,7 +36,7 @@ from progaug.data.tiles import dihedral
 from progaug.errors import check_int
 from progaug.frequency import DEFAULT_RADIUS, default_levels
 from progaug.generator import generate_progressive
-from progaug.labels import DEFAULT_MEASURE, LEGACY_MEASURE, Measure, check_measure
+from progaug.labels import DEFAULT_MEASURE, LEGACY_MEASURE, MEASURE_HELP, Measure, check_measure
 from progaug.pair import Pair
 from progaug.runtime import RuntimeConfig, auto_max_batch, autocast_dtype, prepare_model
 
@@ -84,9 +84,7 @@ class PrecomputeConfig(JsonConfig):
     )
     measure: Measure = dataclasses.field(
         default=DEFAULT_MEASURE,
-        metadata={"help": "Label measure: paper (eq. 7-9 on the noisy states), reference (the authors' code's FFT band) "
-                          "or preview (the target model's one-step preview of each state: follows the images best in "
-                          "benchmarks/label_fidelity.py; about 2.2x the U-Net calls of paper at 50 steps)"},
+        metadata={"help": MEASURE_HELP},
     )
     radius: float = dataclasses.field(default=DEFAULT_RADIUS, metadata={"help": "High-pass cut-off of the paper measure"})
     bf16: bool = dataclasses.field(default=False, metadata={"help": "Run the U-Nets under bf16 autocast"})
