@@ -21,7 +21,9 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,10 @@ ADDED_COLUMNS: dict[str, Any] = {"measure": LEGACY_MEASURE}
 
 CSV_FIELDS = tuple(name for name, _ in COLUMNS)
 _NUMBERS = {name: kind for name, kind in COLUMNS if kind is not str}
+_REQUIRED_COLUMNS = tuple(name for name in CSV_FIELDS if name not in ADDED_COLUMNS)
+
+IMAGE_NAME = re.compile(r"images/[0-9]{6,}\.png")
+"""The only names of images a cache may list (:func:`image_name`): nothing else is ever opened."""
 
 
 def image_name(sample: int) -> str:
@@ -188,20 +194,23 @@ class ProgressiveCache:
             raise FileNotFoundError(f"cache folder not found: {root}")
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{manifest_path} is missing: the precompute run did not finish (use --resume) or this is not a cache")
+        _refuse_link(manifest_path)
         manifest = read_format_json(manifest_path, MANIFEST_FORMAT, "cache manifest")
-        for name, digest in manifest["files"].items():
-            path = root / name
+        files = _listed_files(manifest, manifest_path)
+        for name, digest in files.items():
+            path = _own_file(root, name)
             if not path.is_file():
                 raise FileNotFoundError(f"cache file listed in the manifest is missing: {path}")
             if verify or name == "labels.csv":
                 got = sha256_file(path)
                 if got != digest:
                     raise ValueError(f"cache file {path} was altered: sha256 expected {digest} got {got}")
-        with open(root / "labels.csv", newline="") as f:
-            rows = [_parse(r) for r in csv.DictReader(f)]
-        if len(rows) != manifest["samples"]:
-            raise ValueError(f"{root / 'labels.csv'} has {len(rows)} rows but the manifest lists {manifest['samples']} samples")
-        return cls(root, manifest, rows)
+        rows = _read_labels(root / "labels.csv", files)
+        if len(rows) != manifest.get("samples"):
+            raise ValueError(f"{root / 'labels.csv'} has {len(rows)} rows but the manifest lists {manifest.get('samples')!r} samples")
+        cache = cls(root, manifest, rows)
+        _ = cache.classes  # checked here, before any image is read
+        return cache
 
     @property
     def measure(self) -> str:
@@ -211,9 +220,17 @@ class ProgressiveCache:
 
     @property
     def classes(self) -> tuple[str, str]:
-        """``(source class, target class)`` of the pair that made the set."""
-        a, b = self.manifest["settings"]["classes"]
-        return a, b
+        """``(source class, target class)`` of the pair that made the set.
+
+        Raises:
+            ValueError: The manifest does not hold two different class names.
+        """
+        settings = self.manifest.get("settings")
+        names = settings.get("classes") if isinstance(settings, dict) else None
+        if not (isinstance(names, list) and len(names) == 2 and all(isinstance(n, str) and n for n in names)
+                and names[0] != names[1]):
+            raise ValueError(f"{self.root / 'manifest.json'}: settings.classes must be two different class names, got {names!r}")
+        return names[0], names[1]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -222,21 +239,114 @@ class ProgressiveCache:
         """``(N,)`` float32 soft labels (share of the target class)."""
         return torch.tensor([r["soft_label"] for r in self.rows], dtype=torch.float32)
 
-    def load_images(self) -> torch.Tensor:
-        """``(N, 3, S, S)`` uint8 images, in row order."""
-        from PIL import Image
+    def read_image(self, row: dict[str, Any]) -> np.ndarray:
+        """The ``(S, S, 3)`` uint8 image of one of :attr:`rows` (only through :func:`_own_file`, never
+        through a symbolic link).
 
-        arrays = []
-        for r in self.rows:
-            with Image.open(self.root / r["file"]) as im:
-                arrays.append(np.array(im.convert("RGB")))
+        Raises:
+            ValueError: The file is not a readable image; the message names it.
+        """
+        from PIL import Image, UnidentifiedImageError
+
+        path = _own_file(self.root, row["file"])
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "rb") as f, Image.open(f) as im:
+                return np.array(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise ValueError(f"{path}: not a readable cache image ({exc})") from exc
+
+    def load_images(self) -> torch.Tensor:
+        """``(N, 3, S, S)`` uint8 images, in row order (see :meth:`read_image`)."""
+        arrays = [self.read_image(r) for r in self.rows]
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def _parse(row: dict[str, str]) -> dict[str, Any]:
+# ------------------------------------------------------------------------- the trust boundary
+
+
+def _cache_name(name: object) -> bool:
+    """Whether ``name`` is a name a cache may hold: ``labels.csv`` or one of :data:`IMAGE_NAME`."""
+    return name == "labels.csv" or (isinstance(name, str) and IMAGE_NAME.fullmatch(name) is not None)
+
+
+def _refuse_link(path: Path) -> None:
+    """Refuse a symbolic link: a cache is shared and downloaded, so it only ever opens its own files."""
+    if path.is_symlink():
+        raise ValueError(f"{path} is a symbolic link; a cache is only read from its own files, so it was not opened")
+
+
+def _own_file(root: Path, name: str) -> Path:
+    """``root / name`` for a name a cache may hold (``labels.csv`` or :data:`IMAGE_NAME`), neither it nor
+    ``images/`` a symbolic link.
+
+    Raises:
+        ValueError: Another name (``../x``, an absolute path, ...) or a symbolic link.
+    """
+    if not _cache_name(name):
+        raise ValueError(f"{name!r} is not a file of a progaug cache (only labels.csv and images/NNNNNN.png are read)")
+    if name != "labels.csv":
+        _refuse_link(root / "images")
+    _refuse_link(root / name)
+    return root / name
+
+
+def _listed_files(manifest: dict[str, Any], where: Path) -> dict[str, str]:
+    """``manifest["files"]``, checked: labels.csv and names of :data:`IMAGE_NAME` only, sha256 strings.
+
+    Raises:
+        ValueError: Not an object of such names, or without ``labels.csv``; the message names ``where``.
+    """
+    files = manifest.get("files")
+    if not isinstance(files, dict) or "labels.csv" not in files:
+        raise ValueError(f"{where}: 'files' must be an object listing labels.csv and the images")
+    for name, digest in files.items():
+        if not _cache_name(name):
+            raise ValueError(f"{where} lists {name!r}, which is not a file of a progaug cache "
+                             f"(only labels.csv and images/NNNNNN.png); nothing was read")
+        if not isinstance(digest, str):
+            raise ValueError(f"{where}: the sha256 of {name!r} must be a string, got {digest!r}")
+    return files
+
+
+def _read_labels(path: Path, files: dict[str, str]) -> list[dict[str, Any]]:
+    """The rows of ``labels.csv``, each checked by :func:`_parse` against the manifest's ``files``.
+
+    Raises:
+        ValueError: No rows, a required column missing, or a bad row; the message names the file.
+    """
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in _REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path} lacks the column(s) {missing} (a labels.csv has {list(CSV_FIELDS)})")
+        rows = [_parse(r, f"{path}: row {i}", files) for i, r in enumerate(reader, start=1)]
+    if not rows:
+        raise ValueError(f"{path} has no rows: the cache holds no sample")
+    return rows
+
+
+def _parse(row: dict[str, str], where: str = "labels.csv", files: dict[str, str] | None = None) -> dict[str, Any]:
     """A ``labels.csv`` row with its numbers parsed; a column added since the file was written gets
-    the value of :data:`ADDED_COLUMNS`."""
-    return _with_added_columns({k: _NUMBERS[k](v) if k in _NUMBERS else v for k, v in row.items()})
+    the value of :data:`ADDED_COLUMNS`.
+
+    Raises:
+        ValueError: A number column that does not parse, a ``soft_label`` that is not finite in [0, 1],
+            or a ``file`` that is not an image the manifest lists (``files``); the message names ``where``.
+    """
+    parsed = {}
+    for key, value in row.items():
+        try:
+            parsed[key] = _NUMBERS[key](value) if key in _NUMBERS else value
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: column {key!r} must be a number, got {value!r}") from None
+    label = parsed.get("soft_label")
+    if not (isinstance(label, float) and math.isfinite(label) and 0 <= label <= 1):
+        raise ValueError(f"{where}: soft_label must be a finite number in [0, 1], got {row.get('soft_label')!r}")
+    name = parsed.get("file")
+    if files is not None and (not _cache_name(name) or name == "labels.csv" or name not in files):
+        raise ValueError(f"{where}: file {name!r} is not an image the manifest lists (images/NNNNNN.png); nothing was read")
+    return _with_added_columns(parsed)
 
 
 def _with_added_columns(row: dict[str, Any]) -> dict[str, Any]:

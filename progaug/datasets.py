@@ -21,16 +21,29 @@ from progaug.losses import _label_rows
 __all__ = ["SoftLabelProgressiveDataset"]
 
 
-def _to_float_image(image: Any) -> torch.Tensor:
+def _to_float_image(image: Any, name: str = "base image") -> torch.Tensor:
+    """A PIL image, a uint8 (0..255) or a floating ([0, 1]) tensor -> float32 [0, 1], the scale read
+    from the dtype as the transform reads it.
+
+    Raises:
+        TypeError: Neither a PIL image nor a tensor.
+        ValueError: A floating tensor that is not finite or not in [0, 1]; the message names ``name``.
+    """
     from PIL import Image
 
     if isinstance(image, Image.Image):
         from torchvision.transforms.v2.functional import pil_to_tensor
 
         return pil_to_tensor(image if image.mode == "RGB" else image.convert("RGB")).float() / 255
-    if isinstance(image, torch.Tensor):
-        return image.float() / 255 if image.dtype == torch.uint8 else image.float()
-    raise TypeError(f"base dataset images must be PIL images or tensors, got {type(image).__name__}")
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"base dataset images must be PIL images or tensors, got {type(image).__name__}")
+    if image.dtype == torch.uint8:
+        return image.float() / 255
+    image = image.float()
+    if not bool(torch.isfinite(image).all()) or float(image.min()) < -1e-3 or float(image.max()) > 1 + 1e-3:
+        raise ValueError(f"{name} is floating point but not in [0, 1] (max {float(image.max()):.4g}): give uint8 "
+                         f"0..255 or float [0, 1] images, as the transform takes them")
+    return image
 
 
 class SoftLabelProgressiveDataset(Dataset):
@@ -194,7 +207,7 @@ def _materialise(real: Dataset, num_classes: int) -> tuple[torch.Tensor, torch.T
     images, rows = [], []
     for i in range(len(real)):
         image, label = real[i]
-        images.append((_to_float_image(image) * 255).round().clamp(0, 255).byte())
+        images.append((_to_float_image(image, f"`real` image {i}") * 255).round().clamp(0, 255).byte())
         rows.append(_one_hot(label, num_classes))
     return torch.stack(images), torch.stack(rows)
 

@@ -104,8 +104,7 @@ def create_dataset(name: str, root: str | None = None, split: str = "validation"
     for row in cache.rows:
         target = torch.zeros(len(classes))
         target[src], target[tgt] = 1 - row["soft_label"], row["soft_label"]
-        with Image.open(cache.root / row["file"]) as im:
-            items.append((Image.fromarray(np.array(im.convert("RGB"))), target))
+        items.append((Image.fromarray(cache.read_image(row)), target))
     return ProgaugTimmDataset(items, classes)
 
 
