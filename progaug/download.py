@@ -7,9 +7,9 @@
   temporary file, because locks silently succeed on some network filesystems. Whoever takes the lock
   removes the temporary files of processes that died mid-download, and the lock file on release.
 - Time limits: connecting gives up after 10 s, each wait for more bytes after ``timeout`` seconds
-  (30), a whole transfer after ``$PROGAUG_DOWNLOAD_TIMEOUT`` seconds (600; checked as bytes arrive, so
-  it may overrun by one ``timeout``): a server that trickles bytes cannot keep a download alive for
-  ever. Every network failure raises :class:`DownloadError` (an ``OSError``), one line:
+  (30), a whole transfer after ``$PROGAUG_DOWNLOAD_TIMEOUT`` seconds (600): a timer shuts the
+  connection's socket when the deadline passes, so a server that trickles bytes, even of the status
+  line or the headers, cannot keep a download alive for ever. Every network failure raises :class:`DownloadError` (an ``OSError``), one line:
   ``could not download <url>: <why>``. A tqdm bar on stderr shows progress on a terminal.
 - ``PROGAUG_OFFLINE=1`` never touches the network and says which file is missing.
 """
@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import hashlib
 import io
@@ -24,6 +25,7 @@ import os
 import re
 import socket
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -42,6 +44,7 @@ CONNECT_TIMEOUT_S = 10.0  # at most, for connecting
 _CHUNK = 1 << 20
 _STALE_AFTER_S = 3600.0  # a temporary file of unknown owner untouched this long is abandoned
 _LOCK_POLL_S = 0.05
+_SHUT_GRACE_S = 0.25  # the deadline's timer fires this much later, so a read timeout as long as the deadline reports first
 
 
 class DownloadError(OSError):
@@ -216,29 +219,138 @@ def _chunks(response: Any) -> Iterator[bytes]:
         yield chunk
 
 
+class _Deadline:
+    """Shuts the sockets of one transfer down when its deadline passes, so that no phase of it (connect,
+    status line, headers, body) outlasts the deadline, however slowly a server trickles its bytes
+    (a per-read timeout never fires while bytes keep coming).
+
+    The connections of :func:`_session` report their sockets to the deadline entered in their thread.
+    """
+
+    _current = threading.local()
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        _Deadline._current.value = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        _Deadline._current.value = None
+
+    @staticmethod
+    def watch(sock: socket.socket | None) -> None:
+        """Put ``sock`` under the deadline of this thread's transfer, if there is one."""
+        deadline = getattr(_Deadline._current, "value", None)
+        if deadline is not None and sock is not None:
+            with deadline._lock:
+                deadline._sockets.append(sock)
+                if deadline.expired:
+                    _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    """Stop a socket's traffic both ways; a read blocked on it in another thread returns at once."""
+    with contextlib.suppress(OSError):
+        if sock.fileno() != -1:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # not SSLSocket's: no TLS goodbye to a stalled peer
+
+
+@functools.cache
+def _watched_adapter() -> type:
+    """A ``requests`` adapter whose connections put their sockets under the current :class:`_Deadline`."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    def watched(base: type) -> type:
+        class Watched(base):
+            def _new_conn(self):  # noqa: ANN202 - urllib3's signature
+                sock = super()._new_conn()
+                _Deadline.watch(sock)
+                return sock
+
+            def connect(self) -> None:
+                super().connect()
+                _Deadline.watch(self.sock)  # the TLS socket over the one _new_conn gave
+
+        return Watched
+
+    pools = {"http": type("WatchedPool", (HTTPConnectionPool,), {"ConnectionCls": watched(HTTPConnection)}),
+             "https": type("WatchedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": watched(HTTPSConnection)})}
+
+    class WatchedAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = pools
+
+        def proxy_manager_for(self, proxy: str, **kwargs: Any):  # noqa: ANN201 - requests' signature
+            manager = super().proxy_manager_for(proxy, **kwargs)
+            if not proxy.lower().startswith("socks"):
+                manager.pool_classes_by_scheme = pools
+            return manager
+
+    return WatchedAdapter
+
+
+def _session():  # noqa: ANN202 - a requests.Session
+    """A ``requests`` session whose every connection is under the current :class:`_Deadline`."""
+    import requests
+
+    session = requests.Session()
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, _watched_adapter()())
+    return session
+
+
+def _late(url: str, deadline: float, written: int, total: int | None) -> DownloadTimeout:
+    return DownloadTimeout(f"could not download {url}: not complete within the {deadline:g} s deadline ({written} of "
+                           f"{total if total is not None else '?'} bytes); set {ENV_TIMEOUT} to allow longer")
+
+
+def _body_length(response: Any) -> int | None:
+    """The body's length from ``Content-Length``, or None when unknown or compressed."""
+    total = response.headers.get("Content-Length")
+    encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
+    return int(total) if total and total.isdigit() and not encoded else None
+
+
 def _stream(url: str, out: BinaryIO, *, timeout: float, deadline: float, label: str | None,
             max_bytes: int | None = None) -> tuple[str, int]:
     """Write the body of ``url`` to ``out`` within ``deadline`` seconds; returns ``(sha256, bytes)``.
 
     Raises:
-        DownloadTimeout: No connection or no bytes for ``timeout`` seconds, or past ``deadline``.
+        DownloadTimeout: No connection or no bytes for ``timeout`` seconds, or past ``deadline`` (from
+            the first byte sent to the last received: connect, status line, headers and body).
         DownloadError: Any other network failure, an HTTP error status, a short body, or more than
             ``max_bytes``.
     """
     import requests
     from tqdm import tqdm
-    from urllib3.exceptions import HTTPError as Urllib3Error, ReadTimeoutError
+    from urllib3.exceptions import HTTPError as Urllib3Error
 
     wait = min(timeout, deadline)
     connect = min(CONNECT_TIMEOUT_S, wait)
-    start, digest, written = time.monotonic(), hashlib.sha256(), 0
+    start, digest, written, total = time.monotonic(), hashlib.sha256(), 0, None
+    watchdog = _Deadline(deadline + _SHUT_GRACE_S)
     try:
-        with requests.get(url, stream=True, timeout=(connect, wait)) as response:
+        with watchdog, _session() as session, session.get(url, stream=True, timeout=(connect, wait)) as response:
             if response.status_code >= 400:
                 raise DownloadError(f"could not download {url}: HTTP {response.status_code} {response.reason}")
-            total = response.headers.get("Content-Length")
-            encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
-            total = int(total) if total and total.isdigit() and not encoded else None  # else the length is compressed
+            total = _body_length(response)
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=False,
                       disable=None if label else True, dynamic_ncols=True) as bar:
                 for chunk in _chunks(response):
@@ -249,20 +361,31 @@ def _stream(url: str, out: BinaryIO, *, timeout: float, deadline: float, label: 
                     if max_bytes is not None and written > max_bytes:
                         raise DownloadError(f"could not download {url}: larger than {max_bytes} bytes")
                     if time.monotonic() - start > deadline:
-                        raise DownloadTimeout(
-                            f"could not download {url}: not complete within the {deadline:g} s deadline ({written} of "
-                            f"{total if total is not None else '?'} bytes); set {ENV_TIMEOUT} to allow longer")
-            if total is not None and written != total:
-                raise DownloadError(f"could not download {url}: connection closed after {written} of {total} bytes")
+                        raise _late(url, deadline, written, total)
+        if watchdog.expired:  # the sockets were shut: what came is not the whole body
+            raise _late(url, deadline, written, total)
+        if total is not None and written != total:
+            raise DownloadError(f"could not download {url}: connection closed after {written} of {total} bytes")
     except DownloadError:
         raise
-    except requests.ConnectTimeout as exc:
-        raise DownloadTimeout(f"could not download {url}: no connection within {connect:g} s") from exc
-    except (requests.Timeout, ReadTimeoutError, socket.timeout) as exc:
-        raise DownloadTimeout(f"could not download {url}: no data for {wait:g} s (after {written} bytes)") from exc
     except (requests.RequestException, Urllib3Error, OSError) as exc:
-        raise DownloadError(f"could not download {url}: {_reason(exc)}") from exc
+        raise _network_error(exc, url, watchdog.expired, deadline, connect, wait, written, total) from exc
     return digest.hexdigest(), written
+
+
+def _network_error(exc: BaseException, url: str, expired: bool, deadline: float, connect: float, wait: float,
+                   written: int, total: int | None) -> DownloadError:
+    """The one-line :class:`DownloadError` of a failed transfer."""
+    import requests
+    from urllib3.exceptions import ReadTimeoutError
+
+    if expired:
+        return _late(url, deadline, written, total)
+    if isinstance(exc, requests.ConnectTimeout):
+        return DownloadTimeout(f"could not download {url}: no connection within {connect:g} s")
+    if isinstance(exc, (requests.Timeout, ReadTimeoutError, socket.timeout)):
+        return DownloadTimeout(f"could not download {url}: no data for {wait:g} s (after {written} bytes)")
+    return DownloadError(f"could not download {url}: {_reason(exc)}")
 
 
 def _complete(dest: Path, sha256: str | None) -> bool:

@@ -6,6 +6,7 @@ through ``PROGAUG_DOWNLOAD_TIMEOUT`` or the ``deadline``/``timeout`` arguments.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import io
@@ -51,6 +52,26 @@ class SilentServer:
     def __exit__(self, *exc) -> None:
         self.timer.cancel()
         self.sock.close()
+
+
+class HeaderTrickleServer(SilentServer):
+    """Sends a status line, then one byte of a header every ``drip`` seconds, for ``close_after`` seconds."""
+
+    def __init__(self, drip: float = 0.2, close_after: float = 8.0) -> None:
+        super().__init__(close_after)
+        self.drip = drip
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        end = time.monotonic() + self.close_after
+        with contextlib.suppress(OSError):
+            conn, _ = self.sock.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-A: ")
+                while time.monotonic() < end:
+                    conn.sendall(b"a")
+                    time.sleep(self.drip)
 
 
 def closed_port_url() -> str:
@@ -169,6 +190,16 @@ class TestDeadlines:
             start = time.monotonic()
             with pytest.raises(hub.DownloadTimeout, match=rf"could not download {s.url}/w.bin: no data for 1 s"):
                 hub.download(f"{s.url}/w.bin", tmp_path / "w.bin", DIGEST)
+            assert time.monotonic() - start < 3
+        assert leftovers(tmp_path) == []
+
+    def test_trickled_headers_stop_at_the_deadline(self, tmp_path, monkeypatch):
+        """Issue 22: the deadline covers the status line and the headers, not only the body."""
+        monkeypatch.setenv("PROGAUG_DOWNLOAD_TIMEOUT", "1")
+        with HeaderTrickleServer() as s:
+            start = time.monotonic()
+            with pytest.raises(hub.DownloadTimeout, match=rf"could not download {s.url}/p/card.json: not complete within the 1 s deadline"):
+                hub.load_pair(f"{s.url}/p")
             assert time.monotonic() - start < 3
         assert leftovers(tmp_path) == []
 
