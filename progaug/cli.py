@@ -56,6 +56,13 @@ def _add_runtime_arguments(p: argparse.ArgumentParser, exclude: tuple[str, ...] 
     add_config_arguments(p, RuntimeConfig, exclude=exclude)
 
 
+def _check_device(args: argparse.Namespace) -> None:
+    """Refuse a ``--device`` that does not parse or is not on this machine, before anything is read."""
+    from progaug.errors import check_device
+
+    check_device("--device", args.device)
+
+
 def _apply_runtime(args: argparse.Namespace, device):
     """Build the :class:`RuntimeConfig` from the flags and apply its process-wide part."""
     from progaug.runtime import RuntimeConfig, apply_runtime
@@ -94,6 +101,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from progaug.runtime import default_device
     from progaug.train import TrainConfig, train_pair
 
+    _check_device(args)
     _apply_runtime(args, args.device or default_device())
     tiles, source, target, info = _load_data(args)
     base = config_from_args(UNetConfig, args, image_size=args.tile_size, attention=args.source_attention)
@@ -145,6 +153,7 @@ def _run_progressive(args: argparse.Namespace) -> int:
     from progaug.data.sources import source_tiles
     from progaug.strip import progressive_strip
 
+    _check_device(args)
     runtime = _apply_runtime(args, args.device)
     pair = load_pair(args.pair, device=args.device)
     tiles, _ = source_tiles(args.source, pair, split="test")
@@ -191,6 +200,7 @@ def _run_precompute(args: argparse.Namespace) -> int:
     from progaug.data.sources import source_tiles
     from progaug.runtime import default_device
 
+    _check_device(args)
     device = args.device or default_device()
     if device.startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"

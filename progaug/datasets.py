@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from progaug.cache import ProgressiveCache
+from progaug.errors import check_device
 from progaug.labels import check_measure
 from progaug.losses import _label_rows
 
@@ -138,9 +139,7 @@ class SoftLabelProgressiveDataset(Dataset):
                 ``device`` that does not parse or is not on this machine; a cache made with another
                 ``measure``.
         """
-        from progaug.transforms import _check_device  # here: the cache path needs no torchvision/generator import
-
-        device = _check_device("device", device)
+        device = check_device("device", device)
         if measure is not None:
             check_measure("measure", measure)
         cache = ProgressiveCache.open(cache_dir, verify=verify)

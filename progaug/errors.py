@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_image_batch", "check_int", "check_levels", "check_number"]
+__all__ = ["check_device", "check_image_batch", "check_int", "check_levels", "check_number"]
 
 _RANGE_SLACK = 1e-3  # images that went through a float round trip may overshoot [-1, 1] slightly
 
@@ -94,3 +94,42 @@ def check_number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`{name}` must be a number, got {type(value).__name__} {value!r}")
     return float(value)
+
+
+def check_device(name: str, device: object) -> torch.device | None:
+    """Parse a device argument at construction time, so that a bad one fails there and not in torch later.
+
+    Args:
+        name: Argument name for the error messages.
+        device: None, a device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``) or a :class:`torch.device`.
+
+    Returns:
+        The parsed device, or None.
+
+    Raises:
+        TypeError: Neither None, a string nor a torch.device.
+        ValueError: A string torch cannot parse; an accelerator type (CUDA, MPS, XPU, ...) this machine
+            does not have; an index beyond the devices present.
+    """
+    if device is None:
+        return None
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"`{name}` must be a str or torch.device, got {type(device).__name__} {device!r}")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"`{name}` must name a torch device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}") from err
+    if parsed.type in ("cpu", "meta"):
+        return parsed
+    backend = torch.backends.mps if parsed.type == "mps" else getattr(torch, parsed.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if callable(is_available) and not is_available():
+        raise ValueError(f"`{name}` is {device!r} but {parsed.type.upper()} is not available on this machine (use 'cpu')")
+    device_count = getattr(getattr(torch, parsed.type, None), "device_count", None)
+    if parsed.index is not None and callable(device_count) and parsed.index >= device_count():
+        count = device_count()
+        raise ValueError(
+            f"`{name}` is {device!r} but this machine has {count} {parsed.type.upper()} device(s) "
+            f"(indices 0..{count - 1})"
+        )
+    return parsed

@@ -24,7 +24,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from progaug.errors import check_int, check_number
+from progaug.errors import check_device, check_int, check_number
 from progaug.frequency import DEFAULT_RADIUS
 from progaug.generator import generate_progressive
 from progaug.labels import DEFAULT_MEASURE, LEGACY_MEASURE, check_measure
@@ -35,45 +35,6 @@ if TYPE_CHECKING:
     from progaug.pair import Pair
 
 __all__ = ["ProgressiveDiffusionAugment"]
-
-
-def _check_device(name: str, device: object) -> torch.device | None:
-    """Parse a device argument at construction time, so that a bad one fails there and not in torch later.
-
-    Args:
-        name: Argument name for the error messages.
-        device: None, a device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``) or a :class:`torch.device`.
-
-    Returns:
-        The parsed device, or None.
-
-    Raises:
-        TypeError: Neither None, a string nor a torch.device.
-        ValueError: A string torch cannot parse; an accelerator type (CUDA, MPS, XPU, ...) this machine
-            does not have; an index beyond the devices present.
-    """
-    if device is None:
-        return None
-    if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"`{name}` must be a str or torch.device, got {type(device).__name__} {device!r}")
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError) as err:
-        raise ValueError(f"`{name}` must name a torch device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}") from err
-    if parsed.type in ("cpu", "meta"):
-        return parsed
-    backend = torch.backends.mps if parsed.type == "mps" else getattr(torch, parsed.type, None)
-    is_available = getattr(backend, "is_available", None)
-    if callable(is_available) and not is_available():
-        raise ValueError(f"`{name}` is {device!r} but {parsed.type.upper()} is not available on this machine (use 'cpu')")
-    device_count = getattr(getattr(torch, parsed.type, None), "device_count", None)
-    if parsed.index is not None and callable(device_count) and parsed.index >= device_count():
-        count = device_count()
-        raise ValueError(
-            f"`{name}` is {device!r} but this machine has {count} {parsed.type.upper()} device(s) "
-            f"(indices 0..{count - 1})"
-        )
-    return parsed
 
 
 def _mean_std(mean: Sequence[float], std: Sequence[float], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,7 +152,7 @@ class ProgressiveDiffusionAugment(v2.Transform):
         check_int("num_classes", num_classes)
         check_int("max_batch", max_batch, allow_none=True)
         check_measure("measure", measure)
-        parsed_device = _check_device("device", device)
+        parsed_device = check_device("device", device)
         for name, idx in (("source_class", source_class), ("target_class", target_class)):
             if check_int(name, idx, low=0) >= num_classes:
                 raise ValueError(f"`{name}` must be an int in [0, {num_classes}), got {idx!r}")

@@ -223,6 +223,25 @@ class TestCliMessages:
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+class TestCliInputs:
+    """Issue 22: flags and environment a careless user gets wrong end in one line, rc 2, nothing written."""
+
+    _error = TestCliMessages._error
+
+    @pytest.mark.parametrize("command", ["train", "precompute", "progressive"])
+    @pytest.mark.parametrize("device,message", [
+        ("gpu", "`--device` must name a torch device such as 'cpu', 'cuda' or 'cuda:1', got 'gpu'"),
+        ("cuda", "`--device` is 'cuda' but CUDA is not available on this machine (use 'cpu')"),
+    ])
+    def test_device_that_is_not_here(self, folder, tmp_path, capsys, monkeypatch, command, device, message):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        out = tmp_path / "out"
+        extra = {"train": ["--data", str(folder), "--out", str(out), *TINY], "precompute": ["--out", str(out)],
+                 "progressive": ["--out", str(out) + ".png"]}[command]
+        assert self._error(capsys, [command, "--device", device, *extra]) == f"progaug: error: {message}"
+        assert not list(tmp_path.glob("out*"))
+
+
 class TestImageFiles:
     def test_decompression_bomb_names_the_file(self, tmp_path, monkeypatch):
         path = tmp_path / "huge.png"
