@@ -278,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         how = "stopped by SIGTERM" if str(exc) == "SIGTERM" else "interrupted"
         print(_interrupted_message(args, how), file=sys.stderr)
         return 143 if how.endswith("SIGTERM") else 130
-    except (ValueError, OutputLocked) as exc:
+    except (ValueError, OutputLocked, FloatingPointError) as exc:  # FloatingPointError: a diverged training
         print(f"progaug: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # also our own FileNotFoundError / FileExistsError messages

@@ -119,8 +119,8 @@ def check_card(card: object, where: str) -> dict[str, Any]:
     """Check a parsed pair card against :data:`CARD_SCHEMA` and return it.
 
     Beyond the required keys and their types: the format tag must be :data:`CARD_FORMAT`, each weight
-    ``file`` a plain file name inside the pair folder, each ``sha256`` 64 lowercase hex digits, and an
-    ``attention`` entry, where present, ``"global"`` or ``"local"``.
+    ``file`` a plain file name inside the pair folder, each ``sha256`` 64 lowercase hex digits, an
+    ``attention`` entry, where present, ``"global"`` or ``"local"``, and the two classes two different names.
 
     Args:
         card: The parsed JSON.
@@ -144,6 +144,10 @@ def check_card(card: object, where: str) -> dict[str, Any]:
             raise ValueError(f"{where}: key '{role}.sha256' must be 64 lowercase hex digits, got {_short(entry['sha256'])}")
         if entry.get("attention", "global") not in ("global", "local"):
             raise ValueError(f"{where}: key '{role}.attention' must be 'global' or 'local', got {_short(entry['attention'])}")
+    source, target = card["direction"]["source_class"], card["direction"]["target_class"]
+    if not source or source == target:
+        raise ValueError(f"{where}: 'direction.source_class' and 'direction.target_class' must be two different class "
+                         f"names, got {_short(source)} and {_short(target)}")
     return card
 
 
@@ -178,8 +182,9 @@ def load_pair_dir(folder: str | os.PathLike[str], *, device: torch.device | str 
 
     Raises:
         FileNotFoundError: The folder, its card or a weight file is missing.
-        ValueError: Unreadable or incomplete card (see :func:`check_card`), sha256 mismatch, or a
-            model of the wrong priority.
+        ValueError: Unreadable or incomplete card (see :func:`check_card`), sha256 mismatch, a model of
+            the wrong priority or role (see :func:`progaug.checkpoint.load_unet`), or an ``image_size``
+            that differs between the card and the weights or between the two models.
     """
     folder = Path(folder)
     card = read_card(folder / "card.json")
@@ -196,5 +201,18 @@ def load_pair_dir(folder: str | os.PathLike[str], *, device: torch.device | str 
                 hint = ("; the folder holds a training state, so a `progaug train` was probably stopped between writing "
                         "the weights and card.json: rerun the same train command with --resume to write them again")
             raise ValueError(f"{path}: sha256 mismatch, expected {entry['sha256']} got {got}{hint}")
-        models[role] = load_unet(path, attention=entry.get("attention"), device=device)
+        models[role] = load_unet(path, attention=entry.get("attention"), role=role, device=device)
+        _check_image_size(models[role], entry, f"{folder / 'card.json'}: '{role}'")
+    if models["source"].config.image_size != models["target"].config.image_size:
+        raise ValueError(f"{folder}: the source model takes {models['source'].config.image_size}-px tiles but the target "
+                         f"model {models['target'].config.image_size}-px ones")
     return Pair(models["source"], models["target"], card, folder)
+
+
+def _check_image_size(model: UNet, entry: dict[str, Any], where: str) -> None:
+    """The card's ``config.image_size`` of a model, where it has one, must be the weights' own."""
+    config = entry.get("config")
+    size = config.get("image_size") if isinstance(config, dict) else None
+    if size is not None and size != model.config.image_size:
+        raise ValueError(f"{where}: the card says image_size {_short(size)} but the weights were made for "
+                         f"{model.config.image_size}-px tiles")

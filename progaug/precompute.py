@@ -192,6 +192,8 @@ def precompute(
     """
     config = config or PrecomputeConfig()
     _check_sources(sources, source_names, pair.image_size)
+    if pair.classes[0] == pair.classes[1]:
+        raise ValueError(f"the pair's source and target classes are both {pair.classes[0]!r}: a pair translates between two classes")
     out = Path(out)
     rank, world = _dist()
     pair.to(device)
@@ -342,6 +344,7 @@ def _run_groups(ctx: _Context, models, groups: list[int], levels, device) -> Non
         *models, x, levels=levels, steps=config.steps, diffusion=pair.diffusion, measure=config.measure,
         radius=config.radius, max_batch=config.max_batch, fixed_batch=True, autocast_dtype=autocast_dtype(config.bf16),
     )
+    _check_finite_result(result, groups)
     for row, g in enumerate(groups):
         records, digests = [], {}
         for j, i in enumerate(_sample_ids(g, config)):
@@ -360,6 +363,14 @@ def _run_groups(ctx: _Context, models, groups: list[int], levels, device) -> Non
                 "dihedral": plan[g][1], "seed": config.seed, "measure": config.measure,
             })
         write_record(out, g, records, digests)
+
+
+def _check_finite_result(result, groups: list[int]) -> None:
+    """Refuse NaN or infinite images or soft labels before anything of ``groups`` is written."""
+    for name in ("images", "soft_labels"):
+        if not bool(torch.isfinite(getattr(result, name)).all()):
+            raise ValueError(f"the pair gives NaN or infinite {name.replace('_', ' ')} for source group(s) {groups}: "
+                             f"its weights are broken; nothing was written for them")
 
 
 def _read_record(ctx: _Context, group: int) -> list[dict[str, Any]]:

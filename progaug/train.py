@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from progaug.checkpoint import save_unet
+from progaug.checkpoint import check_finite, save_unet
 from progaug.fileio import atomic_write_bytes, lock_folder, safetensors_bytes
 from progaug.errors import check_int
 from progaug.config import PAIR_ATTENTION, DiffusionConfig, JsonConfig, UNetConfig, config_from_dict, describe_differences, setting
@@ -208,6 +208,7 @@ def _save_checkpoint(out: Path, members: list[_Member], step: int, run: dict[str
         _flatten(f"{m.role}.optim", m.optimizer.state_dict(), tensors, meta)
     info = {"step": str(step), "run": json.dumps(run, sort_keys=True), "optim_meta": json.dumps(meta),
             "wall_time_s": f"{wall_time:.1f}"}
+    check_finite(tensors, f"{out / CHECKPOINT} was not written at step {step} (the training diverged: lower --lr)")
     atomic_write_bytes(out / CHECKPOINT, safetensors_bytes(tensors, info))
 
 
@@ -226,6 +227,7 @@ def _load_checkpoint(out: Path, members: list[_Member], run: dict[str, Any]) -> 
     except Exception as exc:  # safetensors raises its own error types for truncated or corrupt files
         raise ValueError(f"--resume: {path} is not a readable progaug training state ({type(exc).__name__}: {exc}); "
                          f"it may be truncated: restore a copy or start a new output folder") from exc
+    check_finite(tensors, f"--resume: {path} is corrupt (restore a copy or start a new output folder)")
     try:
         stored_identity = _identity(stored)
     except (KeyError, TypeError, AttributeError) as exc:  # a run record of the wrong shape, e.g. edited by hand
@@ -268,9 +270,18 @@ def _sample_grid(members: list[_Member], cfg: TrainConfig, diffusion: DiffusionC
 
 
 def _write_pair(out: Path, members: list[_Member], step: int, run: dict[str, Any], elapsed: float) -> None:
+    """The pair files: both models' EMA weights (each file records its role), then ``card.json``.
+
+    Raises:
+        ValueError: A model's weights are not finite in the save dtype; neither file is written.
+    """
     dtype = torch.float16 if run["train"]["save_dtype"] == "float16" else torch.float32
+    for m in members:  # both checked before either file is replaced
+        check_finite({k: v.to(dtype) for k, v in m.ema.state_dict().items() if v.is_floating_point()},
+                     f"{out}: the pair was not written at step {step}: the {m.role} model's weights as {dtype} "
+                     f"(the training diverged: lower --lr)")
     for m in members:
-        save_unet(m.ema, out / f"{m.role}.safetensors", dtype=dtype)
+        save_unet(m.ema, out / f"{m.role}.safetensors", dtype=dtype, metadata={"role": m.role})
     card = {
         "direction": {"source_class": run["classes"][0], "target_class": run["classes"][1]},
         "diffusion": run["diffusion"],
@@ -420,6 +431,9 @@ def _train_loop(members: list[_Member], out: Path, run: dict[str, Any], cfg: Tra
     from tqdm import tqdm
 
     start, earlier = _load_checkpoint(out, members, run) if resume else (0, 0.0)
+    if start > cfg.steps:
+        raise ValueError(f"--resume: {out / CHECKPOINT} is at step {start}, beyond --steps {cfg.steps} (the total "
+                         f"budget): pass --steps {start} or more")
     if not resume and (out / CHECKPOINT).exists():
         raise FileExistsError(f"{out / CHECKPOINT} exists: pass --resume to continue it, or choose another --out")
     grid = out / "samples" / f"step_{start:07d}.png"
