@@ -7,17 +7,16 @@ that holds everything they depend on (pair sha256, count, steps, bf16, seed, sou
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from pathlib import Path
 
 import torch
 
-from progaug.data import TileSpec, folder_tiles, hgsc_tiles
-from progaug.data.tiles import TileSet, dihedral, to_model_range, to_uint8
-from progaug.diffusion import DDIMSchedule, bridge, sample
-from progaug.runtime import autocast, autocast_dtype
+from progaug.data.splits import load_splits
+from progaug.data.tiles import TileSet
+from progaug.evaluation import generated
+from progaug.evaluation.generated import dihedral_cycle
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("PROGAUG_BENCH_CACHE", ROOT / "benchmarks" / "cache"))
@@ -43,27 +42,10 @@ def repo_relative(value):
         return str(value)
 
 
-def load_splits(data: str, size: int) -> dict[str, TileSet]:
-    """Tiles per split: ``'hgsc'`` (the bundled demo: train / val / test by spatial block), a root with
-    ``train/``, ``val/``, ``test/`` class folders, or a plain ``root/<class>/`` folder (train only)."""
-    if data == "hgsc":
-        spec = TileSpec(tile_size=size, stride=size // 2)
-        return {s: hgsc_tiles(s, spec) for s in ("train", "val", "test")}
-    root = Path(data)
-    if (root / "train").is_dir():
-        return {s: folder_tiles(root / s, tile_size=size) for s in ("train", "val", "test") if (root / s).is_dir()}
-    return {"train": folder_tiles(root, tile_size=size)}
-
-
 def heldout(splits: dict[str, TileSet], cls: str) -> torch.Tensor | None:
     """uint8 tiles of ``cls`` from the validation and test splits, or None when there are none."""
     parts = [splits[s].of_class(cls).images for s in ("val", "test") if s in splits]
     return torch.cat(parts) if parts else None
-
-
-def dihedral_cycle(x: torch.Tensor, n: int) -> torch.Tensor:
-    """``n`` images from ``x``: ``x`` in order, then again flipped / rotated when ``n > len(x)``."""
-    return torch.stack([dihedral(x[i % len(x)], (i // len(x)) % 8) for i in range(n)])
 
 
 def pair_sha256(pair) -> dict:
@@ -78,105 +60,21 @@ def pair_training(pair) -> dict:
     return {k: training.get(k) for k in ("steps_done", "wall_time_s", "device")}
 
 
-def _digest(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.contiguous().numpy().tobytes() if isinstance(p, torch.Tensor) else repr(p).encode())
-    return h.hexdigest()[:16]
-
-
-def _cached(name: str, key: str, make) -> torch.Tensor:
-    from safetensors.torch import load_file, save
-
-    from progaug.fileio import atomic_write_bytes
-
-    path = CACHE / f"{name}-{key}.safetensors"
-    if path.is_file():
-        print(f"reusing {path}", flush=True)
-        return load_file(path)["images"]
-    images = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, save({"images": images.contiguous()}))
-    return images
-
-
 def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str, bf16: bool, batch_size: int = 64) -> torch.Tensor:
-    """``n`` full-depth ADD translations (eq. 4) of uint8 source tiles (cycled with flips / rotations):
-    ``(n, 3, S, S)`` uint8."""
-
-    @torch.no_grad()
-    def make() -> torch.Tensor:
-        sched = DDIMSchedule.from_config(pair.diffusion, steps)
-        x = to_model_range(dihedral_cycle(sources, n))
-        out = []
-        for i, chunk in enumerate(x.split(batch_size)):
-            with autocast(device, autocast_dtype(bf16)):
-                out.append(to_uint8(bridge(pair.source, pair.target, chunk.to(device), sched, clip=pair.diffusion.clip_denoised).cpu()))
-            print(f"final-stage ADD: {min((i + 1) * batch_size, n)}/{n}", flush=True)
-        return torch.cat(out)
-
-    key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), n, steps, bf16, sources)
-    return _cached("final", key, make)
+    """:func:`progaug.evaluation.generated.final_stage` kept in :data:`CACHE`."""
+    return generated.final_stage(pair, sources, n, steps=steps, device=device, bf16=bf16, batch_size=batch_size, cache_dir=CACHE)
 
 
 def progressive_bank(pair, sources: torch.Tensor, measure: str, *, steps: int, levels: int, bf16: bool, device: str, max_batch: int,
                      chunk: int = 32) -> dict:
-    """Progressive images (paper 2.1-2.3) of every uint8 source tile under one label measure, made in chunks
-    of ``chunk`` tiles and kept per chunk (a stopped run keeps what it made).
-
-    Returns:
-        ``{"images": (M, L, 3, S, S) uint8, "labels": (M, L) float32, "depths": (M, L) int64,
-        "evals_per_image": U-Net evaluations per output image (of the chunks made in this call, else of
-        all)}``; level ``L`` (1.0) is always the full eq. 4 translation.
-    """
-    from safetensors.torch import load_file, save
-
-    from progaug.fileio import atomic_write_bytes
-    from progaug.frequency import default_levels
-    from progaug.generator import generate_progressive
-
-    parts, made, evals = [], 0, 0
-    for start in range(0, len(sources), chunk):
-        part = sources[start:start + chunk]
-        key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), measure, steps, levels, bf16, part)
-        path = CACHE / f"progressive-{measure}-{key}.safetensors"
-        if path.is_file():
-            parts.append(load_file(path))
-            continue
-        with torch.no_grad():
-            r = generate_progressive(pair.source, pair.target, to_model_range(part).to(device), levels=default_levels(levels), steps=steps,
-                                     diffusion=pair.diffusion, measure=measure, max_batch=max_batch, autocast_dtype=autocast_dtype(bf16))
-        entry = {"images": to_uint8(r.images).cpu().contiguous(), "labels": r.soft_labels.float().cpu().contiguous(),
-                 "depths": r.depths.cpu().contiguous(), "evals": torch.tensor([r.model_evaluations])}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, save(entry))
-        parts.append(entry)
-        made, evals = made + r.images.shape[0] * r.images.shape[1], evals + r.model_evaluations
-        print(f"progressive [{measure}]: {min(start + chunk, len(sources))}/{len(sources)} sources", flush=True)
-    out = {name: torch.cat([p[name] for p in parts]) for name in ("images", "labels", "depths")}
-    total = sum(int(p["evals"]) for p in parts)
-    out["evals_per_image"] = evals / made if made else total / max(1, out["labels"].numel())
-    return out
+    """:func:`progaug.evaluation.generated.progressive_bank` kept in :data:`CACHE`."""
+    return generated.progressive_bank(pair, sources, measure, steps=steps, levels=levels, bf16=bf16, device=device, max_batch=max_batch,
+                                      chunk=chunk, cache_dir=CACHE)
 
 
 def unconditional(pair, n: int, *, steps: int, device: str, bf16: bool, seed: int = 1234, batch_size: int = 64) -> torch.Tensor:
-    """``n`` unconditional DDIM samples of the target model (an IDDPM-style generator): uint8."""
-
-    @torch.no_grad()
-    def make() -> torch.Tensor:
-        sched = DDIMSchedule.from_config(pair.diffusion, steps)
-        gen = torch.Generator().manual_seed(seed)
-        s = pair.image_size
-        out = []
-        for start in range(0, n, batch_size):
-            noise = torch.randn(min(batch_size, n - start), 3, s, s, generator=gen).to(device)
-            with autocast(device, autocast_dtype(bf16)):
-                out.append(to_uint8(sample(pair.target, noise, sched, clip=pair.diffusion.clip_denoised).cpu()))
-            print(f"unconditional: {min(start + batch_size, n)}/{n}", flush=True)
-        return torch.cat(out)
-
-    key = _digest(pair.card["target"].get("sha256"), n, steps, bf16, seed)
-    return _cached("unconditional", key, make)
+    """:func:`progaug.evaluation.generated.unconditional` kept in :data:`CACHE`."""
+    return generated.unconditional(pair, n, steps=steps, device=device, bf16=bf16, seed=seed, batch_size=batch_size, cache_dir=CACHE)
 
 
 def bar_plot(path: Path, names: list[str], series: dict[str, tuple[list[float], list[float] | None]], *, ylabel: str, title: str,
@@ -231,15 +129,10 @@ def require_positive(parser, args, names) -> None:
 
 def write_report(res: dict, out: Path, markdown, plot) -> None:
     """Write a result as ``out.json``, ``out.md`` (``markdown(res)``) and ``out.png`` (``plot(res, path)``),
-    creating the folder, and print the Markdown."""
-    import json
+    creating the folder, and print the Markdown (:func:`progaug.evaluation.report.write_report`)."""
+    from progaug.evaluation.report import write_report as write
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    text = markdown(res)
-    out.with_suffix(".md").write_text(text)
-    plot(res, out.with_suffix(".png"))
-    print(text)
+    write(res, out, markdown, plot)
 
 
 def open_benchmark(args):

@@ -72,33 +72,31 @@ def test_downstream_on_class_folders(bench, tiny_pair, tmp_path):
     downstream = bench("downstream")
     out = tmp_path / "downstream"
     data = split_folders(tmp_path / "data")
-    args = ["--pair", str(tiny_pair), "--data", str(data), "--steps", "2", "--eval-every", "1", "--seeds", "0", "1", "--n", "2", "all",
-            "--levels", "3", "--gen-steps", "3", "--width", "32", "--depth", "1", "--batch-size", "8", "--threads", "1", "--out", str(out)]
+    args = ["--pair", str(tiny_pair), "--data", str(data), "--curve-epochs", "1", "2", "--seeds", "0", "1", "--tune-seeds", "7", "--n", "2", "all",
+            "--levels", "3", "--gen-steps", "3", "--batch-size", "8", "--p-grid", "0.2", "0.5", "--mixup-grid", "0.5", "--stain-grid", "0.05",
+            "--threads", "1", "--out", str(out)]
     assert downstream.main(args) == 0
     res = json.loads(out.with_suffix(".json").read_text())
     arms = set(downstream.all_arms())
-    assert {"real", "+stain", "+Mixup/CutMix", "+ADD-final", "+IDDPM-style", "+ADD-Pro[paper]", "+ADD-Pro[reference]",
-            "+ADD-Pro[preview]", f"+ADD-Pro[{DEFAULT_MEASURE}]+stain"} == arms
+    assert {"real", "real, no flips", "+stain", "+Mixup/CutMix", "+ADD-final", "+IDDPM-style", "+ADD-Pro[paper]", f"+ADD-Pro[{DEFAULT_MEASURE}]",
+            f"+ADD-Pro[{DEFAULT_MEASURE}] filtered", f"+ADD-Pro[{DEFAULT_MEASURE}] uniform", f"+ADD-Pro[{DEFAULT_MEASURE}]+stain"} == arms
     assert set(res["curve"]) == {"2", "all"} and res["counts"]["test"] == {"stroma": 6, "tumour": 6}
     assert set(res["pair_sha256"]) == {"source", "target"} and all(len(v) == 64 for v in res["pair_sha256"].values())
+    assert res["config"]["classifier"] == "cnn" and res["generation_settings"]["levels"] == 3
     for key, n_a in (("2", 2), ("all", 6)):
-        curve = res["curve"][key]
-        assert set(curve["arms"]) == arms
-        runs = curve["arms"]
+        runs = res["curve"][key]["arms"]
+        assert set(runs) == arms
         assert all(r["real_images"] == 2 * n_a and r["generated_images"] == 0 for r in runs["real"]["runs"])
         # ADD sources only from the N class-A tiles: 3 levels each, one full translation each, as many IDDPM samples
-        assert all(r["generated_images"] == 3 * n_a for r in runs["+ADD-Pro[preview]"]["runs"])
+        assert all(r["generated_images"] == 3 * n_a for r in runs[f"+ADD-Pro[{DEFAULT_MEASURE}]"]["runs"])
         assert all(r["generated_images"] == n_a for a in ("+ADD-final", "+IDDPM-style") for r in runs[a]["runs"])
-        for name, arm in runs.items():
-            assert len(arm["runs"]) == 2 and arm["accuracy"]["low"] <= arm["accuracy"]["mean"] <= arm["accuracy"]["high"]
-            if name != "real":
-                diff = arm["paired"]["real"]
-                assert diff["per_seed"] == pytest.approx([r["accuracy"] - o["accuracy"] for r, o in zip(arm["runs"], runs["real"]["runs"])])
+        assert res["curve"][key]["tuning"]["+ADD-final"]["chosen"] in (0.2, 0.5)
     assert res["curve"]["all"]["leak"].startswith("unknown")  # the tiny pair's card names no data
-    assert out.with_suffix(".png").is_file() and "N = 2 real tiles per class" in out.with_suffix(".md").read_text()
+    text = out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").is_file() and text.index("## Sanity") < text.index("## N = 2 real tiles per class")
     # the generated sets are kept and a second run makes none
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert {n.split("-")[1] for n in cached if n.startswith("progressive-")} == {"paper", "reference", "preview"}
+    assert {n.split("-")[1] for n in cached if n.startswith("progressive-")} == {"paper", DEFAULT_MEASURE}
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}
     assert downstream.main([*args, "--arms", "+ADD-Pro[paper]", "--out", str(tmp_path / "again")]) == 0
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()} == before
@@ -106,37 +104,14 @@ def test_downstream_on_class_folders(bench, tiny_pair, tmp_path):
     assert list(again["curve"]["2"]["arms"]) == ["real", "+ADD-Pro[paper]"]
     # the seed decides the run: the same seeds give the same test predictions again
     first, second = (r["curve"]["2"]["arms"]["real"]["runs"] for r in (res, again))
-    assert [r["test_predictions_sha"] for r in first] == [r["test_predictions_sha"] for r in second]
+    assert [r["predictions_sha"] for r in first] == [r["predictions_sha"] for r in second]
 
 
-def test_downstream_statistics(bench):
-    downstream = bench("downstream")
-    d = downstream.interval([0.80, 0.82, 0.84, 0.86, 0.88])
-    # mean 0.84, sd 0.0316, t(4) = 2.776: half width 0.03925
-    assert d["mean"] == pytest.approx(0.84) and d["half_width"] == pytest.approx(2.776 * 0.0316228 / 5 ** 0.5, rel=1e-4)
-    assert downstream.interval([0.5])["half_width"] == 0.0
-    assert downstream.verdict(downstream.interval([0.02, 0.03, 0.025, 0.02, 0.03])) == "better"
-    assert downstream.verdict(downstream.interval([-0.02, -0.03, -0.025, -0.02, -0.03])) == "worse"
-    assert downstream.verdict(downstream.interval([0.05, -0.04, 0.01])) == "not told apart"
-
-
-def test_downstream_subsets_are_nested_and_seeded(bench):
-    from progaug.data.tiles import TileSet
-
-    downstream = bench("downstream")
-    labels = torch.tensor([0] * 10 + [1] * 7)
-    train = TileSet(torch.zeros(17, 3, 8, 8, dtype=torch.uint8), labels, ("a", "b"), tuple(str(i) for i in range(17)))
-    o0, o0b, o1 = downstream.class_orders(train, 0), downstream.class_orders(train, 0), downstream.class_orders(train, 1)
-    assert all(torch.equal(o0[c], o0b[c]) for c in "ab") and not torch.equal(o0["a"], o1["a"])
-    assert sorted(o0["a"].tolist()) == list(range(10)) and sorted(o0["b"].tolist()) == list(range(10, 17))
-    small, large = downstream.first_n(o0["a"], 3), downstream.first_n(o0["a"], 6)
-    assert set(small.tolist()) < set(large.tolist()) and downstream.first_n(o0["b"], None).numel() == 7
-
-
-@pytest.mark.parametrize("bad, match", [(["--n", "0"], "--n takes positive integers or 'all'"), (["--n", "ten"], "--n takes"),
-                                        (["--arms", "+nope"], r"--arms \['\+nope'\] unknown"), (["--seeds", "1", "1"], "--seeds must differ"),
-                                        (["--steps", "0"], "--steps must be >= 1"),
-                                        (["--generated-share", "1"], r"--generated-share must lie in \(0, 1\), got 1.0")])
+@pytest.mark.parametrize("bad, match", [(["--n", "0"], "N takes positive integers or 'all'"), (["--n", "ten"], "N takes"),
+                                        (["--arms", "+nope"], r"--arms \['\+nope'\] unknown"),
+                                        (["--seeds", "1", "1"], "`seeds` must hold at least one value, each once"),
+                                        (["--classifier", "resnet"], "`classifier` must be one of"),
+                                        (["--seeds", "100"], "`tune_seeds` .* must differ from `seeds`")])
 def test_downstream_refuses_bad_arguments(bench, capsys, bad, match):
     with pytest.raises(SystemExit):
         bench("downstream").parse_args(bad)
@@ -144,9 +119,9 @@ def test_downstream_refuses_bad_arguments(bench, capsys, bad, match):
 
 
 def test_downstream_quick_fills_in_what_is_not_given(bench):
-    args = bench("downstream").parse_args(["--quick", "--steps", "7"])
-    assert args.steps == 7 and args.seeds == [0, 1] and args.n == [25] and args.gen_steps == 10
-    assert args.arms[0] == "real"
+    args = bench("downstream").parse_args(["--quick", "--gen-steps", "7"])
+    assert args.generation.gen_steps == 7 and args.protocol.seeds == (0, 1) and args.protocol.n == ("25",) and args.generation.levels == 4
+    assert args.arms[0] == "real" and args.out.endswith("downstream_cnn")
 
 
 def test_downstream_needs_three_splits(bench, tiny_pair, tmp_path):
@@ -251,16 +226,6 @@ def test_every_committed_result_names_its_pair():
     for path in sorted((BENCH / "results").glob("*.json")):
         recorded = json.loads(path.read_text()).get("pair_sha256")
         assert isinstance(recorded, dict) and set(recorded) >= {"source", "target"}, path.name
-
-
-def test_downstream_generated_share_splits_each_batch(bench):
-    downstream = bench("downstream")
-    gen = torch.Generator().manual_seed(0)
-    idx = downstream.batch_indices(110, 100, 32, 0.25, gen)  # 10 real rows, then 100 generated
-    assert len(idx) == 32 and int((idx >= 10).sum()) == 8 and int((idx < 10).sum()) == 24
-    uniform = downstream.batch_indices(110, 100, 1000, None, gen)
-    assert int((uniform >= 10).sum()) > 800  # uniform over the union: mostly generated rows
-    assert downstream.batch_indices(10, 0, 16, 0.5, gen).max() < 10  # an arm without generated images
 
 
 def test_memorisation_finds_copies_under_any_flip_or_rotation(bench):

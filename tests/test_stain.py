@@ -1,14 +1,9 @@
-"""benchmarks/stain.py: HED stain jitter, the pathology colour baseline of the downstream benchmark."""
-
-import sys
-from pathlib import Path
+"""progaug.evaluation.stain: HED stain jitter, the pathology colour baseline of the downstream protocol."""
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from stain import hed_jitter, hed_to_rgb, rgb_to_hed  # noqa: E402
+from progaug.evaluation.stain import hed_jitter, hed_to_rgb, rgb_to_hed
 
 
 def tiles(seed=0):

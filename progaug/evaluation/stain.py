@@ -1,4 +1,4 @@
-"""HED stain jitter: the colour augmentation pathology practitioners use first (downstream.py's stain arms).
+"""HED stain jitter: the colour augmentation pathology practitioners use first (the stain arms of the evaluation protocol).
 
 The recipe is Tellez et al.'s "HED-light" (Tellez et al., "Whole-slide mitosis detection in H&E breast
 histology using PHH3 as a reference to train distilled stain-invariant convolutional networks", IEEE TMI

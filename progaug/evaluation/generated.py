@@ -1,0 +1,143 @@
+"""Generated image sets of a pair for the evaluation protocol, optionally kept on disk.
+
+Each set is named by everything it depends on (the pair's weight sha256, measure, steps, levels, bf16,
+seed, the source tiles' bytes), so a second run with other seeds or another N only trains classifiers.
+``cache_dir=None`` keeps nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from progaug.data.tiles import dihedral, to_model_range, to_uint8
+from progaug.diffusion import DDIMSchedule, bridge, sample
+from progaug.runtime import autocast, autocast_dtype
+
+__all__ = ["dihedral_cycle", "final_stage", "progressive_bank", "unconditional"]
+
+
+def dihedral_cycle(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` images from ``x``: ``x`` in order, then again flipped / rotated when ``n > len(x)``."""
+    return torch.stack([dihedral(x[i % len(x)], (i // len(x)) % 8) for i in range(n)])
+
+
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.contiguous().numpy().tobytes() if isinstance(p, torch.Tensor) else repr(p).encode())
+    return h.hexdigest()[:16]
+
+
+def _load(path: Path | None) -> dict | None:
+    from safetensors.torch import load_file
+
+    if path is None or not path.is_file():
+        return None
+    return load_file(path)
+
+
+def _store(path: Path | None, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save
+
+    from progaug.fileio import atomic_write_bytes
+
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}))
+
+
+def _cached(cache_dir: Path | None, name: str, key: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    path = None if cache_dir is None else Path(cache_dir) / f"{name}-{key}.safetensors"
+    stored = _load(path)
+    if stored is not None:
+        print(f"reusing {path}", flush=True)
+        return stored["images"]
+    images = make()
+    _store(path, {"images": images})
+    return images
+
+
+def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str, bf16: bool, batch_size: int = 64,
+                cache_dir: Path | None = None) -> torch.Tensor:
+    """``n`` full-depth ADD translations (eq. 4) of uint8 source tiles (cycled with flips / rotations):
+    ``(n, 3, S, S)`` uint8."""
+
+    @torch.no_grad()
+    def make() -> torch.Tensor:
+        sched = DDIMSchedule.from_config(pair.diffusion, steps)
+        x = to_model_range(dihedral_cycle(sources, n))
+        out = []
+        for i, chunk in enumerate(x.split(batch_size)):
+            with autocast(device, autocast_dtype(bf16)):
+                out.append(to_uint8(bridge(pair.source, pair.target, chunk.to(device), sched, clip=pair.diffusion.clip_denoised).cpu()))
+            print(f"final-stage ADD: {min((i + 1) * batch_size, n)}/{n}", flush=True)
+        return torch.cat(out)
+
+    key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), n, steps, bf16, sources)
+    return _cached(cache_dir, "final", key, make)
+
+
+def progressive_bank(pair, sources: torch.Tensor, measure: str, *, steps: int, levels: int, bf16: bool, device: str, max_batch: int,
+                     chunk: int = 32, cache_dir: Path | None = None, progress: Callable[[int], None] | None = None) -> dict:
+    """Progressive images (paper 2.1-2.3) of every uint8 source tile under one label measure, made in chunks
+    of ``chunk`` tiles and kept per chunk (a stopped run keeps what it made).
+
+    Args:
+        progress: Called with the number of source tiles of each finished (or reused) chunk.
+
+    Returns:
+        ``{"images": (M, L, 3, S, S) uint8, "labels": (M, L) float32, "depths": (M, L) int64,
+        "evals_per_image": U-Net evaluations per output image (of the chunks made in this call, else of
+        all)}``; level ``L`` (1.0) is always the full eq. 4 translation.
+    """
+    from progaug.frequency import default_levels
+    from progaug.generator import generate_progressive
+
+    parts, made, evals = [], 0, 0
+    for start in range(0, len(sources), chunk):
+        part = sources[start:start + chunk]
+        key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), measure, steps, levels, bf16, part)
+        path = None if cache_dir is None else Path(cache_dir) / f"progressive-{measure}-{key}.safetensors"
+        entry = _load(path)
+        if entry is None:
+            with torch.no_grad():
+                r = generate_progressive(pair.source, pair.target, to_model_range(part).to(device), levels=default_levels(levels), steps=steps,
+                                         diffusion=pair.diffusion, measure=measure, max_batch=max_batch, autocast_dtype=autocast_dtype(bf16))
+            entry = {"images": to_uint8(r.images).cpu(), "labels": r.soft_labels.float().cpu(), "depths": r.depths.cpu(),
+                     "evals": torch.tensor([r.model_evaluations])}
+            _store(path, entry)
+            made, evals = made + r.images.shape[0] * r.images.shape[1], evals + r.model_evaluations
+            print(f"progressive [{measure}]: {min(start + chunk, len(sources))}/{len(sources)} sources", flush=True)
+        parts.append(entry)
+        if progress is not None:
+            progress(len(part))
+    out = {name: torch.cat([p[name] for p in parts]) for name in ("images", "labels", "depths")}
+    total = sum(int(p["evals"]) for p in parts)
+    out["evals_per_image"] = evals / made if made else total / max(1, out["labels"].numel())
+    return out
+
+
+def unconditional(pair, n: int, *, steps: int, device: str, bf16: bool, seed: int = 1234, batch_size: int = 64,
+                  cache_dir: Path | None = None) -> torch.Tensor:
+    """``n`` unconditional DDIM samples of the target model (an IDDPM-style generator): uint8."""
+
+    @torch.no_grad()
+    def make() -> torch.Tensor:
+        sched = DDIMSchedule.from_config(pair.diffusion, steps)
+        gen = torch.Generator().manual_seed(seed)
+        s = pair.image_size
+        out = []
+        for start in range(0, n, batch_size):
+            noise = torch.randn(min(batch_size, n - start), 3, s, s, generator=gen).to(device)
+            with autocast(device, autocast_dtype(bf16)):
+                out.append(to_uint8(sample(pair.target, noise, sched, clip=pair.diffusion.clip_denoised).cpu()))
+            print(f"unconditional: {min(start + batch_size, n)}/{n}", flush=True)
+        return torch.cat(out)
+
+    key = _digest(pair.card["target"].get("sha256"), n, steps, bf16, seed)
+    return _cached(cache_dir, "unconditional", key, make)

@@ -1,0 +1,143 @@
+"""From a pair and a user's split folders to the protocol's result: make (or reuse) the generated sets for
+every class-A training tile, run :func:`progaug.evaluation.protocol.run_protocol`, and describe the run.
+
+Used by ``progaug evaluate`` and ``benchmarks/downstream.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from progaug.config import JsonConfig, setting
+from progaug.data.tiles import TileSet
+from progaug.evaluation import generated
+from progaug.evaluation.protocol import Arm, GeneratedSets, ProtocolConfig, needed_positions, parse_n, run_protocol
+from progaug.labels import DEFAULT_MEASURE
+from progaug.runtime import CPU_MAX_BATCH
+
+__all__ = ["GenerationSettings", "evaluate_pair", "leak", "make_sets"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationSettings(JsonConfig):
+    """How the generated sets are made (the pair's images for every class-A training tile).
+
+    Attributes: see each field's help text.
+    """
+
+    gen_steps: int = setting(50, "DDIM steps of the generated sets")
+    levels: int = setting(10, "progressive images per class-A tile")
+    bf16: bool = setting(True, "generate under bf16 autocast (1.6-2x faster on CPUs with native bf16)")
+    max_batch: int = setting(CPU_MAX_BATCH, "rows per U-Net call when generating")
+
+    def __post_init__(self) -> None:
+        for name in ("gen_steps", "levels", "max_batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+
+
+def _scatter(values: torch.Tensor, needed: torch.Tensor, total: int) -> torch.Tensor:
+    """``values`` for the positions ``needed`` placed in a zero tensor of ``total`` rows."""
+    out = torch.zeros((total, *values.shape[1:]), dtype=values.dtype)
+    out[needed] = values
+    return out
+
+
+def make_sets(pair, sources: torch.Tensor, arms: Sequence[Arm], settings: GenerationSettings, *, needed: torch.Tensor | None = None,
+              device: str = "cpu", cache_dir: Path | None = None, progress: Callable[[int], None] | None = None) -> tuple[GeneratedSets, dict]:
+    """The generated images the ``arms`` need for the uint8 class-A training tiles ``sources``.
+
+    Args:
+        needed: Positions in ``sources`` that some subset uses (default: all); the sets still have one row per
+            source tile, zero where not needed.
+
+    Returns:
+        ``(sets, cost)``; ``cost`` per set: seconds, U-Net evaluations per image and mean depth.
+    """
+    total = len(sources)
+    needed = torch.arange(total) if needed is None else needed
+    sources = sources[needed]
+    kinds = {a.generated for a in arms} - {None}
+    measures = sorted({a.measure for a in arms if a.generated == "pro"})
+    if "final" in kinds and not measures:
+        measures = [DEFAULT_MEASURE]  # level 1.0 of any measure's set is the full eq. 4 translation
+    pro, cost = {}, {}
+    for m in measures:
+        t0 = time.time()
+        bank = generated.progressive_bank(pair, sources, m, steps=settings.gen_steps, levels=settings.levels, bf16=settings.bf16,
+                                          device=device, max_batch=settings.max_batch, cache_dir=cache_dir, progress=progress)
+        pro[m] = (_scatter(bank["images"], needed, total), _scatter(bank["labels"], needed, total))
+        cost[f"pro:{m}"] = {"seconds": round(time.time() - t0, 1), "unet_evals_per_image": bank["evals_per_image"],
+                            "depth_mean": float(bank["depths"].double().mean())}
+    final = pro[DEFAULT_MEASURE if DEFAULT_MEASURE in pro else measures[0]][0][:, -1] if "final" in kinds else None
+    iddpm = None
+    if "iddpm" in kinds:
+        t0 = time.time()
+        iddpm = generated.unconditional(pair, total, steps=settings.gen_steps, device=device, bf16=settings.bf16,
+                                        batch_size=settings.max_batch, cache_dir=cache_dir)
+        cost["iddpm"] = {"seconds": round(time.time() - t0, 1), "unet_evals_per_image": settings.gen_steps}
+    return GeneratedSets(pro=pro, final=final, iddpm=iddpm), cost
+
+
+def leak(pair, data: str, n: int | None, counts: dict[str, int]) -> str:
+    """How the pair's training data relates to the classifier's N tiles per class (a sentence)."""
+    card = pair.card.get("data", {})
+    seen = card.get("counts")
+    if card.get("name") != data or card.get("split") != "train" or not seen:
+        return f"unknown: the pair card names its data as {card.get('name')!r}, this run uses {data!r}"
+    if n is None or all(n >= counts.get(c, 0) for c in seen):
+        return "none: the pair saw exactly the classifier's training tiles"
+    return (f"the pair was trained on {seen} training tiles, the classifier sees {min(n, min(counts.values()))} per class: "
+            f"the generated arms hold information from tiles the real arms never see; compare them with each other")
+
+
+def evaluate_pair(pair, splits: dict[str, TileSet], data: str, arms: Sequence[Arm], config: ProtocolConfig, settings: GenerationSettings, *,
+                  device: str = "cpu", cache_dir: Path | None = None, progress: Callable[[str, int, str], None] | None = None) -> dict:
+    """Generated sets, then the protocol, with what a report needs to name the run.
+
+    Args:
+        pair: A loaded :class:`progaug.pair.Pair` (source class A, target class B).
+        splits: ``train``, ``val``, ``test`` tiles at the pair's image size.
+        data: Name of the data (``'hgsc'`` or the folder), for the leak line.
+        arms: Arms to run.
+        config: Protocol settings.
+        settings: How the generated sets are made.
+        device: Where to generate and train.
+        cache_dir: Keep generated sets here (None: nothing kept).
+        progress: Called as ``progress("generate", k, text)`` for k more source tiles done and
+            ``progress("train", 1, text)`` after each classifier training (``text`` says which).
+
+    Raises:
+        ValueError: Missing splits, or the pair's classes are not among the split's classes.
+    """
+    began = time.time()
+    for split in ("train", "val", "test"):
+        if split not in splits:
+            raise ValueError(f"--data {data}: needs train/, val/ and test/ class folders (model selection and a held-out test); no {split}/")
+    train = splits["train"]
+    missing = [c for c in pair.classes if c not in train.classes]
+    if missing:
+        raise ValueError(f"--data {data}: no class folder {missing} of the pair's classes {list(pair.classes)}")
+    a_tiles = train.of_class(pair.classes[0]).images
+    needed = needed_positions(train, pair.classes[0], config)
+    report = (lambda k: progress("generate", k, f"{k} of {len(needed)} source tiles")) if progress else None
+    sets, cost = make_sets(pair, a_tiles, arms, settings, needed=needed, device=device, cache_dir=cache_dir, progress=report)
+    seconds_generation = round(time.time() - began, 1)
+    res = run_protocol(splits, pair.classes, sets, arms, config, device=device,
+                       on_run=(lambda text: progress("train", 1, text)) if progress else None)
+    counts = train.counts()
+    for key, entry in res["curve"].items():
+        entry["leak"] = leak(pair, data, parse_n(key), counts)
+    res.update(counts={s: splits[s].counts() for s in splits}, generation=cost, generation_settings=settings.to_dict(),
+               seconds_generation=seconds_generation, seconds=round(time.time() - began, 1), machine=platform.platform(),
+               pair_sha256={role: pair.card[role].get("sha256") for role in ("source", "target")},
+               pair_training={k: pair.card.get("training", {}).get(k) for k in ("steps_done", "wall_time_s", "device")},
+               pair_data=pair.card.get("data"), threads=torch.get_num_threads())
+    return res

@@ -1,0 +1,432 @@
+"""The evaluation protocol: does adding a pair's generated images make a better classifier of a user's
+classes than the augmentations pathology users already use?
+
+The same for every arm, seed and N (docs/benchmarks.md, "The downstream protocol"):
+
+1. **Subsets.** For each seed a fixed random order of each class's training tiles; N tiles per class =
+   the first N (nested). Generated images come only from the N class-A tiles of that subset.
+2. **Budget.** In epochs over the real tiles, chosen per N at the plateau of a real-only validation
+   learning curve (the smallest budget within ``plateau_tolerance`` of the best mean validation
+   accuracy); every arm gets the same optimiser steps.
+3. **Adding generated images.** Per-draw replacement with probability ``p`` (a real draw becomes a
+   generated one, :mod:`progaug.replacement`), so every arm sees the same real tiles equally often; the
+   old uniform concatenation stays as one arm for continuity.
+4. **Tuning.** Every tuned arm gets the same budget: each value of its grid (``p``, Mixup/CutMix alpha,
+   stain sigma) trained on the tuning seeds, chosen by mean validation accuracy. The test split decides
+   nothing: it is scored once per evaluation seed with the checkpoint the validation split picked.
+5. **Figures.** Accuracy, macro-F1 and balanced accuracy over seeds with 95 % t-intervals, paired
+   differences per seed; a sanity block (flips/rotations vs none, Mixup/CutMix and stain vs real only at
+   the largest N) says whether the protocol is converged before any generated arm is judged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from progaug.config import JsonConfig, setting
+from progaug.data.tiles import TileSet
+from progaug.evaluation.classifiers import CLASSIFIERS
+from progaug.evaluation.stats import interval, paired
+from progaug.evaluation.training import LabelledImages, Recipe, TrainSpec, score, train_classifier
+from progaug.labels import DEFAULT_MEASURE, MEASURES
+
+__all__ = ["Arm", "GeneratedSets", "ProtocolConfig", "all_arms", "class_orders", "needed_positions", "parse_n", "planned_runs", "plateau", "run_protocol", "sanity"]
+
+LR = {"cnn": 2e-3, "vit": 1e-3}
+"""Peak learning rate per classifier (AdamW, one-cycle)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolConfig(JsonConfig):
+    """Settings of one protocol run (one classifier).
+
+    Attributes: see each field's help text.
+    """
+
+    classifier: str = setting("cnn", "classifier trained from scratch: cnn or vit")
+    n: tuple[str, ...] = setting(("25", "50", "100", "all"), "labelled real tiles per class ('all' or integers)")
+    seeds: tuple[int, ...] = setting((0, 1, 2, 3, 4), "evaluation seeds (subset, initialisation, batch order)")
+    tune_seeds: tuple[int, ...] = setting((100, 101), "seeds of the tuning runs and of the learning curve (scored on validation only)")
+    epochs: int | None = setting(None, "fixed budget in real-image epochs (default: chosen per N from the learning curve)")
+    curve_epochs: tuple[int, ...] = setting((25, 50, 100, 200), "budgets of the real-only learning curve")
+    plateau_tolerance: float = setting(0.01, "budget = smallest curve budget within this of the best mean validation accuracy")
+    batch_size: int = setting(32, "images per optimiser step")
+    p_grid: tuple[float, ...] = setting((0.1, 0.3, 0.5), "replacement probabilities tried for each generated arm")
+    mixup_grid: tuple[float, ...] = setting((0.2, 0.5, 1.0), "Mixup alphas tried (CutMix alpha 1.25x)")
+    stain_grid: tuple[float, ...] = setting((0.02, 0.05, 0.1), "HED stain jitter sigmas tried")
+    filter_margin: float = setting(0.5, "filtered arm: keep images whose teacher p(B) is within this of the soft label")
+
+    def __post_init__(self) -> None:
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f"`classifier` must be one of {CLASSIFIERS}, got {self.classifier!r}")
+        for value in self.n:
+            parse_n(value)
+        for name in ("seeds", "tune_seeds", "curve_epochs", "p_grid", "mixup_grid", "stain_grid"):
+            values = getattr(self, name)
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"`{name}` must hold at least one value, each once, got {values}")
+        if set(self.seeds) & set(self.tune_seeds):
+            raise ValueError(f"`tune_seeds` {self.tune_seeds} must differ from `seeds` {self.seeds}")
+        if any(not 0 < p <= 1 for p in self.p_grid):
+            raise ValueError(f"`p_grid` values must lie in (0, 1], got {self.p_grid}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"`epochs` must be >= 1, got {self.epochs}")
+
+    def spec(self, epochs: int) -> TrainSpec:
+        """The optimisation of every arm at ``epochs``."""
+        return TrainSpec(classifier=self.classifier, epochs=epochs, batch_size=self.batch_size, lr=LR[self.classifier])
+
+
+def parse_n(value: str) -> int | None:
+    """``'all'`` -> None, a positive integer string -> int.
+
+    Raises:
+        ValueError: Anything else.
+    """
+    if value == "all":
+        return None
+    if not str(value).isdigit() or int(value) < 1:
+        raise ValueError(f"N takes positive integers or 'all', got {value!r}")
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One way of training the classifier.
+
+    Attributes:
+        name: Name in the reports.
+        generated: ``None``, ``"final"`` (full-depth ADD translations, hard target labels), ``"pro"`` (ADD
+            progressive images, soft labels) or ``"iddpm"`` (unconditional target-model samples).
+        measure: Label measure of a ``"pro"`` arm.
+        flips: Random flips / quarter turns.
+        stain: HED stain jitter (sigma tuned; with generated images: the ``+stain`` arm's sigma).
+        mixup: Mixup / CutMix (alpha tuned).
+        uniform: Batches drawn uniformly from real + generated (the old protocol; not tuned).
+        filtered: Drop generated images the teacher contradicts (:mod:`progaug.selection`).
+    """
+
+    name: str
+    generated: str | None = None
+    measure: str | None = None
+    flips: bool = True
+    stain: bool = False
+    mixup: bool = False
+    uniform: bool = False
+    filtered: bool = False
+
+    @property
+    def knob(self) -> str | None:
+        """The tuned setting: ``"replace_prob"``, ``"mixup_alpha"``, ``"stain_sigma"`` or None."""
+        if self.generated is not None:
+            return None if self.uniform else "replace_prob"
+        if self.mixup:
+            return "mixup_alpha"
+        return "stain_sigma" if self.stain else None
+
+
+def all_arms(default: str = DEFAULT_MEASURE) -> dict[str, Arm]:
+    """Every arm, in report order."""
+    arms = [Arm("real"), Arm("real, no flips", flips=False), Arm("+stain", stain=True), Arm("+Mixup/CutMix", mixup=True),
+            Arm("+ADD-final", "final")]
+    arms += [Arm(f"+ADD-Pro[{m}]", "pro", m) for m in ("paper", default) if m in MEASURES]
+    arms += [Arm(f"+ADD-Pro[{default}] filtered", "pro", default, filtered=True),
+             Arm(f"+ADD-Pro[{default}] uniform", "pro", default, uniform=True),
+             Arm("+IDDPM-style", "iddpm"), Arm(f"+ADD-Pro[{default}]+stain", "pro", default, stain=True)]
+    return {a.name: a for a in arms}
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratedSets:
+    """Generated images of a pair for every class-A training tile, indexed by the tile's position among the
+    class-A training tiles.
+
+    Attributes:
+        pro: Measure -> ``(images (A, L, 3, S, S) uint8, soft labels (A, L) float32)``.
+        final: ``(A, 3, S, S)`` uint8 full-depth translations (or None).
+        iddpm: ``(P, 3, S, S)`` uint8 unconditional samples (or None).
+    """
+
+    pro: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    final: torch.Tensor | None = None
+    iddpm: torch.Tensor | None = None
+
+
+# ------------------------------------------------------------------------------ data of one subset
+
+
+@dataclasses.dataclass
+class _Subset:
+    """The real tiles of one (seed, N) and the class-A positions their generated images come from."""
+
+    real: LabelledImages
+    labels: torch.Tensor
+    a_positions: torch.Tensor
+
+
+def class_orders(train: TileSet, seed: int) -> dict[str, torch.Tensor]:
+    """A fixed random order of each class's training-tile indices for ``seed`` (indices into ``train``)."""
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    return {c: torch.nonzero(train.labels == i).flatten()[torch.randperm(int((train.labels == i).sum()), generator=gen)]
+            for i, c in enumerate(train.classes)}
+
+
+def needed_positions(train: TileSet, a_class: str, config: ProtocolConfig) -> torch.Tensor:
+    """Sorted positions (among the class-A training tiles) of every class-A tile some subset of the run uses:
+    the only tiles whose generated images are needed."""
+    a_all = torch.nonzero(train.labels == train.classes.index(a_class)).flatten()
+    position = {int(g): i for i, g in enumerate(a_all)}
+    used = set()
+    for seed in (*config.seeds, *config.tune_seeds):
+        order = class_orders(train, seed)[a_class]
+        for key in config.n:
+            n = parse_n(key)
+            used.update(position[int(g)] for g in (order if n is None else order[:n]))
+    return torch.tensor(sorted(used), dtype=torch.long)
+
+
+def _subset(train: TileSet, seed: int, n: int | None, a_class: str) -> _Subset:
+    orders = class_orders(train, seed)
+    chosen = {c: (o if n is None else o[:n]) for c, o in orders.items()}
+    index = torch.cat(list(chosen.values()))
+    a_all = torch.nonzero(train.labels == train.classes.index(a_class)).flatten()
+    position = {int(g): i for i, g in enumerate(a_all)}
+    a_pos = torch.tensor([position[int(g)] for g in chosen[a_class]], dtype=torch.long)
+    labels = train.labels[index]
+    return _Subset(LabelledImages(train.images[index], F.one_hot(labels, len(train.classes)).float()), labels, a_pos)
+
+
+def _hard_rows(count: int, index: int, k: int) -> torch.Tensor:
+    return F.one_hot(torch.full((count,), index), k).float()
+
+
+def _soft_rows(soft: torch.Tensor, a: int, b: int, k: int) -> torch.Tensor:
+    rows = torch.zeros(len(soft), k)
+    rows[:, a], rows[:, b] = 1 - soft.float(), soft.float()
+    return rows
+
+
+# ------------------------------------------------------------------------------------ the runner
+
+
+class _Runner:
+    """Holds the data of one protocol run and trains its classifiers."""
+
+    def __init__(self, splits: dict[str, TileSet], classes: tuple[str, str], sets: GeneratedSets, config: ProtocolConfig,
+                 device: str, on_run: Callable[[str], None] | None) -> None:
+        self.train, self.config, self.sets, self.device = splits["train"], config, sets, device
+        self.val = (splits["val"].images, splits["val"].labels)
+        self.test = splits["test"]
+        self.k = len(self.train.classes)
+        self.a, self.b = (self.train.classes.index(c) for c in classes)
+        self.a_class = classes[0]
+        self.on_run = on_run or (lambda _: None)
+        self._teachers: dict[tuple, torch.Tensor] = {}
+
+    def generated(self, arm: Arm, sub: _Subset, seed: int, n_key: str, epochs: int) -> LabelledImages | None:
+        """The generated images of ``arm`` for one subset (None for real-only arms)."""
+        if arm.generated is None:
+            return None
+        if arm.generated == "final":
+            images = self.sets.final[sub.a_positions]
+            return LabelledImages(images, _hard_rows(len(images), self.b, self.k))
+        if arm.generated == "iddpm":
+            pick = torch.randperm(len(self.sets.iddpm), generator=torch.Generator().manual_seed(20_000 + seed))[:len(sub.a_positions)]
+            return LabelledImages(self.sets.iddpm[pick], _hard_rows(len(pick), self.b, self.k))
+        images, soft = self.sets.pro[arm.measure]
+        images, soft = images[sub.a_positions].flatten(0, 1), soft[sub.a_positions].flatten()
+        if arm.filtered:
+            keep = self._keep(images, soft, sub, seed, n_key, epochs)
+            images, soft = images[keep], soft[keep]
+        return LabelledImages(images, _soft_rows(soft, self.a, self.b, self.k))
+
+    def _keep(self, images: torch.Tensor, soft: torch.Tensor, sub: _Subset, seed: int, n_key: str, epochs: int) -> torch.Tensor:
+        from progaug.selection import agreement_mask, fit_teacher, teacher_probability
+
+        key, new = (seed, n_key, len(images)), (seed, n_key, len(images)) not in self._teachers
+        if new:
+            teacher = fit_teacher(sub.real.images, sub.labels, self.k, epochs=epochs, seed=seed, device=self.device)
+            self._teachers[key] = teacher_probability(teacher, images, self.b, self.device)
+        keep = agreement_mask(soft, self._teachers[key], self.config.filter_margin)
+        if new:
+            self.on_run(f"N={n_key} teacher seed {seed}: keeps {int(keep.sum())} of {len(soft)} generated images")
+        return keep
+
+    def fit(self, arm: Arm, recipe: Recipe, seed: int, n: int | None, n_key: str, epochs: int, test: bool) -> dict:
+        """Train one classifier; its validation accuracy, and test metrics when ``test`` (else a tuning or
+        learning-curve run)."""
+        sub = _subset(self.train, seed, n, self.a_class)
+        gen = self.generated(arm, sub, seed, n_key, epochs)
+        model, val = train_classifier(sub.real, gen, recipe, self.config.spec(epochs), seed, self.val, self.device)
+        out = {"seed": seed, "val_accuracy": val, "real_images": len(sub.real), "generated_images": 0 if gen is None else len(gen)}
+        if test:
+            out.update(score(model, self.test.images, self.test.labels, self.device))
+        what = f"test acc {out['accuracy']:.3f}" if test else f"val acc {val:.3f} ({epochs} epochs, {_show(recipe)})"
+        self.on_run(f"N={n_key} {arm.name} seed {seed}: {what}")
+        return out
+
+
+def _show(recipe: Recipe) -> str:
+    changed = {k: v for k, v in recipe.to_dict().items() if v != getattr(Recipe(), k)}
+    return ", ".join(f"{k} {v}" for k, v in changed.items()) or "defaults"
+
+
+def _recipe(arm: Arm, value: float | None, stain_sigma: float) -> Recipe:
+    settings = {"flips": arm.flips, "uniform": arm.uniform}
+    if arm.generated is not None and arm.stain:
+        settings["stain_sigma"] = stain_sigma
+    if arm.knob is not None:
+        settings[arm.knob] = value
+    return Recipe(**settings)
+
+
+def _grid(arm: Arm, config: ProtocolConfig) -> tuple[float, ...]:
+    return {"replace_prob": config.p_grid, "mixup_alpha": config.mixup_grid, "stain_sigma": config.stain_grid}.get(arm.knob, (None,))
+
+
+def planned_runs(config: ProtocolConfig, arms: Sequence[Arm]) -> int:
+    """Classifier trainings one :func:`run_protocol` call makes (for a progress bar; teachers included)."""
+    per_n = len(config.curve_epochs) * len(config.tune_seeds) if config.epochs is None else 0
+    for arm in arms:
+        grid = len(_grid(arm, config))
+        per_n += (grid * len(config.tune_seeds) if arm.knob is not None else 0) + len(config.seeds)
+    if any(a.filtered for a in arms):
+        per_n += len(config.seeds) + len(config.tune_seeds)
+    return per_n * len(config.n)
+
+
+def _budget(runner: _Runner, config: ProtocolConfig, n: int | None, n_key: str) -> dict:
+    """The real-only validation learning curve at one N and the budget read from it."""
+    if config.epochs is not None:
+        return {"epochs": config.epochs, "curve": None}
+    curve = {}
+    for epochs in config.curve_epochs:
+        vals = [runner.fit(Arm("real"), Recipe(), s, n, n_key, epochs, test=False)["val_accuracy"] for s in config.tune_seeds]
+        curve[str(epochs)] = interval(vals)
+    return {"epochs": plateau({int(e): c["mean"] for e, c in curve.items()}, config.plateau_tolerance), "curve": curve}
+
+
+def plateau(means: dict[int, float], tolerance: float) -> int:
+    """The smallest budget whose mean validation accuracy is within ``tolerance`` of the best one."""
+    best = max(means.values())
+    return min(e for e, m in means.items() if m >= best - tolerance)
+
+
+def _tune(runner: _Runner, arm: Arm, config: ProtocolConfig, n: int | None, n_key: str, epochs: int, stain_sigma: float) -> dict:
+    """Each value of the arm's grid on the tuning seeds; the one with the best mean validation accuracy."""
+    if arm.knob is None:
+        return {"knob": None, "chosen": None, "values": {}}
+    values = {}
+    for value in _grid(arm, config):
+        recipe = _recipe(arm, value, stain_sigma)
+        vals = [runner.fit(arm, recipe, s, n, n_key, epochs, test=False)["val_accuracy"] for s in config.tune_seeds]
+        values[str(value)] = sum(vals) / len(vals)
+    chosen = max(values, key=lambda v: values[v])  # ties: the first (smallest) value
+    return {"knob": arm.knob, "chosen": float(chosen), "values": values}
+
+
+def _summarise(runs: list[dict]) -> dict:
+    return {"runs": runs, **{m: interval([r[m] for r in runs]) for m in ("accuracy", "f1_macro", "balanced_accuracy")}}
+
+
+def run_protocol(splits: dict[str, TileSet], classes: tuple[str, str], sets: GeneratedSets, arms: Sequence[Arm], config: ProtocolConfig,
+                 *, device: str = "cpu", on_run: Callable[[str], None] | None = None) -> dict:
+    """Run the protocol for one classifier.
+
+    Args:
+        splits: ``train``, ``val`` and ``test`` tiles (uint8).
+        classes: ``(A, B)``: the pair's source and target classes, both among the splits' classes.
+        sets: The pair's generated images for every class-A training tile.
+        arms: Arms to run; ``real`` is always needed (paired differences), and is added first when missing.
+        config: The protocol's settings.
+        device: Where to train.
+        on_run: Called after each classifier training with a short description (progress).
+
+    Returns:
+        ``{"config", "classes", "arms", "curve": {N: {"budget", "tuning", "arms": {name: {"runs",
+        "accuracy", "f1_macro", "balanced_accuracy", "paired"}}}}, "sanity"}`` (docs/benchmarks.md).
+
+    Raises:
+        ValueError: Missing splits or classes, or an arm whose generated images ``sets`` does not hold.
+    """
+    _check_inputs(splits, classes, sets, arms)
+    arms = list(arms) if any(a.name == "real" for a in arms) else [Arm("real"), *arms]
+    runner = _Runner(splits, classes, sets, config, device, on_run)
+    out = {"config": config.to_dict(), "classes": list(splits["train"].classes), "direction": list(classes),
+           "arms": {a.name: dataclasses.asdict(a) for a in arms}, "curve": {}}
+    for n_key in config.n:
+        n = parse_n(n_key)
+        budget = _budget(runner, config, n, n_key)
+        epochs, entry = budget["epochs"], {"budget": budget, "tuning": {}, "arms": {}}
+        stain_sigma = 0.05
+        for arm in arms:
+            tuning = _tune(runner, arm, config, n, n_key, epochs, stain_sigma)
+            if arm.knob == "stain_sigma":
+                stain_sigma = tuning["chosen"]
+            entry["tuning"][arm.name] = tuning
+            recipe = _recipe(arm, tuning["chosen"], stain_sigma)
+            runs = [runner.fit(arm, recipe, s, n, n_key, epochs, test=True) for s in config.seeds]
+            entry["arms"][arm.name] = {**_summarise(runs), "recipe": recipe.to_dict()}
+        _add_paired(entry)
+        out["curve"][n_key] = entry
+    out["sanity"] = sanity(out)
+    return out
+
+
+def _check_inputs(splits: dict[str, TileSet], classes: tuple[str, str], sets: GeneratedSets, arms: Sequence[Arm]) -> None:
+    missing = [s for s in ("train", "val", "test") if s not in splits]
+    if missing:
+        raise ValueError(f"the protocol needs train, val and test splits; missing {missing}")
+    for c in classes:
+        for split in ("train", "val", "test"):
+            if c not in splits[split].classes:
+                raise ValueError(f"class {c!r} of the pair is not among the {split} classes {list(splits[split].classes)}")
+    for arm in arms:
+        if arm.generated == "pro" and arm.measure not in sets.pro:
+            raise ValueError(f"arm {arm.name!r} needs progressive images made with measure {arm.measure!r}")
+        if arm.generated in ("final", "iddpm") and getattr(sets, arm.generated) is None:
+            raise ValueError(f"arm {arm.name!r} needs the {arm.generated!r} generated set")
+
+
+COMPARED_WITH = ("real", "+stain", "+Mixup/CutMix", "+ADD-Pro[paper]", "+ADD-final")
+"""Arms every arm is compared with, per seed."""
+
+
+def _add_paired(entry: dict) -> None:
+    """Paired accuracy and macro-F1 differences of every arm to each compared arm, and to the better (by
+    mean accuracy) of ``+stain`` and ``+Mixup/CutMix``."""
+    arms = entry["arms"]
+    standard = [a for a in ("+stain", "+Mixup/CutMix") if a in arms]
+    best_standard = max(standard, key=lambda a: arms[a]["accuracy"]["mean"]) if standard else None
+    entry["best_standard"] = best_standard
+    for name, arm in arms.items():
+        arm["paired"], arm["paired_f1"] = {}, {}
+        for other in (*COMPARED_WITH, "best standard"):
+            target = best_standard if other == "best standard" else other
+            if target is None or target == name or target not in arms:
+                continue
+            for metric, key in (("accuracy", "paired"), ("f1_macro", "paired_f1")):
+                arm[key][other] = paired([r[metric] for r in arm["runs"]], [r[metric] for r in arms[target]["runs"]])
+
+
+def sanity(res: dict) -> dict:
+    """At the largest N: do the standard regularisers hold their own? (flips/rotations vs none; Mixup/CutMix
+    and stain vs real only). A regulariser that loses beyond its interval means an under-trained protocol."""
+    key = "all" if "all" in res["curve"] else list(res["curve"])[-1]
+    arms = res["curve"][key]["arms"]
+    checks = {}
+    if "real, no flips" in arms:
+        checks["flips/rotations vs none"] = paired([r["accuracy"] for r in arms["real"]["runs"]],
+                                                   [r["accuracy"] for r in arms["real, no flips"]["runs"]])
+    for name in ("+Mixup/CutMix", "+stain"):
+        if name in arms:
+            checks[f"{name} vs real"] = arms[name]["paired"]["real"]
+    losing = [name for name, d in checks.items() if d["verdict"] == "worse"]
+    message = ("converged: no standard regulariser loses beyond its interval" if not losing else
+               f"UNDER-TRAINED: {', '.join(losing)} loses beyond its interval; grow the budget before judging ADD")
+    return {"n": key, "checks": checks, "converged": not losing, "message": message}

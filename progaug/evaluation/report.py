@@ -1,0 +1,156 @@
+"""The evaluation protocol's report: JSON, Markdown (sanity block first) and a PNG.
+
+Shared by ``benchmarks/downstream.py`` and ``progaug evaluate``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["GAIN", "judge", "render_markdown", "plot", "write_report"]
+
+GAIN = 0.02
+"""A generated arm *helps* at an N when its paired accuracy and macro-F1 gains over real only are both
+>= 2 points with the 95 % intervals above 0, and it is not worse than the better standard augmentation."""
+
+
+def judge(entry: dict, name: str) -> str:
+    """The verdict of a generated arm at one N: ``helps``, ``hurts``, or ``not told apart`` (see :data:`GAIN`)."""
+    arm = entry["arms"][name]
+    acc, f1 = arm["paired"].get("real"), arm["paired_f1"].get("real")
+    if acc is None or f1 is None:
+        return "-"
+    std = arm["paired"].get("best standard")
+    if acc["mean"] >= GAIN and f1["mean"] >= GAIN and acc["low"] > 0 and f1["low"] > 0 and (std is None or std["verdict"] != "worse"):
+        return "helps"
+    if acc["high"] < 0:
+        return "hurts"
+    return "not told apart"
+
+
+def _pct(d: dict) -> str:
+    return f"{100 * d['mean']:.1f} [{100 * d['low']:.1f}, {100 * d['high']:.1f}]"
+
+
+def _diff(d: dict | None) -> str:
+    if d is None:
+        return "-"
+    return f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+
+
+def _sanity_lines(res: dict) -> list[str]:
+    s = res["sanity"]
+    lines = [f"## Sanity (N = {s['n']}): {s['message']}", "", "| check | paired accuracy difference (points) [95 % CI] | verdict |",
+             "| --- | --- | --- |"]
+    lines += [f"| {name} | {_diff(d)} | {d['verdict']} |" for name, d in s["checks"].items()]
+    return [*lines, ""]
+
+
+def _budget_lines(key: str, budget: dict) -> list[str]:
+    if budget["curve"] is None:
+        return [f"Budget: {budget['epochs']} epochs over the real tiles (fixed).", ""]
+    curve = ", ".join(f"{e}: {_pct(c)}" for e, c in budget["curve"].items())
+    return [f"Budget: **{budget['epochs']} epochs** over the real tiles, the plateau of the real-only validation curve "
+            f"(epochs: mean validation accuracy % [95 % CI]) {curve}.", ""]
+
+
+def _arm_table(entry: dict, n_test: int) -> list[str]:
+    lines = ["| arm | tuned | real + generated | accuracy % | macro-F1 % | vs real: accuracy | vs real: macro-F1 | "
+             f"vs {entry.get('best_standard') or 'best standard'}: accuracy | verdict | test errors per seed (of {n_test}) |",
+             "| --- " * 10 + "|"]
+    for name, arm in entry["arms"].items():
+        tuning = entry["tuning"][name]
+        tuned = "-" if tuning["knob"] is None else f"{tuning['knob'].split('_')[0]} {tuning['chosen']:g}"
+        r0 = arm["runs"][0]
+        verdict = judge(entry, name) if arm["runs"][0]["generated_images"] else "-"
+        errors = ", ".join(str(r["errors"]) for r in arm["runs"])
+        lines.append(f"| {name} | {tuned} | {r0['real_images']} + {r0['generated_images']} | {_pct(arm['accuracy'])} | "
+                     f"{_pct(arm['f1_macro'])} | {_diff(arm['paired'].get('real'))} | {_diff(arm['paired_f1'].get('real'))} | "
+                     f"{_diff(arm['paired'].get('best standard'))} | {verdict} | {errors} |")
+    return [*lines, ""]
+
+
+def render_markdown(res: dict) -> str:
+    """The report as Markdown: header, sanity block, then per N the budget and the arm table."""
+    cfg = res["config"]
+    n_test = sum(res["counts"]["test"].values()) if "counts" in res else "?"
+    lines = [f"# Downstream {cfg['classifier'].upper()}, {res['direction'][0]} -> {res['direction'][1]}: evaluation seeds {cfg['seeds']}", ""]
+    if res.get("command"):
+        lines += [f"`{res['command']}` on {res.get('machine')}, {res.get('threads')} threads, {res.get('seconds')} s "
+                  f"({res.get('seconds_generation')} s making or loading generated sets).", ""]
+    if res.get("pair_sha256"):
+        sha = res["pair_sha256"]
+        lines += [f"Pair: `{res.get('pair')}` ({(res.get('pair_training') or {}).get('steps_done')} steps per model), sha256 source "
+                  f"`{str(sha['source'])[:12]}`, target `{str(sha['target'])[:12]}`.", ""]
+    lines += [f"Protocol: budget in epochs over the real tiles (the same optimiser steps for every arm), generated images by per-draw "
+              f"replacement (p tuned from {cfg['p_grid']}), Mixup alpha from {cfg['mixup_grid']}, stain sigma from {cfg['stain_grid']}, "
+              f"each chosen by mean validation accuracy over tuning seeds {cfg['tune_seeds']}; the test split is scored once per "
+              f"evaluation seed with the validation-chosen checkpoint. Paired differences per seed; a generated arm *helps* when "
+              f"accuracy and macro-F1 both gain >= {100 * GAIN:.0f} points with intervals above 0 and it is not worse than the better "
+              f"of stain and Mixup/CutMix.", ""]
+    lines += _sanity_lines(res)
+    for key, entry in res["curve"].items():
+        lines += [f"## N = {key} real tiles per class", ""]
+        if entry.get("leak"):
+            lines += [f"Pair leak: {entry['leak']}.", ""]
+        lines += _budget_lines(key, entry["budget"]) + _arm_table(entry, n_test)
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: Path) -> None:
+    """Accuracy per N and arm, paired difference to real only, and the learning curves, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    keys = list(res["curve"])
+    names = list(next(iter(res["curve"].values()))["arms"])
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
+    for i, name in enumerate(names):
+        xs = np.arange(len(keys)) + (i - (len(names) - 1) / 2) * 0.05
+        style = {"marker": "o", "capsize": 3, "label": name, "color": f"C{i % 10}", "ls": "-" if i < 10 else "--"}
+        acc = [res["curve"][k]["arms"][name]["accuracy"] for k in keys]
+        axes[0].errorbar(xs, [100 * d["mean"] for d in acc], yerr=[100 * d["half_width"] for d in acc], **style)
+        if name != "real":
+            diff = [res["curve"][k]["arms"][name]["paired"]["real"] for k in keys]
+            axes[1].errorbar(xs, [100 * d["mean"] for d in diff], yerr=[100 * d["half_width"] for d in diff], **style)
+    axes[1].axhline(0, color="grey", lw=1)
+    for ax, ylabel in zip(axes[:2], ("test accuracy (%)", "paired difference to real only (points)")):
+        ax.set_xticks(np.arange(len(keys)), [f"N={k}" for k in keys])
+        ax.set_xlabel("labelled real tiles per class")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    for j, key in enumerate(keys):
+        curve = res["curve"][key]["budget"]["curve"]
+        if curve:
+            axes[2].plot([int(e) for e in curve], [100 * c["mean"] for c in curve.values()], marker="o", label=f"N={key}", color=f"C{j}")
+            axes[2].axvline(res["curve"][key]["budget"]["epochs"], color=f"C{j}", ls=":", lw=1)
+    axes[2].set_xscale("log")
+    axes[2].set_xlabel("epochs over the real tiles")
+    axes[2].set_ylabel("real-only validation accuracy (%)")
+    axes[2].set_title("learning curve (dotted: chosen budget)")
+    axes[2].grid(alpha=0.3)
+    if any(res["curve"][k]["budget"]["curve"] for k in keys):
+        axes[2].legend(fontsize=7)
+    fig.suptitle(f"Downstream {res['config']['classifier'].upper()}: mean and 95 % interval over seeds {res['config']['seeds']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(res: dict, out: Path, markdown: Callable[[dict], str] = render_markdown,
+                 picture: Callable[[dict, Path], None] = plot) -> None:
+    """Write ``out.json``, ``out.md`` (``markdown(res)``) and ``out.png`` (``picture(res, path)``), creating the
+    folder, and print the Markdown."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+    text = markdown(res)
+    out.with_suffix(".md").write_text(text)
+    picture(res, out.with_suffix(".png"))
+    print(text)

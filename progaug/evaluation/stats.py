@@ -1,0 +1,67 @@
+"""Means, 95 % t-intervals over seeds and paired differences: the statistics of the evaluation protocol.
+
+A paired difference compares two arms on the same seed (same real subset, same initialisation, same
+batch order), so the seed-to-seed spread of the subsets cancels; ``better`` / ``worse`` is said only when
+its 95 % interval excludes 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+__all__ = ["T975", "interval", "paired", "t_quantile", "verdict"]
+
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179,
+        13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000}
+"""Two-sided 95 % quantiles of Student's t by degrees of freedom."""
+
+
+def t_quantile(df: int) -> float:
+    """The two-sided 95 % t quantile for ``df >= 1`` degrees of freedom (between table keys: the next lower
+    key, a slightly wider interval; above 60: 1.96)."""
+    if df < 1:
+        raise ValueError(f"`df` must be >= 1, got {df}")
+    return 1.96 if df > max(T975) else T975[max(k for k in T975 if k <= df)]
+
+
+def interval(values: Sequence[float]) -> dict:
+    """Mean and two-sided 95 % t-interval of ``values`` (one per seed).
+
+    Returns:
+        ``{"mean", "low", "high", "half_width", "n"}``; a single value has half width 0.
+
+    Raises:
+        ValueError: ``values`` is empty or holds a non-finite number.
+    """
+    x = [float(v) for v in values]
+    if not x or not all(math.isfinite(v) for v in x):
+        raise ValueError(f"`values` must be finite numbers, at least one, got {x}")
+    mean = sum(x) / len(x)
+    if len(x) < 2:
+        return {"mean": mean, "low": mean, "high": mean, "half_width": 0.0, "n": 1}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in x) / (len(x) - 1))
+    half = t_quantile(len(x) - 1) * sd / math.sqrt(len(x))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "half_width": half, "n": len(x)}
+
+
+def verdict(diff: dict) -> str:
+    """``better`` / ``worse`` when the 95 % interval of a paired difference excludes 0, else ``not told apart``."""
+    if diff["low"] > 0:
+        return "better"
+    if diff["high"] < 0:
+        return "worse"
+    return "not told apart"
+
+
+def paired(values: Sequence[float], others: Sequence[float]) -> dict:
+    """Paired difference ``values - others`` (same seeds, same order) with its interval and verdict.
+
+    Raises:
+        ValueError: The two lists differ in length.
+    """
+    if len(values) != len(others):
+        raise ValueError(f"paired differences need one value per seed on both sides, got {len(values)} and {len(others)}")
+    diffs = [a - b for a, b in zip(values, others)]
+    d = interval(diffs)
+    return {**d, "per_seed": diffs, "verdict": verdict(d)}

@@ -1,0 +1,83 @@
+"""Selective augmentation: drop generated images whose soft label a classifier of the real tiles clearly
+contradicts, or blend the soft label with that classifier's opinion.
+
+The pathology works that report gains from generated tiles filter them before adding them (HistoGAN's
+selective augmentation, MedIA 2021: label confidence; HistoDiffusion, MICCAI 2023). Here the *teacher* is
+a small CNN (:class:`progaug.evaluation.classifiers.SmallCNN`) trained on the same real training tiles the
+downstream classifier sees, never on validation or test tiles. A progressive image with soft label ``s``
+(share of the target class) is kept when the teacher's ``p(target)`` lies within ``margin`` of ``s``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["DEFAULT_MARGIN", "agreement_mask", "calibrated_labels", "fit_teacher", "teacher_probability"]
+
+DEFAULT_MARGIN = 0.5
+"""Keep an image when ``|p_teacher(target) - soft label| <= 0.5``: only labels the teacher contradicts
+outright (e.g. labelled 0.9 tumour, judged 0.2) are dropped."""
+
+
+def _check_unit(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
+        raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def fit_teacher(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 100, seed: int = 0,
+                device: str = "cpu") -> torch.nn.Module:
+    """Train the teacher CNN on real training tiles (flips/rotations, no validation: the last epoch).
+
+    Args:
+        images: ``(M, 3, S, S)`` uint8 real training tiles.
+        labels: ``(M,)`` int64 class indices.
+        num_classes: Number of classes.
+        epochs: Passes over the tiles.
+        seed: Initialisation and batch order.
+        device: Where to train.
+
+    Raises:
+        ValueError: ``images`` is not uint8 ``(M, 3, S, S)``, or ``labels`` does not match it.
+    """
+    from progaug.evaluation.training import LabelledImages, Recipe, TrainSpec, train_classifier
+
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"`images` must be (M, 3, S, S) uint8, got {tuple(images.shape)} {images.dtype}")
+    if labels.shape != (len(images),):
+        raise ValueError(f"`labels` must hold one class index per image ({len(images)}), got shape {tuple(labels.shape)}")
+    rows = torch.nn.functional.one_hot(labels.long(), num_classes).float()
+    model, _ = train_classifier(LabelledImages(images, rows), None, Recipe(), TrainSpec(classifier="cnn", epochs=epochs), seed,
+                                device=device)
+    return model.eval()
+
+
+def teacher_probability(teacher: torch.nn.Module, images: torch.Tensor, target_index: int, device: str = "cpu") -> torch.Tensor:
+    """The teacher's ``p(target class)`` ``(M,)`` of uint8 images ``(M, 3, S, S)``."""
+    from progaug.evaluation.training import predict
+
+    return predict(teacher, images, device)[:, target_index]
+
+
+def agreement_mask(soft_labels: torch.Tensor, teacher_p: torch.Tensor, margin: float = DEFAULT_MARGIN) -> torch.Tensor:
+    """``(M,)`` bool: True where ``|teacher_p - soft_labels| <= margin`` (the image is kept).
+
+    Raises:
+        ValueError: ``margin`` outside ``[0, 1]``, or the two tensors differ in shape.
+    """
+    _check_unit("margin", margin)
+    if soft_labels.shape != teacher_p.shape:
+        raise ValueError(f"`soft_labels` {tuple(soft_labels.shape)} and `teacher_p` {tuple(teacher_p.shape)} must have one shape")
+    return (teacher_p.float() - soft_labels.float()).abs() <= margin
+
+
+def calibrated_labels(soft_labels: torch.Tensor, teacher_p: torch.Tensor, weight: float) -> torch.Tensor:
+    """Teacher-calibrated soft labels: ``(1 - weight) * soft_labels + weight * teacher_p``, in [0, 1].
+
+    Raises:
+        ValueError: ``weight`` outside ``[0, 1]``.
+    """
+    w = _check_unit("weight", weight)
+    return ((1 - w) * soft_labels.float() + w * teacher_p.float()).clamp(0, 1)

@@ -1,0 +1,243 @@
+"""progaug.evaluation: statistics, per-draw replacement, classifier training, the protocol's choices, the
+selective filter and the report's verdicts."""
+
+import math
+
+import pytest
+import torch
+
+from progaug.data.tiles import TileSet
+from progaug.evaluation.protocol import (Arm, GeneratedSets, ProtocolConfig, all_arms, class_orders, needed_positions, planned_runs,
+                                         plateau, run_protocol, sanity)
+from progaug.evaluation.report import judge, render_markdown
+from progaug.evaluation.stats import interval, paired, verdict
+from progaug.evaluation.training import LabelledImages, Recipe, TrainSpec, _apply_mixup, _batches, score, train_classifier
+from progaug.replacement import check_probability, replace_draws, replacement_index
+from progaug.selection import agreement_mask, calibrated_labels
+
+# ---------------------------------------------------------------------------------------- statistics
+
+
+def test_interval_golden_values():
+    d = interval([0.80, 0.82, 0.84, 0.86, 0.88])
+    # mean 0.84, sd 0.0316228, t(4) = 2.776
+    assert d["mean"] == pytest.approx(0.84) and d["half_width"] == pytest.approx(2.776 * 0.0316228 / math.sqrt(5), rel=1e-5)
+    assert interval([0.5])["half_width"] == 0.0
+    with pytest.raises(ValueError, match="finite numbers"):
+        interval([0.5, float("nan")])
+
+
+def test_paired_differences_and_verdicts():
+    d = paired([0.9, 0.92, 0.91], [0.85, 0.86, 0.88])
+    assert d["per_seed"] == pytest.approx([0.05, 0.06, 0.03]) and d["verdict"] == "better"
+    assert verdict(interval([-0.02, -0.03, -0.025])) == "worse"
+    assert verdict(interval([0.05, -0.04, 0.01])) == "not told apart"
+    with pytest.raises(ValueError, match="one value per seed"):
+        paired([0.1, 0.2], [0.1])
+
+
+# --------------------------------------------------------------------------------------- replacement
+
+
+def test_replacement_probability_endpoints_and_rate():
+    real = torch.arange(10_000)
+    gen = torch.Generator().manual_seed(0)
+    replaced, index = replace_draws(real, 50, 0.0, gen)
+    assert not replaced.any() and torch.equal(index, real)
+    replaced, index = replace_draws(real, 50, 1.0, gen)
+    assert replaced.all() and index.max() < 50
+    replaced, index = replace_draws(real, 50, 0.3, gen)
+    assert abs(replaced.float().mean().item() - 0.3) < 0.02
+    assert torch.equal(index[~replaced], real[~replaced]) and index[replaced].max() < 50
+    assert not replace_draws(real, 0, 0.9, gen)[0].any()  # nothing to draw from: nothing replaced
+
+
+@pytest.mark.parametrize("bad, error, match", [(1.5, ValueError, r"`p` must lie in \[0, 1\], got 1.5"),
+                                               (float("nan"), ValueError, "must lie in"), ("0.1", TypeError, "must be a number")])
+def test_replacement_probability_is_checked(bad, error, match):
+    with pytest.raises(error, match=match):
+        check_probability("p", bad)
+
+
+def test_replacement_index_depends_only_on_seed_epoch_index():
+    draws = [replacement_index(i, 40, 0.5, seed=3, epoch=0) for i in range(400)]
+    assert draws == [replacement_index(i, 40, 0.5, seed=3, epoch=0) for i in range(400)]
+    assert draws != [replacement_index(i, 40, 0.5, seed=3, epoch=1) for i in range(400)]
+    share = sum(d is not None for d in draws) / len(draws)
+    assert 0.4 < share < 0.6 and all(d is None or 0 <= d < 40 for d in draws)
+    assert all(replacement_index(i, 40, 0.0, seed=3, epoch=0) is None for i in range(50))
+
+
+def test_replacement_keeps_every_real_tile_equally_often_and_uniform_crowds_them_out():
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros(20)
+    for _ in range(50):  # 50 epochs over 20 real tiles, 500 generated images, p = 0.5
+        for mask, index in _batches(20, 500, Recipe(replace_prob=0.5), 8, gen):
+            counts.index_add_(0, index[~mask], torch.ones(int((~mask).sum())))
+    assert counts.sum() == pytest.approx(500, rel=0.15) and counts.min() > 10  # about half of 50 per tile
+    uniform = torch.zeros(20)
+    for _ in range(50):
+        for mask, index in _batches(20, 500, Recipe(uniform=True), 8, gen):
+            uniform.index_add_(0, index[~mask], torch.ones(int((~mask).sum())))
+    assert uniform.sum() < 0.1 * counts.sum()  # 20 of 520 rows: real tiles are crowded out
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def separable(n: int, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dark tiles (class 0) and bright tiles (class 1) with noise."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    base = torch.where(labels[:, None, None, None] == 1, 180, 60)
+    return (base + torch.randint(-40, 40, (n, 3, size, size), generator=gen)).clamp(0, 255).to(torch.uint8), labels
+
+
+def test_recipe_and_spec_validate_their_settings():
+    with pytest.raises(ValueError, match=r"`replace_prob` must lie in \[0, 1\]"):
+        Recipe(replace_prob=2.0)
+    with pytest.raises(ValueError, match="`stain_sigma` must be a number >= 0, got -0.1"):
+        Recipe(stain_sigma=-0.1)
+    with pytest.raises(ValueError, match="`classifier` must be one of"):
+        TrainSpec(classifier="resnet")
+    with pytest.raises(ValueError, match="`epochs` must be an integer >= 1, got 0"):
+        TrainSpec(epochs=0)
+    assert TrainSpec(epochs=3, batch_size=32).steps(50) == 6 and Recipe.from_json(Recipe(mixup_alpha=0.4).to_json()) == Recipe(mixup_alpha=0.4)
+
+
+def test_cnn_learns_a_separable_task_and_the_seed_decides_the_run():
+    x, y = separable(64)
+    real = LabelledImages(x, torch.nn.functional.one_hot(y, 2).float())
+    vx, vy = separable(32, seed=1)
+    spec = TrainSpec(classifier="cnn", epochs=4, batch_size=16, eval_every=2)
+    model, val = train_classifier(real, None, Recipe(), spec, seed=0, val=(vx, vy))
+    assert val >= 0.9 and score(model, vx, vy)["accuracy"] == val
+    again, _ = train_classifier(real, None, Recipe(), spec, seed=0, val=(vx, vy))
+    assert score(again, vx, vy)["predictions_sha"] == score(model, vx, vy)["predictions_sha"]
+
+
+def test_mixup_keeps_soft_rows_soft():
+    from timm.data import Mixup
+
+    torch.manual_seed(0)
+    rows = torch.tensor([[0.3, 0.7], [1.0, 0.0], [0.0, 1.0], [0.6, 0.4]])
+    mix = Mixup(mixup_alpha=1.0, cutmix_alpha=0.0, num_classes=2)
+    x, out = _apply_mixup(mix, torch.rand(4, 3, 8, 8), rows)
+    assert torch.allclose(out.sum(-1), torch.ones(4))
+    lam = (out[0, 1] - rows.flip(0)[0, 1]) / (rows[0, 1] - rows.flip(0)[0, 1])
+    assert torch.allclose(out, lam * rows + (1 - lam) * rows.flip(0), atol=1e-6)  # one lambda, the batch flipped
+
+
+# ------------------------------------------------------------------------------------------ protocol
+
+
+def test_plateau_is_the_smallest_budget_within_tolerance():
+    assert plateau({25: 0.80, 50: 0.86, 100: 0.865, 200: 0.87}, 0.01) == 50
+    assert plateau({25: 0.80, 50: 0.86, 100: 0.865, 200: 0.87}, 0.0) == 200
+
+
+def test_protocol_config_refuses_tuning_on_evaluation_seeds():
+    with pytest.raises(ValueError, match=r"`tune_seeds` \(0, 9\) must differ from `seeds`"):
+        ProtocolConfig(seeds=(0, 1), tune_seeds=(0, 9))
+    with pytest.raises(ValueError, match="N takes positive integers or 'all', got 'ten'"):
+        ProtocolConfig(n=("ten",))
+    assert ProtocolConfig.from_json(ProtocolConfig(n=("5",)).to_json()) == ProtocolConfig(n=("5",))
+
+
+def test_arm_knobs():
+    arms = all_arms("preview")
+    assert arms["real"].knob is None and arms["real, no flips"].knob is None
+    assert arms["+stain"].knob == "stain_sigma" and arms["+Mixup/CutMix"].knob == "mixup_alpha"
+    assert arms["+ADD-Pro[preview]"].knob == "replace_prob" and arms["+ADD-Pro[preview]+stain"].knob == "replace_prob"
+    assert arms["+ADD-Pro[preview] uniform"].knob is None and arms["+ADD-Pro[preview] filtered"].filtered
+
+
+def tiny_splits(size: int = 16) -> dict[str, TileSet]:
+    out = {}
+    for i, (split, n) in enumerate((("train", 16), ("val", 8), ("test", 8))):
+        x, y = separable(n, size, seed=i)
+        out[split] = TileSet(x, y, ("a", "b"), tuple(str(k) for k in range(n)))
+    return out
+
+
+def test_needed_positions_cover_every_subset():
+    train = tiny_splits()["train"]
+    cfg = ProtocolConfig(n=("2",), seeds=(0,), tune_seeds=(1,))
+    a_all = torch.nonzero(train.labels == 0).flatten()
+    expected = {int((a_all == g).nonzero()) for s in (0, 1) for g in class_orders(train, s)["a"][:2]}
+    assert set(needed_positions(train, "a", cfg).tolist()) == expected
+
+
+def test_protocol_runs_every_planned_training_and_pairs_by_seed():
+    splits = tiny_splits()
+    a = 8  # class-A training tiles
+    gen = torch.Generator().manual_seed(0)
+    sets = GeneratedSets(pro={"preview": (torch.randint(0, 256, (a, 2, 3, 16, 16), dtype=torch.uint8, generator=gen), torch.rand(a, 2, generator=gen))},
+                         final=torch.randint(0, 256, (a, 3, 16, 16), dtype=torch.uint8, generator=gen))
+    cfg = ProtocolConfig(n=("2", "all"), seeds=(0, 1), tune_seeds=(5,), curve_epochs=(1, 2), batch_size=8, p_grid=(0.2, 0.5),
+                         mixup_grid=(0.5,), stain_grid=(0.05,))
+    arms = [all_arms("preview")[n] for n in ("real", "+stain", "+ADD-final", "+ADD-Pro[preview]", "+ADD-Pro[preview] filtered")]
+    seen = []
+    res = run_protocol(splits, ("a", "b"), sets, arms, cfg, on_run=seen.append)
+    assert len(seen) == planned_runs(cfg, arms)
+    for key, n_a in (("2", 2), ("all", 8)):
+        entry = res["curve"][key]
+        assert entry["budget"]["epochs"] in (1, 2) and set(entry["budget"]["curve"]) == {"1", "2"}
+        assert entry["tuning"]["+ADD-Pro[preview]"]["chosen"] in (0.2, 0.5) and entry["tuning"]["real"]["knob"] is None
+        runs = entry["arms"]
+        assert all(r["real_images"] == 2 * n_a for r in runs["real"]["runs"])
+        assert all(r["generated_images"] == 2 * n_a for r in runs["+ADD-Pro[preview]"]["runs"])  # sources only from the N class-A tiles
+        assert all(r["generated_images"] <= 2 * n_a for r in runs["+ADD-Pro[preview] filtered"]["runs"])
+        assert all(r["generated_images"] == n_a for r in runs["+ADD-final"]["runs"])
+        d = runs["+stain"]["paired"]["real"]
+        assert d["per_seed"] == pytest.approx([r["accuracy"] - o["accuracy"] for r, o in zip(runs["+stain"]["runs"], runs["real"]["runs"])])
+    assert res["sanity"]["n"] == "all" and "+stain vs real" in res["sanity"]["checks"]
+    assert "## Sanity (N = all)" in render_markdown(res)
+
+
+def test_protocol_refuses_an_arm_without_its_generated_images():
+    splits = tiny_splits()
+    with pytest.raises(ValueError, match=r"arm '\+ADD-Pro\[paper\]' needs progressive images made with measure 'paper'"):
+        run_protocol(splits, ("a", "b"), GeneratedSets(pro={}), [all_arms("preview")["+ADD-Pro[paper]"]], ProtocolConfig())
+    with pytest.raises(ValueError, match="class 'c' of the pair is not among the train classes"):
+        run_protocol(splits, ("a", "c"), GeneratedSets(pro={}), [Arm("real")], ProtocolConfig())
+
+
+def _fake_entry(diffs: dict[str, list[float]]) -> dict:
+    real = [{"accuracy": 0.8, "f1_macro": 0.8} for _ in range(5)]
+    arms = {"real": {"runs": real, "paired": {}, "paired_f1": {}}}
+    for name, d in diffs.items():
+        runs = [{"accuracy": 0.8 + x, "f1_macro": 0.8 + x} for x in d]
+        arms[name] = {"runs": runs, "paired": {"real": paired([r["accuracy"] for r in runs], [0.8] * 5)},
+                      "paired_f1": {"real": paired([r["f1_macro"] for r in runs], [0.8] * 5)}}
+    return {"arms": arms}
+
+
+def test_sanity_calls_a_losing_regulariser_under_training():
+    entry = _fake_entry({"+Mixup/CutMix": [-0.05, -0.06, -0.04, -0.05, -0.07], "+stain": [0.01, -0.01, 0.0, 0.02, -0.02]})
+    s = sanity({"curve": {"all": entry}})
+    assert not s["converged"] and s["message"].startswith("UNDER-TRAINED: +Mixup/CutMix vs real")
+    fine = sanity({"curve": {"all": _fake_entry({"+Mixup/CutMix": [0.01, -0.01, 0.0, 0.02, -0.02]})}})
+    assert fine["converged"]
+
+
+def test_judge_needs_two_points_on_accuracy_and_f1_with_intervals_above_zero():
+    entry = _fake_entry({"big": [0.03, 0.04, 0.035, 0.03, 0.04], "small": [0.01, 0.012, 0.011, 0.01, 0.012],
+                         "bad": [-0.03, -0.04, -0.035, -0.03, -0.04], "noisy": [0.1, -0.08, 0.05, -0.02, 0.0]})
+    assert [judge(entry, n) for n in ("big", "small", "bad", "noisy")] == ["helps", "not told apart", "hurts", "not told apart"]
+
+
+# ------------------------------------------------------------------------------------------ selection
+
+
+def test_agreement_mask_and_calibrated_labels():
+    soft = torch.tensor([0.0, 0.5, 0.9, 0.9])
+    teacher = torch.tensor([0.1, 0.9, 0.2, 0.95])
+    assert agreement_mask(soft, teacher, 0.5).tolist() == [True, True, False, True]
+    assert agreement_mask(soft, teacher, 0.3).tolist() == [True, False, False, True]
+    assert torch.allclose(calibrated_labels(soft, teacher, 0.5), (soft + teacher) / 2)
+    assert torch.equal(calibrated_labels(soft, teacher, 0.0), soft)
+    with pytest.raises(ValueError, match=r"`margin` must be a number in \[0, 1\], got 2"):
+        agreement_mask(soft, teacher, 2)
+    with pytest.raises(ValueError, match="must have one shape"):
+        agreement_mask(soft, teacher[:2])
