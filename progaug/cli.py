@@ -33,6 +33,8 @@ def _load_data(args: argparse.Namespace, split: str = "train"):
     """Tiles, class names and a description for the card."""
     from progaug.data import TileSpec, folder_tiles, hgsc_tiles
 
+    if not 32 <= args.tile_size <= 256:  # before any image is read
+        raise ValueError(f"--tile-size must be in [32, 256] (the U-Nets' image_size), got {args.tile_size}")
     if args.data == "hgsc":
         spec = TileSpec(tile_size=args.tile_size, stride=args.tile_size // 2)
         tiles = hgsc_tiles(split, spec)
@@ -40,8 +42,11 @@ def _load_data(args: argparse.Namespace, split: str = "train"):
     else:
         tiles = folder_tiles(args.data, tile_size=args.tile_size)
         info = {"name": str(Path(args.data).resolve()), "split": "all", "tile_size": args.tile_size, "counts": tiles.counts()}
+    if len(tiles.classes) < 2:
+        raise ValueError(f"--data {args.data} holds one class folder ({tiles.classes[0]!r}); a pair needs two: "
+                         f"root/<class A>/*.png and root/<class B>/*.png")
     source = args.source_class or tiles.classes[0]
-    target = args.target_class or (tiles.classes[1] if len(tiles.classes) > 1 else None)
+    target = args.target_class or tiles.classes[1]
     for flag, name in (("--source-class", source), ("--target-class", target)):
         if name not in tiles.classes:
             raise SystemExit(f"progaug: error: {flag} {name!r} is not one of the classes {list(tiles.classes)}")
@@ -154,6 +159,7 @@ def _run_progressive(args: argparse.Namespace) -> int:
     from progaug.strip import progressive_strip
 
     _check_device(args)
+    _check_png_out(args.out)
     runtime = _apply_runtime(args, args.device)
     pair = load_pair(args.pair, device=args.device)
     tiles, _ = source_tiles(args.source, pair, split="test")
@@ -171,6 +177,15 @@ def _run_progressive(args: argparse.Namespace) -> int:
         print(f"source {b}: depths {result.depths[b].tolist()} soft labels [{labels}]")
     print(f"wrote {args.out}")
     return 0
+
+
+def _check_png_out(out: str) -> None:
+    """``--out`` of ``progaug progressive`` must name a PNG file (the strip is written as PNG)."""
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the PNG file to write, e.g. {path / 'progressive.png'}")
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--out {out} must end in .png: the strip is written as a PNG")
 
 
 # ------------------------------------------------------------------------------------ precompute
@@ -193,21 +208,19 @@ def _add_precompute(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_precompute(args: argparse.Namespace) -> int:
-    import os
-
     from progaug.hub import load_pair
     from progaug.precompute import PrecomputeConfig, precompute
     from progaug.data.sources import source_tiles
-    from progaug.runtime import default_device
+    from progaug.runtime import default_device, env_int
 
     _check_device(args)
+    config = config_from_args(PrecomputeConfig, args)  # its checks come before anything is read
     device = args.device or default_device()
-    if device.startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if device.startswith("cuda") and env_int("WORLD_SIZE", 1, low=1) > 1:
+        device = f"cuda:{env_int('LOCAL_RANK', 0)}"
     runtime = _apply_runtime(args, device)
     pair = load_pair(args.pair)
     tiles, names = source_tiles(args.source, pair)
-    config = config_from_args(PrecomputeConfig, args)
     out = precompute(pair, tiles, names, args.out, config, resume=args.resume, device=device, runtime=runtime,
                      arguments={k: v for k, v in vars(args).items() if k != "func"})
     print(f"{config.n} samples in {out} (labels.csv, manifest.json, preview.png)")
@@ -242,12 +255,20 @@ def _argv(args: argparse.Namespace) -> list[str]:
     return list(sys.argv[1:]) if args.argv is None else list(args.argv)
 
 
+_RESUMES_FROM = {"train": "checkpoint.safetensors", "precompute": "run.json"}
+"""The file a ``--resume`` of each command needs."""
+
+
 def _interrupted_message(args: argparse.Namespace, how: str) -> str:
     """One line for Ctrl-C / SIGTERM: what was kept and how to go on."""
     out = getattr(args, "out", None)
     if out is None or not hasattr(args, "resume"):
         return f"progaug: {how}: nothing was written"
     argv = [a for a in _argv(args) if a != "--resume"]
+    resumes_from = _RESUMES_FROM.get(args.command)
+    if resumes_from is not None and not (Path(out) / resumes_from).is_file():
+        return (f"progaug: {how}: nothing to resume in {out} yet (no {resumes_from} was written); "
+                f"start again with: progaug {' '.join(argv)}")
     return (f"progaug: {how}: the finished part in {out} is kept (every file there is complete); "
             f"continue with: progaug {' '.join(argv)} --resume")
 

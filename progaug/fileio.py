@@ -11,13 +11,17 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOCK_NAME", "OutputLocked", "atomic_write_bytes", "lock_folder", "read_format_json", "safetensors_bytes", "sha256_file"]
+__all__ = [
+    "LOCK_NAME", "OutputLocked", "atomic_write_bytes", "lock_folder", "read_format_json", "remove_temporary_files",
+    "safetensors_bytes", "sha256_file",
+]
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -34,11 +38,15 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
     Raises:
         NotADirectoryError: A parent of ``path`` is a file.
-        OSError: The folder is not writable or the disk is full (the temporary file is removed).
+        OSError: The folder is not writable or the disk is full (the temporary file is removed); the
+            error names ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _naming(exc, path) from exc
     try:
         os.chmod(tmp, 0o644)
         with os.fdopen(fd, "wb") as f:
@@ -46,9 +54,38 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _naming(exc, path) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` as the same kind of error naming ``path`` (a write or fsync error names no file, and the
+    temporary file's name means nothing to a user)."""
+    if exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
+
+
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # what atomic_write_bytes names its temporary files
+
+
+def remove_temporary_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files :func:`atomic_write_bytes` left in ``folder`` when its process was killed
+    (``kill -9``, power loss); call only while holding the folder's :func:`lock_folder`.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        if _TEMPORARY.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def read_format_json(path: Path, expected_format: str, what: str) -> dict:

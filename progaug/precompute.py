@@ -30,7 +30,7 @@ import torch
 from progaug.cache import (
     CSV_FIELDS, finished_manifest, image_name, read_record, record_path, write_labels, write_manifest, write_record,
 )
-from progaug.fileio import LOCK_NAME, atomic_write_bytes, lock_folder
+from progaug.fileio import LOCK_NAME, atomic_write_bytes, lock_folder, remove_temporary_files
 from progaug.config import JsonConfig, describe_differences
 from progaug.data.tiles import dihedral
 from progaug.errors import check_int
@@ -38,11 +38,13 @@ from progaug.frequency import DEFAULT_RADIUS, default_levels
 from progaug.generator import generate_progressive
 from progaug.labels import DEFAULT_MEASURE, LEGACY_MEASURE, MEASURE_HELP, Measure, check_measure
 from progaug.pair import Pair
-from progaug.runtime import RuntimeConfig, auto_max_batch, autocast_dtype, prepare_model
+from progaug.runtime import RuntimeConfig, auto_max_batch, autocast_dtype, env_int, prepare_model
 
 __all__ = ["CSV_FIELDS", "PrecomputeConfig", "precompute"]
 
 _LEGACY_NAMES = {"micro_batch": "max_batch"}  # earlier names of settings, as stored in run.json and manifest.json
+MAX_SAMPLES = 10_000_000
+"""The most samples one folder holds (one PNG each in ``images/``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +95,8 @@ class PrecomputeConfig(JsonConfig):
     )
 
     def __post_init__(self) -> None:
-        for name in ("n", "levels"):
-            check_int(name, getattr(self, name))
+        check_int("n", self.n, high=MAX_SAMPLES)
+        check_int("levels", self.levels)
         for name in ("steps", "batch_size", "max_batch"):
             check_int(name, getattr(self, name), allow_none=True)
         check_measure("measure", self.measure)
@@ -138,7 +140,7 @@ def _png_bytes(image: torch.Tensor) -> bytes:
 
 
 def _dist() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = env_int("WORLD_SIZE", 1, low=1)
     if world <= 1:
         return 0, 1
     import torch.distributed as dist
@@ -280,20 +282,38 @@ def _renamed(settings: Any) -> Any:
 
 def _read_run_file(run_file: Path) -> Any:
     """The stored settings of ``run.json``, earlier names of settings read as today's, and a run made
-    before ``measure`` existed read as :data:`progaug.labels.LEGACY_MEASURE` (what it used).
+    before ``measure`` existed read as :data:`progaug.labels.LEGACY_MEASURE` (what it used). A corrupt
+    ``run.json`` beside a ``manifest.json`` is read from the manifest's copy of the settings.
 
     Raises:
-        ValueError: Not valid JSON.
+        ValueError: Not valid JSON, and no manifest to read the settings from.
     """
     try:
         stored = json.loads(run_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(_not_resumable(run_file, exc)) from exc
+        stored = _settings_of_manifest(run_file, exc)
     if isinstance(stored, dict) and "config" in stored:
         stored["config"] = _renamed(stored["config"])
         if isinstance(stored["config"], dict):
             stored["config"].setdefault("measure", LEGACY_MEASURE)
     return stored
+
+
+def _settings_of_manifest(run_file: Path, exc: Exception) -> Any:
+    """The settings a finished run's manifest holds, when ``run_file`` is not valid JSON (``exc``).
+
+    Raises:
+        ValueError: No readable manifest with settings either.
+    """
+    import sys
+
+    manifest = finished_manifest(run_file.parent)
+    settings = manifest.get("settings") if isinstance(manifest, dict) else None
+    if not isinstance(settings, dict):
+        raise ValueError(_not_resumable(run_file, exc)) from exc
+    print(f"progaug precompute: {run_file} is not valid JSON ({exc}); the settings are read from manifest.json",
+          file=sys.stderr)
+    return settings
 
 
 def _check_sources(sources: torch.Tensor, names, size: int) -> None:
@@ -321,6 +341,8 @@ def _prepare(out: Path, settings: dict[str, Any], resume: bool) -> None:
             raise ValueError(f"--resume: {out} was made with other settings: " + "; ".join(differences))
     elif out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise FileExistsError(f"{out} exists and is not a precomputed run; choose an empty or new --out")
+    for folder in (out, out / "images", out / "records"):  # left by a process killed mid-write; the lock is ours
+        remove_temporary_files(folder)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "records").mkdir(exist_ok=True)
     atomic_write_bytes(run_file, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())

@@ -30,6 +30,7 @@ __all__ = [
     "autocast_dtype",
     "default_device",
     "default_threads",
+    "env_int",
     "prepare_model",
     "rows_that_fit",
     "tune_malloc",
@@ -88,13 +89,25 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None):
     return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
+def env_int(name: str, default: int, *, low: int = 0) -> int:
+    """An integer environment variable (``WORLD_SIZE``, ``LOCAL_RANK``, ... set by ``torchrun``).
+
+    Raises:
+        ValueError: Set, but not an integer >= ``low``; the message names the variable.
+    """
+    text = os.environ.get(name, "").strip() or str(default)
+    if not text.lstrip("+-").isdigit() or int(text) < low:
+        raise ValueError(f"the environment variable {name} must be an integer >= {low}, got {text!r}")
+    return int(text)
+
+
 def default_threads() -> int:
     """CPU threads for one process: usable CPUs divided by the ``torchrun`` processes on this node."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    local = env_int("LOCAL_WORLD_SIZE", 1, low=1)
     return max(1, cpus // max(1, local))
 
 

@@ -34,7 +34,7 @@ from progaug.data.tiles import TileSet, dihedral, to_model_range
 from progaug.diffusion import DDIMSchedule, sample, training_alpha_bar
 from progaug.nn.unet import UNet
 from progaug.pair import ROLES, write_card
-from progaug.runtime import autocast, autocast_dtype, default_device
+from progaug.runtime import autocast, autocast_dtype, default_device, env_int
 
 __all__ = ["TrainConfig", "loss_weights", "train_pair"]
 
@@ -300,7 +300,7 @@ def _write_pair(out: Path, members: list[_Member], step: int, run: dict[str, Any
 
 def _dist_setup(device: str | None) -> tuple[int, int, torch.device]:
     """``(rank, world size, device)``: one process on ``device``, or this ``torchrun`` rank on its local GPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = env_int("WORLD_SIZE", 1, low=1)
     if world <= 1:
         return 0, 1, torch.device(device or default_device())
     import torch.distributed as dist
@@ -310,7 +310,7 @@ def _dist_setup(device: str | None) -> tuple[int, int, torch.device]:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     if not use_cuda:
         return dist.get_rank(), world, torch.device("cpu")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    local = env_int("LOCAL_RANK", 0)
     torch.cuda.set_device(local)
     return dist.get_rank(), world, torch.device("cuda", local)
 

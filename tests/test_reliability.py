@@ -8,6 +8,7 @@ tests/test_reliability_inputs.py.
 import errno
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -96,6 +97,7 @@ class TestPrecomputeResumeVerifies:
 
     def test_zero_byte_run_file_names_the_file(self, pair_dir, tmp_path):
         out = precompute_run(pair_dir, tmp_path / "c")
+        (out / "manifest.json").unlink()  # with a manifest, its settings are used (tests/test_reliability_cache.py)
         (out / "run.json").write_bytes(b"")
         with pytest.raises(ValueError, match=r"run.json is not valid JSON"):
             precompute_run(pair_dir, out, resume=True)
@@ -202,6 +204,8 @@ class TestCliMessages:
 
     def test_ctrl_c_prints_one_line_with_the_resume_command(self, folder, tmp_path, capsys, monkeypatch):
         def interrupted(*args, **kwargs):
+            (tmp_path / "p").mkdir()
+            (tmp_path / "p" / "checkpoint.safetensors").write_bytes(b"a first checkpoint")
             raise KeyboardInterrupt
 
         monkeypatch.setattr("progaug.train.train_pair", interrupted)
@@ -215,6 +219,8 @@ class TestCliMessages:
         import signal
 
         def terminated(*args, **kwargs):
+            (tmp_path / "p").mkdir()
+            (tmp_path / "p" / "checkpoint.safetensors").write_bytes(b"a first checkpoint")
             os.kill(os.getpid(), signal.SIGTERM)
 
         monkeypatch.setattr("progaug.train.train_pair", terminated)
@@ -240,6 +246,58 @@ class TestCliInputs:
                  "progressive": ["--out", str(out) + ".png"]}[command]
         assert self._error(capsys, [command, "--device", device, *extra]) == f"progaug: error: {message}"
         assert not list(tmp_path.glob("out*"))
+
+    @pytest.mark.parametrize("argv,message", [
+        (["precompute", "--source", ""], "--source must be 'hgsc' or a folder of source-class images, got ''"),
+        (["precompute", "--n", "1000000000"], "`n` must be in [1, 10000000], got 1000000000"),
+        (["progressive", "--out", "{tmp}"], "--out {tmp} is a folder; give the PNG file to write, e.g. {tmp}/progressive.png"),
+        (["progressive", "--out", "{tmp}/strip.jpg"], "--out {tmp}/strip.jpg must end in .png: the strip is written as a PNG"),
+        (["train", "--data", "{folder}", "--tile-size", "0"], "--tile-size must be in [32, 256] (the U-Nets' image_size), got 0"),
+        (["train", "--data", "{folder}", "--tile-size", "-5"], "--tile-size must be in [32, 256] (the U-Nets' image_size), got -5"),
+    ])
+    def test_bad_flag_is_named(self, folder, tmp_path, capsys, argv, message):
+        argv = [a.format(tmp=tmp_path, folder=folder) for a in argv]
+        if "--out" not in argv:
+            argv += ["--out", str(tmp_path / "out")]
+        assert self._error(capsys, [*argv, "--device", "cpu"]) == "progaug: error: " + message.format(tmp=tmp_path)
+        assert not (tmp_path / "out").exists() and not list(tmp_path.glob("*.jpg"))
+
+    def test_train_with_one_class_folder(self, folder, tmp_path, capsys):
+        shutil.rmtree(folder / "tumour")
+        err = self._error(capsys, ["train", "--data", str(folder), "--out", str(tmp_path / "p"), "--device", "cpu", *TINY])
+        assert err == (f"progaug: error: --data {folder} holds one class folder ('normal'); a pair needs two: "
+                       f"root/<class A>/*.png and root/<class B>/*.png")
+
+    @pytest.mark.parametrize("command", ["train", "precompute"])
+    def test_environment_variable_that_is_not_an_integer(self, folder, tmp_path, capsys, monkeypatch, command):
+        monkeypatch.setenv("WORLD_SIZE", "abc")
+        extra = ["--data", str(folder), *TINY] if command == "train" else ["--n", "2", "--levels", "1", "--steps", "1"]
+        err = self._error(capsys, [command, "--out", str(tmp_path / "out"), "--device", "cpu", *extra])
+        assert err == "progaug: error: the environment variable WORLD_SIZE must be an integer >= 1, got 'abc'"
+        assert not (tmp_path / "out").exists()
+
+    def test_full_disk_names_the_file(self, tmp_path, capsys, monkeypatch):
+        import progaug.fileio as fileio
+
+        def full(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as the kernel reports it: no file name
+
+        monkeypatch.setattr(fileio.os, "fsync", full)
+        out = tmp_path / "out"
+        err = self._error(capsys, ["precompute", "--out", str(out), "--device", "cpu", "--n", "2", "--levels", "1", "--steps", "1"])
+        assert err == f"progaug: error: {out / 'run.json'}: No space left on device"
+        assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+    def test_stop_before_the_first_checkpoint_says_start_again(self, folder, tmp_path, capsys, monkeypatch):
+        def interrupted(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr("progaug.train.train_pair", interrupted)
+        out = tmp_path / "p"
+        argv = ["train", "--data", str(folder), "--out", str(out), "--steps", "3", *TINY]
+        err = self._error(capsys, [*argv, "--resume"], rc=130)
+        assert err == (f"progaug: interrupted: nothing to resume in {out} yet (no checkpoint.safetensors was written); "
+                       f"start again with: progaug {' '.join(argv)}")
 
 
 class TestImageFiles:

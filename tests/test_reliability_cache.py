@@ -161,3 +161,58 @@ class TestRealImages:
         real = [(torch.full((3, 32, 32), 200, dtype=torch.uint8), 0), (torch.full((3, 32, 32), 0.5), 1)]
         ds = SoftLabelProgressiveDataset.from_cache(cache, real, classes=["stroma", "tumour"])
         assert len(ds) == 14 and ds[12][0].max() == pytest.approx(200 / 255)
+
+
+# ------------------------------------------------------------------ precompute: what a crash leaves
+
+
+class TestPrecomputeResume:
+    def test_temporary_files_of_a_killed_run_are_removed(self, made, cache):
+        (cache / "manifest.json").unlink()  # killed before the end
+        left = [cache / "images" / ".000001.png.k2j4h5g6.tmp", cache / "records" / ".000000.json.a1b2c3d4.tmp",
+                cache / ".labels.csv.zz99yy88.tmp"]
+        for path in left:
+            path.write_bytes(b"half")
+        precompute_run(made[0], cache, resume=True)
+        assert not [p for p in left if p.exists()] and not list(cache.rglob("*.tmp"))
+        ProgressiveCache.open(cache)
+
+    def test_corrupt_run_json_is_read_from_the_manifest(self, made, cache, capsys):
+        images = files(cache)
+        (cache / "run.json").write_text('{"config": ')
+        precompute_run(made[0], cache, resume=True)
+        assert "run.json is not valid JSON" in capsys.readouterr().err
+        assert files(cache) == images and json.loads((cache / "run.json").read_text())["n_sources"] == 3
+
+    def test_corrupt_run_json_without_a_manifest_is_named(self, made, cache):
+        (cache / "manifest.json").unlink()
+        (cache / "run.json").write_bytes(b"")
+        with pytest.raises(ValueError, match=r"run.json is not valid JSON .*this folder cannot be resumed"):
+            precompute_run(made[0], cache, resume=True)
+
+    def test_source_folder_spelled_otherwise_keeps_every_group(self, made, class_folders, tmp_path, monkeypatch, capsys):
+        from progaug.data.sources import source_tiles
+        from progaug.hub import load_pair
+        from progaug.precompute import precompute
+
+        pair, config = load_pair(made[0]), PrecomputeConfig(n=6, levels=3, steps=6, max_batch=4)
+        monkeypatch.chdir(class_folders.parent)
+        spellings = ["data/normal", str(class_folders / "normal"), "./data/normal/", f"../{tmp_path.name}/data/normal"]
+        runs = [source_tiles(s, pair) for s in spellings]
+        assert all(names == runs[0][1] for _, names in runs) and runs[0][1][0] == "0.png:0,0"
+        out = precompute(pair, *runs[0], tmp_path / "c", config, progress=False)
+        labels = (out / "labels.csv").read_bytes()
+        (out / "manifest.json").unlink()
+        precompute(pair, *runs[1], out, config, resume=True, progress=False)
+        assert "generated again" not in capsys.readouterr().err and (out / "labels.csv").read_bytes() == labels
+
+    def test_too_many_samples_are_refused_before_anything_is_allocated(self):
+        with pytest.raises(ValueError, match=r"`n` must be in \[1, 10000000\], got 1000000000"):
+            PrecomputeConfig(n=1_000_000_000)
+
+    def test_empty_source_is_refused(self, made):
+        from progaug.data.sources import source_tiles
+        from progaug.hub import load_pair
+
+        with pytest.raises(ValueError, match=r"--source must be 'hgsc' or a folder of source-class images, got ''"):
+            source_tiles("", load_pair(made[0]))
