@@ -55,9 +55,20 @@ class DownloadTimeout(DownloadError, TimeoutError):
     """A download ran past its connect/read timeout or its overall deadline."""
 
 
+_YES, _NO = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
 def offline() -> bool:
-    """Whether ``$PROGAUG_OFFLINE`` forbids the network."""
-    return os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes", "on")
+    """Whether ``$PROGAUG_OFFLINE`` forbids the network.
+
+    Raises:
+        ValueError: The variable is set to something that is neither yes (``1``, ``true``, ``yes``,
+            ``on``) nor no (``0``, ``false``, ``no``, ``off``, empty); a typo never means online.
+    """
+    text = os.environ.get(ENV_OFFLINE, "")
+    if text.strip().lower() not in _YES + _NO:
+        raise ValueError(f"{ENV_OFFLINE} must be 1, true, yes or on (offline) or 0, false, no, off or empty (online), got {text!r}")
+    return text.strip().lower() in _YES
 
 
 def download_deadline() -> float:

@@ -16,6 +16,7 @@ from progaug.errors import check_levels
 __all__ = [
     "DEFAULT_RADIUS",
     "adaptive_depths",
+    "check_radius",
     "default_levels",
     "depth_for_label",
     "highpass_amplitude",
@@ -38,14 +39,29 @@ def to_grayscale(x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("...chw,c->...hw", x, w)
 
 
+def check_radius(name: str, radius: object) -> float:
+    """Return ``radius`` as a float if it is a high-pass cut-off in [0, 0.5) (a fraction of the side).
+
+    Raises:
+        TypeError: Not a number.
+        ValueError: Outside [0, 0.5) (NaN included).
+    """
+    try:
+        value = float(radius)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a number, got {type(radius).__name__} {radius!r}") from None
+    if not 0.0 <= value < 0.5:
+        raise ValueError(f"`{name}` must be in [0, 0.5) (a fraction of the image side), got {radius!r}")
+    return value
+
+
 def highpass_mask(height: int, width: int, radius: float = DEFAULT_RADIUS, device: torch.device | None = None) -> torch.Tensor:
     """The mask ``M_h`` of eq. 7 in unshifted FFT layout: True where ``|f| >= radius * min(H, W)`` bins.
 
     Raises:
         ValueError: ``radius`` not in [0, 0.5).
     """
-    if not 0.0 <= float(radius) < 0.5:
-        raise ValueError(f"`radius` must be in [0, 0.5) (a fraction of the image side), got {radius!r}")
+    check_radius("radius", radius)
     fy = torch.fft.fftfreq(height, device=device) * height
     fx = torch.fft.fftfreq(width, device=device) * width
     dist = torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)

@@ -34,7 +34,7 @@ from progaug.fileio import LOCK_NAME, atomic_write_bytes, lock_folder, remove_te
 from progaug.config import JsonConfig, describe_differences
 from progaug.data.tiles import dihedral
 from progaug.errors import check_int
-from progaug.frequency import DEFAULT_RADIUS, default_levels
+from progaug.frequency import DEFAULT_RADIUS, check_radius, default_levels
 from progaug.generator import generate_progressive
 from progaug.labels import DEFAULT_MEASURE, LEGACY_MEASURE, MEASURE_HELP, Measure, check_measure
 from progaug.pair import Pair
@@ -100,6 +100,7 @@ class PrecomputeConfig(JsonConfig):
         for name in ("steps", "batch_size", "max_batch"):
             check_int(name, getattr(self, name), allow_none=True)
         check_measure("measure", self.measure)
+        check_radius("radius", self.radius)
         if self.steps is not None and self.levels > self.steps:
             raise ValueError(f"`levels` {self.levels} exceeds `steps` {self.steps}: each level needs its own depth")
 

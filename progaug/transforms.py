@@ -17,6 +17,7 @@ is not part of the pickled state, so the transform pickles in microseconds.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from progaug.errors import check_device, check_int, check_number
-from progaug.frequency import DEFAULT_RADIUS
+from progaug.frequency import DEFAULT_RADIUS, check_radius
 from progaug.generator import generate_progressive
 from progaug.labels import DEFAULT_MEASURE, LEGACY_MEASURE, check_measure
 from progaug.losses import _label_rows, soft_label_to_row
@@ -141,7 +142,9 @@ class ProgressiveDiffusionAugment(v2.Transform):
             raise TypeError(f"`pair` must be a name, folder, URL or Pair, got {type(pair).__name__}")
         if not 0.0 <= check_number("p", p) <= 1.0:
             raise ValueError(f"`p` must be a probability in [0, 1], got {p!r}")
-        low, high = level_range
+        if not isinstance(level_range, (tuple, list)) or len(level_range) != 2:
+            raise ValueError(f"`level_range` must be a pair (low, high), got {level_range!r}")
+        low, high = (check_number("level_range", v) for v in level_range)
         if not 0.0 < low <= high <= 1.0:
             raise ValueError(f"`level_range` must satisfy 0 < low <= high <= 1, got {level_range!r}")
         if levels is not None:
@@ -152,6 +155,7 @@ class ProgressiveDiffusionAugment(v2.Transform):
         check_int("num_classes", num_classes)
         check_int("max_batch", max_batch, allow_none=True)
         check_measure("measure", measure)
+        check_radius("radius", radius)
         parsed_device = check_device("device", device)
         for name, idx in (("source_class", source_class), ("target_class", target_class)):
             if check_int(name, idx, low=0) >= num_classes:
@@ -160,6 +164,8 @@ class ProgressiveDiffusionAugment(v2.Transform):
             raise ValueError(f"`source_class` and `target_class` must differ, both are {source_class}")
         if (mean is None) != (std is None) or (mean is not None and (len(mean) != 3 or len(std) != 3)):
             raise ValueError(f"`mean` and `std` must be given together, 3 values each, got {mean!r} and {std!r}")
+        if mean is not None and not all(math.isfinite(float(v)) for v in (*mean, *std)):
+            raise ValueError(f"`mean` and `std` must be finite numbers, got {mean!r} and {std!r}")
         if std is not None and any(s <= 0 for s in std):
             raise ValueError(f"`std` must be positive, got {std!r}")
         self._pair_spec = pair if not isinstance(pair, Pair) else None

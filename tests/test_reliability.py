@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -320,6 +321,20 @@ class TestImageFiles:
         link.symlink_to(tmp_path / "gone.png")
         with pytest.raises(FileNotFoundError, match=r"x.png \(a broken symbolic link\)"):
             load_rgb(link)
+
+    @pytest.mark.parametrize("mode,value,grey", [("I;16", 30000, 117), ("I", 30000, 117), ("I", 200, 200), ("F", 0.5, 128),
+                                                 ("F", 87.5, 88)])
+    def test_constant_deep_image_keeps_its_brightness(self, tmp_path, mode, value, grey):
+        """Issue 22: a constant 16-bit image became an all-black tile."""
+        path = tmp_path / "flat.tif"
+        Image.new(mode, (40, 40), value).save(path)
+        assert np.unique(np.asarray(load_rgb(path))).tolist() == [grey]
+
+    def test_constant_float_image_outside_its_range_is_named(self, tmp_path):
+        path = tmp_path / "flat.tif"
+        Image.new("F", (40, 40), -3.0).save(path)
+        with pytest.raises(ValueError, match=r"flat.tif: a constant F image \(every pixel -3\) outside 0..65535"):
+            load_rgb(path)
 
     def test_folder_with_a_link_loop_names_it(self, folder):
         from progaug.data import folder_tiles

@@ -203,6 +203,18 @@ class TestDeadlines:
             assert time.monotonic() - start < 3
         assert leftovers(tmp_path) == []
 
+    @pytest.mark.parametrize("text", ["maybe", "2", "offline"])
+    def test_offline_setting_that_is_neither_yes_nor_no_is_named(self, tmp_path, monkeypatch, text):
+        """Issue 22: PROGAUG_OFFLINE=maybe went online silently."""
+        monkeypatch.setenv("PROGAUG_OFFLINE", text)
+        with Server({"w.bin": PAYLOAD}) as s:
+            with pytest.raises(ValueError, match=rf"PROGAUG_OFFLINE must be 1, true, yes or on \(offline\) or 0, false, no, off or empty \(online\), got '{text}'"):
+                hub.download(f"{s.url}/w.bin", tmp_path / "w.bin", DIGEST)
+            assert s.hits == []
+        for text in ("0", "off", " No ", ""):
+            monkeypatch.setenv("PROGAUG_OFFLINE", text)
+            assert not hub.offline()
+
     def test_bad_deadline_setting_is_named(self, tmp_path, monkeypatch):
         for text in ("soon", "0", "-5"):
             monkeypatch.setenv("PROGAUG_DOWNLOAD_TIMEOUT", text)

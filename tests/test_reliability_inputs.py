@@ -238,3 +238,28 @@ class TestDevice:
         monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
         with pytest.raises(ValueError, match=match):
             SoftLabelProgressiveDataset.from_cache(tmp_path / "no-cache-here", device=device)
+
+
+# ------------------------------------------------------------------------------ constructor arguments
+
+
+class TestTransformArguments:
+    """Issue 22: bad arguments fail at construction, each with a message naming it."""
+
+    @pytest.mark.parametrize("kwargs,match", [
+        ({"radius": -1}, r"`radius` must be in \[0, 0.5\) \(a fraction of the image side\), got -1"),
+        ({"radius": NAN}, r"`radius` must be in \[0, 0.5\)"),
+        ({"mean": (NAN, 0.5, 0.5), "std": (0.2, 0.2, 0.2)}, r"`mean` and `std` must be finite numbers, got \(nan, 0.5, 0.5\)"),
+        ({"mean": (0.5, 0.5, 0.5), "std": (0.2, float("inf"), 0.2)}, r"`mean` and `std` must be finite numbers"),
+        ({"level_range": (0.1, 0.5, 1.0)}, r"`level_range` must be a pair \(low, high\), got \(0.1, 0.5, 1.0\)"),
+        ({"level_range": 0.5}, r"`level_range` must be a pair \(low, high\), got 0.5"),
+    ])
+    def test_refused_at_construction(self, pair_dir, kwargs, match):
+        with pytest.raises(ValueError, match=match):
+            make(pair_dir, **kwargs)
+
+    def test_precompute_radius_checked_in_its_config(self):
+        from progaug.precompute import PrecomputeConfig
+
+        with pytest.raises(ValueError, match=r"`radius` must be in \[0, 0.5\)"):
+            PrecomputeConfig(radius=-1.0)

@@ -19,10 +19,12 @@ def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
     """Convert a PIL image of any common mode to 8-bit RGB.
 
     Transparency is composited on white (slide background). 16- and 32-bit grey images (``I;16``,
-    ``I``, ``F``) are rescaled from their own min..max to 0..255.
+    ``I``, ``F``) are rescaled from their own min..max to 0..255; a constant one, which has no range of
+    its own, from its type's range (see :func:`_type_range`).
 
     Raises:
-        ValueError: A mode that has no sensible RGB reading; the message names ``name``.
+        ValueError: A mode that has no sensible RGB reading, or a constant image outside its type's
+            range; the message names ``name``.
     """
     mode = image.mode
     if mode == "RGB":
@@ -36,9 +38,27 @@ def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
     if mode.startswith("I") or mode == "F":
         arr = np.asarray(image, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
-        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+        if hi <= lo:  # constant: no range of its own
+            lo, hi = _type_range(mode, lo, name)
+        scaled = (arr - lo) / (hi - lo) * 255.0
         return Image.fromarray(scaled.round().astype(np.uint8), mode="L").convert("RGB")
     raise ValueError(f"{name}: image mode {mode!r} cannot be converted to RGB")
+
+
+def _type_range(mode: str, value: float, name: str) -> tuple[float, float]:
+    """The nominal range of a constant 16/32-bit grey image of ``value``: 0..65535 for ``I;16``; the
+    smallest of 0..1 (floats only), 0..255 and 0..65535 that holds ``value`` for ``I`` and ``F`` (which
+    PIL also fills from 8-bit images).
+
+    Raises:
+        ValueError: ``value`` is outside 0..65535 (NaN included); the message names ``name``.
+    """
+    tops = (65535.0,) if mode.startswith("I;16") else ((1.0,) if mode == "F" else ()) + (255.0, 65535.0)
+    for top in tops:
+        if 0 <= value <= top:
+            return 0.0, top
+    raise ValueError(f"{name}: a constant {mode} image (every pixel {value:g}) outside 0..65535 has no brightness "
+                     f"to convert to RGB")
 
 
 def _file_size(path: Path) -> int:
