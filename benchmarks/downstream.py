@@ -22,7 +22,9 @@ sha256, so a second run (other seeds, other N, the other classifier) only trains
     python benchmarks/downstream.py --quick                   # smoke run: a few minutes
     python benchmarks/downstream.py --data ROOT --pair PAIR   # your own classes (or: progaug evaluate)
 
-Writes ``benchmarks/results/downstream_<classifier>.{json,md,png}``; JSON keys in docs/benchmarks.md.
+Writes ``benchmarks/results/downstream_<classifier>.{json,md,png}`` after each N (``complete`` says whether
+every N is in); JSON keys in docs/benchmarks.md. Finished trainings are logged in
+``benchmarks/cache/<out name>.runs.jsonl``: a stopped run, started again with the same command, skips them.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from progaug.cli_args import add_config_arguments, config_from_args
 from progaug.data.splits import load_splits
 from progaug.evaluation.pipeline import GenerationSettings, evaluate_pair
 from progaug.evaluation.protocol import ProtocolConfig, all_arms, planned_runs
+from progaug.evaluation.report import plot, render_markdown
 from progaug.hub import load_pair
 from progaug.runtime import RuntimeConfig, apply_runtime
 
@@ -92,21 +95,20 @@ def main(argv=None) -> int:
             done[0] += k
             print(f"[{done[0]}/{total}] {text}", flush=True)
 
+    def report(res: dict) -> dict:
+        res.update(pair=repo_relative(str(pair.path) if pair.path else args.pair), command=command_line("downstream.py", argv),
+                   threads=applied["threads"], args={k: repo_relative(v) for k, v in vars(args).items() if k not in ("protocol", "generation")})
+        write_report(res, Path(args.out), render_markdown, plot)
+        return res
+
+    log = CACHE / f"{Path(args.out).name}.runs.jsonl"
     try:
         res = evaluate_pair(pair, splits, args.data, arms, args.protocol, args.generation, device=args.device, cache_dir=CACHE,
-                            progress=progress)
+                            progress=progress, log=log, on_partial=report)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    res.update(pair=repo_relative(str(pair.path) if pair.path else args.pair), command=command_line("downstream.py", argv),
-               threads=applied["threads"], args={k: repo_relative(v) for k, v in vars(args).items() if k not in ("protocol", "generation")})
-    write_report(res, Path(args.out), *_renderers())
+    report(res)
     return 0
-
-
-def _renderers():
-    from progaug.evaluation.report import plot, render_markdown
-
-    return render_markdown, plot
 
 
 if __name__ == "__main__":

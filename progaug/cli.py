@@ -2,6 +2,8 @@
 
 ``progaug train``        train a pair A -> B (demo data or class folders)
 ``progaug progressive``  progressive images of a few source tiles as one PNG strip (paper Fig. 1)
+``progaug precompute``   N progressive soft-labelled samples as a cache folder
+``progaug evaluate``     does the augmentation help a classifier of your classes? (progaug.evaluation)
 """
 
 from __future__ import annotations
@@ -240,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_progressive(sub)
     _add_precompute(sub)
+    from progaug.evaluation.command import add_evaluate
+
+    add_evaluate(sub)
     return parser
 
 

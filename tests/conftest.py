@@ -127,3 +127,15 @@ def random_tiles(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     base = torch.randint(60, 200, (n, 3, 1, 1), generator=gen)
     return (base + torch.randint(-50, 50, (n, 3, size, size), generator=gen)).clamp(0, 255).to(torch.uint8)
+
+
+def split_folders(root, per_class: int = 6):
+    """``root/{train,val,test}/{stroma,tumour}/*.png``: 32-px tiles of random texture."""
+    from PIL import Image
+
+    for i, split in enumerate(("train", "val", "test")):
+        for j, cls in enumerate(("stroma", "tumour")):
+            (root / split / cls).mkdir(parents=True)
+            for k, tile in enumerate(random_tiles(per_class, seed=10 * i + j)):
+                Image.fromarray(tile.permute(1, 2, 0).numpy()).save(root / split / cls / f"{k}.png")
+    return root

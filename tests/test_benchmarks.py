@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_pair_dir
+from conftest import make_pair_dir, split_folders
 from progaug.labels import DEFAULT_MEASURE
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -35,20 +35,6 @@ def bench(monkeypatch, tmp_path):
 
     yield load
     torch.set_num_threads(threads)
-
-
-def split_folders(root: Path, per_class: int = 6) -> Path:
-    """``root/{train,val,test}/{stroma,tumour}/*.png``: 32-px tiles of random texture."""
-    from PIL import Image
-
-    from conftest import random_tiles
-
-    for i, split in enumerate(("train", "val", "test")):
-        for j, cls in enumerate(("stroma", "tumour")):
-            (root / split / cls).mkdir(parents=True)
-            for k, tile in enumerate(random_tiles(per_class, seed=10 * i + j)):
-                Image.fromarray(tile.permute(1, 2, 0).numpy()).save(root / split / cls / f"{k}.png")
-    return root
 
 
 def test_speed_on_class_folders(bench, tiny_pair, tmp_path):
@@ -97,14 +83,37 @@ def test_downstream_on_class_folders(bench, tiny_pair, tmp_path):
     # the generated sets are kept and a second run makes none
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert {n.split("-")[1] for n in cached if n.startswith("progressive-")} == {"paper", DEFAULT_MEASURE}
-    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.safetensors")}
     assert downstream.main([*args, "--arms", "+ADD-Pro[paper]", "--out", str(tmp_path / "again")]) == 0
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()} == before
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.safetensors")} == before
     again = json.loads((tmp_path / "again.json").read_text())
     assert list(again["curve"]["2"]["arms"]) == ["real", "+ADD-Pro[paper]"]
     # the seed decides the run: the same seeds give the same test predictions again
     first, second = (r["curve"]["2"]["arms"]["real"]["runs"] for r in (res, again))
     assert [r["predictions_sha"] for r in first] == [r["predictions_sha"] for r in second]
+
+
+def test_downstream_resumes_from_its_run_log(bench, tiny_pair, tmp_path, capsys):
+    downstream = bench("downstream")
+    data = split_folders(tmp_path / "data")
+    args = ["--pair", str(tiny_pair), "--data", str(data), "--curve-epochs", "1", "--seeds", "0", "--tune-seeds", "7", "--n", "2",
+            "--levels", "2", "--gen-steps", "2", "--batch-size", "8", "--arms", "+stain", "--stain-grid", "0.05", "0.1", "--threads", "1",
+            "--out", str(tmp_path / "r")]
+    assert downstream.main(args) == 0
+    first = json.loads((tmp_path / "r.json").read_text())
+    log = tmp_path / "cache" / "r.runs.jsonl"
+    lines = log.read_text().splitlines()
+    assert len(lines) == 1 + 2 + 2  # curve, two tuning values, two arms x one seed
+    log.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # a run killed while writing its fourth line
+    capsys.readouterr()
+    assert downstream.main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("kept from an earlier run") == 3
+    again = json.loads((tmp_path / "r.json").read_text())
+    def runs(res):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in res["curve"]["2"]["arms"]["+stain"]["runs"]]
+
+    assert runs(again) == runs(first)  # the torn line's training made again, the same
 
 
 @pytest.mark.parametrize("bad, match", [(["--n", "0"], "N takes positive integers or 'all'"), (["--n", "ten"], "N takes"),

@@ -7,6 +7,8 @@ Used by ``progaug evaluate`` and ``benchmarks/downstream.py``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +23,7 @@ from progaug.evaluation.protocol import Arm, GeneratedSets, ProtocolConfig, need
 from progaug.labels import DEFAULT_MEASURE
 from progaug.runtime import CPU_MAX_BATCH
 
-__all__ = ["GenerationSettings", "evaluate_pair", "leak", "make_sets"]
+__all__ = ["GenerationSettings", "RunLog", "evaluate_pair", "leak", "make_sets", "scope_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +100,48 @@ def leak(pair, data: str, n: int | None, counts: dict[str, int]) -> str:
             f"the generated arms hold information from tiles the real arms never see; compare them with each other")
 
 
+class RunLog(dict):
+    """Finished trainings of a protocol run, kept as JSON lines in ``path`` so that a stopped run resumes
+    where it stopped (the memo of :func:`progaug.evaluation.protocol.run_protocol`).
+
+    Every line holds ``{"scope", "key", "result"}``; lines of another scope (other data, pair or generation
+    settings) are ignored, and a torn last line (a killed run) is skipped.
+    """
+
+    def __init__(self, path: Path, scope: str) -> None:
+        super().__init__()
+        self.path, self.scope = Path(path), scope
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(entry, dict) and entry.get("scope") == scope and "key" in entry:
+                    super().__setitem__(entry["key"], entry["result"])
+
+    def __setitem__(self, key: str, value: dict) -> None:
+        super().__setitem__(key, value)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps({"scope": self.scope, "key": key, "result": value}) + "\n")
+
+
+def scope_of(pair, data: str, splits: dict[str, TileSet], settings: GenerationSettings) -> str:
+    """A digest of what a run's trainings depend on besides their own settings: the pair's weights, the data's
+    tiles and the generation settings."""
+    h = hashlib.sha256()
+    h.update(json.dumps([pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), data, settings.to_dict()]).encode())
+    for split in ("train", "val", "test"):
+        if split in splits:
+            h.update(splits[split].images.numpy().tobytes())
+            h.update(splits[split].labels.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def evaluate_pair(pair, splits: dict[str, TileSet], data: str, arms: Sequence[Arm], config: ProtocolConfig, settings: GenerationSettings, *,
-                  device: str = "cpu", cache_dir: Path | None = None, progress: Callable[[str, int, str], None] | None = None) -> dict:
+                  device: str = "cpu", cache_dir: Path | None = None, progress: Callable[[str, int, str], None] | None = None,
+                  log: Path | None = None, on_partial: Callable[[dict], None] | None = None) -> dict:
     """Generated sets, then the protocol, with what a report needs to name the run.
 
     Args:
@@ -113,6 +155,8 @@ def evaluate_pair(pair, splits: dict[str, TileSet], data: str, arms: Sequence[Ar
         cache_dir: Keep generated sets here (None: nothing kept).
         progress: Called as ``progress("generate", k, text)`` for k more source tiles done and
             ``progress("train", 1, text)`` after each classifier training (``text`` says which).
+        log: JSON-lines file of finished trainings (:class:`RunLog`): a rerun with the same settings skips them.
+        on_partial: Called with the described result after each N (for partial reports).
 
     Raises:
         ValueError: Missing splits, or the pair's classes are not among the split's classes.
@@ -130,14 +174,20 @@ def evaluate_pair(pair, splits: dict[str, TileSet], data: str, arms: Sequence[Ar
     report = (lambda k: progress("generate", k, f"{k} of {len(needed)} source tiles")) if progress else None
     sets, cost = make_sets(pair, a_tiles, arms, settings, needed=needed, device=device, cache_dir=cache_dir, progress=report)
     seconds_generation = round(time.time() - began, 1)
-    res = run_protocol(splits, pair.classes, sets, arms, config, device=device,
-                       on_run=(lambda text: progress("train", 1, text)) if progress else None)
-    counts = train.counts()
-    for key, entry in res["curve"].items():
-        entry["leak"] = leak(pair, data, parse_n(key), counts)
-    res.update(counts={s: splits[s].counts() for s in splits}, generation=cost, generation_settings=settings.to_dict(),
-               seconds_generation=seconds_generation, seconds=round(time.time() - began, 1), machine=platform.platform(),
-               pair_sha256={role: pair.card[role].get("sha256") for role in ("source", "target")},
-               pair_training={k: pair.card.get("training", {}).get(k) for k in ("steps_done", "wall_time_s", "device")},
-               pair_data=pair.card.get("data"), threads=torch.get_num_threads())
-    return res
+    memo = RunLog(log, scope_of(pair, data, splits, settings)) if log is not None else None
+
+    def describe(res: dict) -> dict:
+        counts = train.counts()
+        for key, entry in res["curve"].items():
+            entry["leak"] = leak(pair, data, parse_n(key), counts)
+        res.update(counts={s: splits[s].counts() for s in splits}, generation=cost, generation_settings=settings.to_dict(),
+                   seconds_generation=seconds_generation, seconds=round(time.time() - began, 1), machine=platform.platform(),
+                   pair_sha256={role: pair.card[role].get("sha256") for role in ("source", "target")},
+                   pair_training={k: pair.card.get("training", {}).get(k) for k in ("steps_done", "wall_time_s", "device")},
+                   pair_data=pair.card.get("data"), threads=torch.get_num_threads(), complete=len(res["curve"]) == len(config.n))
+        return res
+
+    res = run_protocol(splits, pair.classes, sets, arms, config, device=device, memo=memo,
+                       on_run=(lambda text: progress("train", 1, text)) if progress else None,
+                       on_n=(lambda partial: on_partial(describe(partial))) if on_partial else None)
+    return describe(res)

@@ -22,8 +22,9 @@ The same for every arm, seed and N (docs/benchmarks.md, "The downstream protocol
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable, Sequence
+import json
+import time
+from collections.abc import Callable, MutableMapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -218,7 +219,7 @@ class _Runner:
     """Holds the data of one protocol run and trains its classifiers."""
 
     def __init__(self, splits: dict[str, TileSet], classes: tuple[str, str], sets: GeneratedSets, config: ProtocolConfig,
-                 device: str, on_run: Callable[[str], None] | None) -> None:
+                 device: str, on_run: Callable[[str], None] | None, memo: MutableMapping[str, dict] | None = None) -> None:
         self.train, self.config, self.sets, self.device = splits["train"], config, sets, device
         self.val = (splits["val"].images, splits["val"].labels)
         self.test = splits["test"]
@@ -227,6 +228,7 @@ class _Runner:
         self.a_class = classes[0]
         self.on_run = on_run or (lambda _: None)
         self._teachers: dict[tuple, torch.Tensor] = {}
+        self.memo = {} if memo is None else memo
 
     def generated(self, arm: Arm, sub: _Subset, seed: int, n_key: str, epochs: int) -> LabelledImages | None:
         """The generated images of ``arm`` for one subset (None for real-only arms)."""
@@ -259,13 +261,22 @@ class _Runner:
 
     def fit(self, arm: Arm, recipe: Recipe, seed: int, n: int | None, n_key: str, epochs: int, test: bool) -> dict:
         """Train one classifier; its validation accuracy, and test metrics when ``test`` (else a tuning or
-        learning-curve run)."""
+        learning-curve run). A run already in ``memo`` (same arm, recipe, seed, N, budget, settings) is not
+        trained again."""
+        key = json.dumps([arm.name, dataclasses.asdict(arm), recipe.to_dict(), seed, n_key, epochs, test, self.config.spec(epochs).to_dict(),
+                          self.config.filter_margin if arm.filtered else None], sort_keys=True)
+        if key in self.memo:
+            self.on_run(f"N={n_key} {arm.name} seed {seed}: kept from an earlier run")
+            return dict(self.memo[key])
+        began = time.time()
         sub = _subset(self.train, seed, n, self.a_class)
         gen = self.generated(arm, sub, seed, n_key, epochs)
         model, val = train_classifier(sub.real, gen, recipe, self.config.spec(epochs), seed, self.val, self.device)
         out = {"seed": seed, "val_accuracy": val, "real_images": len(sub.real), "generated_images": 0 if gen is None else len(gen)}
         if test:
             out.update(score(model, self.test.images, self.test.labels, self.device))
+        out["seconds"] = round(time.time() - began, 1)
+        self.memo[key] = out
         what = f"test acc {out['accuracy']:.3f}" if test else f"val acc {val:.3f} ({epochs} epochs, {_show(recipe)})"
         self.on_run(f"N={n_key} {arm.name} seed {seed}: {what}")
         return out
@@ -335,7 +346,8 @@ def _summarise(runs: list[dict]) -> dict:
 
 
 def run_protocol(splits: dict[str, TileSet], classes: tuple[str, str], sets: GeneratedSets, arms: Sequence[Arm], config: ProtocolConfig,
-                 *, device: str = "cpu", on_run: Callable[[str], None] | None = None) -> dict:
+                 *, device: str = "cpu", on_run: Callable[[str], None] | None = None, memo: MutableMapping[str, dict] | None = None,
+                 on_n: Callable[[dict], None] | None = None) -> dict:
     """Run the protocol for one classifier.
 
     Args:
@@ -346,6 +358,10 @@ def run_protocol(splits: dict[str, TileSet], classes: tuple[str, str], sets: Gen
         config: The protocol's settings.
         device: Where to train.
         on_run: Called after each classifier training with a short description (progress).
+        memo: Results of earlier trainings by a key of everything that decides them; new ones are added
+            (a stopped run resumes: see :class:`progaug.evaluation.pipeline.RunLog`). The caller makes sure
+            that the data and generated sets are the same.
+        on_n: Called with the result so far after each N (partial reports).
 
     Returns:
         ``{"config", "classes", "arms", "curve": {N: {"budget", "tuning", "arms": {name: {"runs",
@@ -356,7 +372,7 @@ def run_protocol(splits: dict[str, TileSet], classes: tuple[str, str], sets: Gen
     """
     _check_inputs(splits, classes, sets, arms)
     arms = list(arms) if any(a.name == "real" for a in arms) else [Arm("real"), *arms]
-    runner = _Runner(splits, classes, sets, config, device, on_run)
+    runner = _Runner(splits, classes, sets, config, device, on_run, memo)
     out = {"config": config.to_dict(), "classes": list(splits["train"].classes), "direction": list(classes),
            "arms": {a.name: dataclasses.asdict(a) for a in arms}, "curve": {}}
     for n_key in config.n:
@@ -374,7 +390,9 @@ def run_protocol(splits: dict[str, TileSet], classes: tuple[str, str], sets: Gen
             entry["arms"][arm.name] = {**_summarise(runs), "recipe": recipe.to_dict()}
         _add_paired(entry)
         out["curve"][n_key] = entry
-    out["sanity"] = sanity(out)
+        out["sanity"] = sanity(out)
+        if on_n is not None:
+            on_n(out)
     return out
 
 

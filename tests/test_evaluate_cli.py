@@ -1,0 +1,50 @@
+"""``progaug evaluate``: the protocol on a user's class folders from the installed command."""
+
+import json
+
+import pytest
+
+from conftest import make_pair_dir, split_folders
+from progaug.cli import main
+
+SMALL = ["--curve-epochs", "1", "--seeds", "0", "--tune-seeds", "3", "--n", "2", "--levels", "2", "--gen-steps", "2", "--batch-size", "8",
+         "--p-grid", "0.3", "--mixup-grid", "0.5", "--stain-grid", "0.05", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return make_pair_dir(tmp_path_factory.mktemp("evaluate") / "pair")
+
+
+def test_evaluate_writes_the_report_and_resumes(pair, tmp_path, capsys):
+    data = split_folders(tmp_path / "data")
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--data", str(data), "--pair", str(pair), "--out", str(out), *SMALL]
+    assert main(argv) == 0
+    res = json.loads((out / "report.json").read_text())
+    assert res["complete"] and list(res["curve"]) == ["2"]
+    assert list(res["curve"]["2"]["arms"]) == ["real", "+stain", "+Mixup/CutMix", "+ADD-final", "+ADD-Pro[preview]", "+ADD-Pro[preview] filtered"]
+    assert (out / "report.md").read_text().startswith("# Downstream CNN, stroma -> tumour") and (out / "report.png").is_file()
+    assert any((out / "generated").glob("progressive-*.safetensors"))
+    done = len((out / "runs.jsonl").read_text().splitlines())
+    assert main(argv) == 0  # the same command again: nothing trained anew
+    assert len((out / "runs.jsonl").read_text().splitlines()) == done
+    assert json.loads((out / "report.json").read_text())["curve"] == res["curve"]
+
+
+@pytest.mark.parametrize("extra, match", [(["--arms", "+nope"], r"--arms \['\+nope'\] unknown"),
+                                          (["--device", "gpu"], "`--device` must name a torch device"),
+                                          (["--seeds", "3"], "`tune_seeds` .* must differ from `seeds`")])
+def test_evaluate_refuses_bad_arguments_in_one_line(pair, tmp_path, extra, match):
+    with pytest.raises(SystemExit, match=match):
+        main(["evaluate", "--pair", str(pair), "--out", str(tmp_path / "e"), *SMALL, *extra])
+    assert not (tmp_path / "e").exists()
+
+
+def test_evaluate_needs_validation_and_test_folders(pair, tmp_path):
+    data = split_folders(tmp_path / "data")
+    import shutil
+
+    shutil.rmtree(data / "test")
+    with pytest.raises(SystemExit, match="needs train/, val/ and test/ class folders"):
+        main(["evaluate", "--data", str(data), "--pair", str(pair), "--out", str(tmp_path / "e"), *SMALL])
