@@ -23,8 +23,10 @@ sha256, so a second run (other seeds, other N, the other classifier) only trains
     python benchmarks/downstream.py --data ROOT --pair PAIR   # your own classes (or: progaug evaluate)
 
 Writes ``benchmarks/results/downstream_<classifier>.{json,md,png}`` after each N (``complete`` says whether
-every N is in); JSON keys in docs/benchmarks.md. Finished trainings are logged in
-``benchmarks/cache/<out name>.runs.jsonl``: a stopped run, started again with the same command, skips them.
+every N is in); JSON keys in docs/benchmarks.md. Finished trainings are logged beside them in
+``downstream_<classifier>.runs.jsonl`` (committed with the results): a stopped run, started again with the
+same command, skips them, in a later session too (the log names the data, pair and generated images it
+belongs to).
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def main(argv=None) -> int:
         write_report(res, Path(args.out), render_markdown, plot)
         return res
 
-    log = CACHE / f"{Path(args.out).name}.runs.jsonl"
+    log = Path(args.out).with_suffix(".runs.jsonl")
     try:
         res = evaluate_pair(pair, splits, args.data, arms, args.protocol, args.generation, device=args.device, cache_dir=CACHE,
                             progress=progress, log=log, on_partial=report)

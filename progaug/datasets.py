@@ -18,6 +18,8 @@ from progaug.cache import ProgressiveCache
 from progaug.errors import check_device
 from progaug.labels import check_measure
 from progaug.losses import _label_rows
+from progaug.replacement import check_probability, replace_draws, replacement_index
+from progaug.selection import SelectiveFilter
 
 __all__ = ["SoftLabelProgressiveDataset"]
 
@@ -101,8 +103,11 @@ class SoftLabelProgressiveDataset(Dataset):
             raise ValueError("`classes` must be given when the base dataset has no `classes` attribute")
         self.classes = list(names)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        self._images: torch.Tensor | None = None  # cache mode: (N, 3, S, S) uint8, maybe on a GPU
+        self._images: torch.Tensor | None = None  # cache mode: (N, 3, S, S) uint8, generated first, maybe on a GPU
         self._rows: torch.Tensor | None = None
+        self._num_generated = 0
+        self.replace_prob: float | None = None
+        self.filter_report: dict | None = None
 
     # ------------------------------------------------------------------------------ cache mode
 
@@ -117,8 +122,17 @@ class SoftLabelProgressiveDataset(Dataset):
         device: str | torch.device | None = None,
         verify: bool = True,
         measure: str | None = None,
+        replace_prob: float | None = None,
+        selective: SelectiveFilter | None = None,
     ) -> SoftLabelProgressiveDataset:
         """Precomputed progressive samples, optionally mixed with a real dataset.
+
+        Two ways of adding the generated images to ``real``: ``replace_prob=None`` concatenates them (the
+        dataset holds generated + real samples, so with thousands of generated images the real ones are a
+        small share of every epoch); ``replace_prob=p`` keeps one epoch = one pass over the real samples,
+        and each real draw becomes a random generated sample with probability ``p``
+        (:mod:`progaug.replacement`; how Diff-Mix and DA-Fusion add synthetic images). docs/usage.md says
+        which ``p`` the evidence supports.
 
         Args:
             cache_dir: Folder written by ``progaug precompute`` (checked against its manifest).
@@ -132,6 +146,10 @@ class SoftLabelProgressiveDataset(Dataset):
             verify: Check every file's sha256 against the manifest.
             measure: The label measure the cache must have been made with (None: any; the dataset's
                 ``measure`` is the cache's).
+            replace_prob: Per-draw replacement probability in [0, 1] (needs ``real``); None: concatenate.
+            selective: Drop generated samples whose soft label a teacher CNN trained on ``real`` contradicts
+                (:class:`progaug.selection.SelectiveFilter`; needs ``real``); ``filter_report`` then says
+                how many were kept.
 
         Raises:
             TypeError: ``device`` is neither a str nor a torch.device.
@@ -142,6 +160,13 @@ class SoftLabelProgressiveDataset(Dataset):
         device = check_device("device", device)
         if measure is not None:
             check_measure("measure", measure)
+        if replace_prob is not None:
+            check_probability("replace_prob", replace_prob)
+        for name, value in (("replace_prob", replace_prob), ("selective", selective)):
+            if value is not None and real is None:
+                raise ValueError(f"`{name}` needs `real` samples: it decides how generated samples join real ones")
+        if selective is not None and not isinstance(selective, SelectiveFilter):
+            raise TypeError(f"`selective` must be a progaug.selection.SelectiveFilter, got {type(selective).__name__}")
         cache = ProgressiveCache.open(cache_dir, verify=verify)
         if measure is not None and cache.measure != measure:
             raise ValueError(f"the cache {cache_dir} was made with measure {cache.measure!r}, not the requested {measure!r}")
@@ -154,22 +179,36 @@ class SoftLabelProgressiveDataset(Dataset):
         soft = cache.soft_labels()
         rows = torch.zeros(len(soft), len(names))
         rows[:, src], rows[:, tgt] = 1 - soft, soft
+        report = None
         if real is not None:
             real_images, real_rows = _materialise(real, len(names))
             if real_images.shape[1:] != images.shape[1:]:
                 raise ValueError(f"real images are {tuple(real_images.shape[1:])} but the cache holds {tuple(images.shape[1:])}")
+            if selective is not None:
+                keep = selective.keep(images, soft, real_images, real_rows.argmax(-1), len(names), tgt)
+                report = {**selective.to_dict(), "kept": int(keep.sum()), "total": len(keep)}
+                images, rows = images[keep], rows[keep]
             images, rows = torch.cat([images, real_images]), torch.cat([rows, real_rows])
         ds = cls(None, classes=names, transform=transform)
         ds._images, ds._rows = images.to(device) if device else images, rows.to(device) if device else rows
+        ds._num_generated = len(images) - (0 if real is None else len(real_images))
+        ds.replace_prob, ds.filter_report = replace_prob, report
         ds.cache = cache
         ds.measure = cache.measure
         return ds
 
     def sample_batch(self, batch_size: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """A random batch ``(B, 3, S, S)`` float [0, 1], ``(B, K)`` from the in-memory cache (GPU-resident mode)."""
+        """A random batch ``(B, 3, S, S)`` float [0, 1], ``(B, K)`` from the in-memory cache (GPU-resident mode):
+        uniform over all samples, or with ``replace_prob`` uniform over the real ones, each replaced by a
+        generated one with that probability."""
         if self._images is None:
             raise RuntimeError("sample_batch needs a dataset made with from_cache")
-        index = torch.randint(0, len(self._images), (batch_size,), generator=generator).to(self._images.device)
+        if self.replace_prob is None:
+            index = torch.randint(0, len(self._images), (batch_size,), generator=generator)
+        else:
+            real = self._num_generated + torch.randint(0, len(self._images) - self._num_generated, (batch_size,), generator=generator)
+            index = replace_draws(real, self._num_generated, self.replace_prob, generator)[1]
+        index = index.to(self._images.device)
         return self._images[index].float() / 255, self._rows[index]
 
     # --------------------------------------------------------------------------------- common
@@ -179,10 +218,15 @@ class SoftLabelProgressiveDataset(Dataset):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self._images) if self._images is not None else len(self.base)
+        if self._images is None:
+            return len(self.base)
+        return len(self._images) - (self._num_generated if self.replace_prob is not None else 0)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._images is not None:
+            if self.replace_prob is not None:  # index counts real samples; a draw may become a generated one
+                swap = replacement_index(index, self._num_generated, self.replace_prob, self.seed, self.epoch)
+                index = self._num_generated + int(index) if swap is None else swap
             image, row = self._images[index].float() / 255, self._rows[index]
         else:
             image, label = self.base[index]

@@ -10,11 +10,14 @@ downstream classifier sees, never on validation or test tiles. A progressive ima
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
-__all__ = ["DEFAULT_MARGIN", "agreement_mask", "calibrated_labels", "fit_teacher", "teacher_probability"]
+from progaug.config import JsonConfig
+
+__all__ = ["DEFAULT_MARGIN", "SelectiveFilter", "agreement_mask", "calibrated_labels", "fit_teacher", "teacher_probability"]
 
 DEFAULT_MARGIN = 0.5
 """Keep an image when ``|p_teacher(target) - soft label| <= 0.5``: only labels the teacher contradicts
@@ -81,3 +84,30 @@ def calibrated_labels(soft_labels: torch.Tensor, teacher_p: torch.Tensor, weight
     """
     w = _check_unit("weight", weight)
     return ((1 - w) * soft_labels.float() + w * teacher_p.float()).clamp(0, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectiveFilter(JsonConfig):
+    """Drop generated images whose soft label a teacher CNN of the real training tiles contradicts.
+
+    Attributes:
+        margin: Keep an image when ``|p_teacher(target) - soft label| <= margin``, in [0, 1].
+        teacher_epochs: Passes of the teacher over the real tiles.
+        seed: The teacher's initialisation and batch order.
+    """
+
+    margin: float = DEFAULT_MARGIN
+    teacher_epochs: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_unit("margin", self.margin)
+        if not isinstance(self.teacher_epochs, int) or isinstance(self.teacher_epochs, bool) or self.teacher_epochs < 1:
+            raise ValueError(f"`teacher_epochs` must be an integer >= 1, got {self.teacher_epochs!r}")
+
+    def keep(self, images: torch.Tensor, soft_labels: torch.Tensor, real_images: torch.Tensor, real_labels: torch.Tensor,
+             num_classes: int, target_index: int, device: str = "cpu") -> torch.Tensor:
+        """``(M,)`` bool: the generated ``images`` (uint8) with ``soft_labels`` (share of class
+        ``target_index``) to keep, judged by a teacher trained on ``real_images`` / ``real_labels``."""
+        teacher = fit_teacher(real_images, real_labels, num_classes, epochs=self.teacher_epochs, seed=self.seed, device=device)
+        return agreement_mask(soft_labels, teacher_probability(teacher, images, target_index, device), self.margin)

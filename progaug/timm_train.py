@@ -2,7 +2,8 @@
 
 ``ARGS`` are train.py's own, with ``--dataset progaug/CACHE_DIR`` (a folder from ``progaug precompute``)
 and ``--data-dir REAL_ROOT`` holding ``train/<class>/`` (optional, mixed in) and ``validation/<class>/``
-real images. See :mod:`progaug.integrations.timm`.
+real images. ``--progaug-replace-prob P`` (progaug's own, removed before train.py sees the arguments)
+adds the cache by per-draw replacement instead of concatenation. See :mod:`progaug.integrations.timm`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,25 @@ def main(argv: list[str] | None = None) -> None:
     script = Path(argv[0])
     if not script.is_file():
         raise SystemExit(f"progaug.timm_train: training script not found: {script}")
-    rest = check_timm_args(argv[1:])
-    install()
+    rest, replace_prob = _progaug_options(argv[1:])
+    rest = check_timm_args(rest)
+    install(replace_prob=replace_prob)
     sys.argv = [str(script), *rest]
     sys.path.insert(0, str(script.parent.resolve()))
     runpy.run_path(str(script), run_name="__main__")
+
+
+def _progaug_options(argv: list[str]) -> tuple[list[str], float | None]:
+    """Take ``--progaug-replace-prob P`` out of ``argv``; the rest goes to train.py."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="progaug.timm_train", add_help=False)
+    p.add_argument("--progaug-replace-prob", type=float, default=None)
+    known, rest = p.parse_known_args(argv)
+    value = known.progaug_replace_prob
+    if value is not None and not 0 <= value <= 1:
+        raise SystemExit(f"progaug.timm_train: --progaug-replace-prob must lie in [0, 1], got {value}")
+    return rest, value
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def test_downstream_resumes_from_its_run_log(bench, tiny_pair, tmp_path, capsys)
             "--out", str(tmp_path / "r")]
     assert downstream.main(args) == 0
     first = json.loads((tmp_path / "r.json").read_text())
-    log = tmp_path / "cache" / "r.runs.jsonl"
+    log = tmp_path / "r.runs.jsonl"
     lines = log.read_text().splitlines()
     assert len(lines) == 1 + 2 + 2  # curve, two tuning values, two arms x one seed
     log.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # a run killed while writing its fourth line

@@ -96,3 +96,34 @@ def test_dataset_targets(data):
     assert isinstance(val[0][1], int)
     with pytest.raises(FileNotFoundError, match="validation split 'test' needs real images"):
         create_dataset(f"progaug/{cache}", root=str(root), split="test")
+
+
+def test_replacement_keeps_one_epoch_one_pass_over_the_real_images(data, tmp_path):
+    cache, root = data
+    out = tmp_path / "result.json"
+    proc = run([str(SCRIPT), "--dataset", f"progaug/{cache}", "--data-dir", str(root), "--output", str(out), "--progaug-replace-prob", "0.5"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text())["train_samples"] == 4  # the 4 real images; generated ones replace draws
+
+
+def test_replacement_draws_generated_samples_at_its_rate(data):
+    from progaug.integrations.timm import install
+
+    cache, root = data
+    try:
+        install(replace_prob=1.0)
+        ds = create_dataset(f"progaug/{cache}", root=str(root), split="train", is_training=True)
+        assert len(ds) == 4 and len(ds.generated) == 6
+        generated_targets = {tuple(t.tolist()) for _, t in ds.generated}
+        assert all(tuple(ds[i][1].tolist()) in generated_targets for i in range(4))  # p = 1: every draw replaced
+        install(replace_prob=0.0)
+        ds = create_dataset(f"progaug/{cache}", root=str(root), split="train", is_training=True)
+        assert [tuple(ds[i][1].tolist()) for i in range(4)] == [tuple(t.tolist()) for _, t in ds.items]
+    finally:
+        install(replace_prob=None)
+
+
+def test_replacement_probability_outside_unit_interval_is_refused(data):
+    cache, root = data
+    proc = run([str(SCRIPT), "--dataset", f"progaug/{cache}", "--data-dir", str(root), "--progaug-replace-prob", "1.5"])
+    assert proc.returncode != 0 and "--progaug-replace-prob must lie in [0, 1], got 1.5" in proc.stderr

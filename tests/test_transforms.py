@@ -214,6 +214,43 @@ class TestDataset:
         x, rows = ds.sample_batch(5, torch.Generator().manual_seed(0))
         assert x.shape == (5, 3, 32, 32) and rows.shape == (5, 2)
 
+    def test_from_cache_replacement_keeps_the_real_samples_per_epoch(self, pair_dir, tmp_path):
+        out = precompute(load_pair(pair_dir), random_tiles(2), ["a", "b"], tmp_path / "c",
+                         PrecomputeConfig(n=6, levels=3, steps=6, max_batch=4), progress=False)
+        real = _tile_dataset(2)  # 4 real tiles
+        ds = SoftLabelProgressiveDataset.from_cache(out, real=real, replace_prob=0.5)
+        assert len(ds) == 4  # one epoch = one pass over the real samples
+        epochs = []
+        for epoch in range(40):
+            ds.set_epoch(epoch)
+            epochs.append([ds[i][1][1].item() for i in range(4)])
+        generated = sum(row != float(real[i][1]) for rows in epochs for i, row in enumerate(rows))
+        assert 40 < generated < 120  # about half of 160 draws replaced
+        ds.set_epoch(3)
+        assert [ds[i][1][1].item() for i in range(4)] == epochs[3]  # (seed, epoch, index) decide
+        none = SoftLabelProgressiveDataset.from_cache(out, real=real, replace_prob=0.0)
+        assert [none[i][1].argmax().item() for i in range(4)] == [int(real[i][1]) for i in range(4)]
+        x, rows = SoftLabelProgressiveDataset.from_cache(out, real=real, replace_prob=1.0).sample_batch(8, torch.Generator().manual_seed(0))
+        assert x.shape == (8, 3, 32, 32) and bool(((rows > 0) & (rows < 1)).any() | (rows[:, 0] == 1).any())
+        assert len(SoftLabelProgressiveDataset.from_cache(out, real=real)) == 6 + 4  # None: concatenated
+
+    def test_from_cache_replacement_and_filter_need_real_samples(self, pair_dir, tmp_path):
+        from progaug.selection import SelectiveFilter
+
+        out = precompute(load_pair(pair_dir), random_tiles(2), ["a", "b"], tmp_path / "c",
+                         PrecomputeConfig(n=3, levels=3, steps=6, max_batch=4), progress=False)
+        with pytest.raises(ValueError, match="`replace_prob` needs `real` samples"):
+            SoftLabelProgressiveDataset.from_cache(out, replace_prob=0.1)
+        with pytest.raises(ValueError, match=r"`replace_prob` must lie in \[0, 1\], got 1.2"):
+            SoftLabelProgressiveDataset.from_cache(out, real=_tile_dataset(2), replace_prob=1.2)
+        with pytest.raises(TypeError, match="`selective` must be a progaug.selection.SelectiveFilter"):
+            SoftLabelProgressiveDataset.from_cache(out, real=_tile_dataset(2), selective=0.5)
+        ds = SoftLabelProgressiveDataset.from_cache(out, real=_tile_dataset(2), selective=SelectiveFilter(margin=0.0, teacher_epochs=1))
+        kept = ds.filter_report["kept"]
+        assert ds.filter_report["total"] == 3 and kept < 3 and len(ds) == kept + 4  # margin 0 drops any disagreement
+        everything = SoftLabelProgressiveDataset.from_cache(out, real=_tile_dataset(2), selective=SelectiveFilter(margin=1.0, teacher_epochs=1))
+        assert everything.filter_report["kept"] == 3
+
     def test_from_cache_class_mismatch(self, pair_dir, tmp_path):
         out = precompute(load_pair(pair_dir), random_tiles(2), ["a", "b"], tmp_path / "c",
                          PrecomputeConfig(n=3, levels=3, steps=6, max_batch=4), progress=False)

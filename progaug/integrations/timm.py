@@ -8,6 +8,9 @@
 - timm's ``create_dataset`` has no registry, so :func:`install` wraps ``timm.data.create_dataset``
   before the script imports it; every other dataset name goes to timm unchanged.
 - Options that break soft labels are refused with what to use instead (:func:`check_timm_args`).
+- ``--progaug-replace-prob P`` (read by ``progaug.timm_train``, not passed to timm): an epoch is one pass
+  over the real training images and each draw becomes a generated one with probability ``P`` instead of
+  the cache being concatenated to them (docs/usage.md says which ``P`` the evidence supports).
 
 For any other training loop, :class:`progaug.transforms.ProgressiveDiffusionAugment` is a batch
 callable ``(x, target) -> (x, target)`` with a ``mixup_enabled`` flag: use it where timm's loop calls
@@ -27,6 +30,7 @@ from torch.utils.data import Dataset
 from progaug.cache import ProgressiveCache
 from progaug.data.folder import list_class_folders
 from progaug.data.images import load_rgb
+from progaug.replacement import check_probability
 
 __all__ = ["PREFIX", "ProgaugTimmDataset", "check_timm_args", "create_dataset", "install"]
 
@@ -39,10 +43,17 @@ class ProgaugTimmDataset(Dataset):
     Args:
         items: ``(path or PIL image, target)`` pairs; targets are ``(K,)`` float rows or int indices.
         classes: Class names.
+        generated: Generated ``(PIL image, target)`` pairs that replace draws of ``items`` with probability
+            ``replace_prob`` (:mod:`progaug.replacement`; drawn from torch's generator, which timm seeds
+            per worker); None: ``items`` only.
+        replace_prob: Per-draw replacement probability in [0, 1] (with ``generated``).
     """
 
-    def __init__(self, items: list[tuple[Any, Any]], classes: list[str]) -> None:
+    def __init__(self, items: list[tuple[Any, Any]], classes: list[str], generated: list[tuple[Any, Any]] | None = None,
+                 replace_prob: float = 0.0) -> None:
         self.items = items
+        self.generated = generated or []
+        self.replace_prob = check_probability("replace_prob", replace_prob)
         self.classes = classes
         self.class_to_idx = {c: i for i, c in enumerate(classes)}
         self.transform = None
@@ -53,6 +64,8 @@ class ProgaugTimmDataset(Dataset):
 
     def __getitem__(self, index: int):
         source, target = self.items[index]
+        if self.generated and self.replace_prob > 0 and float(torch.rand(())) < self.replace_prob:
+            source, target = self.generated[int(torch.randint(0, len(self.generated), ()))]
         image = load_rgb(source) if isinstance(source, (str, Path)) else source
         if self.transform is not None:
             image = self.transform(image)
@@ -101,15 +114,30 @@ def create_dataset(name: str, root: str | None = None, split: str = "validation"
     if missing:
         raise ValueError(f"the cache's classes {list(cache.classes)} are not all among the real classes {classes}")
     src, tgt = classes.index(cache.classes[0]), classes.index(cache.classes[1])
+    generated = []
     for row in cache.rows:
         target = torch.zeros(len(classes))
         target[src], target[tgt] = 1 - row["soft_label"], row["soft_label"]
-        items.append((Image.fromarray(cache.read_image(row)), target))
-    return ProgaugTimmDataset(items, classes)
+        generated.append((Image.fromarray(cache.read_image(row)), target))
+    if _OPTIONS["replace_prob"] is None:
+        return ProgaugTimmDataset(items + generated, classes)
+    if not items:
+        raise ValueError(f"--progaug-replace-prob needs real training images in {real_split}/<class>/")
+    return ProgaugTimmDataset(items, classes, generated, _OPTIONS["replace_prob"])
 
 
-def install() -> None:
-    """Route ``progaug/...`` dataset names in ``timm.data.create_dataset`` to :func:`create_dataset`."""
+_OPTIONS: dict[str, Any] = {"replace_prob": None}
+"""progaug's own options of a ``progaug.timm_train`` run (set by :func:`install`)."""
+
+
+def install(replace_prob: float | None = None) -> None:
+    """Route ``progaug/...`` dataset names in ``timm.data.create_dataset`` to :func:`create_dataset`.
+
+    Args:
+        replace_prob: How the cache's images join the real training images: None concatenates them, a
+            probability replaces each real draw by a generated one with that probability.
+    """
+    _OPTIONS["replace_prob"] = None if replace_prob is None else check_probability("replace_prob", replace_prob)
     import timm.data
     import timm.data.dataset_factory as factory
 
