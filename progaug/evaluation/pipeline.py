@@ -127,15 +127,15 @@ class RunLog(dict):
             f.write(json.dumps({"scope": self.scope, "key": key, "result": value}) + "\n")
 
 
-def scope_of(pair, data: str, splits: dict[str, TileSet], settings: GenerationSettings, sets: GeneratedSets) -> str:
-    """A digest of what a run's trainings depend on besides their own settings: the pair's weights, the data's
-    tiles, the generation settings and the generated images themselves."""
+def scope_of(pair, data: str, splits: dict[str, TileSet]) -> str:
+    """A digest of what every training of a run depends on besides its own settings: the pair's classes and
+    the data's tiles (each training's key adds a digest of the generated images it uses)."""
     h = hashlib.sha256()
-    h.update(json.dumps([pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), data, settings.to_dict()]).encode())
-    tensors = [t for split in ("train", "val", "test") if split in splits for t in (splits[split].images, splits[split].labels)]
-    tensors += [t for m in sorted(sets.pro) for t in sets.pro[m]] + [t for t in (sets.final, sets.iddpm) if t is not None]
-    for t in tensors:
-        h.update(t.contiguous().numpy().tobytes())
+    h.update(json.dumps([list(pair.classes), data]).encode())
+    for split in ("train", "val", "test"):
+        if split in splits:
+            h.update(splits[split].images.contiguous().numpy().tobytes())
+            h.update(splits[split].labels.contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -174,7 +174,7 @@ def evaluate_pair(pair, splits: dict[str, TileSet], data: str, arms: Sequence[Ar
     report = (lambda k: progress("generate", k, f"{k} of {len(needed)} source tiles")) if progress else None
     sets, cost = make_sets(pair, a_tiles, arms, settings, needed=needed, device=device, cache_dir=cache_dir, progress=report)
     seconds_generation = round(time.time() - began, 1)
-    memo = RunLog(log, scope_of(pair, data, splits, settings, sets)) if log is not None else None
+    memo = RunLog(log, scope_of(pair, data, splits)) if log is not None else None
 
     def describe(res: dict) -> dict:
         counts = train.counts()

@@ -22,6 +22,7 @@ The same for every arm, seed and N (docs/benchmarks.md, "The downstream protocol
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Callable, MutableMapping, Sequence
@@ -54,7 +55,7 @@ class ProtocolConfig(JsonConfig):
     seeds: tuple[int, ...] = setting((0, 1, 2, 3, 4), "evaluation seeds (subset, initialisation, batch order)")
     tune_seeds: tuple[int, ...] = setting((100, 101), "seeds of the tuning runs and of the learning curve (scored on validation only)")
     epochs: int | None = setting(None, "fixed budget in real-image epochs (default: chosen per N from the learning curve)")
-    curve_epochs: tuple[int, ...] = setting((25, 50, 100, 200), "budgets of the real-only learning curve")
+    curve_epochs: tuple[int, ...] = setting((20, 40, 80, 160), "budgets of the real-only learning curve")
     plateau_tolerance: float = setting(0.01, "budget = smallest curve budget within this of the best mean validation accuracy")
     batch_size: int = setting(32, "images per optimiser step")
     p_grid: tuple[float, ...] = setting((0.1, 0.3, 0.5), "replacement probabilities tried for each generated arm")
@@ -229,6 +230,20 @@ class _Runner:
         self.on_run = on_run or (lambda _: None)
         self._teachers: dict[tuple, torch.Tensor] = {}
         self.memo = {} if memo is None else memo
+        self._digests: dict[str, str] = {}
+
+    def sets_digest(self, arm: Arm) -> str | None:
+        """sha256 (16 hex) of the generated images ``arm`` draws from (None for real-only arms)."""
+        tensors = {"final": (self.sets.final,), "iddpm": (self.sets.iddpm,)}.get(arm.generated) or self.sets.pro.get(arm.measure)
+        if arm.generated is None or tensors is None:
+            return None
+        name = f"{arm.generated}:{arm.measure}"
+        if name not in self._digests:
+            h = hashlib.sha256()
+            for t in tensors:
+                h.update(t.contiguous().numpy().tobytes())
+            self._digests[name] = h.hexdigest()[:16]
+        return self._digests[name]
 
     def generated(self, arm: Arm, sub: _Subset, seed: int, n_key: str, epochs: int) -> LabelledImages | None:
         """The generated images of ``arm`` for one subset (None for real-only arms)."""
@@ -264,7 +279,7 @@ class _Runner:
         learning-curve run). A run already in ``memo`` (same arm, recipe, seed, N, budget, settings) is not
         trained again."""
         key = json.dumps([arm.name, dataclasses.asdict(arm), recipe.to_dict(), seed, n_key, epochs, test, self.config.spec(epochs).to_dict(),
-                          self.config.filter_margin if arm.filtered else None], sort_keys=True)
+                          self.config.filter_margin if arm.filtered else None, self.sets_digest(arm)], sort_keys=True)
         if key in self.memo:
             self.on_run(f"N={n_key} {arm.name} seed {seed}: kept from an earlier run")
             return dict(self.memo[key])
