@@ -79,7 +79,8 @@ class TrainSpec(JsonConfig):
         batch_size: Images per step.
         lr: Peak AdamW learning rate (one-cycle: 10 % warm-up, cosine decay).
         weight_decay: AdamW weight decay.
-        eval_every: Validation every this many epochs (and after the last); the best checkpoint is kept.
+        eval_every: Validation every this many epochs (and after the last); the checkpoint with the best
+            validation accuracy is kept (ties: the later one, trained further at a lower learning rate).
     """
 
     classifier: str = setting("cnn", "classifier trained from scratch: cnn or vit")
@@ -206,7 +207,7 @@ def train_classifier(real: LabelledImages, generated: LabelledImages | None, rec
             sched.step()
         if val is not None and ((epoch + 1) % spec.eval_every == 0 or epoch + 1 == spec.epochs):
             acc = score(model, val[0], val[1], device)["accuracy"]
-            if best is None or acc > best:
+            if best is None or acc >= best:  # ties: the later checkpoint, further down the one-cycle schedule
                 best, best_state = acc, {name: v.detach().clone() for name, v in model.state_dict().items()}
     if best_state is not None:
         model.load_state_dict(best_state)
