@@ -34,6 +34,8 @@ _EXPORTS = {
     "Pair": "progaug.pair",
     "ProgressiveDiffusionAugment": "progaug.transforms",
     "SoftLabelProgressiveDataset": "progaug.datasets",
+    "SelectiveFilter": "progaug.selection",
+    "ProtocolConfig": "progaug.evaluation.protocol",
     "SoftLabelCrossEntropy": "progaug.losses",
     "BinarySoftTargetLoss": "progaug.losses",
     "PrecomputeConfig": "progaug.precompute",
