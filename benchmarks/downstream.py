@@ -26,7 +26,8 @@ Writes ``benchmarks/results/downstream_<classifier>.{json,md,png}`` after each N
 every N is in); JSON keys in docs/benchmarks.md. Finished trainings are logged beside them in
 ``downstream_<classifier>.runs.jsonl`` (committed with the results): a stopped run, started again with the
 same command, skips them, in a later session too (the log names the data, pair and generated images it
-belongs to).
+belongs to). Runs that split the arms between processes share one ``--log``; a last run with every arm then
+writes the whole report from the log.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    + " (flags given explicitly win)")
     p.add_argument("--device", default="cpu", help="(default: cpu)")
     p.add_argument("--out", default=None, help="path stem of the outputs (default: benchmarks/results/downstream_<classifier>)")
+    p.add_argument("--log", default=None, help="run log of finished trainings, shared by runs that split the arms (default: OUT.runs.jsonl)")
     add_config_arguments(p, ProtocolConfig)
     add_config_arguments(p, GenerationSettings)
     add_config_arguments(p, RuntimeConfig, exclude=("channels_last", "compile"))
@@ -103,7 +105,7 @@ def main(argv=None) -> int:
         write_report(res, Path(args.out), render_markdown, plot)
         return res
 
-    log = Path(args.out).with_suffix(".runs.jsonl")
+    log = Path(args.log) if args.log else Path(args.out).with_suffix(".runs.jsonl")
     try:
         res = evaluate_pair(pair, splits, args.data, arms, args.protocol, args.generation, device=args.device, cache_dir=CACHE,
                             progress=progress, log=log, on_partial=report)
