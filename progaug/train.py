@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from progaug.checkpoint import check_finite, save_unet
-from progaug.fileio import atomic_write_bytes, lock_folder, safetensors_bytes
+from progaug.fileio import atomic_write_bytes, lock_folder, remove_temporary_files, safetensors_bytes
 from progaug.errors import check_int
 from progaug.config import PAIR_ATTENTION, DiffusionConfig, JsonConfig, UNetConfig, config_from_dict, describe_differences, setting
 from progaug.data.tiles import TileSet, dihedral, to_model_range
@@ -377,6 +377,8 @@ def train_pair(
     with contextlib.ExitStack() as stack:
         if rank == 0:
             stack.enter_context(lock_folder(out, "progaug train"))
+            for folder in (out, out / "samples"):  # left by a process killed mid-write; the lock is ours
+                remove_temporary_files(folder)
         _train_loop(members, out, run, cfg, diffusion, resume, rank, world, dev, progress)
     if world > 1:
         import torch.distributed as dist

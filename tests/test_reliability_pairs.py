@@ -154,6 +154,14 @@ class TestPairFiles:
 
 
 class TestTrainResume:
+    def test_temporary_files_of_a_killed_run_are_removed(self, tmp_path):
+        out = train_run(tmp_path / "p", 2)
+        left = [out / ".checkpoint.safetensors.k2j4h5g6.tmp", out / "samples" / ".step_0000004.png.a1b2c3d4.tmp"]
+        for path in left:
+            path.write_bytes(b"half")
+        train_run(out, 2, resume=True)
+        assert not [p for p in left if p.exists()]
+
     def test_resume_below_the_steps_done_is_refused(self, tmp_path):
         out = train_run(tmp_path / "p", 2)
         card = (out / "card.json").read_bytes()
