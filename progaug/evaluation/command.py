@@ -55,6 +55,20 @@ def _arms(names: list[str]):
     return [known[a] for a in dict.fromkeys(["real", *names])]
 
 
+def _tiles_to_generate(splits: dict, a_class: str, config, arms) -> int:
+    """Source tiles the generation bar will count: the chunks holding a needed class-A tile, once per measure."""
+    from progaug.evaluation.pipeline import CHUNK, chunk_indices
+    from progaug.evaluation.protocol import needed_positions
+
+    train = splits.get("train")
+    if train is None or a_class not in train.classes:
+        return 0  # evaluate_pair names what is missing
+    measures = {a.measure for a in arms if a.generated == "pro"} or ({DEFAULT_MEASURE} if any(a.generated == "final" for a in arms) else set())
+    count = int((train.labels == train.classes.index(a_class)).sum())
+    tiles = sum(min(CHUNK, count - c * CHUNK) for c in chunk_indices(needed_positions(train, a_class, config)))
+    return len(measures) * tiles
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run the protocol and write the report; one line per error (rc 2)."""
     from tqdm import tqdm
@@ -62,7 +76,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from progaug.data.splits import load_splits
     from progaug.errors import check_device
     from progaug.evaluation.pipeline import GenerationSettings, evaluate_pair
-    from progaug.evaluation.protocol import ProtocolConfig, needed_positions, planned_runs
+    from progaug.evaluation.protocol import ProtocolConfig, planned_runs
     from progaug.evaluation.report import write_report
     from progaug.hub import load_pair
     from progaug.runtime import RuntimeConfig, apply_runtime
@@ -78,9 +92,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     pair = load_pair(args.pair, device=args.device)
     splits = load_splits(args.data, pair.image_size)
     out = Path(args.out)
-    measures = len({a.measure for a in arms if a.generated == "pro"} or ({DEFAULT_MEASURE} if any(a.generated == "final" for a in arms) else set()))
-    bars = {"generate": tqdm(total=measures * len(needed_positions(splits["train"], pair.classes[0], config)) if "train" in splits else 0,
-                             desc="generating (source tiles)", unit="tile"),
+    bars = {"generate": tqdm(total=_tiles_to_generate(splits, pair.classes[0], config, arms), desc="generating (source tiles)", unit="tile"),
             "train": tqdm(total=planned_runs(config, arms), desc="training classifiers", unit="run")}
 
     def progress(kind: str, k: int, text: str) -> None:

@@ -23,7 +23,10 @@ from progaug.evaluation.protocol import Arm, GeneratedSets, ProtocolConfig, need
 from progaug.labels import DEFAULT_MEASURE
 from progaug.runtime import CPU_MAX_BATCH
 
-__all__ = ["GenerationSettings", "RunLog", "evaluate_pair", "leak", "make_sets", "scope_of"]
+CHUNK = 32
+"""Source tiles per generated chunk (the unit kept on disk)."""
+
+__all__ = ["CHUNK", "GenerationSettings", "chunk_indices", "RunLog", "evaluate_pair", "leak", "make_sets", "scope_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,32 +55,44 @@ def _scatter(values: torch.Tensor, needed: torch.Tensor, total: int) -> torch.Te
     return out
 
 
+def chunk_indices(needed: torch.Tensor) -> list[int]:
+    """The chunks (of :data:`CHUNK` consecutive class-A tiles) that hold a ``needed`` position."""
+    return sorted({int(i) // CHUNK for i in needed})
+
+
 def make_sets(pair, sources: torch.Tensor, arms: Sequence[Arm], settings: GenerationSettings, *, needed: torch.Tensor | None = None,
               device: str = "cpu", cache_dir: Path | None = None, progress: Callable[[int], None] | None = None) -> tuple[GeneratedSets, dict]:
     """The generated images the ``arms`` need for the uint8 class-A training tiles ``sources``.
 
+    Progressive images are made in chunks of :data:`CHUNK` consecutive source tiles (the unit kept in
+    ``cache_dir``), only the chunks that hold a ``needed`` tile, so runs with other N or seeds share them.
+
     Args:
         needed: Positions in ``sources`` that some subset uses (default: all); the sets still have one row per
-            source tile, zero where not needed.
+            source tile, zero where no chunk was made.
 
     Returns:
         ``(sets, cost)``; ``cost`` per set: seconds, U-Net evaluations per image and mean depth.
     """
     total = len(sources)
-    needed = torch.arange(total) if needed is None else needed
-    sources = sources[needed]
+    chunks = chunk_indices(torch.arange(total) if needed is None else needed)
     kinds = {a.generated for a in arms} - {None}
     measures = sorted({a.measure for a in arms if a.generated == "pro"})
     if "final" in kinds and not measures:
         measures = [DEFAULT_MEASURE]  # level 1.0 of any measure's set is the full eq. 4 translation
     pro, cost = {}, {}
     for m in measures:
-        t0 = time.time()
-        bank = generated.progressive_bank(pair, sources, m, steps=settings.gen_steps, levels=settings.levels, bf16=settings.bf16,
-                                          device=device, max_batch=settings.max_batch, cache_dir=cache_dir, progress=progress)
-        pro[m] = (_scatter(bank["images"], needed, total), _scatter(bank["labels"], needed, total))
-        cost[f"pro:{m}"] = {"seconds": round(time.time() - t0, 1), "unet_evals_per_image": bank["evals_per_image"],
-                            "depth_mean": float(bank["depths"].double().mean())}
+        t0, parts, evals = time.time(), [], []
+        for c in chunks:
+            bank = generated.progressive_bank(pair, sources[c * CHUNK:(c + 1) * CHUNK], m, steps=settings.gen_steps, levels=settings.levels,
+                                              bf16=settings.bf16, device=device, max_batch=settings.max_batch, chunk=CHUNK,
+                                              cache_dir=cache_dir, progress=progress)
+            parts.append(bank)
+            evals.append(bank["evals_per_image"])
+        rows = torch.cat([torch.arange(c * CHUNK, min((c + 1) * CHUNK, total)) for c in chunks])
+        pro[m] = tuple(_scatter(torch.cat([b[k] for b in parts]), rows, total) for k in ("images", "labels"))
+        cost[f"pro:{m}"] = {"seconds": round(time.time() - t0, 1), "unet_evals_per_image": sum(evals) / len(evals),
+                            "depth_mean": float(torch.cat([b["depths"] for b in parts]).double().mean())}
     final = pro[DEFAULT_MEASURE if DEFAULT_MEASURE in pro else measures[0]][0][:, -1] if "final" in kinds else None
     iddpm = None
     if "iddpm" in kinds:
