@@ -192,7 +192,7 @@ def test_protocol_runs_every_planned_training_and_pairs_by_seed():
         d = runs["+stain"]["paired"]["real"]
         assert d["per_seed"] == pytest.approx([r["accuracy"] - o["accuracy"] for r, o in zip(runs["+stain"]["runs"], runs["real"]["runs"])])
     assert res["sanity"]["n"] == "all" and "+stain vs real" in res["sanity"]["checks"]
-    assert "## Sanity (N = all)" in render_markdown(res)
+    assert "## Sanity: " in render_markdown(res) and set(res["sanity"]["per_n"]) == {"2", "all"}
 
 
 def test_protocol_refuses_an_arm_without_its_generated_images():
@@ -216,7 +216,7 @@ def _fake_entry(diffs: dict[str, list[float]]) -> dict:
 def test_sanity_calls_a_losing_regulariser_under_training():
     entry = _fake_entry({"+Mixup/CutMix": [-0.05, -0.06, -0.04, -0.05, -0.07], "+stain": [0.01, -0.01, 0.0, 0.02, -0.02]})
     s = sanity({"curve": {"all": entry}})
-    assert not s["converged"] and s["message"].startswith("UNDER-TRAINED: +Mixup/CutMix vs real")
+    assert not s["converged"] and s["message"].startswith("UNDER-TRAINED at N = all (+Mixup/CutMix vs real loses")
     fine = sanity({"curve": {"all": _fake_entry({"+Mixup/CutMix": [0.01, -0.01, 0.0, 0.02, -0.02]})}})
     assert fine["converged"]
 

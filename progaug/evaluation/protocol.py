@@ -448,10 +448,21 @@ def _add_paired(entry: dict) -> None:
 
 
 def sanity(res: dict) -> dict:
-    """At the largest N: do the standard regularisers hold their own? (flips/rotations vs none; Mixup/CutMix
-    and stain vs real only). A regulariser that loses beyond its interval means an under-trained protocol."""
-    key = "all" if "all" in res["curve"] else list(res["curve"])[-1]
-    arms = res["curve"][key]["arms"]
+    """Do the standard regularisers hold their own at each N? (flips/rotations vs none; Mixup/CutMix and
+    stain vs real only). One that loses beyond its interval means the budget is too short for regularised
+    training at that N: the generated arms are not judged there. ``n`` names the largest N."""
+    per_n = {key: _sanity_checks(entry["arms"]) for key, entry in res["curve"].items()}
+    key = "all" if "all" in per_n else list(per_n)[-1]
+    losing = {k: [name for name, d in checks.items() if d["verdict"] == "worse"] for k, checks in per_n.items()}
+    failed = {k: v for k, v in losing.items() if v}
+    message = ("converged: no standard regulariser loses beyond its interval at any N" if not failed else
+               "UNDER-TRAINED at " + "; ".join(f"N = {k} ({', '.join(v)} loses beyond its interval)" for k, v in failed.items())
+               + ": grow the budget there before judging ADD")
+    return {"n": key, "checks": per_n[key], "per_n": per_n, "converged": not failed,
+            "converged_n": {k: not v for k, v in losing.items()}, "message": message}
+
+
+def _sanity_checks(arms: dict) -> dict:
     checks = {}
     if "real, no flips" in arms:
         checks["flips/rotations vs none"] = paired([r["accuracy"] for r in arms["real"]["runs"]],
@@ -459,7 +470,4 @@ def sanity(res: dict) -> dict:
     for name in ("+Mixup/CutMix", "+stain"):
         if name in arms:
             checks[f"{name} vs real"] = arms[name]["paired"]["real"]
-    losing = [name for name, d in checks.items() if d["verdict"] == "worse"]
-    message = ("converged: no standard regulariser loses beyond its interval" if not losing else
-               f"UNDER-TRAINED: {', '.join(losing)} loses beyond its interval; grow the budget before judging ADD")
-    return {"n": key, "checks": checks, "converged": not losing, "message": message}
+    return checks

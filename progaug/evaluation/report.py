@@ -42,9 +42,10 @@ def _diff(d: dict | None) -> str:
 
 def _sanity_lines(res: dict) -> list[str]:
     s = res["sanity"]
-    lines = [f"## Sanity (N = {s['n']}): {s['message']}", "", "| check | paired accuracy difference (points) [95 % CI] | verdict |",
-             "| --- | --- | --- |"]
-    lines += [f"| {name} | {_diff(d)} | {d['verdict']} |" for name, d in s["checks"].items()]
+    lines = [f"## Sanity: {s['message']}", "", "| N | check | paired accuracy difference (points) [95 % CI] | verdict |",
+             "| --- | --- | --- | --- |"]
+    for key, checks in s.get("per_n", {s["n"]: s["checks"]}).items():
+        lines += [f"| {key} | {name} | {_diff(d)} | {d['verdict']} |" for name, d in checks.items()]
     return [*lines, ""]
 
 
@@ -56,7 +57,7 @@ def _budget_lines(key: str, budget: dict) -> list[str]:
             f"(epochs: mean validation accuracy % [95 % CI]) {curve}.", ""]
 
 
-def _arm_table(entry: dict, n_test: int) -> list[str]:
+def _arm_table(entry: dict, n_test: int, res_converged: bool = True) -> list[str]:
     lines = ["| arm | tuned | real + generated | accuracy % | macro-F1 % | vs real: accuracy | vs real: macro-F1 | "
              f"vs {entry.get('best_standard') or 'best standard'}: accuracy | verdict | test errors per seed (of {n_test}) |",
              "| --- " * 10 + "|"]
@@ -65,6 +66,8 @@ def _arm_table(entry: dict, n_test: int) -> list[str]:
         tuned = "-" if tuning["knob"] is None else f"{tuning['knob'].split('_')[0]} {tuning['chosen']:g}"
         r0 = arm["runs"][0]
         verdict = judge(entry, name) if arm["runs"][0]["generated_images"] else "-"
+        if verdict != "-" and not res_converged:
+            verdict += " (not judged: under-trained at this N)"
         errors = ", ".join(str(r["errors"]) for r in arm["runs"])
         lines.append(f"| {name} | {tuned} | {r0['real_images']} + {r0['generated_images']} | {_pct(arm['accuracy'])} | "
                      f"{_pct(arm['f1_macro'])} | {_diff(arm['paired'].get('real'))} | {_diff(arm['paired_f1'].get('real'))} | "
@@ -95,7 +98,8 @@ def render_markdown(res: dict) -> str:
         lines += [f"## N = {key} real tiles per class", ""]
         if entry.get("leak"):
             lines += [f"Pair leak: {entry['leak']}.", ""]
-        lines += _budget_lines(key, entry["budget"]) + _arm_table(entry, n_test)
+        converged = res.get("sanity", {}).get("converged_n", {}).get(key, True)
+        lines += _budget_lines(key, entry["budget"]) + _arm_table(entry, n_test, converged)
     return "\n".join(lines)
 
 
