@@ -17,6 +17,7 @@ from progaug.data.splits import load_splits
 from progaug.data.tiles import TileSet
 from progaug.evaluation import generated
 from progaug.evaluation.generated import dihedral_cycle
+from progaug.evaluation.pipeline import pair_sha256, pair_training
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("PROGAUG_BENCH_CACHE", ROOT / "benchmarks" / "cache"))
@@ -46,18 +47,6 @@ def heldout(splits: dict[str, TileSet], cls: str) -> torch.Tensor | None:
     """uint8 tiles of ``cls`` from the validation and test splits, or None when there are none."""
     parts = [splits[s].of_class(cls).images for s in ("val", "test") if s in splits]
     return torch.cat(parts) if parts else None
-
-
-def pair_sha256(pair) -> dict:
-    """``{"source": ..., "target": ...}``: the sha256 of the pair's weight files as its card records them, the
-    key every result JSON carries so that a figure of an older pair can be found by a script."""
-    return {role: pair.card[role].get("sha256") for role in ("source", "target")}
-
-
-def pair_training(pair) -> dict:
-    """The pair card's training budget (steps, wall time, device), so figures name the weights they used."""
-    training = pair.card.get("training", {})
-    return {k: training.get(k) for k in ("steps_done", "wall_time_s", "device")}
 
 
 def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str, bf16: bool, batch_size: int = 64) -> torch.Tensor:

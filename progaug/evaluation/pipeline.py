@@ -26,7 +26,7 @@ from progaug.runtime import CPU_MAX_BATCH
 CHUNK = 32
 """Source tiles per generated chunk (the unit kept on disk)."""
 
-__all__ = ["CHUNK", "GenerationSettings", "chunk_indices", "RunLog", "evaluate_pair", "leak", "make_sets", "scope_of"]
+__all__ = ["CHUNK", "GenerationSettings", "chunk_indices", "RunLog", "evaluate_pair", "leak", "make_sets", "pair_sha256", "pair_training", "scope_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +101,18 @@ def make_sets(pair, sources: torch.Tensor, arms: Sequence[Arm], settings: Genera
                                         batch_size=settings.max_batch, cache_dir=cache_dir)
         cost["iddpm"] = {"seconds": round(time.time() - t0, 1), "unet_evals_per_image": settings.gen_steps}
     return GeneratedSets(pro=pro, final=final, iddpm=iddpm), cost
+
+
+def pair_sha256(pair) -> dict:
+    """``{"source": ..., "target": ...}``: the sha256 of the pair's weight files as its card records them, the
+    key every result JSON carries so that a figure of an older pair can be found by a script."""
+    return {role: pair.card[role].get("sha256") for role in ("source", "target")}
+
+
+def pair_training(pair) -> dict:
+    """The pair card's training budget (steps, wall time, device), so figures name the weights they used."""
+    training = pair.card.get("training", {})
+    return {k: training.get(k) for k in ("steps_done", "wall_time_s", "device")}
 
 
 def leak(pair, data: str, n: int | None, counts: dict[str, int]) -> str:
@@ -197,8 +209,7 @@ def evaluate_pair(pair, splits: dict[str, TileSet], data: str, arms: Sequence[Ar
             entry["leak"] = leak(pair, data, parse_n(key), counts)
         res.update(counts={s: splits[s].counts() for s in splits}, generation=cost, generation_settings=settings.to_dict(),
                    seconds_generation=seconds_generation, seconds=round(time.time() - began, 1), machine=platform.platform(),
-                   pair_sha256={role: pair.card[role].get("sha256") for role in ("source", "target")},
-                   pair_training={k: pair.card.get("training", {}).get(k) for k in ("steps_done", "wall_time_s", "device")},
+                   pair_sha256=pair_sha256(pair), pair_training=pair_training(pair),
                    pair_data=pair.card.get("data"), threads=torch.get_num_threads(), complete=len(res["curve"]) == len(config.n))
         return res
 
