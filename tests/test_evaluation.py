@@ -195,6 +195,37 @@ def test_protocol_runs_every_planned_training_and_pairs_by_seed():
     assert "## Sanity: " in render_markdown(res) and set(res["sanity"]["per_n"]) == {"2", "all"}
 
 
+def test_budget_doubles_while_a_standard_regulariser_loses(monkeypatch):
+    from progaug.evaluation import protocol
+
+    calls = []
+
+    def fake_checks(arms):  # the first budget "loses", the doubled one holds
+        calls.append(arms["+stain"]["runs"][0]["epochs"])
+        return {"+stain vs real": {"verdict": "worse" if len(calls) == 1 else "not told apart"}}
+
+    monkeypatch.setattr(protocol, "_sanity_checks", fake_checks)
+    splits = tiny_splits()
+    sets = GeneratedSets(pro={"preview": (torch.zeros(8, 2, 3, 16, 16, dtype=torch.uint8), torch.rand(8, 2))})
+    cfg = ProtocolConfig(n=("2",), seeds=(0,), tune_seeds=(5,), curve_epochs=(1,), batch_size=8, p_grid=(0.5,), stain_grid=(0.05,))
+    arms = [all_arms("preview")[n] for n in ("real", "+stain", "+ADD-Pro[preview]")]
+    entry = run_protocol(splits, ("a", "b"), sets, arms, cfg)["curve"]["2"]
+    assert entry["budget"]["growth"] == [{"epochs": 1, "losing": ["+stain vs real"]}, {"epochs": 2, "losing": []}]
+    assert entry["budget"]["epochs"] == 2 and calls[:2] == [1, 2]
+    assert {r["epochs"] for arm in entry["arms"].values() for r in arm["runs"]} == {2}  # generated arm only at the grown budget
+    assert list(entry["arms"]) == ["real", "+stain", "+ADD-Pro[preview]"]
+    assert "At 1 epochs +stain vs real lost beyond the interval: the budget doubled." in "\n".join(
+        protocol_report_lines(entry["budget"]))
+    with pytest.raises(ValueError, match="`budget_doublings` must be >= 0, got -1"):
+        ProtocolConfig(budget_doublings=-1)
+
+
+def protocol_report_lines(budget: dict) -> list[str]:
+    from progaug.evaluation.report import _budget_lines
+
+    return _budget_lines("2", budget)
+
+
 def test_protocol_refuses_an_arm_without_its_generated_images():
     splits = tiny_splits()
     with pytest.raises(ValueError, match=r"arm '\+ADD-Pro\[paper\]' needs progressive images made with measure 'paper'"):

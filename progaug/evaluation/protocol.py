@@ -7,7 +7,10 @@ The same for every arm, seed and N (docs/benchmarks.md, "The downstream protocol
    the first N (nested). Generated images come only from the N class-A tiles of that subset.
 2. **Budget.** In epochs over the real tiles, chosen per N at the plateau of a real-only validation
    learning curve (the smallest budget within ``plateau_tolerance`` of the best mean validation
-   accuracy); every arm gets the same optimiser steps.
+   accuracy); every arm gets the same optimiser steps. The standard arms run first: if one of them
+   (Mixup/CutMix, stain, flips) loses to its baseline beyond its interval at that budget, the budget is
+   too short for regularised training at that N and doubles (at most ``budget_doublings`` times) before
+   any generated arm is trained.
 3. **Adding generated images.** Per-draw replacement with probability ``p`` (a real draw becomes a
    generated one, :mod:`progaug.replacement`), so every arm sees the same real tiles equally often; the
    old uniform concatenation stays as one arm for continuity.
@@ -62,6 +65,7 @@ class ProtocolConfig(JsonConfig):
     mixup_grid: tuple[float, ...] = setting((0.2, 0.5, 1.0), "Mixup alphas tried (CutMix alpha 1.25x)")
     stain_grid: tuple[float, ...] = setting((0.02, 0.05, 0.1), "HED stain jitter sigmas tried")
     filter_margin: float = setting(0.5, "filtered arm: keep images whose teacher p(B) is within this of the soft label")
+    budget_doublings: int = setting(2, "times the budget may double at an N where a standard regulariser loses at the curve's budget")
 
     def __post_init__(self) -> None:
         if self.classifier not in CLASSIFIERS:
@@ -78,6 +82,8 @@ class ProtocolConfig(JsonConfig):
             raise ValueError(f"`p_grid` values must lie in (0, 1], got {self.p_grid}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"`epochs` must be >= 1, got {self.epochs}")
+        if self.budget_doublings < 0:
+            raise ValueError(f"`budget_doublings` must be >= 0, got {self.budget_doublings}")
 
     def spec(self, epochs: int) -> TrainSpec:
         """The optimisation of every arm at ``epochs``."""
@@ -287,7 +293,7 @@ class _Runner:
         sub = _subset(self.train, seed, n, self.a_class)
         gen = self.generated(arm, sub, seed, n_key, epochs)
         model, val = train_classifier(sub.real, gen, recipe, self.config.spec(epochs), seed, self.val, self.device)
-        out = {"seed": seed, "val_accuracy": val, "real_images": len(sub.real), "generated_images": 0 if gen is None else len(gen)}
+        out = {"seed": seed, "epochs": epochs, "val_accuracy": val, "real_images": len(sub.real), "generated_images": 0 if gen is None else len(gen)}
         if test:
             out.update(score(model, self.test.images, self.test.labels, self.device))
         out["seconds"] = round(time.time() - began, 1)
@@ -393,22 +399,43 @@ def run_protocol(splits: dict[str, TileSet], classes: tuple[str, str], sets: Gen
     for n_key in config.n:
         n = parse_n(n_key)
         budget = _budget(runner, config, n, n_key)
-        epochs, entry = budget["epochs"], {"budget": budget, "tuning": {}, "arms": {}}
-        stain_sigma = 0.05
-        for arm in arms:
-            tuning = _tune(runner, arm, config, n, n_key, epochs, stain_sigma)
-            if arm.knob == "stain_sigma":
-                stain_sigma = tuning["chosen"]
-            entry["tuning"][arm.name] = tuning
-            recipe = _recipe(arm, tuning["chosen"], stain_sigma)
-            runs = [runner.fit(arm, recipe, s, n, n_key, epochs, test=True) for s in config.seeds]
-            entry["arms"][arm.name] = {**_summarise(runs), "recipe": recipe.to_dict()}
+        standard = [a for a in arms if a.generated is None]
+        entry = {"budget": budget, "tuning": {}, "arms": {}}
+        growth = []
+        for doubling in range(config.budget_doublings + 1):
+            epochs = budget["epochs"] * 2 ** doubling
+            entry.update(tuning={}, arms={})
+            stain_sigma = _run_arms(runner, standard, config, n, n_key, epochs, 0.05, entry)
+            _add_paired(entry)
+            losing = [name for name, d in _sanity_checks(entry["arms"]).items() if d["verdict"] == "worse"]
+            growth.append({"epochs": epochs, "losing": losing})
+            if not losing or config.epochs is not None:
+                break
+        budget.update(epochs=epochs, growth=growth)
+        _run_arms(runner, [a for a in arms if a.generated is not None], config, n, n_key, epochs, stain_sigma, entry)
+        entry["arms"] = {a.name: entry["arms"][a.name] for a in arms}
+        entry["tuning"] = {a.name: entry["tuning"][a.name] for a in arms}
         _add_paired(entry)
         out["curve"][n_key] = entry
         out["sanity"] = sanity(out)
         if on_n is not None:
             on_n(out)
     return out
+
+
+def _run_arms(runner: _Runner, arms: Sequence[Arm], config: ProtocolConfig, n: int | None, n_key: str, epochs: int,
+              stain_sigma: float, entry: dict) -> float:
+    """Tune and evaluate ``arms`` at one N and budget into ``entry``; returns the stain sigma (the ``+stain``
+    arm's choice once it has run, used by the arms that add stain to generated images)."""
+    for arm in arms:
+        tuning = _tune(runner, arm, config, n, n_key, epochs, stain_sigma)
+        if arm.knob == "stain_sigma":
+            stain_sigma = tuning["chosen"]
+        entry["tuning"][arm.name] = tuning
+        recipe = _recipe(arm, tuning["chosen"], stain_sigma)
+        runs = [runner.fit(arm, recipe, s, n, n_key, epochs, test=True) for s in config.seeds]
+        entry["arms"][arm.name] = {**_summarise(runs), "recipe": recipe.to_dict()}
+    return stain_sigma
 
 
 def _check_inputs(splits: dict[str, TileSet], classes: tuple[str, str], sets: GeneratedSets, arms: Sequence[Arm]) -> None:

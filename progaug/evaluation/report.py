@@ -53,8 +53,14 @@ def _budget_lines(key: str, budget: dict) -> list[str]:
     if budget["curve"] is None:
         return [f"Budget: {budget['epochs']} epochs over the real tiles (fixed).", ""]
     curve = ", ".join(f"{e}: {_pct(c)}" for e, c in budget["curve"].items())
-    return [f"Budget: **{budget['epochs']} epochs** over the real tiles, the plateau of the real-only validation curve "
-            f"(epochs: mean validation accuracy % [95 % CI]) {curve}.", ""]
+    growth = budget.get("growth") or []
+    start = growth[0]["epochs"] if growth else budget["epochs"]
+    lines = [f"Budget: **{budget['epochs']} epochs** over the real tiles. The real-only validation curve's plateau is {start} "
+             f"epochs (epochs: mean validation accuracy % [95 % CI]) {curve}."]
+    for step in growth:
+        if step["losing"]:
+            lines.append(f"At {step['epochs']} epochs {', '.join(step['losing'])} lost beyond the interval: the budget doubled.")
+    return [" ".join(lines), ""]
 
 
 def _arm_table(entry: dict, n_test: int, res_converged: bool = True) -> list[str]:
