@@ -2,10 +2,13 @@
 # One prepared command for a lent GPU (the device tool: 15 min of device time per session, 10 min per
 # command). Not run yet: no GPU has been lent to this project's sessions so far.
 #
-#   run(command="bash benchmarks/gpu_session.sh train", timeout_s=560)    # ~8 min: continue the demo pair
+#   git show f7e9743:training/hgsc-demo/checkpoint.safetensors > training/hgsc-demo/checkpoint.safetensors   # first, here
+#   run(command="bash benchmarks/gpu_session.sh train", timeout_s=560,
+#       carry=["training/hgsc-demo/checkpoint.safetensors"])             # ~8 min: continue the demo pair
 #   run(command="bash benchmarks/gpu_session.sh measure", timeout_s=500)  # ~6 min: GPU figures
 #
-# train:   resumes the embedded pair's committed training state (training/hgsc-demo) on the GPU for
+# train:   resumes the embedded pair's training state (training/hgsc-demo/checkpoint.safetensors: not in the
+#          tree, restored from git history and carried, see above and training/hgsc-demo/README.md) on the GPU for
 #          TRAIN_SECONDS (default 420) and returns the pair files and the new training state in $OUT
 #          (the 53 MB state split in 15 MB parts, the largest file the tool brings back is 16 MiB:
 #          `cat checkpoint.part-* > training/hgsc-demo/checkpoint.safetensors` here).
@@ -26,6 +29,10 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.t
 
 case "${1:-}" in
 train)
+    if [ ! -f training/hgsc-demo/checkpoint.safetensors ]; then
+        echo "training/hgsc-demo/checkpoint.safetensors is missing: restore it (training/hgsc-demo/README.md) and carry it" >&2
+        exit 2
+    fi
     mkdir -p runs/hgsc-demo && cp training/hgsc-demo/checkpoint.safetensors runs/hgsc-demo/
     timeout "${TRAIN_SECONDS:-420}" python3 -m progaug train --data hgsc --out runs/hgsc-demo --num-res-blocks 1 \
         --checkpoint-every 1000 --steps 30000 --resume --device cuda 2>&1 | tr '\r' '\n' | grep -v 'it/s\]$' | tail -20

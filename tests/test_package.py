@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +42,18 @@ def test_version_is_the_package_version():
 def test_unknown_name():
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         progaug.nope
+
+
+def test_no_tracked_file_over_10_mb():
+    """The repository stops growing by the demo pair's 53 MB training state (issue: code health): no
+    tracked file may exceed 10 MB (the training state lives in git history, training/hgsc-demo/README.md)."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout.decode().split("\0")
+    big = [(p, (root / p).stat().st_size) for p in listed if p and (root / p).is_file() and (root / p).stat().st_size > 10 * 2**20]
+    assert big == []
+    assert "training/hgsc-demo/checkpoint.safetensors" in (root / ".gitignore").read_text().split()
