@@ -47,12 +47,9 @@ _EXPORTS = {
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
-_DEPRECATED = {"SoftTargetCrossEntropy": "progaug.losses"}  # still importable, not listed in __all__
-
-
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS or name in _DEPRECATED:
-        return getattr(importlib.import_module(_EXPORTS.get(name) or _DEPRECATED[name]), name)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'progaug' has no attribute {name!r}")
 
 

@@ -105,9 +105,6 @@ class JsonConfig:
         return cls.from_dict(json.loads(text))
 
 
-_JsonMixin = JsonConfig  # its name in progaug 0.1.0, kept for one release
-
-
 @dataclasses.dataclass(frozen=True)
 class UNetConfig(JsonConfig):
     """Shape of an ADM-style epsilon-prediction U-Net (paper section 2.2).

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from progaug.cache import ProgressiveCache
 from progaug.errors import check_device
 from progaug.labels import check_measure
-from progaug.losses import _label_rows
+from progaug.losses import label_rows, soft_label_to_row
 from progaug.replacement import check_probability, replace_draws, replacement_index
 from progaug.selection import SelectiveFilter
 
@@ -177,8 +177,7 @@ class SoftLabelProgressiveDataset(Dataset):
         src, tgt = names.index(cache.classes[0]), names.index(cache.classes[1])
         images = cache.load_images()
         soft = cache.soft_labels()
-        rows = torch.zeros(len(soft), len(names))
-        rows[:, src], rows[:, tgt] = 1 - soft, soft
+        rows = soft_label_to_row(soft, src, tgt, len(names))
         report = None
         if real is not None:
             real_images, real_rows = _materialise(real, len(names))
@@ -238,7 +237,7 @@ class SoftLabelProgressiveDataset(Dataset):
                     image, row = self.augment(image, int(label))
                 finally:
                     torch.random.set_rng_state(state)
-                row = _label_rows(torch.as_tensor(row)[None], len(self.classes), name="augment")[0]
+                row = label_rows(torch.as_tensor(row)[None], len(self.classes), name="augment")[0]
             else:
                 row = _one_hot(label, len(self.classes))
         if self.transform is not None:
@@ -261,4 +260,4 @@ def _one_hot(label: Any, num_classes: int) -> torch.Tensor:
     Raises:
         ValueError: The index is outside ``[0, num_classes)``.
     """
-    return _label_rows(torch.tensor([int(label)]), num_classes, name="label")[0]
+    return label_rows(torch.tensor([int(label)]), num_classes, name="label")[0]

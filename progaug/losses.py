@@ -4,22 +4,24 @@ Soft labels are dense ``(B, K)`` float rows summing to 1 (what torchvision's Mix
 losses take). For ADD with two classes a progressive image of soft label ``L`` gets the row
 ``[1 - L, L]`` over (source class, target class).
 
-Labels are checked wherever they enter (these losses, the batch transform, the dataset) by one private
-helper, :func:`_label_rows`: finite, >= 0, rows summing to 1, the classifier's ``K``.
+Labels are checked wherever they enter (these losses, the batch transform, the dataset) by one
+function, :func:`label_rows`: finite, >= 0, rows summing to 1, the classifier's ``K``. A soft label
+becomes a row in one place too, :func:`soft_label_to_row`.
 """
 
 from __future__ import annotations
-
-import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from progaug.errors import check_int
+
 __all__ = [
     "BinarySoftTargetLoss",
     "SoftLabelCrossEntropy",
     "indices_to_one_hot",
+    "label_rows",
     "smooth_soft_targets",
     "soft_label_to_row",
     "soft_rows_to_indices",
@@ -68,7 +70,7 @@ def _check_probability_rows(name: str, rows: torch.Tensor) -> None:
             )
 
 
-def _label_rows(
+def label_rows(
     labels: object,
     num_classes: int,
     *,
@@ -78,7 +80,7 @@ def _label_rows(
 ) -> torch.Tensor:
     """Check labels wherever they enter progaug and return them as ``(B, K)`` probability rows.
 
-    The one check shared by the losses and the batch transform. Accepted forms:
+    The one check shared by the losses, the batch transform and the dataset. Accepted forms:
 
     - ``(B,)`` integer class indices in ``[0, K)`` -> float32 one-hot rows;
     - ``(B, K)`` floating rows, each finite, >= 0 and summing to 1 (within 1e-4, or ``K`` machine
@@ -116,7 +118,7 @@ def _label_rows(
             if not bool(valid.all()):
                 i = int((~valid).nonzero()[0, 0])
                 raise ValueError(f"`{name}` labels must be finite and lie in [0, 1], got {float(values[i]):.6g} at index {i}")
-            return torch.stack([1 - labels, labels], dim=1)
+            return soft_label_to_row(labels, 0, 1, 2)
     if not labels.is_floating_point():
         if labels.ndim != 1:
             raise TypeError(
@@ -135,6 +137,9 @@ def _label_rows(
     return labels
 
 
+_label_rows = label_rows  # the name progaug/transforms.py imports until it imports label_rows; then this line goes
+
+
 def indices_to_one_hot(indices: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``(B,)`` int64 class indices -> ``(B, K)`` float32 one-hot rows.
 
@@ -150,15 +155,41 @@ def indices_to_one_hot(indices: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(indices.long(), num_classes).float()
 
 
-def soft_label_to_row(soft_label: torch.Tensor, source_index: int, target_index: int, num_classes: int) -> torch.Tensor:
-    """``(B,)`` soft labels in [0, 1] (share of the target class) -> ``(B, K)`` rows with ``1 - L`` on the
-    source class and ``L`` on the target class."""
-    label = torch.as_tensor(soft_label, dtype=torch.float32).reshape(-1)
+def soft_label_to_row(soft_label: object, source_index: int, target_index: int, num_classes: int) -> torch.Tensor:
+    """Soft labels ``L`` (the share of the target class) -> ``(B, K)`` probability rows: ``1 - L`` on the
+    source class, ``L`` on the target class, 0 elsewhere.
+
+    The one place a soft label becomes a label row (the batch transform, the datasets, timm's dataset and
+    the binary targets of :func:`label_rows` call it). The rows are computed in the labels' own floating
+    dtype, so float64 labels (a cache's ``labels.csv``) give ``1 - L`` rounded once.
+
+    Args:
+        soft_label: ``(B,)`` labels in [0, 1] (other shapes are flattened): a tensor or a sequence of numbers.
+        source_index: Index of class A in ``[0, num_classes)``.
+        target_index: Index of class B in ``[0, num_classes)``, not ``source_index``.
+        num_classes: ``K``, the width of the rows.
+
+    Returns:
+        ``(B, K)`` rows on the labels' device, of their floating dtype (float32 for integer labels).
+
+    Raises:
+        TypeError: An index or ``num_classes`` that is not an int.
+        ValueError: A label outside [0, 1] (NaN included); an index outside ``[0, num_classes)``; equal
+            indices.
+    """
+    check_int("num_classes", num_classes)
+    for name, index in (("source_index", source_index), ("target_index", target_index)):
+        if check_int(name, index, low=0) >= num_classes:
+            raise ValueError(f"`{name}` must lie in [0, {num_classes}), got {index}")
+    if source_index == target_index:
+        raise ValueError(f"`source_index` and `target_index` must differ, both are {source_index}")
+    label = torch.as_tensor(soft_label)
+    label = (label if label.is_floating_point() else label.float()).reshape(-1)
     if not bool(((label >= 0) & (label <= 1)).all()):
         raise ValueError(f"`soft_label` must lie in [0, 1], got {label.tolist()}")
-    rows = torch.zeros(label.shape[0], num_classes)
+    rows = torch.zeros(label.shape[0], num_classes, dtype=label.dtype, device=label.device)
     rows[:, source_index] = 1 - label
-    rows[:, target_index] += label
+    rows[:, target_index] = label
     return rows
 
 
@@ -210,25 +241,8 @@ class SoftLabelCrossEntropy(nn.Module):
         """
         if logits.ndim != 2:
             raise ValueError(f"`logits` must have shape (B, K), got {tuple(logits.shape)}")
-        rows = _label_rows(target, logits.shape[-1], batch=logits.shape[0], name="target")
+        rows = label_rows(target, logits.shape[-1], batch=logits.shape[0], name="target")
         return self._loss(logits, smooth_soft_targets(rows.to(logits.dtype), self.smoothing))
-
-
-class SoftTargetCrossEntropy(SoftLabelCrossEntropy):
-    """Deprecated name of :class:`SoftLabelCrossEntropy`; warns when built.
-
-    It was renamed because timm's ``SoftTargetCrossEntropy`` has another signature (no ``smoothing``,
-    no index targets).
-    """
-
-    def __init__(self, smoothing: float = 0.0) -> None:
-        warnings.warn(
-            "progaug's SoftTargetCrossEntropy is renamed SoftLabelCrossEntropy (timm's class of the old name "
-            "takes no smoothing and no index targets); the old name will be removed",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        super().__init__(smoothing)
 
 
 class BinarySoftTargetLoss(nn.Module):
@@ -259,7 +273,7 @@ class BinarySoftTargetLoss(nn.Module):
         if logits.ndim not in (1, 2) or (logits.ndim == 2 and logits.shape[1] != 1):
             raise ValueError(f"`logits` must have shape (B,) or (B, 1), got {tuple(logits.shape)}")
         logits = logits.reshape(-1)
-        rows = _label_rows(target, 2, batch=logits.shape[0], name="target", binary=True)
+        rows = label_rows(target, 2, batch=logits.shape[0], name="target", binary=True)
         target = rows[:, 1].to(logits.dtype)
         target = target * (1 - self.smoothing) + self.smoothing / 2
         return F.binary_cross_entropy_with_logits(logits, target)

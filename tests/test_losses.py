@@ -22,6 +22,34 @@ class TestConversions:
         rows = soft_label_to_row(torch.tensor([0.0, 0.3, 1.0]), source_index=0, target_index=1, num_classes=2)
         torch.testing.assert_close(rows, torch.tensor([[1.0, 0.0], [0.7, 0.3], [0.0, 1.0]]))
 
+    def test_soft_label_rows_keep_dtype_and_device(self):
+        labels = torch.tensor([0.1, 0.25], dtype=torch.float64)
+        rows = soft_label_to_row(labels, source_index=2, target_index=0, num_classes=3)
+        assert rows.dtype == torch.float64 and rows.device == labels.device
+        assert torch.equal(rows, torch.tensor([[0.1, 0.0, 0.9], [0.25, 0.0, 0.75]], dtype=torch.float64))
+        assert soft_label_to_row([0, 1], 0, 1, 2).dtype == torch.float32
+
+    def test_soft_label_rows_match_the_float32_arithmetic(self):
+        """float32 labels give the bits ``1 - L`` has in float32; float64 labels, ``1 - L`` rounded once."""
+        labels = torch.rand(10_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) ** 3
+        rows = soft_label_to_row(labels.float(), 0, 1, 2)
+        assert torch.equal(rows, torch.stack([1 - labels.float(), labels.float()], dim=1))
+        assert torch.equal(soft_label_to_row(labels, 0, 1, 2).float(), torch.stack([1 - labels, labels], dim=1).float())
+
+    @pytest.mark.parametrize(
+        "source,target,k,error,match",
+        [
+            (0, 2, 2, ValueError, r"`target_index` must lie in \[0, 2\), got 2"),
+            (-1, 1, 2, ValueError, r"`source_index` must be >= 0, got -1"),
+            (1, 1, 3, ValueError, r"`source_index` and `target_index` must differ, both are 1"),
+            (0, 1.0, 2, TypeError, r"`target_index` must be an int"),
+            (0, 1, "2", TypeError, r"`num_classes` must be an int"),
+        ],
+    )
+    def test_soft_label_row_indices(self, source, target, k, error, match):
+        with pytest.raises(error, match=match):
+            soft_label_to_row(torch.tensor([0.5]), source, target, k)
+
     def test_bad_values(self):
         with pytest.raises(ValueError, match=r"`indices` must lie in \[0, 2\), got \[0, 2\]"):
             indices_to_one_hot(torch.tensor([0, 2]), 2)
@@ -31,6 +59,8 @@ class TestConversions:
             indices_to_one_hot(torch.tensor([[0, 1]]), 2)
         with pytest.raises(ValueError, match=r"`soft_label` must lie in \[0, 1\]"):
             soft_label_to_row(torch.tensor([1.5]), 0, 1, 2)
+        with pytest.raises(ValueError, match=r"`soft_label` must lie in \[0, 1\], got \[nan\]"):
+            soft_label_to_row(torch.tensor([float("nan")]), 0, 1, 2)
         with pytest.raises(ValueError, match=r"`smoothing` must be in \[0, 1\)"):
             SoftLabelCrossEntropy(smoothing=1.0)
 
@@ -51,16 +81,6 @@ class TestSoftLabelCrossEntropy:
     def test_shape_error(self):
         with pytest.raises(ValueError, match=r"`target` must have shape \(2, 3\)"):
             SoftLabelCrossEntropy()(torch.randn(2, 3), torch.rand(2, 2))
-
-    def test_old_name_warns_and_computes_the_same(self):
-        import progaug
-        from progaug.losses import SoftTargetCrossEntropy
-
-        logits, idx = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
-        with pytest.warns(DeprecationWarning, match="renamed SoftLabelCrossEntropy"):
-            old = progaug.SoftTargetCrossEntropy(smoothing=0.1)
-        assert progaug.SoftTargetCrossEntropy is SoftTargetCrossEntropy and "SoftTargetCrossEntropy" not in progaug.__all__
-        torch.testing.assert_close(old(logits, idx), SoftLabelCrossEntropy(smoothing=0.1)(logits, idx))
 
 
 class TestBinary:

@@ -103,7 +103,7 @@ class TestBinarySoftTargetLossLabels:
 
 class TestTransformLabelRows:
     def test_shares_the_one_check(self):
-        assert progaug.transforms._label_rows is progaug.losses._label_rows
+        assert progaug.transforms._label_rows is progaug.losses.label_rows
 
     @pytest.mark.parametrize("p", [0.0, 1.0])
     @pytest.mark.parametrize("rows,match", BAD_ROWS)

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from progaug.cache import ProgressiveCache
 from progaug.data.folder import list_class_folders
 from progaug.data.images import load_rgb
+from progaug.losses import soft_label_to_row
 from progaug.replacement import check_probability
 
 __all__ = ["PREFIX", "ProgaugTimmDataset", "check_timm_args", "create_dataset", "install"]
@@ -113,11 +114,9 @@ def create_dataset(name: str, root: str | None = None, split: str = "validation"
     if missing:
         raise ValueError(f"the cache's classes {list(cache.classes)} are not all among the real classes {classes}")
     src, tgt = classes.index(cache.classes[0]), classes.index(cache.classes[1])
-    generated = []
-    for row in cache.rows:
-        target = torch.zeros(len(classes))
-        target[src], target[tgt] = 1 - row["soft_label"], row["soft_label"]
-        generated.append((Image.fromarray(cache.read_image(row)), target))
+    soft = torch.tensor([row["soft_label"] for row in cache.rows], dtype=torch.float64)  # 1 - L rounded once
+    targets = soft_label_to_row(soft, src, tgt, len(classes)).float()
+    generated = [(Image.fromarray(cache.read_image(row)), target) for row, target in zip(cache.rows, targets)]
     if _OPTIONS["replace_prob"] is None:
         return ProgaugTimmDataset(items + generated, classes)
     if not items:
