@@ -1,8 +1,9 @@
 """Downloading one file: a pinned sha256, time limits, a lock and per-process temporary files.
 
 - A file streams with ``requests`` into a per-process temporary file beside its destination, hashing as
-  it goes, is checked against the pinned sha256 and moved into place with ``os.replace``; a failure
-  deletes the temporary file, a mismatch raises an error naming expected and got. A file lock makes
+  it goes, is checked against the pinned sha256 and moved into place with ``os.replace``
+  (:func:`progaug.fileio.atomic_writer`); a failure deletes the temporary file, a mismatch raises an
+  error naming expected and got. A file lock (:func:`progaug.fileio.file_lock`) makes
   concurrent processes (DataLoader workers, torchrun ranks) download once; each still writes its own
   temporary file, because locks silently succeed on some network filesystems. Whoever takes the lock
   removes the temporary files of processes that died mid-download, and the lock file on release.
@@ -24,15 +25,14 @@ import io
 import os
 import re
 import socket
-import tempfile
 import threading
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import Any, BinaryIO
 
-from progaug.fileio import sha256_file
+from progaug.fileio import atomic_writer, file_lock, sha256_file
 
 __all__ = ["DownloadError", "DownloadTimeout", "download", "download_deadline", "fetch_bytes", "offline"]
 
@@ -43,7 +43,6 @@ SOCKET_TIMEOUT_S = 30.0  # each wait for more bytes
 CONNECT_TIMEOUT_S = 10.0  # at most, for connecting
 _CHUNK = 1 << 20
 _STALE_AFTER_S = 3600.0  # a temporary file of unknown owner untouched this long is abandoned
-_LOCK_POLL_S = 0.05
 _SHUT_GRACE_S = 0.25  # the deadline's timer fires this much later, so a read timeout as long as the deadline reports first
 
 
@@ -92,78 +91,30 @@ def download_deadline() -> float:
 # ------------------------------------------------------------------------ locks and temporary files
 
 
-def _same_file(handle: IO[bytes], path: Path) -> bool:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return False
-    own = os.fstat(handle.fileno())
-    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
-
-
-def _acquire(path: Path, wait: float) -> IO[bytes] | None:
-    """Open ``path`` and take an exclusive ``flock`` within ``wait`` seconds; None without a lock.
-
-    The holder deletes the lock file before releasing it, so a lock taken on a file that is no longer
-    at ``path`` is dropped and taken again on the new file.
-    """
-    try:
-        import fcntl
-    except ImportError:  # Windows: per-process temporary files still keep it safe
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    end = time.monotonic() + wait
-    while True:
-        handle = open(path, "a+b")
-        try:
-            while True:
-                try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= end:
-                        handle.close()
-                        warnings.warn(f"{path} is still held by another process after {wait:g} s; downloading without it",
-                                      stacklevel=2)
-                        return None
-                    time.sleep(_LOCK_POLL_S)
-        except OSError:  # a filesystem without locks
-            handle.close()
-            return None
-        if _same_file(handle, path):
-            return handle
-        handle.close()
-
-
 @contextlib.contextmanager
-def _file_lock(path: Path, wait: float) -> Iterator[bool]:
-    """Hold an exclusive lock on ``path`` (POSIX ``flock``); yields False where none could be taken.
-
-    The lock file is deleted on release, after success or failure.
-    """
-    handle = _acquire(path, wait)
-    try:
-        yield handle is not None
-    finally:
-        if handle is not None:
-            with contextlib.suppress(OSError):
-                path.unlink()  # still held: see _acquire
-            handle.close()
+def _download_lock(path: Path, wait: float) -> Iterator[bool]:
+    """:func:`progaug.fileio.file_lock` on ``path``, deleted on release; yields False where none could be
+    taken, with a warning when another process still held it after ``wait`` seconds."""
+    with contextlib.ExitStack() as stack:
+        try:
+            locked = stack.enter_context(file_lock(path, wait=wait, remove=True))
+        except BlockingIOError:
+            warnings.warn(f"{path} is still held by another process after {wait:g} s; downloading without it", stacklevel=3)
+            locked = False
+        yield locked
 
 
 def _host_tag() -> str:
     return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
-def _temp_file(dest: Path) -> tuple[int, Path]:
-    """A new temporary file beside ``dest``, named after this process and host (see :func:`_remove_stale`)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.p{os.getpid()}h{_host_tag()}.", suffix=".part", dir=dest.parent)
-    return fd, Path(name)
+def _temp_prefix(dest: Path) -> str:
+    """The start of this process's temporary file names beside ``dest``: they carry the process and the
+    host (see :func:`_remove_stale`)."""
+    return f".{dest.name}.p{os.getpid()}h{_host_tag()}."
 
 
 _OURS = re.compile(r"p(\d+)h([0-9a-f]{8})\.[a-z0-9_]+\.part")
-_OLD = re.compile(r"[a-z0-9_]{8}\.part")  # what mkstemp made before the names carried the process
 
 
 def _pid_alive(pid: int) -> bool:
@@ -181,22 +132,22 @@ def _pid_alive(pid: int) -> bool:
 def _remove_stale(dest: Path, max_age: float) -> None:
     """Delete temporary files of ``dest`` left by crashed processes; call only while holding its lock.
 
-    A file of a dead process of this host goes at once; one of another host or of an earlier progaug
-    once untouched for ``max_age`` seconds (a live download writes at least every read timeout).
+    A file of a dead process of this host goes at once; one of another host once untouched for
+    ``max_age`` seconds (a live download writes at least every read timeout).
     """
     prefix, host = f".{dest.name}.", _host_tag()
     for path in dest.parent.glob(glob.escape(prefix) + "*.part"):
         rest = path.name[len(prefix):]
         ours = _OURS.fullmatch(rest)
-        if ours and ours[2] == host:
+        if not ours:
+            continue  # another file's name
+        if ours[2] == host:
             stale = int(ours[1]) != os.getpid() and not _pid_alive(int(ours[1]))
-        elif ours or _OLD.fullmatch(rest):
+        else:
             try:
                 stale = time.time() - path.stat().st_mtime > max_age
             except OSError:
                 continue
-        else:
-            continue  # another file's name
         if stale:
             path.unlink(missing_ok=True)
 
@@ -433,7 +384,7 @@ def download(url: str, dest: str | os.PathLike[str], sha256: str | None, *, size
         )
     deadline = download_deadline() if deadline is None else deadline
     timeout = SOCKET_TIMEOUT_S if timeout is None else timeout
-    with _file_lock(dest.with_name(dest.name + ".lock"), wait=deadline + timeout) as locked:
+    with _download_lock(dest.with_name(dest.name + ".lock"), wait=deadline + timeout) as locked:
         if locked:
             _remove_stale(dest, max(_STALE_AFTER_S, deadline + timeout))
         if _complete(dest, sha256):
@@ -443,18 +394,12 @@ def download(url: str, dest: str | os.PathLike[str], sha256: str | None, *, size
 
 
 def _fetch(url: str, dest: Path, sha256: str | None, size: int | None, *, timeout: float, deadline: float) -> None:
-    fd, tmp = _temp_file(dest)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            got, written = _stream(url, out, timeout=timeout, deadline=deadline, label=dest.name)
+    with atomic_writer(dest, prefix=_temp_prefix(dest), suffix=".part") as out:
+        got, written = _stream(url, out, timeout=timeout, deadline=deadline, label=dest.name)
         if sha256 is not None and got != sha256:
             raise ValueError(f"{url}: sha256 mismatch, expected {sha256} got {got}; the download was deleted")
         if size is not None and written != size:
             raise ValueError(f"{url}: size mismatch, expected {size} bytes got {written}; the download was deleted")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def fetch_bytes(url: str, *, max_bytes: int) -> bytes:

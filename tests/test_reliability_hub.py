@@ -24,6 +24,7 @@ import pytest
 
 from progaug import hub
 from progaug.checkpoint import save_unet
+from progaug.download import _host_tag
 from progaug.pair import load_pair_dir, write_card
 
 from conftest import tiny_unet
@@ -231,18 +232,22 @@ class TestDeadlines:
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
         alive = os.getppid()
-        host = hub._host_tag()
+        host = _host_tag()
+        elsewhere = "0" * 8 if host != "0" * 8 else "1" * 8
         stale_dead = tmp_path / f".w.bin.p{dead.pid}h{host}.abcd1234.part"
-        stale_old = tmp_path / ".w.bin.abcdefgh.part"  # an earlier progaug's name, two hours old
+        stale_elsewhere = tmp_path / f".w.bin.p{alive}h{elsewhere}.abcd1234.part"  # another host's, two hours old
+        live_elsewhere = tmp_path / f".w.bin.p{alive}h{elsewhere}.efgh5678.part"
         live = tmp_path / f".w.bin.p{alive}h{host}.zzzz9999.part"
         other = tmp_path / ".w.bin2.abcdefgh.part"
-        for p in (stale_dead, stale_old, live, other):
+        unknown = tmp_path / ".w.bin.abcdefgh.part"  # not a name progaug gives its temporary files
+        for p in (stale_dead, stale_elsewhere, live_elsewhere, live, other, unknown):
             p.write_bytes(b"half")
         two_hours_ago = time.time() - 7200
-        os.utime(stale_old, (two_hours_ago, two_hours_ago))
+        for p in (stale_elsewhere, unknown):
+            os.utime(p, (two_hours_ago, two_hours_ago))
         with Server({"w.bin": PAYLOAD}) as s:
             hub.download(f"{s.url}/w.bin", tmp_path / "w.bin", DIGEST)
-        assert leftovers(tmp_path) == sorted([live.name, other.name])
+        assert leftovers(tmp_path) == sorted([live_elsewhere.name, live.name, other.name, unknown.name])
 
     def test_lock_held_elsewhere_does_not_hang(self, tmp_path):
         import fcntl

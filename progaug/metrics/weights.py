@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from progaug.fileio import sha256_file
+from progaug.fileio import atomic_write_bytes, sha256_file
 
 __all__ = ["METRIC_FILES", "OFFICIAL_INCEPTION", "download_official_inception", "load_metric_weights", "metric_weights_dir"]
 
@@ -79,13 +79,14 @@ def download_official_inception(url: str = OFFICIAL_INCEPTION[0], sha256_prefix:
     The release file is a PyTorch pickle whose name carries the first 8 hex digits of its sha256 (the
     only hash its authors publish). It is downloaded into ``$PROGAUG_HOME/metrics`` through the hub's
     verified download, its sha256 prefix is checked, it is read with ``torch.load(weights_only=True)``
-    (tensors only, never arbitrary objects) and stored beside it as safetensors, which later calls load.
+    (tensors only, never arbitrary objects) and stored beside it as safetensors (written atomically,
+    :func:`progaug.fileio.atomic_write_bytes`), which later calls load.
 
     Raises:
         FileNotFoundError: ``PROGAUG_OFFLINE`` is set and the file is not cached.
         ValueError: The sha256 prefix differs (the file is deleted).
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     from progaug.hub import cache_dir, download
 
@@ -99,7 +100,5 @@ def download_official_inception(url: str = OFFICIAL_INCEPTION[0], sha256_prefix:
         raw.unlink(missing_ok=True)
         raise ValueError(f"{url}: sha256 mismatch, expected a hash starting {sha256_prefix} got {got}; the download was deleted")
     state = torch.load(raw, map_location="cpu", weights_only=True)
-    tmp = converted.with_name(converted.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-    os.replace(tmp, converted)
+    atomic_write_bytes(converted, save({k: v.contiguous() for k, v in state.items()}))
     return state
