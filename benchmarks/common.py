@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("PROGAUG_BENCH_CACHE", ROOT / "benchmarks" / "cache"))
 """Where generated sets are kept (``$PROGAUG_BENCH_CACHE`` overrides; the tests use a temporary folder)."""
 
-__all__ = ["CACHE", "ROOT", "bar_panels", "bar_plot", "command_line", "dihedral_cycle", "final_stage", "heldout", "load_splits", "open_benchmark", "pair_sha256", "pair_training",
+__all__ = ["CACHE", "ROOT", "bar_panels", "bar_plot", "command_line", "dihedral_cycle", "final_stage", "finish_args", "heldout", "load_splits", "open_benchmark", "pair_sha256", "pair_training",
            "progressive_bank", "repo_relative", "require_positive", "unconditional", "write_report"]
 
 
@@ -114,6 +114,21 @@ def require_positive(parser, args, names) -> None:
     for name in names:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+
+
+def finish_args(parser, argv, name: str, positive: tuple[str, ...]):
+    """The flags every generating benchmark ends with (``--device``, ``--out`` defaulting to
+    ``benchmarks/results/<name>``, the ``RuntimeConfig`` flags), then parse ``argv`` and check that
+    ``positive`` flags are >= 1."""
+    from progaug.cli_args import add_config_arguments
+    from progaug.runtime import RuntimeConfig
+
+    parser.add_argument("--device", default="cpu", help="(default: cpu)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / name), help="path stem of the outputs")
+    add_config_arguments(parser, RuntimeConfig, exclude=("channels_last", "compile"))
+    args = parser.parse_args(argv)
+    require_positive(parser, args, positive)
+    return args
 
 
 def write_report(res: dict, out: Path, markdown, plot) -> None:

@@ -145,7 +145,8 @@ def summarise(labels, judge_p, depths, shares, levels) -> dict:
 def bootstrap_intervals(res: dict, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> None:
     """Add 95 % bootstrap intervals over *sources* (each source's images stay together; the same draws for
     every measure, so differences are paired): ``overall.spearman_ci95``, ``overall.high_label_judged_a_ci95``
-    and ``spearman_minus_paper`` (mean and ``ci95``) per measure. Uses the stored ``scatter``."""
+    and ``spearman_minus_paper`` / ``spearman_minus_preview`` (mean and ``ci95``) per measure. Uses the
+    stored ``scatter``."""
     entries = res["measures"]
     if not entries:
         return
@@ -170,10 +171,11 @@ def bootstrap_intervals(res: dict, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) 
     for m, e in entries.items():
         e["overall"]["spearman_ci95"] = ci(rho[m])
         e["overall"]["high_label_judged_a_ci95"] = ci(wrong[m])
-        if "paper" in rho and m != "paper":
-            diffs = [None if a is None or b is None else a - b for a, b in zip(rho[m], rho["paper"])]
-            kept = [d for d in diffs if d is not None]
-            e["overall"]["spearman_minus_paper"] = {"mean": sum(kept) / len(kept) if kept else None, "ci95": ci(diffs)}
+        for other in ("paper", "preview"):
+            if other in rho and m != other:
+                diffs = [None if a is None or b is None else a - b for a, b in zip(rho[m], rho[other])]
+                kept = [d for d in diffs if d is not None]
+                e["overall"][f"spearman_minus_{other}"] = {"mean": sum(kept) / len(kept) if kept else None, "ci95": ci(diffs)}
     res["bootstrap"] = {"draws": draws, "seed": seed, "unit": "source tile (its images resampled together)"}
 
 
@@ -366,12 +368,13 @@ def render_markdown(res: dict) -> str:
                      f"{_fmt(o['lpips_step_ratio'], 2)} ({_mark(g['lpips_steps'])}) | {_fmt(o['unet_evals_per_output'], 1)} |")
     if res.get("bootstrap"):
         lines += ["", f"95 % bootstrap intervals ({res['bootstrap']['draws']} draws over source tiles, the same draws for every measure):", "",
-                  "| measure | Spearman [95 %] | minus paper's [95 %] | labelled >= 0.5 judged A [95 %] |", "| --- | --- | --- | --- |"]
+                  "| measure | Spearman [95 %] | minus paper's [95 %] | minus preview's [95 %] | labelled >= 0.5 judged A [95 %] |",
+                  "| --- | --- | --- | --- | --- |"]
         for m, e in res["measures"].items():
             o = e["overall"]
-            d = o.get("spearman_minus_paper")
-            lines.append(f"| {m} | {_fmt(o['spearman_label_judge'])} {_ci(o.get('spearman_ci95'))} | "
-                         f"{'-' if d is None else _fmt(d['mean']) + ' ' + _ci(d['ci95'])} | "
+            diffs = [o.get(f"spearman_minus_{other}") for other in ("paper", "preview")]
+            shown = ["-" if d is None else _fmt(d["mean"]) + " " + _ci(d["ci95"]) for d in diffs]
+            lines.append(f"| {m} | {_fmt(o['spearman_label_judge'])} {_ci(o.get('spearman_ci95'))} | {shown[0]} | {shown[1]} | "
                          f"{_fmt(o['high_label_judged_a'])} {_ci(o.get('high_label_judged_a_ci95'))} |")
     lines += ["", "Goals: " + "; ".join(GOALS.values()) + ".", ""]
     for m, e in res["measures"].items():

@@ -31,11 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, command_line, heldout, open_benchmark, pair_sha256, pair_training, repo_relative, require_positive, write_report
+from common import command_line, finish_args, heldout, open_benchmark, pair_sha256, pair_training, repo_relative, write_report
 from pair_quality import unconditional
-from progaug.cli_args import add_config_arguments
 from progaug.data.tiles import dihedral
-from progaug.runtime import RuntimeConfig
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,12 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="sample under bf16 autocast (default: on)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--show", type=int, default=8, help="closest samples shown per class in the PNG (default: 8)")
-    p.add_argument("--device", default="cpu", help="(default: cpu)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "memorisation"), help="path stem of the outputs")
-    add_config_arguments(p, RuntimeConfig, exclude=("channels_last", "compile"))
-    args = p.parse_args(argv)
-    require_positive(p, args, ("n", "steps", "batch_size", "show"))
-    return args
+    return finish_args(p, argv, "memorisation", ("n", "steps", "batch_size", "show"))
 
 
 def dihedral_views(train: torch.Tensor) -> torch.Tensor:

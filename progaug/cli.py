@@ -145,6 +145,8 @@ def _add_progressive(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--measure", choices=MEASURES, default=DEFAULT_MEASURE, help=MEASURE_HELP + " (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
     p.add_argument("--out", default="progressive.png", help="output PNG (default: progressive.png)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the U-Nets under bf16 autocast (default: where the device computes bf16 natively)")
     _add_runtime_arguments(p)
     p.set_defaults(func=_run_progressive)
 
@@ -156,7 +158,7 @@ def _run_progressive(args: argparse.Namespace) -> int:
     from progaug.generator import generate_progressive
     from progaug.data.tiles import to_model_range
     from progaug.hub import load_pair
-    from progaug.runtime import prepare_model
+    from progaug.runtime import autocast_dtype, prepare_model, resolve_bf16
     from progaug.data.sources import source_tiles
     from progaug.strip import progressive_strip
 
@@ -172,7 +174,7 @@ def _run_progressive(args: argparse.Namespace) -> int:
     with torch.no_grad():
         result = generate_progressive(prepare_model(pair.source, runtime), prepare_model(pair.target, runtime), images,
                                       levels=default_levels(args.levels), steps=args.steps, diffusion=pair.diffusion,
-                                      measure=args.measure)
+                                      measure=args.measure, autocast_dtype=autocast_dtype(resolve_bf16(args.bf16, args.device)))
     progressive_strip(images, result.images, result.soft_labels, args.out, classes=pair.classes)
     for b in range(images.shape[0]):
         labels = ", ".join(f"{v:.2f}" for v in result.soft_labels[b].tolist())

@@ -12,8 +12,9 @@ For a batch of source images of class A:
    (:func:`progaug.diffusion.sample_from_depths`).
 
 U-Net evaluations per source image: ``S`` for the inversion, ``S`` more for the previews of the
-``"preview"`` measure, plus ``sum(depths)`` for the decodes. Only the U-Net calls run under autocast;
-the measures' maths is float32.
+``"preview"`` measure, plus ``sum(depths)`` for the decodes. Autocast (bf16) applies to the decodes
+only: the inversion and the label measure run in float32, so the depths and soft labels are exactly
+those of a float32 run and only the decoded pixels move (``docs/performance.md``, "Tolerances").
 """
 
 from __future__ import annotations
@@ -23,10 +24,21 @@ import dataclasses
 import torch
 
 from progaug.config import DiffusionConfig
-from progaug.diffusion import DDIMSchedule, EpsModel, invert, sample_from_depths
+from progaug.diffusion import DDIMSchedule, EpsModel, ddim_step, invert, sample_from_depths
 from progaug.errors import check_image_batch, check_int, check_levels
 from progaug.frequency import DEFAULT_RADIUS, adaptive_depths, default_levels
-from progaug.labels import DEFAULT_MEASURE, check_measure, inversion_evaluations, labels_from_values, measure_states, preview_distance, preview_x0
+from progaug.labels import (
+    DEFAULT_MEASURE,
+    check_measure,
+    interpolate_grid,
+    inversion_evaluations,
+    labels_from_values,
+    measure_states,
+    preview_distance,
+    preview_x0,
+    sketch_grid,
+    sketch_path,
+)
 from progaug.runtime import autocast
 
 __all__ = ["ProgressiveResult", "fixed_batch_model", "generate_progressive"]
@@ -104,8 +116,11 @@ def generate_progressive(
         fixed_batch: Pad every U-Net call to exactly ``max_batch`` rows, so that each image's result
             does not depend on which other images share its batch (bit-identical on CPU whatever the
             number of source images per call; used by ``progaug precompute``).
-        autocast_dtype: Run the U-Nets under ``torch.autocast`` with this dtype (e.g. bfloat16, see
-            :func:`progaug.runtime.autocast_dtype` for a ``bf16`` flag); the DDIM arithmetic stays in the
+        autocast_dtype: Run the decoding U-Net calls under ``torch.autocast`` with this dtype (e.g.
+            bfloat16, see :func:`progaug.runtime.autocast_dtype` for a ``bf16`` flag). The inversion and
+            the label measure's model calls stay float32 (under bf16 they moved two depths in three with
+            the ``"preview"`` measure, ``benchmarks/precision.py``), so depths and labels do not depend
+            on it; the DDIM arithmetic stays in the
             images' dtype and the measures in float32.
         trajectory_device: Where to keep the ``S + 1`` inversion states (default: the images' device).
 
@@ -130,13 +145,15 @@ def generate_progressive(
         source_model, target_model = fixed_batch_model(source_model, max_batch), fixed_batch_model(target_model, max_batch)
 
     states, values = [], []
-    for x in images.split(chunk):
-        with autocast(images.device, autocast_dtype):
+    for x in images.split(chunk):  # float32 whatever the caller's autocast: depths and labels never move with it
+        with autocast(images.device, None):
             traj = invert(source_model, x, schedule, clip=clip, return_trajectory=True)  # (S + 1, b, C, H, W)
-        if measure == "preview":  # measured on the images' device, batched
-            values.append(_preview_distances(target_model, traj, schedule, chunk, autocast_dtype))
-        else:
-            values.append(measure_states(measure, traj, radius=radius))
+            if measure == "preview":  # measured on the images' device, batched
+                values.append(_preview_distances(target_model, traj, schedule, chunk))
+            elif measure == "decoded":
+                values.append(_sketch_distances(target_model, traj, schedule, chunk, clip))
+            else:
+                values.append(measure_states(measure, traj, radius=radius))
         states.append(traj.to(trajectory_device) if trajectory_device is not None else traj)
     trajectory = torch.cat(states, dim=1)
     measured = torch.cat(values).contiguous()  # (B, S + 1)
@@ -164,13 +181,13 @@ def generate_progressive(
 
 @torch.no_grad()
 def _preview_distances(
-    target_model: EpsModel, trajectory: torch.Tensor, schedule: DDIMSchedule, chunk: int, autocast_dtype: torch.dtype | None
+    target_model: EpsModel, trajectory: torch.Tensor, schedule: DDIMSchedule, chunk: int
 ) -> torch.Tensor:
     """The ``"preview"`` measure's ``d(k)`` for every state of ``(S + 1, b, 3, H, W)`` trajectories.
 
     States ``1..S`` of all ``b`` images go through the target model in calls of at most ``chunk`` rows
     (:func:`progaug.labels.preview_x0`, then :func:`progaug.labels.preview_distance` to the source);
-    state 0 is the source itself, ``d(0) = 0``. Only the model calls run under autocast.
+    state 0 is the source itself, ``d(0) = 0``.
 
     Returns:
         ``(b, S + 1)`` float32 distances on the trajectory's device.
@@ -183,12 +200,40 @@ def _preview_distances(
     for idx in torch.arange(noisy.shape[0]).split(chunk):
         x, k = noisy[idx.to(noisy.device)], state[idx]
         t = schedule.timesteps[k].to(device=x.device, dtype=torch.long)
-        with autocast(x.device, autocast_dtype):
-            eps = target_model(x, t)
+        eps = target_model(x, t)
         x0_hat = preview_x0(x, eps, schedule.alpha_bar[k])
         rows = image[idx].to(trajectory.device)
         distances[rows, k.to(trajectory.device)] = preview_distance(x0_hat, trajectory[0][rows])
     return distances
+
+
+@torch.no_grad()
+def _sketch_distances(
+    target_model: EpsModel, trajectory: torch.Tensor, schedule: DDIMSchedule, chunk: int, clip: bool
+) -> torch.Tensor:
+    """The ``"decoded"`` measure's ``d(k)`` for every state of ``(S + 1, b, 3, H, W)`` trajectories.
+
+    Each grid state (:func:`progaug.labels.sketch_grid`) of every image is decoded by the target model
+    along :func:`progaug.labels.sketch_path` (DDIM moves between non-adjacent states of the schedule),
+    in calls of at most ``chunk`` rows; its :func:`progaug.labels.preview_distance` to the source is
+    interpolated to every state (:func:`progaug.labels.interpolate_grid`).
+
+    Returns:
+        ``(b, S + 1)`` float32 distances on the trajectory's device.
+    """
+    steps, b = trajectory.shape[0] - 1, trajectory.shape[1]
+    grid = sketch_grid(steps)
+    source = trajectory[0]
+    at_grid = torch.zeros(b, len(grid), dtype=torch.float32, device=trajectory.device)
+    for g, depth in enumerate(grid.tolist()):
+        path = sketch_path(depth)
+        for rows in torch.arange(b).split(chunk):
+            x = trajectory[depth][rows.to(trajectory.device)]
+            for k_from, k_to in zip(path, path[1:]):
+                x = ddim_step(target_model, x, timestep=int(schedule.timesteps[k_from]), alpha_bar_from=float(schedule.alpha_bar[k_from]),
+                              alpha_bar_to=float(schedule.alpha_bar[k_to]), clip=clip)
+            at_grid[rows.to(trajectory.device), g] = preview_distance(x, source[rows.to(source.device)])
+    return interpolate_grid(grid, at_grid, steps)
 
 
 def fixed_batch_model(model: EpsModel, size: int) -> EpsModel:

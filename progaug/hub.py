@@ -24,9 +24,7 @@ from typing import Any
 
 import torch
 
-from progaug.download import (  # noqa: F401 - _host_tag: still read as hub._host_tag by the tests
-    ENV_OFFLINE, DownloadError, DownloadTimeout, _host_tag, download, download_deadline, fetch_bytes, offline,
-)
+from progaug.download import ENV_OFFLINE, DownloadError, DownloadTimeout, download, download_deadline, fetch_bytes, offline
 from progaug.fileio import atomic_write_bytes
 from progaug.pair import ROLES, Pair, load_pair_dir, parse_card, read_card
 

@@ -16,6 +16,15 @@ labels in [0, 1] with ``L(0) = 0`` and ``L(S) = 1`` (paper eq. 6). Three measure
     (:func:`preview_x0`, the model call is the generator's), its blurred RMS distance to the blurred
     source (:func:`preview_distance`) and running-max labels (:func:`preview_labels`). Costs ``S``
     extra target-model evaluations per source image.
+``"decoded"``
+    What the decoded images show, read on a coarse grid: the states at :data:`SKETCH_POINTS` evenly
+    spaced depths ``g_1 < ... < g_G = S`` are each decoded by the target model in
+    :data:`SKETCH_STEPS` strided DDIM moves (:func:`sketch_path`), their blurred RMS distance to the
+    source is measured (:func:`preview_distance`), interpolated linearly in depth with ``d(0) = 0``
+    (:func:`interpolate_grid`) and turned into running-max labels (:func:`preview_labels`). Unlike the
+    one-step preview, a few-step decode of a deep state is an image of the target class, not a blurred
+    class mean, so ``d(S)`` is close to the real full translation's distance. Costs
+    ``SKETCH_POINTS * SKETCH_STEPS`` extra target-model evaluations per source image, whatever ``S``.
 
 All maths here runs in float32 with autocast disabled, whatever context the caller is in.
 """
@@ -44,9 +53,14 @@ __all__ = [
     "preview_distance",
     "preview_labels",
     "preview_x0",
+    "SKETCH_POINTS",
+    "SKETCH_STEPS",
+    "interpolate_grid",
+    "sketch_grid",
+    "sketch_path",
 ]
 
-Measure = Literal["paper", "reference", "preview"]
+Measure = Literal["paper", "reference", "preview", "decoded"]
 MEASURES: tuple[str, ...] = typing.get_args(Measure)
 
 DEFAULT_MEASURE: Measure = "preview"
@@ -54,9 +68,10 @@ DEFAULT_MEASURE: Measure = "preview"
 evidence of ``benchmarks/label_fidelity.py`` and ``benchmarks/downstream.py`` (``docs/method.md``, "Which
 measure is the default"); ``"paper"`` reproduces the paper's eq. 7-9 at less than half the cost."""
 
-MEASURE_HELP = ("Label measure: paper (eq. 7-9 on the noisy states), reference (the authors' code's FFT band) "
-                "or preview (the target model's one-step preview of each state: follows the images best in "
-                "benchmarks/label_fidelity.py; about 2.2x the U-Net calls of paper at 50 steps)")
+MEASURE_HELP = ("Label measure: paper (eq. 7-9 on the noisy states), reference (the authors' code's FFT band), "
+                "preview (the target model's one-step preview of each state: fewest high labels on images the judge of "
+                "benchmarks/label_fidelity.py still calls the source class; about 2.2x the U-Net calls of paper at 50 steps) "
+                "or decoded (3-move decodes of 10 grid states: closest to that judge's ranking, 1.9x paper's calls)")
 """The command-line help of every ``--measure`` flag (``progaug precompute`` and ``progaug progressive``)."""
 
 LEGACY_MEASURE: Measure = "paper"
@@ -65,6 +80,9 @@ LEGACY_MEASURE: Measure = "paper"
 
 REFERENCE_BAND = 10
 """Bins right of DC on the centre row averaged by the ``"reference"`` measure (the authors' code)."""
+
+SKETCH_POINTS, SKETCH_STEPS = 10, 3
+"""The ``"decoded"`` measure's grid: 10 depths (every ``S / 10`` states), each decoded in 3 DDIM moves."""
 
 BLUR_SIGMA, BLUR_TAPS = 1.0, 5
 """The ``"preview"`` measure's Gaussian blur: 5 taps, sigma 1 px, reflect padding (drops DDIM grain)."""
@@ -185,6 +203,54 @@ def preview_labels(distances: torch.Tensor) -> torch.Tensor:
     return labels
 
 
+def sketch_grid(steps: int, points: int = SKETCH_POINTS) -> torch.Tensor:
+    """The ``"decoded"`` measure's grid: ``min(points, steps)`` distinct depths spread evenly over
+    ``1..steps``, the last one ``steps``.
+
+    Returns:
+        ``(G,)`` int64 depths, strictly increasing.
+    """
+    if steps < 1 or points < 1:
+        raise ValueError(f"`steps` and `points` must be >= 1, got {steps} and {points}")
+    count = min(points, steps)
+    return torch.unique(torch.round(torch.linspace(steps / count, steps, count, dtype=torch.float64)).long())
+
+
+def sketch_path(depth: int, moves: int = SKETCH_STEPS) -> list[int]:
+    """States a sketch decode of state ``depth`` visits: ``depth``, then ``moves`` strided DDIM moves
+    down to 0 (``round(depth * (moves - j) / moves)``, repeats dropped; fewer moves when ``depth <
+    moves``)."""
+    if depth < 1 or moves < 1:
+        raise ValueError(f"`depth` and `moves` must be >= 1, got {depth} and {moves}")
+    path = [round(depth * (moves - j) / moves) for j in range(moves + 1)]
+    return sorted(set(path), reverse=True)
+
+
+def interpolate_grid(grid: torch.Tensor, values: torch.Tensor, steps: int) -> torch.Tensor:
+    """Values at every state ``0..steps`` from values at the grid depths, linear in depth, with value 0
+    at state 0 (the source's distance to itself).
+
+    Args:
+        grid: ``(G,)`` strictly increasing depths in ``1..steps``, the last one ``steps``.
+        values: ``(B, G)`` values at those depths.
+        steps: ``S``.
+
+    Returns:
+        ``(B, S + 1)`` float32 values; exact at the grid depths.
+    """
+    grid = torch.as_tensor(grid, dtype=torch.long).cpu()
+    if grid.ndim != 1 or int(grid[-1]) != steps or bool((grid.diff() <= 0).any()) or int(grid[0]) < 1:
+        raise ValueError(f"`grid` must rise strictly from >= 1 to steps = {steps}, got {grid.tolist()}")
+    v = _float32(values)
+    knots = torch.cat([torch.zeros(1, dtype=torch.long), grid]).to(v.device)
+    known = torch.cat([torch.zeros_like(v[:, :1]), v], dim=1)  # (B, G + 1)
+    k = torch.arange(steps + 1, device=v.device)
+    right = torch.searchsorted(knots, k, right=False).clamp(1, len(knots) - 1)
+    left = right - 1
+    w = ((k - knots[left]) / (knots[right] - knots[left]).float()).clamp(0, 1)
+    return known[:, left] * (1 - w) + known[:, right] * w
+
+
 def measure_states(measure: str, trajectory: torch.Tensor, *, radius: float = DEFAULT_RADIUS) -> torch.Tensor:
     """The measured value of every state of ``(S + 1, B, 3, H, W)`` trajectories, for the measures
     that need no model (``"paper"``: eq. 7-8; ``"reference"``: :func:`band_amplitude`).
@@ -193,8 +259,8 @@ def measure_states(measure: str, trajectory: torch.Tensor, *, radius: float = DE
         ``(B, S + 1)`` float32 values, computed on the trajectory's device with autocast disabled.
 
     Raises:
-        ValueError: An unknown measure, or ``"preview"`` (it needs the target model: the generator
-            computes it with :func:`preview_x0` and :func:`preview_distance`).
+        ValueError: An unknown measure, or ``"preview"`` / ``"decoded"`` (they need the target model:
+            the generator computes them).
     """
     measure = check_measure("measure", measure)
     with torch.autocast(trajectory.device.type, enabled=False):
@@ -207,15 +273,20 @@ def measure_states(measure: str, trajectory: torch.Tensor, *, radius: float = DE
 
 def inversion_evaluations(measure: str, steps: int) -> int:
     """U-Net evaluations per source image before any decode: the ``steps``-step inversion, plus ``steps``
-    target-model previews for ``"preview"``. A progressive image set costs this per source plus the sum
-    of its decode depths."""
-    return 2 * steps if check_measure("measure", measure) == "preview" else steps
+    target-model previews for ``"preview"`` or the sketch decodes of ``"decoded"``. A progressive image
+    set costs this per source plus the sum of its decode depths."""
+    measure = check_measure("measure", measure)
+    if measure == "preview":
+        return 2 * steps
+    if measure == "decoded":
+        return steps + sum(len(sketch_path(int(g))) - 1 for g in sketch_grid(steps))
+    return steps
 
 
 def labels_from_values(measure: str, values: torch.Tensor) -> torch.Tensor:
     """Soft labels ``(B, S + 1)`` from the measured values ``(B, S + 1)`` of ``measure``: eq. 9 for
-    ``"paper"`` and ``"reference"``, :func:`preview_labels` for ``"preview"``."""
+    ``"paper"`` and ``"reference"``, :func:`preview_labels` for ``"preview"`` and ``"decoded"``."""
     measure = check_measure("measure", measure)
     with torch.autocast(values.device.type, enabled=False):
-        return preview_labels(values) if measure == "preview" else soft_labels(values)
+        return preview_labels(values) if measure in ("preview", "decoded") else soft_labels(values)
 

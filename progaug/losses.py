@@ -137,7 +137,6 @@ def label_rows(
     return labels
 
 
-_label_rows = label_rows  # the name progaug/transforms.py imports until it imports label_rows; then this line goes
 
 
 def indices_to_one_hot(indices: torch.Tensor, num_classes: int) -> torch.Tensor:

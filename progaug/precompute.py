@@ -38,7 +38,7 @@ from progaug.frequency import DEFAULT_RADIUS, check_radius, default_levels
 from progaug.generator import generate_progressive
 from progaug.labels import DEFAULT_MEASURE, LEGACY_MEASURE, MEASURE_HELP, Measure, check_measure
 from progaug.pair import Pair
-from progaug.runtime import RuntimeConfig, auto_max_batch, autocast_dtype, env_int, prepare_model
+from progaug.runtime import RuntimeConfig, auto_max_batch, autocast_dtype, env_int, prepare_model, resolve_bf16
 
 __all__ = ["CSV_FIELDS", "PrecomputeConfig", "precompute"]
 
@@ -63,7 +63,8 @@ class PrecomputeConfig(JsonConfig):
             ``"reference"`` (the authors' code's band) or ``"preview"`` (the target model's one-step
             preview of each state; ``steps`` more U-Net evaluations per source group).
         radius: High-pass cut-off of the ``"paper"`` measure.
-        bf16: Run the U-Nets under bf16 autocast.
+        bf16: Run the U-Nets under bf16 autocast; None (default): where the device computes bf16
+            natively (:func:`progaug.runtime.native_bf16`). A run stores the value it used.
         seed: Seed of the source order and of the flips/rotations of repeated sources.
     """
 
@@ -89,7 +90,11 @@ class PrecomputeConfig(JsonConfig):
         metadata={"help": MEASURE_HELP},
     )
     radius: float = dataclasses.field(default=DEFAULT_RADIUS, metadata={"help": "High-pass cut-off of the paper measure"})
-    bf16: bool = dataclasses.field(default=False, metadata={"help": "Run the U-Nets under bf16 autocast"})
+    bf16: bool | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Run the U-Nets under bf16 autocast (default: where the device computes bf16 natively: CUDA with "
+                          "bf16, CPUs with AVX512-BF16 or AMX; the run's manifest records what was used)"},
+    )
     seed: int = dataclasses.field(
         default=0, metadata={"help": "Seed of the source order and of the flips/rotations of repeated sources"}
     )
@@ -101,6 +106,8 @@ class PrecomputeConfig(JsonConfig):
             check_int(name, getattr(self, name), allow_none=True)
         check_measure("measure", self.measure)
         check_radius("radius", self.radius)
+        if self.bf16 is not None and not isinstance(self.bf16, bool):
+            raise TypeError(f"`bf16` must be True, False or None (automatic), got {type(self.bf16).__name__} {self.bf16!r}")
         if self.steps is not None and self.levels > self.steps:
             raise ValueError(f"`levels` {self.levels} exceeds `steps` {self.steps}: each level needs its own depth")
 
@@ -254,16 +261,18 @@ def _generate(ctx: _Context, todo: list[int], rank: int, world: int, device, pro
 
 
 def _resolve_batches(config: PrecomputeConfig, out: Path, pair: Pair, device, resume: bool) -> PrecomputeConfig:
-    """Fill in the pair's ``steps``, the automatic ``max_batch`` (the stored one on ``--resume``) and
-    ``batch_size``; the filled-in config passes the same checks as a given one."""
-    max_batch = config.max_batch
+    """Fill in the pair's ``steps``, the automatic ``max_batch`` and ``bf16`` (the stored ones on
+    ``--resume``) and ``batch_size``; the filled-in config passes the same checks as a given one."""
+    max_batch, bf16 = config.max_batch, config.bf16
     run_file = out / "run.json"
-    if max_batch is None and resume and run_file.is_file():
+    if (max_batch is None or bf16 is None) and resume and run_file.is_file():
         stored = _read_run_file(run_file)
         try:
-            max_batch = stored.get("config", {}).get("max_batch")
+            max_batch = stored.get("config", {}).get("max_batch") if max_batch is None else max_batch
+            bf16 = stored.get("config", {}).get("bf16") if bf16 is None else bf16
         except AttributeError as exc:
             raise ValueError(_not_resumable(run_file, exc)) from exc
+    config = dataclasses.replace(config, bf16=resolve_bf16(bf16 if isinstance(bf16, bool) else None, device))
     if max_batch is None:
         max_batch = auto_max_batch(pair.source, pair.image_size, device, autocast_dtype=autocast_dtype(config.bf16))
     steps = pair.diffusion.sampling_steps if config.steps is None else config.steps

@@ -31,6 +31,8 @@ __all__ = [
     "default_device",
     "default_threads",
     "env_int",
+    "native_bf16",
+    "resolve_bf16",
     "prepare_model",
     "rows_that_fit",
     "tune_malloc",
@@ -82,6 +84,28 @@ def default_device() -> str:
 def autocast_dtype(bf16: bool) -> torch.dtype | None:
     """The autocast dtype of a ``bf16`` setting: ``torch.bfloat16`` when set, None (plain float32) otherwise."""
     return torch.bfloat16 if bf16 else None
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bfloat16 natively: CUDA devices that support it, CPUs with AVX512-BF16
+    or AMX (where bf16 autocast ran the demo U-Nets 1.6x faster than float32, ``docs/performance.md``).
+    Elsewhere bf16 would be emulated, slower than float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        try:
+            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        except AttributeError:  # a torch without these probes: stay in float32
+            return False
+    return False
+
+
+def resolve_bf16(bf16: bool | None, device: torch.device | str) -> bool:
+    """A ``bf16`` setting made concrete for ``device``: None (automatic) means :func:`native_bf16`."""
+    if bf16 is not None and not isinstance(bf16, bool):
+        raise TypeError(f"`bf16` must be True, False or None (automatic), got {type(bf16).__name__} {bf16!r}")
+    return native_bf16(device) if bf16 is None else bf16
 
 
 def autocast(device: torch.device | str, dtype: torch.dtype | None):

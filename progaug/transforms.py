@@ -29,8 +29,8 @@ from progaug.errors import check_device, check_int, check_number
 from progaug.frequency import DEFAULT_RADIUS, check_radius
 from progaug.generator import generate_progressive
 from progaug.labels import DEFAULT_MEASURE, LEGACY_MEASURE, check_measure
-from progaug.losses import _label_rows, soft_label_to_row
-from progaug.runtime import auto_max_batch, autocast_dtype
+from progaug.losses import label_rows, soft_label_to_row
+from progaug.runtime import auto_max_batch, autocast_dtype, resolve_bf16
 
 if TYPE_CHECKING:
     from progaug.pair import Pair
@@ -107,7 +107,8 @@ class ProgressiveDiffusionAugment(v2.Transform):
             exist on this machine.
         max_batch: Most rows per U-Net call (default: automatic, see
             :func:`progaug.runtime.auto_max_batch`: 32 on CPUs, memory-sized on CUDA, once per device).
-        bf16: Run the U-Nets under bf16 autocast.
+        bf16: Run the U-Nets under bf16 autocast; None (default): where the device computes bf16
+            natively (:func:`progaug.runtime.native_bf16`: CUDA with bf16, CPUs with AVX512-BF16 or AMX).
         measure: Label measure (:data:`progaug.labels.MEASURES`): ``"paper"`` (eq. 7-9), ``"reference"``
             (the authors' code's band) or ``"preview"`` (``steps`` more U-Net calls per image).
         radius: High-pass cut-off of the ``"paper"`` measure.
@@ -131,7 +132,7 @@ class ProgressiveDiffusionAugment(v2.Transform):
         std: Sequence[float] | None = None,
         device: str | torch.device | None = None,
         max_batch: int | None = None,
-        bf16: bool = False,
+        bf16: bool | None = None,
         measure: str = DEFAULT_MEASURE,
         radius: float = DEFAULT_RADIUS,
     ) -> None:
@@ -156,6 +157,7 @@ class ProgressiveDiffusionAugment(v2.Transform):
         check_int("max_batch", max_batch, allow_none=True)
         check_measure("measure", measure)
         check_radius("radius", radius)
+        resolve_bf16(bf16, "cpu")  # type check
         parsed_device = check_device("device", device)
         for name, idx in (("source_class", source_class), ("target_class", target_class)):
             if check_int(name, idx, low=0) >= num_classes:
@@ -245,14 +247,14 @@ class ProgressiveDiffusionAugment(v2.Transform):
         """``(B,)`` class indices or ``(B, K)`` probability rows -> checked float32 ``(B, K)`` rows.
 
         Raises:
-            TypeError, ValueError: See :func:`progaug.losses._label_rows` (the one shared check).
+            TypeError, ValueError: See :func:`progaug.losses.label_rows` (the one shared check).
         """
         if not isinstance(labels, torch.Tensor):
             try:
                 labels = torch.as_tensor(labels)
             except (TypeError, ValueError, RuntimeError) as err:
                 raise TypeError(f"`labels` must be a tensor of class indices or rows, got {type(labels).__name__}") from err
-        return _label_rows(labels, self.num_classes, batch=batch, name="labels").float()
+        return label_rows(labels, self.num_classes, batch=batch, name="labels").float()
 
     # randomness, then work (torchvision v2's split) -----------------------------------------------
 
@@ -300,7 +302,7 @@ class ProgressiveDiffusionAugment(v2.Transform):
         result = generate_progressive(
             pair.source, pair.target, images.to(device), levels=params["levels"][:, None],
             steps=self.steps, diffusion=pair.diffusion, measure=self.measure, radius=self.radius,
-            max_batch=self._rows_per_call(pair, device), autocast_dtype=autocast_dtype(self.bf16),
+            max_batch=self._rows_per_call(pair, device), autocast_dtype=autocast_dtype(resolve_bf16(self.bf16, device)),
         )
         out, new_rows = x.clone(), rows.clone()
         out[chosen] = _from_model_range(result.images[:, 0].to(x.device), x.dtype, self.mean, self.std)
@@ -313,7 +315,7 @@ class ProgressiveDiffusionAugment(v2.Transform):
             return self.max_batch
         sizes = self.__dict__.setdefault("_auto_batch", {})
         if str(device) not in sizes:
-            sizes[str(device)] = auto_max_batch(pair.source, pair.image_size, device, autocast_dtype=autocast_dtype(self.bf16))
+            sizes[str(device)] = auto_max_batch(pair.source, pair.image_size, device, autocast_dtype=autocast_dtype(resolve_bf16(self.bf16, device)))
         return sizes[str(device)]
 
     def extra_repr(self) -> str:

@@ -1,4 +1,4 @@
-"""Label measures ("paper", "reference", "preview"): exact answers, the generator, precompute, the user faces."""
+"""Label measures ("paper", "reference", "preview", "decoded"): exact answers, the generator, precompute, the user faces."""
 
 import csv
 import json
@@ -20,8 +20,11 @@ from progaug.labels import (
     MEASURES,
     band_amplitude,
     check_measure,
+    interpolate_grid,
     inversion_evaluations,
     gaussian_blur,
+    sketch_grid,
+    sketch_path,
     labels_from_values,
     preview_distance,
     preview_labels,
@@ -31,7 +34,7 @@ from progaug.precompute import PrecomputeConfig, precompute
 
 from conftest import random_tiles, tiny_unet
 
-UNKNOWN = r"`measure` must be one of 'paper', 'reference', 'preview'; got 'noise'"
+UNKNOWN = r"`measure` must be one of 'paper', 'reference', 'preview', 'decoded'; got 'noise'"
 
 
 from test_generator import images, pair  # noqa: F401 - the same tiny pair and source images as the generator tests
@@ -48,11 +51,13 @@ def counting(model, calls, key):
 
 class TestCheckMeasure:
     def test_known_and_default(self):
-        assert MEASURES == ("paper", "reference", "preview") and DEFAULT_MEASURE == "preview" and LEGACY_MEASURE == "paper"
+        assert MEASURES == ("paper", "reference", "preview", "decoded") and DEFAULT_MEASURE == "preview" and LEGACY_MEASURE == "paper"
         assert [check_measure("measure", m) for m in MEASURES] == list(MEASURES)
 
     def test_inversion_evaluations(self):
-        assert [inversion_evaluations(m, 50) for m in MEASURES] == [50, 50, 100]  # previews: S more per source
+        # previews: S more per source; sketches: 3 strided moves at each of the 10 grid depths
+        assert [inversion_evaluations(m, 50) for m in MEASURES] == [50, 50, 100, 80]
+        assert inversion_evaluations("decoded", 8) == 8 + 1 + 2 + 3 * 6  # grid 1..8: depth 1 takes 1 move, 2 takes 2
         with pytest.raises(ValueError, match=UNKNOWN):
             inversion_evaluations("noise", 50)
 
@@ -191,7 +196,7 @@ def test_model_evaluations_counted(pair, images, measure):
     calls = {"source": [], "target": []}
     r = generate_progressive(counting(pair[0], calls, "source"), counting(pair[1], calls, "target"), images,
                              steps=8, levels=[0.5, 1.0], measure=measure, max_batch=2)
-    previews = 3 * 8 if measure == "preview" else 0
+    previews = 3 * (inversion_evaluations(measure, 8) - 8)
     assert sum(calls["source"]) == 3 * 8 and max(calls["target"]) <= 2
     assert sum(calls["target"]) == int(r.depths.sum()) + previews
     assert r.model_evaluations == sum(calls["source"]) + sum(calls["target"])
@@ -238,9 +243,8 @@ class TestFloat32OutsideAutocast:
             monkeypatch.setattr(gen, name, spy(getattr(gen, name)))
         r = generate_progressive(*pair, images, steps=6, levels=[0.5, 1.0], measure=measure, autocast_dtype=torch.bfloat16)
         assert seen and not any(seen)
-        if measure == "paper":  # the same inversion under autocast, measured in float32 outside it
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                traj = invert(pair[0], images, DDIMSchedule.from_config(steps=6), return_trajectory=True)
+        if measure == "paper":  # autocast reaches the decodes only: the inversion and its measure are float32
+            traj = invert(pair[0], images, DDIMSchedule.from_config(steps=6), return_trajectory=True)
             assert torch.equal(r.amplitudes, highpass_amplitude(traj).T)
 
 
@@ -376,3 +380,44 @@ class TestUserFaces:
         assert SoftLabelProgressiveDataset.from_cache(out).measure == "reference"
         with pytest.raises(ValueError, match="made with measure 'reference', not the requested 'paper'"):
             SoftLabelProgressiveDataset.from_cache(out, measure="paper")
+
+
+# ------------------------------------------------------------------------------------------ "decoded"
+
+
+def test_sketch_grid_and_path():
+    assert sketch_grid(50).tolist() == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
+    assert sketch_grid(7).tolist() == list(range(1, 8)) and sketch_grid(25).tolist()[-1] == 25
+    assert sketch_path(50) == [50, 33, 17, 0] and sketch_path(5) == [5, 3, 2, 0] and sketch_path(2) == [2, 1, 0]
+    with pytest.raises(ValueError, match="`depth` and `moves` must be >= 1, got 0 and 3"):
+        sketch_path(0)
+
+
+def test_interpolate_grid_is_exact_at_the_grid_and_linear_between():
+    values = torch.tensor([[1.0, 3.0], [2.0, 2.0]])
+    out = interpolate_grid(torch.tensor([5, 10]), values, 10)
+    torch.testing.assert_close(out[:, [0, 5, 10]], torch.tensor([[0.0, 1.0, 3.0], [0.0, 2.0, 2.0]]))
+    torch.testing.assert_close(out[0, 6:10], torch.tensor([1.4, 1.8, 2.2, 2.6]))
+    torch.testing.assert_close(out[1, :6], torch.linspace(0, 2, 6))
+    with pytest.raises(ValueError, match=r"`grid` must rise strictly from >= 1 to steps = 10, got \[5, 9\]"):
+        interpolate_grid(torch.tensor([5, 9]), values, 10)
+
+
+def test_decoded_distances_are_those_of_sketch_decodes(pair, images):  # noqa: F811
+    from progaug.config import DiffusionConfig
+    from progaug.diffusion import ddim_step
+
+    src, tgt = pair
+    r = generate_progressive(src, tgt, images, steps=8, levels=[0.5, 1.0], measure="decoded", max_batch=2)
+    schedule = DDIMSchedule.from_config(DiffusionConfig(), 8)
+    traj = invert(src, images, schedule, return_trajectory=True)
+    for depth in (3, 8):
+        x = traj[depth]
+        path = sketch_path(depth)
+        for a, b in zip(path, path[1:]):
+            x = ddim_step(tgt, x, timestep=int(schedule.timesteps[a]), alpha_bar_from=float(schedule.alpha_bar[a]),
+                          alpha_bar_to=float(schedule.alpha_bar[b]))
+        torch.testing.assert_close(r.amplitudes[:, depth], preview_distance(x, images), rtol=1e-4, atol=1e-5)
+    labels = r.trajectory_labels
+    assert bool((labels[:, 0] == 0).all()) and bool((labels[:, -1] == 1).all()) and bool((labels.diff(dim=1) >= 0).all())
+    torch.testing.assert_close(labels, preview_labels(r.amplitudes))

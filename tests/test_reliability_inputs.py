@@ -103,7 +103,7 @@ class TestBinarySoftTargetLossLabels:
 
 class TestTransformLabelRows:
     def test_shares_the_one_check(self):
-        assert progaug.transforms._label_rows is progaug.losses.label_rows
+        assert progaug.transforms.label_rows is progaug.losses.label_rows
 
     @pytest.mark.parametrize("p", [0.0, 1.0])
     @pytest.mark.parametrize("rows,match", BAD_ROWS)
@@ -164,7 +164,7 @@ class TestImageDtype:
 
     def test_single_uint8_and_pil_match_the_float_form(self, pair_dir):
         x = random_tiles(1)[0]
-        t = make(pair_dir, levels=[0.5])
+        t = make(pair_dir, levels=[0.5], bf16=False)  # float32: input forms agree to one grey level; bf16 would blur that check
         torch.manual_seed(2)
         out, row = t(x, 0)
         torch.manual_seed(2)

@@ -18,7 +18,9 @@ from progaug.runtime import (
     autocast_dtype,
     default_device,
     default_threads,
+    native_bf16,
     prepare_model,
+    resolve_bf16,
     rows_that_fit,
     tune_malloc,
 )
@@ -167,3 +169,53 @@ class TestPrecomputeBatches:
         with pytest.raises(ValueError, match="other settings"):
             precompute(pair, random_tiles(2), ["a", "b"], out, PrecomputeConfig(n=6, levels=3, steps=6, max_batch=4), resume=True,
                        progress=False)
+
+
+class TestBf16Default:
+    """bf16 autocast by default where the device computes it natively (issue: a faster main job)."""
+
+    def test_resolution(self):
+        assert resolve_bf16(None, "cpu") is native_bf16("cpu")
+        assert resolve_bf16(True, "cpu") is True and resolve_bf16(False, "cpu") is False
+        assert native_bf16("meta") is False
+        with pytest.raises(TypeError, match="`bf16` must be True, False or None \\(automatic\\), got str 'yes'"):
+            resolve_bf16("yes", "cpu")
+        with pytest.raises(TypeError, match="`bf16` must be True, False or None"):
+            PrecomputeConfig(bf16=1)
+
+    def test_precompute_records_what_it_used_and_resumes_with_it(self, pair_dir, tmp_path, monkeypatch):
+        import progaug.runtime
+
+        pair = load_pair(pair_dir)
+        monkeypatch.setattr(progaug.runtime, "native_bf16", lambda device: True)
+        out = precompute(pair, random_tiles(2), ["a", "b"], tmp_path / "c", PrecomputeConfig(n=6, levels=3, steps=6), progress=False)
+        assert json.loads((out / "run.json").read_text())["config"]["bf16"] is True
+        monkeypatch.setattr(progaug.runtime, "native_bf16", lambda device: False)
+        # a resume on a machine without native bf16 keeps the stored choice (same results) ...
+        precompute(pair, random_tiles(2), ["a", "b"], out, PrecomputeConfig(n=6, levels=3, steps=6), resume=True, progress=False)
+        # ... and an explicit other choice is refused as another setting
+        with pytest.raises(ValueError, match="other settings"):
+            precompute(pair, random_tiles(2), ["a", "b"], out, PrecomputeConfig(n=6, levels=3, steps=6, bf16=False), resume=True,
+                       progress=False)
+
+
+def test_bf16_moves_no_depth_or_label_and_keeps_images_above_40_db_on_the_demo_pair():
+    """docs/performance.md: bf16 autocast reaches the decodes only, so depths and soft labels are those of
+    float32 and the demo pair's images stay at >= 40 dB PSNR of float32 (4 held-out stroma tiles, S = 20,
+    the default measure; benchmarks/precision.py measures more)."""
+    from progaug.data.splits import load_splits
+    from progaug.data.tiles import to_model_range
+    from progaug.metrics import psnr
+
+    demo = load_pair("hgsc-demo")
+    tiles = load_splits("hgsc", demo.image_size)["test"].of_class(demo.classes[0]).images[:4]
+    x = to_model_range(tiles)
+    kw = {"steps": 20, "levels": [0.25, 0.5, 0.75, 1.0], "diffusion": demo.diffusion}
+    ref = generate_progressive(demo.source, demo.target, x, **kw)
+    low = generate_progressive(demo.source, demo.target, x, autocast_dtype=torch.bfloat16, **kw)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's own autocast does not reach the labels either
+        outer = generate_progressive(demo.source, demo.target, x, **kw)
+    for other in (low, outer):
+        assert torch.equal(other.depths, ref.depths) and torch.equal(other.soft_labels, ref.soft_labels)
+    assert float(psnr(low.images.flatten(0, 1), ref.images.flatten(0, 1)).min()) >= 40.0
+    assert not torch.equal(low.images, ref.images)  # the decodes did run in bf16

@@ -18,7 +18,9 @@ from conftest import random_tiles
 
 
 def make(pair_dir, **kw):
-    return ProgressiveDiffusionAugment(str(pair_dir), **{"steps": 6, "p": 1.0, **kw})
+    """A transform of the tiny test pair in float32 (bf16=False): these tests pin float32 properties such as
+    rows per call not changing results; bf16, on by default on CPUs with native bf16, is tested apart."""
+    return ProgressiveDiffusionAugment(str(pair_dir), **{"steps": 6, "p": 1.0, "bf16": False, **kw})
 
 
 class TestConstruction:
@@ -256,3 +258,20 @@ class TestDataset:
                          PrecomputeConfig(n=3, levels=3, steps=6, max_batch=4), progress=False)
         with pytest.raises(ValueError, match="the cache's class 'stroma' is not among the classes"):
             SoftLabelProgressiveDataset.from_cache(out, classes=["normal", "tumour"])
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_by_default_where_the_device_has_it(pair_dir, monkeypatch, native):
+    import progaug.runtime
+    import progaug.transforms
+
+    seen = []
+    real = progaug.transforms.generate_progressive
+    monkeypatch.setattr(progaug.transforms, "generate_progressive", lambda *a, **k: seen.append(k["autocast_dtype"]) or real(*a, **k))
+    monkeypatch.setattr(progaug.runtime, "native_bf16", lambda device: native)
+    x, y = random_tiles(1).float() / 255, torch.tensor([0])
+    ProgressiveDiffusionAugment(str(pair_dir), steps=4, p=1.0)(x, y)
+    ProgressiveDiffusionAugment(str(pair_dir), steps=4, p=1.0, bf16=False)(x, y)
+    assert seen == [torch.bfloat16 if native else None, None]
+    with pytest.raises(TypeError, match="`bf16` must be True, False or None"):
+        ProgressiveDiffusionAugment(str(pair_dir), bf16="on")

@@ -39,6 +39,7 @@ from progaug.evaluation.classifiers import CLASSIFIERS
 from progaug.evaluation.stats import interval, paired
 from progaug.evaluation.training import LabelledImages, Recipe, TrainSpec, score, train_classifier
 from progaug.labels import DEFAULT_MEASURE, MEASURES
+from progaug.losses import soft_label_to_row
 
 __all__ = ["Arm", "GeneratedSets", "ProtocolConfig", "all_arms", "class_orders", "needed_positions", "parse_n", "planned_runs", "plateau", "run_protocol", "sanity"]
 
@@ -213,12 +214,6 @@ def _hard_rows(count: int, index: int, k: int) -> torch.Tensor:
     return F.one_hot(torch.full((count,), index), k).float()
 
 
-def _soft_rows(soft: torch.Tensor, a: int, b: int, k: int) -> torch.Tensor:
-    rows = torch.zeros(len(soft), k)
-    rows[:, a], rows[:, b] = 1 - soft.float(), soft.float()
-    return rows
-
-
 # ------------------------------------------------------------------------------------ the runner
 
 
@@ -266,7 +261,7 @@ class _Runner:
         if arm.filtered:
             keep = self._keep(images, soft, sub, seed, n_key, epochs)
             images, soft = images[keep], soft[keep]
-        return LabelledImages(images, _soft_rows(soft, self.a, self.b, self.k))
+        return LabelledImages(images, soft_label_to_row(soft.float(), self.a, self.b, self.k))
 
     def _keep(self, images: torch.Tensor, soft: torch.Tensor, sub: _Subset, seed: int, n_key: str, epochs: int) -> torch.Tensor:
         from progaug.selection import agreement_mask, fit_teacher, teacher_probability
