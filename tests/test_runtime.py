@@ -100,6 +100,9 @@ class TestDefaults:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         assert default_device() == "cuda"
 
+    def test_channels_last_by_default(self):
+        assert RuntimeConfig().channels_last and not RuntimeConfig(channels_last=False).channels_last
+
     def test_autocast_dtype_of_the_bf16_flag(self):
         assert autocast_dtype(True) is torch.bfloat16 and autocast_dtype(False) is None
         with autocast("cpu", autocast_dtype(True)):
