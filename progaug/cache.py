@@ -1,8 +1,8 @@
-"""The precomputed-set format: written by :mod:`progaug.precompute`, read by :class:`ProgressiveCache`.
+"""The precomputed-set format: written by :mod:`progaug.precomputation`, read by :class:`ProgressiveCache`.
 
 Layout of a folder::
 
-    run.json             the settings (checked by --resume; written by progaug.precompute)
+    run.json             the settings (checked by --resume; written by progaug.precomputation)
     images/NNNNNN.png    sample i = source group i // L, level i % L
     records/GGGGGG.json  per source group: the rows of labels.csv (written after its PNGs)
     labels.csv           file, source, level, soft_label, depth, amplitudes, measure, ... (:data:`COLUMNS`)

@@ -196,7 +196,7 @@ def _check_png_out(out: str) -> None:
 
 
 def _add_precompute(sub: argparse._SubParsersAction) -> None:
-    from progaug.precompute import PrecomputeConfig
+    from progaug.precomputation import PrecomputeConfig
 
     p = sub.add_parser("precompute", help="write N progressive soft-labelled samples (PNG + labels.csv + manifest)",
                        description="Generate progressive samples from source-class images with a trained pair.")
@@ -213,7 +213,7 @@ def _add_precompute(sub: argparse._SubParsersAction) -> None:
 
 def _run_precompute(args: argparse.Namespace) -> int:
     from progaug.hub import load_pair
-    from progaug.precompute import PrecomputeConfig, precompute
+    from progaug.precomputation import PrecomputeConfig, precompute
     from progaug.data.sources import source_tiles
     from progaug.runtime import default_device, env_int
 

@@ -116,7 +116,7 @@ def test_every_flag_has_a_help_text():
 
 
 @pytest.mark.parametrize("cls", ["progaug.train.TrainConfig", "progaug.config.UNetConfig", "progaug.config.DiffusionConfig",
-                                 "progaug.runtime.RuntimeConfig", "progaug.precompute.PrecomputeConfig"])
+                                 "progaug.runtime.RuntimeConfig", "progaug.precomputation.PrecomputeConfig"])
 def test_config_fields_carry_their_help(cls):
     import importlib
 

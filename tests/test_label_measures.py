@@ -30,7 +30,7 @@ from progaug.labels import (
     preview_labels,
     preview_x0,
 )
-from progaug.precompute import PrecomputeConfig, precompute
+from progaug.precomputation import PrecomputeConfig, precompute
 
 from conftest import random_tiles, tiny_unet
 

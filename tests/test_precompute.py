@@ -13,7 +13,7 @@ import torch
 
 from progaug.cache import COLUMNS, ProgressiveCache
 from progaug.hub import load_pair
-from progaug.precompute import CSV_FIELDS, PrecomputeConfig, precompute
+from progaug.precomputation import CSV_FIELDS, PrecomputeConfig, precompute
 
 from conftest import random_tiles
 
@@ -51,7 +51,7 @@ class TestPrecompute:
         assert a == b
 
     def test_resume_completes_without_recomputing(self, pair_dir, tmp_path, monkeypatch):
-        import progaug.precompute as pc
+        import progaug.precomputation as pc
 
         real = pc._run_groups
         calls = []

@@ -17,7 +17,7 @@ from PIL import Image
 from progaug.cache import CSV_FIELDS, ProgressiveCache
 from progaug.datasets import SoftLabelProgressiveDataset
 from progaug.fileio import sha256_file
-from progaug.precompute import PrecomputeConfig
+from progaug.precomputation import PrecomputeConfig
 
 from conftest import make_pair_dir
 from test_precompute import files, run as precompute_run
@@ -193,7 +193,7 @@ class TestPrecomputeResume:
     def test_source_folder_spelled_otherwise_keeps_every_group(self, made, class_folders, tmp_path, monkeypatch, capsys):
         from progaug.data.sources import source_tiles
         from progaug.hub import load_pair
-        from progaug.precompute import precompute
+        from progaug.precomputation import precompute
 
         pair, config = load_pair(made[0]), PrecomputeConfig(n=6, levels=3, steps=6, max_batch=4)
         monkeypatch.chdir(class_folders.parent)

@@ -259,7 +259,7 @@ class TestTransformArguments:
             make(pair_dir, **kwargs)
 
     def test_precompute_radius_checked_in_its_config(self):
-        from progaug.precompute import PrecomputeConfig
+        from progaug.precomputation import PrecomputeConfig
 
         with pytest.raises(ValueError, match=r"`radius` must be in \[0, 0.5\)"):
             PrecomputeConfig(radius=-1.0)

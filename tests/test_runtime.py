@@ -8,7 +8,7 @@ import torch
 
 from progaug.generator import generate_progressive
 from progaug.hub import load_pair
-from progaug.precompute import PrecomputeConfig, precompute
+from progaug.precomputation import PrecomputeConfig, precompute
 from progaug.runtime import (
     CPU_MAX_BATCH,
     RuntimeConfig,

@@ -12,7 +12,7 @@ from PIL import Image
 
 from progaug.hub import load_pair
 from progaug.integrations.timm import check_timm_args, create_dataset
-from progaug.precompute import PrecomputeConfig, precompute
+from progaug.precomputation import PrecomputeConfig, precompute
 
 from conftest import random_tiles
 

@@ -10,7 +10,7 @@ from torchvision.transforms import v2
 
 from progaug.data.tiles import TileDataset, TileSet
 from progaug.datasets import SoftLabelProgressiveDataset
-from progaug.precompute import PrecomputeConfig, precompute
+from progaug.precomputation import PrecomputeConfig, precompute
 from progaug.hub import load_pair
 from progaug.transforms import ProgressiveDiffusionAugment
 
