@@ -64,7 +64,7 @@ Measure = Literal["paper", "reference", "preview", "decoded"]
 MEASURES: tuple[str, ...] = typing.get_args(Measure)
 
 DEFAULT_MEASURE: Measure = "preview"
-"""The measure used when none is given: the one place this default lives. ``"preview"`` since 0.2, on the
+"""The measure used when none is given: the one place this default lives. ``"preview"``, on the
 evidence of ``benchmarks/label_fidelity.py`` and ``benchmarks/downstream.py`` (``docs/method.md``, "Which
 measure is the default"); ``"paper"`` reproduces the paper's eq. 7-9 at less than half the cost."""
 
