@@ -24,7 +24,7 @@ import dataclasses
 import torch
 
 from progaug.config import DiffusionConfig
-from progaug.diffusion import DDIMSchedule, EpsModel, ddim_step, invert, sample_from_depths
+from progaug.diffusion import DDIMSchedule, EpsModel, ddim_move, invert, sample_from_depths
 from progaug.errors import check_image_batch, check_int, check_levels
 from progaug.frequency import DEFAULT_RADIUS, adaptive_depths, default_levels
 from progaug.labels import (
@@ -230,8 +230,7 @@ def _sketch_distances(
         for rows in torch.arange(b).split(chunk):
             x = trajectory[depth][rows.to(trajectory.device)]
             for k_from, k_to in zip(path, path[1:]):
-                x = ddim_step(target_model, x, timestep=int(schedule.timesteps[k_from]), alpha_bar_from=float(schedule.alpha_bar[k_from]),
-                              alpha_bar_to=float(schedule.alpha_bar[k_to]), clip=clip)
+                x = ddim_move(target_model, x, schedule, k_from, k_to, clip=clip)
             at_grid[rows.to(trajectory.device), g] = preview_distance(x, source[rows.to(source.device)])
     return interpolate_grid(grid, at_grid, steps)
 

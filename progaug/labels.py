@@ -24,7 +24,9 @@ labels in [0, 1] with ``L(0) = 0`` and ``L(S) = 1`` (paper eq. 6). Three measure
     (:func:`interpolate_grid`) and turned into running-max labels (:func:`preview_labels`). Unlike the
     one-step preview, a few-step decode of a deep state is an image of the target class, not a blurred
     class mean, so ``d(S)`` is close to the real full translation's distance. Costs
-    ``SKETCH_POINTS * SKETCH_STEPS`` extra target-model evaluations per source image, whatever ``S``.
+    ``SKETCH_POINTS * SKETCH_STEPS`` extra target-model evaluations per source image once
+    ``S >= 3 * SKETCH_POINTS`` (fewer below: a shallow grid state takes fewer moves;
+    :func:`inversion_evaluations` counts them).
 
 All maths here runs in float32 with autocast disabled, whatever context the caller is in.
 """

@@ -38,7 +38,7 @@ from progaug.frequency import DEFAULT_RADIUS, check_radius, default_levels
 from progaug.generator import generate_progressive
 from progaug.labels import DEFAULT_MEASURE, LEGACY_MEASURE, MEASURE_HELP, Measure, check_measure
 from progaug.pair import Pair
-from progaug.runtime import RuntimeConfig, auto_max_batch, autocast_dtype, env_int, prepare_model, resolve_bf16
+from progaug.runtime import RuntimeConfig, auto_max_batch, autocast_dtype, check_bf16, env_int, prepare_model, resolve_bf16
 
 __all__ = ["CSV_FIELDS", "PrecomputeConfig", "precompute"]
 
@@ -106,8 +106,7 @@ class PrecomputeConfig(JsonConfig):
             check_int(name, getattr(self, name), allow_none=True)
         check_measure("measure", self.measure)
         check_radius("radius", self.radius)
-        if self.bf16 is not None and not isinstance(self.bf16, bool):
-            raise TypeError(f"`bf16` must be True, False or None (automatic), got {type(self.bf16).__name__} {self.bf16!r}")
+        check_bf16(self.bf16)
         if self.steps is not None and self.levels > self.steps:
             raise ValueError(f"`levels` {self.levels} exceeds `steps` {self.steps}: each level needs its own depth")
 

@@ -28,6 +28,7 @@ __all__ = [
     "autocast",
     "auto_max_batch",
     "autocast_dtype",
+    "check_bf16",
     "default_device",
     "default_threads",
     "env_int",
@@ -105,11 +106,20 @@ def native_bf16(device: torch.device | str) -> bool:
     return False
 
 
-def resolve_bf16(bf16: bool | None, device: torch.device | str) -> bool:
-    """A ``bf16`` setting made concrete for ``device``: None (automatic) means :func:`native_bf16`."""
+def check_bf16(bf16: object) -> bool | None:
+    """Return a ``bf16`` setting if it is True, False or None (automatic).
+
+    Raises:
+        TypeError: Anything else.
+    """
     if bf16 is not None and not isinstance(bf16, bool):
         raise TypeError(f"`bf16` must be True, False or None (automatic), got {type(bf16).__name__} {bf16!r}")
-    return native_bf16(device) if bf16 is None else bf16
+    return bf16
+
+
+def resolve_bf16(bf16: bool | None, device: torch.device | str) -> bool:
+    """A ``bf16`` setting made concrete for ``device``: None (automatic) means :func:`native_bf16`."""
+    return native_bf16(device) if check_bf16(bf16) is None else bf16
 
 
 def autocast(device: torch.device | str, dtype: torch.dtype | None):

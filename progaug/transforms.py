@@ -30,7 +30,7 @@ from progaug.frequency import DEFAULT_RADIUS, check_radius
 from progaug.generator import generate_progressive
 from progaug.labels import DEFAULT_MEASURE, LEGACY_MEASURE, check_measure
 from progaug.losses import label_rows, soft_label_to_row
-from progaug.runtime import auto_max_batch, autocast_dtype, resolve_bf16
+from progaug.runtime import auto_max_batch, autocast_dtype, check_bf16, resolve_bf16
 
 if TYPE_CHECKING:
     from progaug.pair import Pair
@@ -157,7 +157,7 @@ class ProgressiveDiffusionAugment(v2.Transform):
         check_int("max_batch", max_batch, allow_none=True)
         check_measure("measure", measure)
         check_radius("radius", radius)
-        resolve_bf16(bf16, "cpu")  # type check
+        check_bf16(bf16)
         parsed_device = check_device("device", device)
         for name, idx in (("source_class", source_class), ("target_class", target_class)):
             if check_int(name, idx, low=0) >= num_classes:

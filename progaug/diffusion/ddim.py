@@ -19,7 +19,7 @@ import torch
 from progaug.diffusion.schedule import DDIMSchedule
 from progaug.errors import check_int
 
-__all__ = ["EpsModel", "bridge", "ddim_step", "invert", "sample", "sample_from_depths"]
+__all__ = ["EpsModel", "bridge", "ddim_move", "ddim_step", "invert", "sample", "sample_from_depths"]
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -102,14 +102,7 @@ def invert(
         states = torch.empty((depth + 1, *x0.shape), dtype=x0.dtype, device=trajectory_device or x0.device)
         states[0] = x0
     for k in range(depth):
-        x = ddim_step(
-            model,
-            x,
-            timestep=int(schedule.timesteps[k]),
-            alpha_bar_from=float(schedule.alpha_bar[k]),
-            alpha_bar_to=float(schedule.alpha_bar[k + 1]),
-            clip=clip,
-        )
+        x = ddim_move(model, x, schedule, k, k + 1, clip=clip)
         if states is not None:
             states[k + 1] = x
     return states if states is not None else x
@@ -138,17 +131,20 @@ def sample(
     """
     start = schedule.num_steps if start is None else schedule.check_depth("start", start)
     for k in range(start, 0, -1):
-        x = _step_down(model, x, schedule, k, clip)
+        x = ddim_move(model, x, schedule, k, k - 1, clip=clip)
     return x
 
 
-def _step_down(model: EpsModel, x: torch.Tensor, schedule: DDIMSchedule, k: int, clip: bool) -> torch.Tensor:
+def ddim_move(model: EpsModel, x: torch.Tensor, schedule: DDIMSchedule, k_from: int, k_to: int, *, clip: bool = True) -> torch.Tensor:
+    """:func:`ddim_step` from state ``k_from`` to state ``k_to`` of ``schedule`` (any two states: ``k + 1``
+    inverts, ``k - 1`` denoises, non-adjacent states take a strided move), with the model shown the
+    timestep of ``k_from``."""
     return ddim_step(
         model,
         x,
-        timestep=int(schedule.timesteps[k]),
-        alpha_bar_from=float(schedule.alpha_bar[k]),
-        alpha_bar_to=float(schedule.alpha_bar[k - 1]),
+        timestep=int(schedule.timesteps[k_from]),
+        alpha_bar_from=float(schedule.alpha_bar[k_from]),
+        alpha_bar_to=float(schedule.alpha_bar[k_to]),
         clip=clip,
     )
 
@@ -192,7 +188,7 @@ def sample_from_depths(
         active = torch.nonzero(depths >= k).flatten().to(x.device)
         chunk = max_batch or active.numel()
         for rows in active.split(chunk):
-            x[rows] = _step_down(model, x[rows], schedule, k, clip)
+            x[rows] = ddim_move(model, x[rows], schedule, k, k - 1, clip=clip)
     return x
 
 

@@ -99,9 +99,9 @@ def progressive_bank(pair, sources: torch.Tensor, measure: str, *, steps: int, l
     from progaug.generator import generate_progressive
 
     parts, made, evals = [], 0, 0
+    precision = "bf16 decodes" if bf16 else False  # bf16 reaches the decodes only (the inversion and labels stay float32)
     for start in range(0, len(sources), chunk):
         part = sources[start:start + chunk]
-        precision = "bf16 decodes" if bf16 else False  # bf16 reaches the decodes only (the inversion and labels stay float32)
         key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), measure, steps, levels, precision, part)
         path = None if cache_dir is None else Path(cache_dir) / f"progressive-{measure}-{key}.safetensors"
         entry = _load(path)

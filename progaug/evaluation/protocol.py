@@ -402,7 +402,7 @@ def run_protocol(splits: dict[str, TileSet], classes: tuple[str, str], sets: Gen
             entry.update(tuning={}, arms={})
             stain_sigma = _run_arms(runner, standard, config, n, n_key, epochs, 0.05, entry)
             _add_paired(entry)
-            losing = [name for name, d in _sanity_checks(entry["arms"]).items() if d["verdict"] == "worse"]
+            losing = _losing(_sanity_checks(entry["arms"]))
             growth.append({"epochs": epochs, "losing": losing})
             if not losing or config.epochs is not None:
                 break
@@ -475,13 +475,18 @@ def sanity(res: dict) -> dict:
     training at that N: the generated arms are not judged there. ``n`` names the largest N."""
     per_n = {key: _sanity_checks(entry["arms"]) for key, entry in res["curve"].items()}
     key = "all" if "all" in per_n else list(per_n)[-1]
-    losing = {k: [name for name, d in checks.items() if d["verdict"] == "worse"] for k, checks in per_n.items()}
+    losing = {k: _losing(checks) for k, checks in per_n.items()}
     failed = {k: v for k, v in losing.items() if v}
     message = ("converged: no standard regulariser loses beyond its interval at any N" if not failed else
                "UNDER-TRAINED at " + "; ".join(f"N = {k} ({', '.join(v)} loses beyond its interval)" for k, v in failed.items())
                + ": grow the budget there before judging ADD")
     return {"n": key, "checks": per_n[key], "per_n": per_n, "converged": not failed,
             "converged_n": {k: not v for k, v in losing.items()}, "message": message}
+
+
+def _losing(checks: dict) -> list[str]:
+    """The sanity checks whose regulariser loses beyond its interval."""
+    return [name for name, d in checks.items() if d["verdict"] == "worse"]
 
 
 def _sanity_checks(arms: dict) -> dict:
