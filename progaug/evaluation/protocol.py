@@ -43,8 +43,9 @@ from progaug.losses import soft_label_to_row
 
 __all__ = ["Arm", "GeneratedSets", "ProtocolConfig", "all_arms", "class_orders", "needed_positions", "parse_n", "planned_runs", "plateau", "run_protocol", "sanity"]
 
-LR = {"cnn": 2e-3, "vit": 1e-3}
-"""Peak learning rate per classifier (AdamW, one-cycle)."""
+LR = {"cnn": 2e-3, "vit": 1e-3, "probe": 1e-2}
+"""Peak learning rate per classifier (AdamW, one-cycle). The probe's: the best mean validation accuracy
+over N = 25 and all of 1e-3, 3e-3, 1e-2 (benchmarks/results/probe_backbone.md)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +55,7 @@ class ProtocolConfig(JsonConfig):
     Attributes: see each field's help text.
     """
 
-    classifier: str = setting("cnn", "classifier trained from scratch: cnn or vit")
+    classifier: str = setting("cnn", "classifier: cnn or vit (from scratch) or probe (linear, frozen ImageNet features; progaug[probe])")
     n: tuple[str, ...] = setting(("25", "50", "100", "all"), "labelled real tiles per class ('all' or integers)")
     seeds: tuple[int, ...] = setting((0, 1, 2, 3, 4), "evaluation seeds (subset, initialisation, batch order)")
     tune_seeds: tuple[int, ...] = setting((100, 101), "seeds of the tuning runs and of the learning curve (scored on validation only)")

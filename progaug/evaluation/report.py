@@ -154,13 +154,14 @@ def plot(res: dict, path: Path) -> None:
 
 
 def write_report(res: dict, out: Path, markdown: Callable[[dict], str] = render_markdown,
-                 picture: Callable[[dict, Path], None] = plot) -> None:
-    """Write ``out.json``, ``out.md`` (``markdown(res)``) and ``out.png`` (``picture(res, path)``), creating the
-    folder, and print the Markdown."""
+                 picture: Callable[[dict, Path], None] | None = plot) -> None:
+    """Write ``out.json``, ``out.md`` (``markdown(res)``) and ``out.png`` (``picture(res, path)``; None: no
+    picture), creating the folder, and print the Markdown."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     text = markdown(res)
     out.with_suffix(".md").write_text(text)
-    picture(res, out.with_suffix(".png"))
+    if picture is not None:
+        picture(res, out.with_suffix(".png"))
     print(text)

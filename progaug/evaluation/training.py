@@ -74,7 +74,7 @@ class TrainSpec(JsonConfig):
     """The optimisation, the same for every arm.
 
     Attributes:
-        classifier: ``"cnn"`` or ``"vit"``.
+        classifier: ``"cnn"``, ``"vit"`` or ``"probe"`` (:data:`progaug.evaluation.classifiers.CLASSIFIERS`).
         epochs: Passes over the real training tiles.
         batch_size: Images per step.
         lr: Peak AdamW learning rate (one-cycle: 10 % warm-up, cosine decay).
@@ -83,7 +83,7 @@ class TrainSpec(JsonConfig):
             validation accuracy is kept (ties: the later one, trained further at a lower learning rate).
     """
 
-    classifier: str = setting("cnn", "classifier trained from scratch: cnn or vit")
+    classifier: str = setting("cnn", "classifier: cnn or vit (from scratch) or probe (linear, frozen ImageNet features)")
     epochs: int = setting(100, "passes over the real training tiles")
     batch_size: int = setting(32, "images per optimiser step")
     lr: float = setting(2e-3, "peak AdamW learning rate (one-cycle)")
