@@ -18,7 +18,7 @@ from progaug.cache import ProgressiveCache
 from progaug.errors import check_device
 from progaug.labels import check_measure
 from progaug.losses import label_rows, soft_label_to_row
-from progaug.replacement import check_probability, replace_draws, replacement_index
+from progaug.replacement import DEFAULT_REPLACE_PROB, check_probability, replace_draws, replacement_index
 from progaug.selection import SelectiveFilter
 
 __all__ = ["SoftLabelProgressiveDataset"]
@@ -122,17 +122,19 @@ class SoftLabelProgressiveDataset(Dataset):
         device: str | torch.device | None = None,
         verify: bool = True,
         measure: str | None = None,
-        replace_prob: float | None = None,
+        replace_prob: float | None = DEFAULT_REPLACE_PROB,
         selective: SelectiveFilter | None = None,
     ) -> SoftLabelProgressiveDataset:
         """Precomputed progressive samples, optionally mixed with a real dataset.
 
-        Two ways of adding the generated images to ``real``: ``replace_prob=None`` concatenates them (the
-        dataset holds generated + real samples, so with thousands of generated images the real ones are a
-        small share of every epoch); ``replace_prob=p`` keeps one epoch = one pass over the real samples,
+        Two ways of adding the generated images to ``real``: ``replace_prob=p`` (the default, ``p = 0.3``,
+        :data:`progaug.replacement.DEFAULT_REPLACE_PROB`) keeps one epoch = one pass over the real samples,
         and each real draw becomes a random generated sample with probability ``p``
-        (:mod:`progaug.replacement`; how Diff-Mix and DA-Fusion add synthetic images). docs/usage.md says
-        which ``p`` the evidence supports.
+        (:mod:`progaug.replacement`; how Diff-Mix and DA-Fusion add synthetic images);
+        ``replace_prob=None`` concatenates them (the dataset holds generated + real samples, so with
+        thousands of generated images the real ones are a small share of every epoch; it lowered accuracy
+        in the evaluation protocol). docs/usage.md gives the evidence. Without ``real`` the dataset is the
+        generated samples alone.
 
         Args:
             cache_dir: Folder written by ``progaug precompute`` (checked against its manifest).
@@ -146,7 +148,8 @@ class SoftLabelProgressiveDataset(Dataset):
             verify: Check every file's sha256 against the manifest.
             measure: The label measure the cache must have been made with (None: any; the dataset's
                 ``measure`` is the cache's).
-            replace_prob: Per-draw replacement probability in [0, 1] (needs ``real``); None: concatenate.
+            replace_prob: Per-draw replacement probability in [0, 1] when ``real`` is given (default 0.3);
+                None: concatenate. Another value than the default or None needs ``real``.
             selective: Drop generated samples whose soft label a teacher CNN trained on ``real`` contradicts
                 (:class:`progaug.selection.SelectiveFilter`; needs ``real``); ``filter_report`` then says
                 how many were kept.
@@ -162,9 +165,11 @@ class SoftLabelProgressiveDataset(Dataset):
             check_measure("measure", measure)
         if replace_prob is not None:
             check_probability("replace_prob", replace_prob)
-        for name, value in (("replace_prob", replace_prob), ("selective", selective)):
-            if value is not None and real is None:
+        for name, value, default in (("replace_prob", replace_prob, DEFAULT_REPLACE_PROB), ("selective", selective, None)):
+            if value not in (None, default) and real is None:
                 raise ValueError(f"`{name}` needs `real` samples: it decides how generated samples join real ones")
+        if real is None:
+            replace_prob = None
         if selective is not None and not isinstance(selective, SelectiveFilter):
             raise TypeError(f"`selective` must be a progaug.selection.SelectiveFilter, got {type(selective).__name__}")
         cache = ProgressiveCache.open(cache_dir, verify=verify)

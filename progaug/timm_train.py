@@ -2,8 +2,9 @@
 
 ``ARGS`` are train.py's own, with ``--dataset progaug/CACHE_DIR`` (a folder from ``progaug precompute``)
 and ``--data-dir REAL_ROOT`` holding ``train/<class>/`` (optional, mixed in) and ``validation/<class>/``
-real images. ``--progaug-replace-prob P`` (progaug's own, removed before train.py sees the arguments)
-adds the cache by per-draw replacement instead of concatenation. See :mod:`progaug.integrations.timm`.
+real images. ``--progaug-replace-prob P`` (progaug's own, removed before train.py sees the arguments;
+default 0.3) adds the cache by per-draw replacement; ``--progaug-replace-prob none`` concatenates it.
+See :mod:`progaug.integrations.timm`.
 """
 
 from __future__ import annotations
@@ -32,15 +33,24 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _progaug_options(argv: list[str]) -> tuple[list[str], float | None]:
-    """Take ``--progaug-replace-prob P`` out of ``argv``; the rest goes to train.py."""
+    """Take ``--progaug-replace-prob P|none`` out of ``argv``; the rest goes to train.py."""
     import argparse
+    import math
+
+    from progaug.replacement import DEFAULT_REPLACE_PROB
 
     p = argparse.ArgumentParser(prog="progaug.timm_train", add_help=False)
-    p.add_argument("--progaug-replace-prob", type=float, default=None)
+    p.add_argument("--progaug-replace-prob", default=str(DEFAULT_REPLACE_PROB))
     known, rest = p.parse_known_args(argv)
-    value = known.progaug_replace_prob
-    if value is not None and not 0 <= value <= 1:
-        raise SystemExit(f"progaug.timm_train: --progaug-replace-prob must lie in [0, 1], got {value}")
+    text = known.progaug_replace_prob
+    if text.lower() == "none":
+        return rest, None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise SystemExit(f"progaug.timm_train: --progaug-replace-prob must lie in [0, 1] or be 'none', got {text}")
     return rest, value
 
 

@@ -159,7 +159,7 @@ class TestRealImages:
 
     def test_uint8_and_unit_float_images_are_taken(self, cache):
         real = [(torch.full((3, 32, 32), 200, dtype=torch.uint8), 0), (torch.full((3, 32, 32), 0.5), 1)]
-        ds = SoftLabelProgressiveDataset.from_cache(cache, real, classes=["stroma", "tumour"])
+        ds = SoftLabelProgressiveDataset.from_cache(cache, real, classes=["stroma", "tumour"], replace_prob=None)
         assert len(ds) == 14 and ds[12][0].max() == pytest.approx(200 / 255)
 
 

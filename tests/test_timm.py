@@ -41,10 +41,10 @@ def run(args, timeout=300):
 def test_one_epoch_with_timm_style_script(data, tmp_path):
     cache, root = data
     out = tmp_path / "result.json"
-    proc = run([str(SCRIPT), "--dataset", f"progaug/{cache}", "--data-dir", str(root), "--output", str(out)])
+    proc = run([str(SCRIPT), "--dataset", f"progaug/{cache}", "--data-dir", str(root), "--output", str(out), "--progaug-replace-prob", "none"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["train_samples"] == 6 + 4 and result["val_samples"] == 4
+    assert result["train_samples"] == 6 + 4 and result["val_samples"] == 4  # 'none': the cache concatenated
     assert result["classes"] == ["stroma", "tumour"]
 
 
@@ -120,10 +120,26 @@ def test_replacement_draws_generated_samples_at_its_rate(data):
         ds = create_dataset(f"progaug/{cache}", root=str(root), split="train", is_training=True)
         assert [tuple(ds[i][1].tolist()) for i in range(4)] == [tuple(t.tolist()) for _, t in ds.items]
     finally:
-        install(replace_prob=None)
+        install()
 
 
 def test_replacement_probability_outside_unit_interval_is_refused(data):
     cache, root = data
     proc = run([str(SCRIPT), "--dataset", f"progaug/{cache}", "--data-dir", str(root), "--progaug-replace-prob", "1.5"])
-    assert proc.returncode != 0 and "--progaug-replace-prob must lie in [0, 1], got 1.5" in proc.stderr
+    assert proc.returncode != 0 and "--progaug-replace-prob must lie in [0, 1] or be 'none', got 1.5" in proc.stderr
+
+
+def test_replacement_is_the_default_and_none_concatenates(data):
+    from progaug.integrations.timm import install
+    from progaug.timm_train import _progaug_options
+
+    assert _progaug_options(["--lr", "0.1"]) == (["--lr", "0.1"], 0.3)
+    assert _progaug_options(["--progaug-replace-prob", "none"]) == ([], None)
+    cache, root = data
+    try:
+        install()
+        assert len(create_dataset(f"progaug/{cache}", root=str(root), split="train", is_training=True)) == 4  # the real images
+        install(replace_prob=None)
+        assert len(create_dataset(f"progaug/{cache}", root=str(root), split="train", is_training=True)) == 4 + 6
+    finally:
+        install()

@@ -10,6 +10,7 @@ from torchvision.transforms import v2
 
 from progaug.data.tiles import TileDataset, TileSet
 from progaug.datasets import SoftLabelProgressiveDataset
+from progaug.replacement import DEFAULT_REPLACE_PROB
 from progaug.precomputation import PrecomputeConfig, precompute
 from progaug.hub import load_pair
 from progaug.transforms import ProgressiveDiffusionAugment
@@ -208,7 +209,7 @@ class TestDataset:
     def test_from_cache_mixes_real(self, pair_dir, tmp_path):
         out = precompute(load_pair(pair_dir), random_tiles(2), ["a", "b"], tmp_path / "c",
                          PrecomputeConfig(n=6, levels=3, steps=6, max_batch=4), progress=False)
-        ds = SoftLabelProgressiveDataset.from_cache(out, real=_tile_dataset(2))
+        ds = SoftLabelProgressiveDataset.from_cache(out, real=_tile_dataset(2), replace_prob=None)  # concatenated
         assert len(ds) == 6 + 4 and ds.classes == ["stroma", "tumour"]
         image, row = ds[0]
         assert image.shape == (3, 32, 32) and abs(float(row.sum()) - 1) < 1e-6
@@ -234,7 +235,10 @@ class TestDataset:
         assert [none[i][1].argmax().item() for i in range(4)] == [int(real[i][1]) for i in range(4)]
         x, rows = SoftLabelProgressiveDataset.from_cache(out, real=real, replace_prob=1.0).sample_batch(8, torch.Generator().manual_seed(0))
         assert x.shape == (8, 3, 32, 32) and bool(((rows > 0) & (rows < 1)).any() | (rows[:, 0] == 1).any())
-        assert len(SoftLabelProgressiveDataset.from_cache(out, real=real)) == 6 + 4  # None: concatenated
+        assert len(SoftLabelProgressiveDataset.from_cache(out, real=real, replace_prob=None)) == 6 + 4  # None: concatenated
+        default = SoftLabelProgressiveDataset.from_cache(out, real=real)  # replacement at 0.3: one epoch = the real samples
+        assert len(default) == 4 and default.replace_prob == DEFAULT_REPLACE_PROB == 0.3
+        assert len(SoftLabelProgressiveDataset.from_cache(out)) == 6 and SoftLabelProgressiveDataset.from_cache(out).replace_prob is None
 
     def test_from_cache_replacement_and_filter_need_real_samples(self, pair_dir, tmp_path):
         from progaug.selection import SelectiveFilter
@@ -247,7 +251,8 @@ class TestDataset:
             SoftLabelProgressiveDataset.from_cache(out, real=_tile_dataset(2), replace_prob=1.2)
         with pytest.raises(TypeError, match="`selective` must be a progaug.selection.SelectiveFilter"):
             SoftLabelProgressiveDataset.from_cache(out, real=_tile_dataset(2), selective=0.5)
-        ds = SoftLabelProgressiveDataset.from_cache(out, real=_tile_dataset(2), selective=SelectiveFilter(margin=0.0, teacher_epochs=1))
+        ds = SoftLabelProgressiveDataset.from_cache(out, real=_tile_dataset(2), selective=SelectiveFilter(margin=0.0, teacher_epochs=1),
+                                                     replace_prob=None)
         kept = ds.filter_report["kept"]
         assert ds.filter_report["total"] == 3 and kept < 3 and len(ds) == kept + 4  # margin 0 drops any disagreement
         everything = SoftLabelProgressiveDataset.from_cache(out, real=_tile_dataset(2), selective=SelectiveFilter(margin=1.0, teacher_epochs=1))

@@ -8,9 +8,11 @@
 - timm's ``create_dataset`` has no registry, so :func:`install` wraps ``timm.data.create_dataset``
   before the script imports it; every other dataset name goes to timm unchanged.
 - Options that break soft labels are refused with what to use instead (:func:`check_timm_args`).
-- ``--progaug-replace-prob P`` (read by ``progaug.timm_train``, not passed to timm): an epoch is one pass
-  over the real training images and each draw becomes a generated one with probability ``P`` instead of
-  the cache being concatenated to them (docs/usage.md says which ``P`` the evidence supports).
+- ``--progaug-replace-prob P`` (read by ``progaug.timm_train``, not passed to timm; default 0.3,
+  :data:`progaug.replacement.DEFAULT_REPLACE_PROB`): an epoch is one pass over the real training images
+  and each draw becomes a generated one with probability ``P``; ``--progaug-replace-prob none``
+  concatenates the cache to them instead (docs/usage.md gives the evidence). Without real training
+  images the training split is the cache alone.
 
 For any other training loop, :class:`progaug.transforms.ProgressiveDiffusionAugment` is a batch
 callable ``(x, target) -> (x, target)`` with a ``mixup_enabled`` flag: use it where timm's loop calls
@@ -30,7 +32,7 @@ from progaug.cache import ProgressiveCache
 from progaug.data.folder import list_class_folders
 from progaug.data.images import load_rgb
 from progaug.losses import soft_label_to_row
-from progaug.replacement import check_probability
+from progaug.replacement import DEFAULT_REPLACE_PROB, check_probability
 
 __all__ = ["PREFIX", "ProgaugTimmDataset", "check_timm_args", "create_dataset", "install"]
 
@@ -117,23 +119,21 @@ def create_dataset(name: str, root: str | None = None, split: str = "validation"
     soft = torch.tensor([row["soft_label"] for row in cache.rows], dtype=torch.float64)  # 1 - L rounded once
     targets = soft_label_to_row(soft, src, tgt, len(classes)).float()
     generated = [(Image.fromarray(cache.read_image(row)), target) for row, target in zip(cache.rows, targets)]
-    if _OPTIONS["replace_prob"] is None:
+    if _OPTIONS["replace_prob"] is None or not items:
         return ProgaugTimmDataset(items + generated, classes)
-    if not items:
-        raise ValueError(f"--progaug-replace-prob needs real training images in {real_split}/<class>/")
     return ProgaugTimmDataset(items, classes, generated, _OPTIONS["replace_prob"])
 
 
-_OPTIONS: dict[str, Any] = {"replace_prob": None}
+_OPTIONS: dict[str, Any] = {"replace_prob": DEFAULT_REPLACE_PROB}
 """progaug's own options of a ``progaug.timm_train`` run (set by :func:`install`)."""
 
 
-def install(replace_prob: float | None = None) -> None:
+def install(replace_prob: float | None = DEFAULT_REPLACE_PROB) -> None:
     """Route ``progaug/...`` dataset names in ``timm.data.create_dataset`` to :func:`create_dataset`.
 
     Args:
-        replace_prob: How the cache's images join the real training images: None concatenates them, a
-            probability replaces each real draw by a generated one with that probability.
+        replace_prob: How the cache's images join the real training images: a probability (default 0.3)
+            replaces each real draw by a generated one with that probability; None concatenates them.
     """
     _OPTIONS["replace_prob"] = None if replace_prob is None else check_probability("replace_prob", replace_prob)
     import timm.data
