@@ -24,7 +24,7 @@ CACHE = Path(os.environ.get("PROGAUG_BENCH_CACHE", ROOT / "benchmarks" / "cache"
 """Where generated sets are kept (``$PROGAUG_BENCH_CACHE`` overrides; the tests use a temporary folder)."""
 
 __all__ = ["CACHE", "ROOT", "bar_panels", "bar_plot", "command_line", "dihedral_cycle", "final_stage", "finish_args", "heldout", "load_splits", "open_benchmark", "pair_sha256", "pair_training",
-           "progressive_bank", "repo_relative", "require_positive", "unconditional", "write_report"]
+           "repo_relative", "require_positive", "unconditional", "write_report"]
 
 
 def command_line(script: str, argv) -> str:
@@ -52,13 +52,6 @@ def heldout(splits: dict[str, TileSet], cls: str) -> torch.Tensor | None:
 def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str, bf16: bool, batch_size: int = 64) -> torch.Tensor:
     """:func:`progaug.evaluation.generated.final_stage` kept in :data:`CACHE`."""
     return generated.final_stage(pair, sources, n, steps=steps, device=device, bf16=bf16, batch_size=batch_size, cache_dir=CACHE)
-
-
-def progressive_bank(pair, sources: torch.Tensor, measure: str, *, steps: int, levels: int, bf16: bool, device: str, max_batch: int,
-                     chunk: int = 32) -> dict:
-    """:func:`progaug.evaluation.generated.progressive_bank` kept in :data:`CACHE`."""
-    return generated.progressive_bank(pair, sources, measure, steps=steps, levels=levels, bf16=bf16, device=device, max_batch=max_batch,
-                                      chunk=chunk, cache_dir=CACHE)
 
 
 def unconditional(pair, n: int, *, steps: int, device: str, bf16: bool, seed: int = 1234, batch_size: int = 64) -> torch.Tensor:

@@ -39,9 +39,9 @@ from common import ROOT, command_line, final_stage, heldout, open_benchmark, pai
 from progaug.cli_args import add_config_arguments
 from progaug.data.tiles import dihedral, to_model_range, to_uint8
 from progaug.frequency import default_levels
-from progaug.generator import generate_progressive
+from progaug.generator import GenerationConfig, ProgressiveGenerator
 from progaug.metrics import load_lpips
-from progaug.runtime import CPU_MAX_BATCH, RuntimeConfig, autocast_dtype, default_device
+from progaug.runtime import CPU_MAX_BATCH, RuntimeConfig, default_device
 
 GOALS = {
     "depths_differ": "depths differ between images (share of sources off the most common depth list > 0)",
@@ -257,11 +257,9 @@ def generate(pair, sources: torch.Tensor, measure: str, args) -> dict:
     """Progressive images of uint8 ``sources`` under one label measure: uint8 images ``(B, L, 3, S, S)``,
     labels and depths ``(B, L)``, U-Net evaluations and seconds."""
     parts, evals, began = [], 0, time.time()
+    generator = ProgressiveGenerator(pair, GenerationConfig(steps=args.steps, measure=measure, max_batch=args.max_batch, bf16=args.bf16))
     for i, chunk in enumerate(sources.split(args.chunk)):
-        with torch.no_grad():
-            r = generate_progressive(pair.source, pair.target, to_model_range(chunk).to(args.device), levels=default_levels(args.levels),
-                                     steps=args.steps, diffusion=pair.diffusion, max_batch=args.max_batch,
-                                     autocast_dtype=autocast_dtype(args.bf16), measure=measure)
+        r = generator(to_model_range(chunk).to(args.device), default_levels(args.levels))
         parts.append((to_uint8(r.images).cpu(), r.soft_labels.float().cpu(), r.depths.cpu()))
         evals += r.model_evaluations
         print(f"{measure}: {min((i + 1) * args.chunk, len(sources))}/{len(sources)} sources", flush=True)

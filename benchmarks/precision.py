@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, finish_args, heldout, open_benchmark, pair_sha256, pair_training, write_report
 from progaug.data.tiles import to_model_range
 from progaug.frequency import default_levels
-from progaug.generator import generate_progressive
+from progaug.generator import GenerationConfig, ProgressiveGenerator
 from progaug.labels import MEASURES
 from progaug.metrics import psnr
 from progaug.runtime import CPU_MAX_BATCH, native_bf16
@@ -47,18 +47,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return finish_args(p, argv, "precision", ("n", "steps", "levels", "max_batch"))
 
 
-def _run(pair, images: torch.Tensor, measure: str, args, dtype) -> tuple[object, float]:
+def _run(pair, images: torch.Tensor, measure: str, args, bf16: bool) -> tuple[object, float]:
     began = time.perf_counter()
-    with torch.no_grad():
-        r = generate_progressive(pair.source, pair.target, images, levels=default_levels(args.levels), steps=args.steps,
-                                 diffusion=pair.diffusion, measure=measure, max_batch=args.max_batch, autocast_dtype=dtype)
+    generator = ProgressiveGenerator(pair, GenerationConfig(steps=args.steps, measure=measure, max_batch=args.max_batch, bf16=bf16))
+    r = generator(images, default_levels(args.levels))
     return r, time.perf_counter() - began
 
 
 def compare(pair, images: torch.Tensor, measure: str, args) -> dict:
     """float32 and bf16 runs of one measure, and how their outputs differ."""
-    ref, t32 = _run(pair, images, measure, args, None)
-    low, t16 = _run(pair, images, measure, args, torch.bfloat16)
+    ref, t32 = _run(pair, images, measure, args, False)
+    low, t16 = _run(pair, images, measure, args, True)
     same = ref.depths == low.depths
     db = psnr(low.images.flatten(0, 1).clamp(-1, 1), ref.images.flatten(0, 1).clamp(-1, 1)).view_as(same)
     diff = (low.soft_labels - ref.soft_labels).abs()

@@ -163,7 +163,7 @@ def main(argv=None) -> dict:
     apply_runtime(config_from_args(RuntimeConfig, args), args.device)
     start = time.time()
     splits = load_splits(args.data, args.size)
-    res = {"command": command_line("probe_backbone.py", argv), "machine": platform.platform(), "threads": torch.get_num_threads(),
+    res = {"uses_pair": False, "command": command_line("probe_backbone.py", argv), "machine": platform.platform(), "threads": torch.get_num_threads(),
            "weights": str(lite0_weights_path().name), "sha256": LITE0_SHA256, "epochs": args.epochs,
            "imagenet": imagenet_check(), "features": feature_check(splits), "lr": lr_check(splits, args)}
     res["seconds"] = time.time() - start

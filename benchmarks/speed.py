@@ -20,6 +20,7 @@ Prints and writes ``benchmarks/results/speed.json``, ``benchmarks/results/speed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -36,7 +37,7 @@ from progaug.cli_args import add_config_arguments, config_from_args
 from progaug.data.tiles import to_model_range
 from progaug.diffusion import DDIMSchedule, ddim_step, sample
 from progaug.frequency import adaptive_depths, default_levels, highpass_amplitude, soft_labels
-from progaug.generator import generate_progressive
+from progaug.generator import GenerationConfig, generate_progressive
 from progaug.hub import load_pair
 from progaug.metrics import psnr
 from progaug.runtime import RuntimeConfig, apply_runtime, auto_max_batch, autocast, autocast_dtype, prepare_model
@@ -182,9 +183,10 @@ def main(argv=None) -> int:
 
     def run_progaug(steps, batched=True, autocast_dtype=dtype):
         src, tgt = Counted(models[0]), Counted(models[1])
-        kw = dict(levels=levels, steps=steps, diffusion=diffusion, autocast_dtype=autocast_dtype, measure="paper")  # the reference's measure
-        call = (lambda: generate_progressive(src, tgt, x, max_batch=max_batch, **kw)) if batched else \
-            (lambda: [generate_progressive(src, tgt, x[i : i + 1], max_batch=1, **kw) for i in range(args.images)])
+        config = GenerationConfig(steps=steps, measure="paper", bf16=autocast_dtype is not None)  # the reference's measure
+        call = (lambda: generate_progressive(src, tgt, x, levels, dataclasses.replace(config, max_batch=max_batch), diffusion=diffusion)) \
+            if batched else (lambda: [generate_progressive(src, tgt, x[i : i + 1], levels, dataclasses.replace(config, max_batch=1),
+                                                           diffusion=diffusion) for i in range(args.images)])
         with PeakMemory(device) as mem:
             r, secs = timed(call, device)
         if not batched:

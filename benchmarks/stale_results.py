@@ -20,7 +20,10 @@ from common import ROOT
 
 
 def status(result: dict, shipped: dict) -> str:
-    """``current`` / ``STALE`` / ``UNKNOWN`` for one result JSON against the shipped pair's sha256."""
+    """``current`` / ``STALE`` / ``UNKNOWN`` for one result JSON against the shipped pair's sha256; a result
+    that measured no pair says so with ``"uses_pair": false`` and is ``current``."""
+    if result.get("uses_pair") is False:
+        return "current"
     recorded = result.get("pair_sha256")
     if not isinstance(recorded, dict) or not {"source", "target"} <= set(recorded):
         return "UNKNOWN"

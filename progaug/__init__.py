@@ -27,6 +27,8 @@ _EXPORTS = {
     "MEASURES": "progaug.labels",
     "DEFAULT_MEASURE": "progaug.labels",
     "generate_progressive": "progaug.generator",
+    "GenerationConfig": "progaug.generator",
+    "ProgressiveGenerator": "progaug.generator",
     "ProgressiveResult": "progaug.generator",
     "save_unet": "progaug.checkpoint",
     "load_unet": "progaug.checkpoint",

@@ -134,19 +134,16 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_progressive(sub: argparse._SubParsersAction) -> None:
-    from progaug.labels import DEFAULT_MEASURE, MEASURE_HELP, MEASURES
+    from progaug.generator import GenerationConfig
 
     p = sub.add_parser("progressive", help="progressive images of a few source tiles, as a PNG strip with soft labels")
     p.add_argument("--pair", default=DEMO_PAIR, help="pair folder, or the name of a pair shipped with progaug (default: %(default)s)")
     p.add_argument("--source", default="hgsc", help="'hgsc' (demo test tiles of the source class, default) or a folder of images")
     p.add_argument("--count", type=int, default=4, help="number of source tiles (default: 4)")
     p.add_argument("--levels", type=int, default=10, help="number of soft-label levels, evenly spaced in (0, 1] (default: 10)")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the pair's diffusion.sampling_steps)")
-    p.add_argument("--measure", choices=MEASURES, default=DEFAULT_MEASURE, help=MEASURE_HELP + " (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
     p.add_argument("--out", default="progressive.png", help="output PNG (default: progressive.png)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="run the U-Nets under bf16 autocast (default: where the device computes bf16 natively)")
+    add_config_arguments(p, GenerationConfig, exclude=("device",))
     _add_runtime_arguments(p)
     p.set_defaults(func=_run_progressive)
 
@@ -155,10 +152,9 @@ def _run_progressive(args: argparse.Namespace) -> int:
     import torch
 
     from progaug.frequency import default_levels
-    from progaug.generator import generate_progressive
+    from progaug.generator import GenerationConfig, ProgressiveGenerator
     from progaug.data.tiles import to_model_range
     from progaug.hub import load_pair
-    from progaug.runtime import autocast_dtype, prepare_model, resolve_bf16
     from progaug.data.sources import source_tiles
     from progaug.strip import progressive_strip
 
@@ -171,10 +167,8 @@ def _run_progressive(args: argparse.Namespace) -> int:
         raise ValueError(f"--count must be >= 1, got {args.count}")
     pick = torch.linspace(0, len(tiles) - 1, min(args.count, len(tiles))).round().long()
     images = to_model_range(tiles[pick]).to(args.device)
-    with torch.no_grad():
-        result = generate_progressive(prepare_model(pair.source, runtime), prepare_model(pair.target, runtime), images,
-                                      levels=default_levels(args.levels), steps=args.steps, diffusion=pair.diffusion,
-                                      measure=args.measure, autocast_dtype=autocast_dtype(resolve_bf16(args.bf16, args.device)))
+    generation = config_from_args(GenerationConfig, args, device=args.device)
+    result = ProgressiveGenerator(pair, generation, runtime=runtime)(images, default_levels(args.levels))
     progressive_strip(images, result.images, result.soft_labels, args.out, classes=pair.classes)
     for b in range(images.shape[0]):
         labels = ", ".join(f"{v:.2f}" for v in result.soft_labels[b].tolist())

@@ -7,6 +7,7 @@ the optional ``transform``; labels as float32 ``(K,)`` rows summing to 1.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -86,12 +87,12 @@ class SoftLabelProgressiveDataset(Dataset):
     ) -> None:
         if measure is not None:
             check_measure("measure", measure)
-            if not hasattr(augment, "measure"):
+            if not hasattr(augment, "generation"):
                 raise ValueError(f"`measure` {measure!r} needs an `augment` with a `measure` setting "
                                  f"(a ProgressiveDiffusionAugment), got {type(augment).__name__}")
             if augment.measure != measure:
                 augment = copy.copy(augment)
-                augment.measure = measure
+                augment.generation = dataclasses.replace(augment.generation, measure=measure)
         self.base = base
         self.augment = augment
         self.measure = getattr(augment, "measure", None)
@@ -120,7 +121,6 @@ class SoftLabelProgressiveDataset(Dataset):
         classes: Sequence[str] | None = None,
         transform: Callable | None = None,
         device: str | torch.device | None = None,
-        verify: bool = True,
         measure: str | None = None,
         replace_prob: float | None = DEFAULT_REPLACE_PROB,
         selective: SelectiveFilter | None = None,
@@ -137,7 +137,8 @@ class SoftLabelProgressiveDataset(Dataset):
         generated samples alone.
 
         Args:
-            cache_dir: Folder written by ``progaug precompute`` (checked against its manifest).
+            cache_dir: Folder written by ``progaug precompute`` (checked against its manifest, every image
+                against its sha256).
             real: Real ``(image, class index)`` samples to add, with one-hot rows.
             classes: The classifier's classes (default: ``real.classes``, else the pair's two classes);
                 must contain the cache's source and target classes.
@@ -145,7 +146,6 @@ class SoftLabelProgressiveDataset(Dataset):
             device: Keep all images as uint8 on this device (e.g. ``"cuda"``): ``__getitem__`` and
                 :meth:`sample_batch` then return device tensors with no copying from the host. Checked
                 before anything is read: it must parse and exist on this machine.
-            verify: Check every file's sha256 against the manifest.
             measure: The label measure the cache must have been made with (None: any; the dataset's
                 ``measure`` is the cache's).
             replace_prob: Per-draw replacement probability in [0, 1] when ``real`` is given (default 0.3);
@@ -172,7 +172,7 @@ class SoftLabelProgressiveDataset(Dataset):
             replace_prob = None
         if selective is not None and not isinstance(selective, SelectiveFilter):
             raise TypeError(f"`selective` must be a progaug.selection.SelectiveFilter, got {type(selective).__name__}")
-        cache = ProgressiveCache.open(cache_dir, verify=verify)
+        cache = ProgressiveCache.open(cache_dir)
         if measure is not None and cache.measure != measure:
             raise ValueError(f"the cache {cache_dir} was made with measure {cache.measure!r}, not the requested {measure!r}")
         names = list(classes if classes is not None else getattr(real, "classes", None) or cache.classes)

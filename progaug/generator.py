@@ -11,6 +11,11 @@ For a batch of source images of class A:
 4. decode every chosen state of every image with the target model, all branches sharing model calls
    (:func:`progaug.diffusion.sample_from_depths`).
 
+The settings (steps, measure, radius, rows per call, precision, device) travel together as one frozen
+:class:`GenerationConfig`, checked once when it is made; :class:`ProgressiveGenerator` holds a pair and
+one config and is what the transform, ``progaug precompute``, ``progaug progressive`` and the benchmarks
+call. :func:`generate_progressive` is the algorithm itself, on two epsilon models.
+
 U-Net evaluations per source image: ``S`` for the inversion, ``S`` more for the previews of the
 ``"preview"`` measure, plus ``sum(depths)`` for the decodes. Autocast (bf16) applies to the decodes
 only: the inversion and the label measure run in float32, so the depths and soft labels are exactly
@@ -20,15 +25,18 @@ those of a float32 run and only the decoded pixels move (``docs/performance.md``
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from progaug.config import DiffusionConfig
+from progaug.config import DiffusionConfig, JsonConfig, setting
 from progaug.diffusion import DDIMSchedule, EpsModel, ddim_move, invert, sample_from_depths
-from progaug.errors import check_image_batch, check_int, check_levels
-from progaug.frequency import DEFAULT_RADIUS, adaptive_depths, default_levels
+from progaug.errors import check_device, check_image_batch, check_int, check_levels
+from progaug.frequency import DEFAULT_RADIUS, adaptive_depths, check_radius, default_levels
 from progaug.labels import (
     DEFAULT_MEASURE,
+    MEASURE_HELP,
+    Measure,
     check_measure,
     interpolate_grid,
     inversion_evaluations,
@@ -39,9 +47,62 @@ from progaug.labels import (
     sketch_grid,
     sketch_path,
 )
-from progaug.runtime import autocast
+from progaug.runtime import RuntimeConfig, auto_max_batch, autocast, autocast_dtype, check_bf16, prepare_model, resolve_bf16
 
-__all__ = ["ProgressiveResult", "fixed_batch_model", "generate_progressive"]
+if TYPE_CHECKING:
+    from progaug.pair import Pair
+
+__all__ = ["GenerationConfig", "ProgressiveGenerator", "ProgressiveResult", "fixed_batch_model", "generate_progressive"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig(JsonConfig):
+    """How progressive images are made, the same spelling and meaning in every layer.
+
+    Attributes:
+        steps: DDIM steps ``S`` of the inversion and the decodes; None: the pair's
+            ``diffusion.sampling_steps``.
+        measure: Label measure (:data:`progaug.labels.MEASURES`).
+        radius: High-pass cut-off of the ``"paper"`` measure (fraction of the side).
+        max_batch: Most rows per U-Net call; None: automatic (:func:`progaug.runtime.auto_max_batch`: 32 on
+            CPUs, memory-sized on CUDA).
+        bf16: bf16 autocast of the decoding U-Net calls (the inversion and the measure stay float32); None:
+            where the device computes bf16 natively (:func:`progaug.runtime.native_bf16`).
+        device: Where :class:`ProgressiveGenerator` runs the U-Nets; None: where the images are.
+    """
+
+    steps: int | None = setting(None, "DDIM steps S (default: the pair's diffusion.sampling_steps)")
+    measure: Measure = setting(DEFAULT_MEASURE, MEASURE_HELP)
+    radius: float = setting(DEFAULT_RADIUS, "High-pass cut-off of the paper measure (fraction of the side)")
+    max_batch: int | None = setting(None, "Most rows per U-Net call (default: automatic, 32 on CPUs, memory-sized on CUDA)")
+    bf16: bool | None = setting(
+        None, "bf16 autocast of the decodes (default: where the device computes bf16 natively: CUDA with bf16, CPUs with "
+              "AVX512-BF16 or AMX)")
+    device: str | None = setting(None, "Where the U-Nets run (default: where the images are)")
+
+    def __post_init__(self) -> None:
+        check_int("steps", self.steps, allow_none=True)
+        check_measure("measure", self.measure)
+        check_radius("radius", self.radius)
+        check_int("max_batch", self.max_batch, allow_none=True)
+        check_bf16(self.bf16)
+        parsed = check_device("device", self.device)
+        object.__setattr__(self, "radius", float(self.radius))
+        object.__setattr__(self, "device", None if parsed is None else str(parsed))
+
+    def resolved(self, pair_or_model: Any, device: torch.device | str, diffusion: DiffusionConfig | None = None) -> GenerationConfig:
+        """The config with every automatic setting made concrete for ``device``: ``steps`` from
+        ``diffusion`` (default: the pair's), ``bf16`` from the device, ``max_batch`` from the source model
+        (a :class:`progaug.pair.Pair` or an epsilon model with a ``config``)."""
+        source = getattr(pair_or_model, "source", pair_or_model)
+        diffusion = diffusion or getattr(pair_or_model, "diffusion", None) or DiffusionConfig()
+        bf16 = resolve_bf16(self.bf16, device)
+        max_batch = self.max_batch
+        if max_batch is None:
+            size = _model_size(source) or 64
+            max_batch = auto_max_batch(source, size, device, autocast_dtype=autocast_dtype(bf16))
+        steps = diffusion.sampling_steps if self.steps is None else self.steps
+        return dataclasses.replace(self, steps=steps, bf16=bf16, max_batch=int(max_batch))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,15 +147,11 @@ def generate_progressive(
     source_model: EpsModel,
     target_model: EpsModel,
     images: torch.Tensor,
-    *,
     levels: torch.Tensor | list[float] | None = None,
-    steps: int | None = None,
+    config: GenerationConfig | None = None,
+    *,
     diffusion: DiffusionConfig | None = None,
-    measure: str = DEFAULT_MEASURE,
-    radius: float = DEFAULT_RADIUS,
-    max_batch: int | None = None,
     fixed_batch: bool = False,
-    autocast_dtype: torch.dtype | None = None,
     trajectory_device: torch.device | str | None = None,
 ) -> ProgressiveResult:
     """Generate progressive images from source-class images (the ADD method, paper 2.1-2.3).
@@ -105,65 +162,47 @@ def generate_progressive(
         images: ``(B, 3, H, W)`` float images of the source class in [-1, 1], at the models' size.
         levels: ``(L,)`` or ``(B, L)`` requested soft labels in (0, 1], strictly increasing;
             default 10 levels ``0.1, 0.2, ..., 1.0``. ``L <= steps``. Level 1.0 is always depth ``S``.
-        steps: DDIM steps ``S`` (default ``diffusion.sampling_steps``).
+        config: Steps (default ``diffusion.sampling_steps``), label measure, radius, rows per U-Net call
+            and precision (:class:`GenerationConfig`; its ``device`` is not used here: the models run
+            where the images are). ``bf16`` reaches the decoding U-Net calls only: the inversion and the
+            label measure's calls stay float32 (under bf16 they moved two depths in three with the
+            ``"preview"`` measure, ``benchmarks/precision.py``), so depths and labels do not depend on
+            it; the DDIM arithmetic stays in the images' dtype and the measures in float32.
         diffusion: Training schedule of the pair (default: linear, 1000 steps).
-        measure: Label measure, one of :data:`progaug.labels.MEASURES` (default
-            :data:`progaug.labels.DEFAULT_MEASURE`): ``"paper"`` (eq. 7-9), ``"reference"`` (the
-            authors' code's band) or ``"preview"`` (``S`` more target-model calls per source image).
-        radius: High-pass cut-off of the ``"paper"`` measure (fraction of the side).
-        max_batch: Most images per U-Net call in the inversion, the previews and the decodes
-            (default: all).
-        fixed_batch: Pad every U-Net call to exactly ``max_batch`` rows, so that each image's result
+        fixed_batch: Pad every U-Net call to exactly ``config.max_batch`` rows, so that each image's result
             does not depend on which other images share its batch (bit-identical on CPU whatever the
             number of source images per call; used by ``progaug precompute``).
-        autocast_dtype: Run the decoding U-Net calls under ``torch.autocast`` with this dtype (e.g.
-            bfloat16, see :func:`progaug.runtime.autocast_dtype` for a ``bf16`` flag). The inversion and
-            the label measure's model calls stay float32 (under bf16 they moved two depths in three with
-            the ``"preview"`` measure, ``benchmarks/precision.py``), so depths and labels do not depend
-            on it; the DDIM arithmetic stays in the
-            images' dtype and the measures in float32.
         trajectory_device: Where to keep the ``S + 1`` inversion states (default: the images' device).
 
     Returns:
         A :class:`ProgressiveResult`.
 
     Raises:
-        TypeError, ValueError: Bad images, levels, steps, measure or batch size (the message names which).
+        TypeError, ValueError: Bad images, levels or config (the message names which).
     """
+    config = config or GenerationConfig()
+    if not isinstance(config, GenerationConfig):
+        raise TypeError(f"`config` must be a GenerationConfig, got {type(config).__name__}")
     diffusion = diffusion or DiffusionConfig()
-    steps = diffusion.sampling_steps if steps is None else steps
-    schedule = DDIMSchedule.from_config(diffusion, steps)
-    measure = check_measure("measure", measure)
     check_image_batch("images", images, size=_model_size(source_model))
+    if fixed_batch and config.max_batch is None:
+        raise ValueError("`fixed_batch` needs `config.max_batch`, the fixed number of rows per U-Net call")
+    config = config.resolved(source_model, images.device, diffusion)
+    schedule = DDIMSchedule.from_config(diffusion, config.steps)
+    measure, max_batch = config.measure, config.max_batch
     levels = check_levels("levels", default_levels() if levels is None else levels, max_count=schedule.num_steps)
-    max_batch = check_int("max_batch", max_batch, allow_none=True)
     clip = diffusion.clip_denoised
-    chunk = max_batch or images.shape[0]
     if fixed_batch:
-        if max_batch is None:
-            raise ValueError("`fixed_batch` needs `max_batch`, the fixed number of rows per U-Net call")
         source_model, target_model = fixed_batch_model(source_model, max_batch), fixed_batch_model(target_model, max_batch)
 
-    states, values = [], []
-    for x in images.split(chunk):  # float32 whatever the caller's autocast: depths and labels never move with it
-        with autocast(images.device, None):
-            traj = invert(source_model, x, schedule, clip=clip, return_trajectory=True)  # (S + 1, b, C, H, W)
-            if measure == "preview":  # measured on the images' device, batched
-                values.append(_preview_distances(target_model, traj, schedule, chunk))
-            elif measure == "decoded":
-                values.append(_sketch_distances(target_model, traj, schedule, chunk, clip))
-            else:
-                values.append(measure_states(measure, traj, radius=radius))
-        states.append(traj.to(trajectory_device) if trajectory_device is not None else traj)
-    trajectory = torch.cat(states, dim=1)
-    measured = torch.cat(values).contiguous()  # (B, S + 1)
+    trajectory, measured = _invert_and_measure(source_model, target_model, images, schedule, config, clip, trajectory_device)
     labels = labels_from_values(measure, measured)
     depths = adaptive_depths(labels, levels)  # (B, L)
     b, n_levels = depths.shape
     rows = torch.arange(b, device=depths.device)[:, None].expand(b, n_levels)
     latents = trajectory[depths.flatten().to(trajectory.device), rows.flatten().to(trajectory.device)]
     del trajectory
-    with autocast(images.device, autocast_dtype):
+    with autocast(images.device, autocast_dtype(config.bf16)):
         decoded = sample_from_depths(
             target_model, latents.to(images.device), depths.flatten(), schedule, clip=clip, max_batch=max_batch
         )
@@ -177,6 +216,91 @@ def generate_progressive(
         num_steps=schedule.num_steps,
         measure=measure,
     )
+
+
+def _invert_and_measure(source_model: EpsModel, target_model: EpsModel, images: torch.Tensor, schedule: DDIMSchedule,
+                        config: GenerationConfig, clip: bool, trajectory_device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 1-2 of :func:`generate_progressive`, in calls of at most ``config.max_batch`` images, in float32
+    whatever the caller's autocast (depths and labels never move with it).
+
+    Returns:
+        ``(S + 1, B, 3, H, W)`` inversion states (on ``trajectory_device``, default the images' device) and
+        ``(B, S + 1)`` float32 measured values of every state under ``config.measure``.
+    """
+    chunk, measure = config.max_batch, config.measure
+    states, values = [], []
+    for x in images.split(chunk):
+        with autocast(images.device, None):
+            traj = invert(source_model, x, schedule, clip=clip, return_trajectory=True)  # (S + 1, b, C, H, W)
+            if measure == "preview":  # measured on the images' device, batched
+                values.append(_preview_distances(target_model, traj, schedule, chunk))
+            elif measure == "decoded":
+                values.append(_sketch_distances(target_model, traj, schedule, chunk, clip))
+            else:
+                values.append(measure_states(measure, traj, radius=config.radius))
+        states.append(traj.to(trajectory_device) if trajectory_device is not None else traj)
+    return torch.cat(states, dim=1), torch.cat(values).contiguous()
+
+
+class ProgressiveGenerator:
+    """A pair and one :class:`GenerationConfig`: source-class images in, progressive images out.
+
+    The one generator object of the package: the transform, ``progaug precompute``, ``progaug
+    progressive`` and the benchmarks call it. The config's automatic settings are made concrete once per
+    device (:meth:`GenerationConfig.resolved`), the U-Nets prepared once per device.
+
+    Args:
+        pair: A loaded :class:`progaug.pair.Pair`.
+        config: The settings (default: :class:`GenerationConfig` defaults).
+        runtime: Channels-last / ``torch.compile`` of the U-Nets (default: the models as they are).
+        fixed_batch: Pad every U-Net call to ``max_batch`` rows so that each image's result does not
+            depend on the other images of its call (``progaug precompute``).
+
+    Raises:
+        TypeError: ``config`` or ``runtime`` of the wrong type.
+    """
+
+    def __init__(self, pair: Pair, config: GenerationConfig | None = None, *, runtime: RuntimeConfig | None = None,
+                 fixed_batch: bool = False) -> None:
+        config = config or GenerationConfig()
+        if not isinstance(config, GenerationConfig):
+            raise TypeError(f"`config` must be a GenerationConfig, got {type(config).__name__}")
+        if runtime is not None and not isinstance(runtime, RuntimeConfig):
+            raise TypeError(f"`runtime` must be a RuntimeConfig, got {type(runtime).__name__}")
+        self.pair, self.config, self.runtime, self.fixed_batch = pair, config, runtime, bool(fixed_batch)
+        self._resolved: dict[str, GenerationConfig] = {}
+        self._models: dict[str, tuple[EpsModel, EpsModel]] = {}
+
+    def device_for(self, images: torch.Tensor) -> torch.device:
+        """Where the U-Nets run for ``images``: the config's ``device``, else the images' own."""
+        return torch.device(self.config.device) if self.config.device else images.device
+
+    def resolved(self, device: torch.device | str) -> GenerationConfig:
+        """The config made concrete for ``device`` (computed once per device)."""
+        key = str(torch.device(device))
+        if key not in self._resolved:
+            self._resolved[key] = self.config.resolved(self.pair.to(device), device)
+        return self._resolved[key]
+
+    def models(self, device: torch.device | str) -> tuple[EpsModel, EpsModel]:
+        """The pair's ``(source, target)`` U-Nets on ``device``, prepared as ``runtime`` asks."""
+        key = str(torch.device(device))
+        if key not in self._models:
+            pair = self.pair.to(device)
+            self._models[key] = (prepare_model(pair.source, self.runtime), prepare_model(pair.target, self.runtime)) \
+                if self.runtime is not None else (pair.source, pair.target)
+        return self._models[key]
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, levels: torch.Tensor | list[float] | None = None, *,
+                 trajectory_device: torch.device | str | None = None) -> ProgressiveResult:
+        """Progressive images of ``(B, 3, H, W)`` source-class images in [-1, 1] at the pair's size
+        (:func:`generate_progressive`); the result is on the device the U-Nets ran on."""
+        device = self.device_for(images)
+        config = self.resolved(device)
+        source, target = self.models(device)
+        return generate_progressive(source, target, images.to(device), levels, config, diffusion=self.pair.diffusion,
+                                    fixed_batch=self.fixed_batch, trajectory_device=trajectory_device)
 
 
 @torch.no_grad()

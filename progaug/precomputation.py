@@ -9,8 +9,9 @@ trusting half-written files. Sample ``i`` depends only on the pair, the sources,
 seed — not on ``--batch-size`` nor on the number of ``torchrun`` processes (every U-Net call has
 exactly ``max_batch`` rows; bit-identical on CPU at the same number of threads per process).
 ``--batch-size`` may therefore change on ``--resume``; ``--max-batch`` may not (left out, the
-resumed run keeps the stored one). A folder written when the setting was called ``micro_batch``
-(``--micro-batch``) resumes as well, and one written before ``measure`` existed resumes as ``"paper"``.
+resumed run keeps the stored one). A folder written before ``measure`` existed resumes as ``"paper"``.
+The generation settings are a :class:`progaug.generator.GenerationConfig` (:attr:`PrecomputeConfig.generation`)
+run by one :class:`progaug.generator.ProgressiveGenerator`.
 """
 
 from __future__ import annotations
@@ -34,15 +35,14 @@ from progaug.fileio import LOCK_NAME, atomic_write_bytes, lock_folder, remove_te
 from progaug.config import JsonConfig, describe_differences
 from progaug.data.tiles import dihedral
 from progaug.errors import check_int
-from progaug.frequency import DEFAULT_RADIUS, check_radius, default_levels
-from progaug.generator import generate_progressive
-from progaug.labels import DEFAULT_MEASURE, LEGACY_MEASURE, MEASURE_HELP, Measure, check_measure
+from progaug.frequency import DEFAULT_RADIUS, default_levels
+from progaug.generator import GenerationConfig, ProgressiveGenerator
+from progaug.labels import DEFAULT_MEASURE, LEGACY_MEASURE, MEASURE_HELP, Measure
 from progaug.pair import Pair
-from progaug.runtime import RuntimeConfig, auto_max_batch, autocast_dtype, check_bf16, env_int, prepare_model, resolve_bf16
+from progaug.runtime import RuntimeConfig, auto_max_batch, autocast_dtype, env_int, resolve_bf16
 
 __all__ = ["CSV_FIELDS", "PrecomputeConfig", "precompute"]
 
-_LEGACY_NAMES = {"micro_batch": "max_batch"}  # earlier names of settings, as stored in run.json and manifest.json
 MAX_SAMPLES = 10_000_000
 """The most samples one folder holds (one PNG each in ``images/``)."""
 
@@ -102,13 +102,17 @@ class PrecomputeConfig(JsonConfig):
     def __post_init__(self) -> None:
         check_int("n", self.n, high=MAX_SAMPLES)
         check_int("levels", self.levels)
-        for name in ("steps", "batch_size", "max_batch"):
-            check_int(name, getattr(self, name), allow_none=True)
-        check_measure("measure", self.measure)
-        check_radius("radius", self.radius)
-        check_bf16(self.bf16)
+        check_int("batch_size", self.batch_size, allow_none=True)
+        self.generation  # the generation settings are checked by GenerationConfig, once, as everywhere
         if self.steps is not None and self.levels > self.steps:
             raise ValueError(f"`levels` {self.levels} exceeds `steps` {self.steps}: each level needs its own depth")
+
+    @property
+    def generation(self) -> GenerationConfig:
+        """The generation settings of this set (``steps``, ``measure``, ``radius``, ``max_batch``, ``bf16``),
+        the same object the transform and ``progaug progressive`` take; they stay flat fields here because
+        they are the ``progaug precompute`` flags and the keys of ``run.json``."""
+        return GenerationConfig(steps=self.steps, measure=self.measure, radius=self.radius, max_batch=self.max_batch, bf16=self.bf16)
 
     @property
     def groups(self) -> int:
@@ -235,7 +239,7 @@ def _generate(ctx: _Context, todo: list[int], rank: int, world: int, device, pro
     from tqdm import tqdm
 
     config, out, pair = ctx.config, ctx.out, ctx.pair
-    models = (prepare_model(pair.source, runtime), prepare_model(pair.target, runtime))
+    generator = ProgressiveGenerator(pair, config.generation, runtime=runtime or RuntimeConfig(), fixed_batch=True)
     levels = default_levels(config.levels)
     bar = tqdm(total=_samples_in(todo, config), unit="img", disable=not progress or rank != 0, desc="precompute",
                dynamic_ncols=True)
@@ -243,7 +247,7 @@ def _generate(ctx: _Context, todo: list[int], rank: int, world: int, device, pro
     try:
         for start in range(0, len(todo), config.batch_size):
             groups = todo[start : start + config.batch_size]
-            _run_groups(ctx, models, groups, levels, device)
+            _run_groups(ctx, generator, groups, levels, device)
             bar.update(sum(len(_sample_ids(g, config)) for g in groups))
     finally:
         bar.close()  # ends the bar's line, also when a group fails
@@ -255,7 +259,7 @@ def _generate(ctx: _Context, todo: list[int], rank: int, world: int, device, pro
                      "samples_this_run_rank0": _samples_in(todo, config), "seconds_this_run_rank0": round(seconds, 2)}
         previous = finished_manifest(out)
         if not redo and previous is not None:  # a resume of a finished, intact set: keep the run that made it
-            execution = _renamed(previous.get("execution", execution))
+            execution = previous.get("execution", execution)
         _finish(ctx, settings, arguments, execution)
 
 
@@ -282,16 +286,9 @@ def _not_resumable(run_file: Path, exc: Exception) -> str:
     return f"{run_file} is not valid JSON ({exc}): this folder cannot be resumed; choose another --out"
 
 
-def _renamed(settings: Any) -> Any:
-    """``settings`` with the earlier names of settings (``micro_batch``) replaced by today's."""
-    if not isinstance(settings, dict):
-        return settings
-    return {_LEGACY_NAMES.get(k, k): v for k, v in settings.items()}
-
-
 def _read_run_file(run_file: Path) -> Any:
-    """The stored settings of ``run.json``, earlier names of settings read as today's, and a run made
-    before ``measure`` existed read as :data:`progaug.labels.LEGACY_MEASURE` (what it used). A corrupt
+    """The stored settings of ``run.json``, a run made before ``measure`` existed read as
+    :data:`progaug.labels.LEGACY_MEASURE` (what it used). A corrupt
     ``run.json`` beside a ``manifest.json`` is read from the manifest's copy of the settings.
 
     Raises:
@@ -301,10 +298,8 @@ def _read_run_file(run_file: Path) -> Any:
         stored = json.loads(run_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         stored = _settings_of_manifest(run_file, exc)
-    if isinstance(stored, dict) and "config" in stored:
-        stored["config"] = _renamed(stored["config"])
-        if isinstance(stored["config"], dict):
-            stored["config"].setdefault("measure", LEGACY_MEASURE)
+    if isinstance(stored, dict) and isinstance(stored.get("config"), dict):
+        stored["config"].setdefault("measure", LEGACY_MEASURE)
     return stored
 
 
@@ -365,16 +360,13 @@ def _samples_in(groups: list[int], config: PrecomputeConfig) -> int:
     return sum(len(_sample_ids(g, config)) for g in groups)
 
 
-def _run_groups(ctx: _Context, models, groups: list[int], levels, device) -> None:
+def _run_groups(ctx: _Context, generator: ProgressiveGenerator, groups: list[int], levels, device) -> None:
     """Generate source groups ``groups`` and write their images, then each group's record."""
     from progaug.data.tiles import to_model_range
 
     pair, sources, names, plan, config, out = ctx.pair, ctx.sources, ctx.names, ctx.plan, ctx.config, ctx.out
     x = torch.stack([dihedral(to_model_range(sources[plan[g][0]]), plan[g][1]) for g in groups]).to(device)
-    result = generate_progressive(
-        *models, x, levels=levels, steps=config.steps, diffusion=pair.diffusion, measure=config.measure,
-        radius=config.radius, max_batch=config.max_batch, fixed_batch=True, autocast_dtype=autocast_dtype(config.bf16),
-    )
+    result = generator(x, levels)
     _check_finite_result(result, groups)
     for row, g in enumerate(groups):
         records, digests = [], {}

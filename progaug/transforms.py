@@ -7,7 +7,7 @@ Batch form (like timm's ``Mixup`` and torchvision's ``MixUp``): ``(B, C, H, W), 
 (B, C, H, W), (B, K)``, one generator call for all chosen images of the batch.
 
 Image scale follows the dtype, as in torchvision v2: ``uint8`` means 0..255, a floating dtype means
-[0, 1] (or normalised with ``mean``/``std``); the output has the input's dtype and layout.
+[0, 1] (or normalised with ``normalize=(mean, std)``); the output has the input's dtype and layout.
 
 Where it runs best: the batch form on the GPU inside the training loop (in place of timm's
 ``mixup_fn``). Inside CPU DataLoader workers each sample costs a full inversion and decode on one
@@ -19,21 +19,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from progaug.errors import check_device, check_int, check_number
-from progaug.frequency import DEFAULT_RADIUS, check_radius
-from progaug.generator import generate_progressive
-from progaug.labels import DEFAULT_MEASURE, LEGACY_MEASURE, check_measure
+from progaug.errors import check_int, check_number
+from progaug.generator import GenerationConfig, ProgressiveGenerator
 from progaug.losses import label_rows, soft_label_to_row
-from progaug.runtime import auto_max_batch, autocast_dtype, check_bf16, resolve_bf16
-
-if TYPE_CHECKING:
-    from progaug.pair import Pair
 
 __all__ = ["ProgressiveDiffusionAugment"]
 
@@ -43,8 +37,9 @@ def _mean_std(mean: Sequence[float], std: Sequence[float], device: torch.device)
     return torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1)
 
 
-def _to_model_range(x: torch.Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> torch.Tensor:
-    """A ``(B, 3, H, W)`` batch -> [-1, 1] float32, the scale read from the dtype (as torchvision v2 does).
+def _batch_to_model_range(x: torch.Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> torch.Tensor:
+    """A user's ``(B, 3, H, W)`` batch of any dtype -> [-1, 1] float32, the scale read from the dtype (as
+    torchvision v2 does); :func:`progaug.data.tiles.to_model_range` is the plain uint8 tile conversion.
 
     ``uint8``: 0..255 (never normalised, ``mean``/``std`` do not apply). Floating: [0, 1], or
     normalised with ``mean``/``std`` when given.
@@ -70,10 +65,10 @@ def _to_model_range(x: torch.Tensor, mean: Sequence[float] | None = None, std: S
     return x.clamp(0, 1) * 2 - 1
 
 
-def _from_model_range(x: torch.Tensor, dtype: torch.dtype, mean: Sequence[float] | None = None,
-                     std: Sequence[float] | None = None) -> torch.Tensor:
+def _batch_from_model_range(x: torch.Tensor, dtype: torch.dtype, mean: Sequence[float] | None = None,
+                            std: Sequence[float] | None = None) -> torch.Tensor:
     """[-1, 1] -> ``dtype``'s scale: ``uint8`` 0..255 (rounded), floating [0, 1] (normalised with
-    ``mean``/``std`` when given); the inverse of :func:`_to_model_range`."""
+    ``mean``/``std`` when given); the inverse of :func:`_batch_to_model_range`."""
     x = (x.float() + 1) / 2
     if dtype == torch.uint8:
         return (x.clamp(0, 1) * 255).round().to(torch.uint8)
@@ -96,22 +91,14 @@ class ProgressiveDiffusionAugment(v2.Transform):
         level_range: ``(low, high)`` in (0, 1]: each transformed image asks for a level drawn uniformly
             from it (the depth is then chosen adaptively and the label *reached* is returned).
         levels: Fixed levels to draw from instead of ``level_range``.
-        steps: DDIM steps (default: the pair's ``diffusion.sampling_steps``).
         num_classes: ``K``, the width of the label rows.
-        source_class: Index of class A (the pair's source class) in the classifier's classes.
-        target_class: Index of class B.
-        mean: Per-channel mean of floating batches that arrive normalised (undone before and redone
-            after); uint8 images are 0..255 and never normalised, so it does not apply to them.
-        std: Per-channel std, with ``mean``.
-        device: Where the U-Nets run (default: the batch's device); checked here: it must parse and
-            exist on this machine.
-        max_batch: Most rows per U-Net call (default: automatic, see
-            :func:`progaug.runtime.auto_max_batch`: 32 on CPUs, memory-sized on CUDA, once per device).
-        bf16: Run the U-Nets under bf16 autocast; None (default): where the device computes bf16
-            natively (:func:`progaug.runtime.native_bf16`: CUDA with bf16, CPUs with AVX512-BF16 or AMX).
-        measure: Label measure (:data:`progaug.labels.MEASURES`): ``"paper"`` (eq. 7-9), ``"reference"``
-            (the authors' code's band) or ``"preview"`` (``steps`` more U-Net calls per image).
-        radius: High-pass cut-off of the ``"paper"`` measure.
+        direction: ``(source, target)``: the indices of class A (the pair's source class) and class B in
+            the classifier's classes.
+        normalize: ``(mean, std)``, 3 values each, of floating batches that arrive normalised (undone
+            before and redone after); uint8 images are 0..255 and never normalised.
+        generation: Steps (default: the pair's ``diffusion.sampling_steps``), label measure, radius, rows
+            per U-Net call (default automatic), bf16 (default: where the device computes it natively) and
+            the device the U-Nets run on (default: the batch's), as a :class:`progaug.generator.GenerationConfig`.
 
     Raises:
         TypeError, ValueError: A bad argument (the message names it).
@@ -124,17 +111,10 @@ class ProgressiveDiffusionAugment(v2.Transform):
         p: float = 0.5,
         level_range: tuple[float, float] = (0.1, 1.0),
         levels: Sequence[float] | None = None,
-        steps: int | None = None,
         num_classes: int = 2,
-        source_class: int = 0,
-        target_class: int = 1,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        device: str | torch.device | None = None,
-        max_batch: int | None = None,
-        bf16: bool | None = None,
-        measure: str = DEFAULT_MEASURE,
-        radius: float = DEFAULT_RADIUS,
+        direction: tuple[int, int] = (0, 1),
+        normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+        generation: GenerationConfig | None = None,
     ) -> None:
         super().__init__()
         from progaug.pair import Pair
@@ -143,54 +123,31 @@ class ProgressiveDiffusionAugment(v2.Transform):
             raise TypeError(f"`pair` must be a name, folder, URL or Pair, got {type(pair).__name__}")
         if not 0.0 <= check_number("p", p) <= 1.0:
             raise ValueError(f"`p` must be a probability in [0, 1], got {p!r}")
-        if not isinstance(level_range, (tuple, list)) or len(level_range) != 2:
-            raise ValueError(f"`level_range` must be a pair (low, high), got {level_range!r}")
-        low, high = (check_number("level_range", v) for v in level_range)
-        if not 0.0 < low <= high <= 1.0:
-            raise ValueError(f"`level_range` must satisfy 0 < low <= high <= 1, got {level_range!r}")
-        if levels is not None:
-            levels = [float(v) for v in levels]
-            if not levels or not all(0.0 < v <= 1.0 for v in levels):
-                raise ValueError(f"`levels` must be non-empty values in (0, 1], got {levels!r}")
-        check_int("steps", steps, allow_none=True)
+        self.level_range, self.levels = _check_level_choice(level_range, levels)
         check_int("num_classes", num_classes)
-        check_int("max_batch", max_batch, allow_none=True)
-        check_measure("measure", measure)
-        check_radius("radius", radius)
-        check_bf16(bf16)
-        parsed_device = check_device("device", device)
-        for name, idx in (("source_class", source_class), ("target_class", target_class)):
-            if check_int(name, idx, low=0) >= num_classes:
-                raise ValueError(f"`{name}` must be an int in [0, {num_classes}), got {idx!r}")
-        if source_class == target_class:
-            raise ValueError(f"`source_class` and `target_class` must differ, both are {source_class}")
-        if (mean is None) != (std is None) or (mean is not None and (len(mean) != 3 or len(std) != 3)):
-            raise ValueError(f"`mean` and `std` must be given together, 3 values each, got {mean!r} and {std!r}")
-        if mean is not None and not all(math.isfinite(float(v)) for v in (*mean, *std)):
-            raise ValueError(f"`mean` and `std` must be finite numbers, got {mean!r} and {std!r}")
-        if std is not None and any(s <= 0 for s in std):
-            raise ValueError(f"`std` must be positive, got {std!r}")
+        self.source_class, self.target_class = _check_direction(direction, num_classes)
+        self.mean, self.std = _check_normalize(normalize)
+        generation = generation or GenerationConfig()
+        if not isinstance(generation, GenerationConfig):
+            raise TypeError(f"`generation` must be a progaug.generator.GenerationConfig, got {type(generation).__name__}")
         self._pair_spec = pair if not isinstance(pair, Pair) else None
         self._pair = pair if isinstance(pair, Pair) else None
-        self.p, self.level_range, self.levels, self.steps = float(p), (float(low), float(high)), levels, steps
-        self.num_classes, self.source_class, self.target_class = num_classes, source_class, target_class
-        self.mean = None if mean is None else tuple(float(m) for m in mean)
-        self.std = None if std is None else tuple(float(s) for s in std)
-        self.device = None if parsed_device is None else str(parsed_device)
-        self.max_batch, self.bf16, self.measure, self.radius = max_batch, bf16, measure, radius
+        self.p, self.num_classes, self.generation = float(p), num_classes, generation
         self.mixup_enabled = True
+
+    @property
+    def measure(self) -> str:
+        """The label measure of the generated images (``generation.measure``)."""
+        return self.generation.measure
 
     # pickling: never the models -----------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
+        state.pop("_generator", None)
         if state.get("_pair_spec") is not None:
             state["_pair"] = None
         return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        state.setdefault("measure", LEGACY_MEASURE)  # pickled before the setting existed
-        super().__setstate__(state)
 
     @property
     def pair(self):
@@ -200,6 +157,15 @@ class ProgressiveDiffusionAugment(v2.Transform):
 
             self._pair = load_pair(self._pair_spec)
         return self._pair
+
+    @property
+    def generator(self) -> ProgressiveGenerator:
+        """The pair with ``generation``, made on first use in this process (and again if ``generation``
+        was replaced)."""
+        made = self.__dict__.get("_generator")
+        if made is None or made.config is not self.generation:
+            made = self.__dict__["_generator"] = ProgressiveGenerator(self.pair, self.generation)
+        return made
 
     # the two call forms ---------------------------------------------------------------------------
 
@@ -294,31 +260,71 @@ class ProgressiveDiffusionAugment(v2.Transform):
         """
         x, rows = inpt
         chosen = params["chosen"].to(x.device)
-        images = _to_model_range(x[chosen], self.mean, self.std)
-        device = torch.device(self.device) if self.device else x.device
-        pair = self.pair.to(device)
-        if images.shape[-1] != pair.image_size or images.shape[-2] != pair.image_size:
-            raise ValueError(f"images are {tuple(images.shape[-2:])} but the pair was trained on {pair.image_size}x{pair.image_size} tiles")
-        result = generate_progressive(
-            pair.source, pair.target, images.to(device), levels=params["levels"][:, None],
-            steps=self.steps, diffusion=pair.diffusion, measure=self.measure, radius=self.radius,
-            max_batch=self._rows_per_call(pair, device), autocast_dtype=autocast_dtype(resolve_bf16(self.bf16, device)),
-        )
+        images = _batch_to_model_range(x[chosen], self.mean, self.std)
+        size = self.pair.image_size
+        if images.shape[-1] != size or images.shape[-2] != size:
+            raise ValueError(f"images are {tuple(images.shape[-2:])} but the pair was trained on {size}x{size} tiles")
+        result = self.generator(images, params["levels"][:, None])
         out, new_rows = x.clone(), rows.clone()
-        out[chosen] = _from_model_range(result.images[:, 0].to(x.device), x.dtype, self.mean, self.std)
+        out[chosen] = _batch_from_model_range(result.images[:, 0].to(x.device), x.dtype, self.mean, self.std)
         soft = result.soft_labels[:, 0].cpu()
         new_rows[chosen] = soft_label_to_row(soft, self.source_class, self.target_class, self.num_classes).to(x.device)
         return out, new_rows
 
-    def _rows_per_call(self, pair: Pair, device: torch.device) -> int:
-        if self.max_batch is not None:
-            return self.max_batch
-        sizes = self.__dict__.setdefault("_auto_batch", {})
-        if str(device) not in sizes:
-            sizes[str(device)] = auto_max_batch(pair.source, pair.image_size, device, autocast_dtype=autocast_dtype(resolve_bf16(self.bf16, device)))
-        return sizes[str(device)]
-
     def extra_repr(self) -> str:
         return (f"pair={self._pair_spec or 'Pair'!r}, p={self.p}, level_range={self.level_range}, levels={self.levels}, "
-                f"steps={self.steps}, measure={self.measure!r}, "
+                f"generation={self.generation}, "
                 f"classes=({self.source_class} -> {self.target_class} of {self.num_classes})")
+
+
+def _check_level_choice(level_range: Any, levels: Any) -> tuple[tuple[float, float], list[float] | None]:
+    """``level_range`` as ``(low, high)`` with ``0 < low <= high <= 1`` and ``levels`` as a list of values in
+    (0, 1] (or None).
+
+    Raises:
+        TypeError, ValueError: Naming the argument.
+    """
+    if not isinstance(level_range, (tuple, list)) or len(level_range) != 2:
+        raise ValueError(f"`level_range` must be a pair (low, high), got {level_range!r}")
+    low, high = (check_number("level_range", v) for v in level_range)
+    if not 0.0 < low <= high <= 1.0:
+        raise ValueError(f"`level_range` must satisfy 0 < low <= high <= 1, got {level_range!r}")
+    if levels is not None:
+        levels = [float(v) for v in levels]
+        if not levels or not all(0.0 < v <= 1.0 for v in levels):
+            raise ValueError(f"`levels` must be non-empty values in (0, 1], got {levels!r}")
+    return (float(low), float(high)), levels
+
+
+def _check_direction(direction: Any, num_classes: int) -> tuple[int, int]:
+    """``(source, target)`` class indices, distinct, each in ``[0, num_classes)``.
+
+    Raises:
+        TypeError, ValueError: Naming ``direction``.
+    """
+    if not isinstance(direction, (tuple, list)) or len(direction) != 2:
+        raise ValueError(f"`direction` must be a pair (source class index, target class index), got {direction!r}")
+    for idx in direction:
+        if check_int("direction", idx, low=0) >= num_classes:
+            raise ValueError(f"`direction` entries must be ints in [0, {num_classes}), got {direction!r}")
+    if direction[0] == direction[1]:
+        raise ValueError(f"`direction` must name two different classes, got {direction!r}")
+    return int(direction[0]), int(direction[1])
+
+
+def _check_normalize(normalize: Any) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """``(mean, std)`` of 3 finite values each, std positive, or None.
+
+    Raises:
+        ValueError: Naming ``normalize``.
+    """
+    if normalize is None:
+        return None, None
+    if not isinstance(normalize, (tuple, list)) or len(normalize) != 2 or any(len(v) != 3 for v in normalize):
+        raise ValueError(f"`normalize` must be (mean, std), 3 values each, got {normalize!r}")
+    mean, std = (tuple(float(v) for v in part) for part in normalize)
+    if not all(math.isfinite(v) for v in (*mean, *std)):
+        raise ValueError(f"`normalize` must hold finite numbers, got {normalize!r}")
+    if any(v <= 0 for v in std):
+        raise ValueError(f"`normalize` std must be positive, got {std!r}")
+    return mean, std

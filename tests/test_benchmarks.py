@@ -226,14 +226,18 @@ def test_stale_results_finds_figures_of_another_pair(bench, tiny_pair, tmp_path,
     assert stale.main(["--pair", str(tiny_pair), "--results", str(tmp_path / "res")]) == 0
     (tmp_path / "res" / "b.json").write_text(json.dumps({"pair_sha256": {**shipped, "target": "0" * 64}}))
     (tmp_path / "res" / "c.json").write_text(json.dumps({"figures": 1}))
+    (tmp_path / "res" / "d.json").write_text(json.dumps({"uses_pair": False}))
     assert stale.main(["--pair", str(tiny_pair), "--results", str(tmp_path / "res")]) == 1
-    lines = capsys.readouterr().out.splitlines()[-3:]
-    assert [line.split()[0] for line in lines] == ["current", "STALE", "UNKNOWN"]
+    lines = capsys.readouterr().out.splitlines()[-4:]
+    assert [line.split()[0] for line in lines] == ["current", "STALE", "UNKNOWN", "current"]
 
 
 def test_every_committed_result_names_its_pair():
     for path in sorted((BENCH / "results").glob("*.json")):
-        recorded = json.loads(path.read_text()).get("pair_sha256")
+        result = json.loads(path.read_text())
+        if result.get("uses_pair") is False:  # e.g. the probe backbone's checks: no pair involved
+            continue
+        recorded = result.get("pair_sha256")
         assert isinstance(recorded, dict) and set(recorded) >= {"source", "target"}, path.name
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from progaug.diffusion import DDIMSchedule, bridge
-from progaug.generator import generate_progressive
+from progaug.generator import GenerationConfig, generate_progressive
 
 from conftest import tiny_unet
 
@@ -21,7 +21,7 @@ def images():
 
 class TestGenerateProgressive:
     def test_shapes_labels_depths(self, pair, images):
-        r = generate_progressive(*pair, images, steps=12, levels=[0.25, 0.5, 0.75, 1.0])
+        r = generate_progressive(*pair, images, [0.25, 0.5, 0.75, 1.0], GenerationConfig(steps=12, bf16=False))
         assert r.images.shape == (3, 4, 3, 32, 32) and r.images.dtype == torch.float32
         assert float(r.images.abs().max()) <= 1.0
         assert r.depths.shape == r.soft_labels.shape == (3, 4)
@@ -32,7 +32,7 @@ class TestGenerateProgressive:
         assert bool((r.trajectory_labels[:, 0] == 0).all()) and bool((r.trajectory_labels[:, -1] == 1).all())
 
     def test_each_branch_equals_the_bridge_at_its_depth(self, pair, images):
-        r = generate_progressive(*pair, images, steps=10, levels=[0.3, 1.0])
+        r = generate_progressive(*pair, images, [0.3, 1.0], GenerationConfig(steps=10, bf16=False))
         sched = DDIMSchedule.from_config(steps=10)
         for b in range(images.shape[0]):
             for j in range(2):
@@ -52,31 +52,30 @@ class TestGenerateProgressive:
             f.config = model.config
             return f
 
-        r = generate_progressive(counting(pair[0], "source"), counting(pair[1], "target"), images, steps=10, levels=[0.5, 1.0],
-                                 measure="paper")
+        r = generate_progressive(counting(pair[0], "source"), counting(pair[1], "target"), images, [0.5, 1.0], GenerationConfig(steps=10, measure="paper", bf16=False))
         assert calls["source"] == 3 * 10
         assert calls["target"] == int(r.depths.sum())
         assert r.model_evaluations == calls["source"] + calls["target"]
         # the "preview" measure (the default): still one inversion per image, plus S target previews per image
         calls.update(source=0, target=0)
-        r = generate_progressive(counting(pair[0], "source"), counting(pair[1], "target"), images, steps=10, levels=[0.5, 1.0])
+        r = generate_progressive(counting(pair[0], "source"), counting(pair[1], "target"), images, [0.5, 1.0], GenerationConfig(steps=10, bf16=False))
         assert r.measure == "preview" and calls["source"] == 3 * 10
         assert calls["target"] == 3 * 10 + int(r.depths.sum()) and r.model_evaluations == calls["source"] + calls["target"]
 
     def test_same_seed_identical_on_cpu(self, images):
-        a = generate_progressive(tiny_unet("global", 2), tiny_unet("local", 3), images, steps=6, levels=[0.5, 1.0])
-        b = generate_progressive(tiny_unet("global", 2), tiny_unet("local", 3), images, steps=6, levels=[0.5, 1.0])
+        a = generate_progressive(tiny_unet("global", 2), tiny_unet("local", 3), images, [0.5, 1.0], GenerationConfig(steps=6, bf16=False))
+        b = generate_progressive(tiny_unet("global", 2), tiny_unet("local", 3), images, [0.5, 1.0], GenerationConfig(steps=6, bf16=False))
         assert torch.equal(a.images, b.images) and torch.equal(a.depths, b.depths)
 
     def test_batch_size_does_not_change_results(self, pair, images):
-        full = generate_progressive(*pair, images, steps=8, levels=[0.5, 1.0])
-        small = generate_progressive(*pair, images, steps=8, levels=[0.5, 1.0], max_batch=1)
+        full = generate_progressive(*pair, images, [0.5, 1.0], GenerationConfig(steps=8, bf16=False))
+        small = generate_progressive(*pair, images, [0.5, 1.0], GenerationConfig(steps=8, max_batch=1, bf16=False))
         torch.testing.assert_close(full.images, small.images, atol=1e-3, rtol=0)
         assert torch.equal(full.depths, small.depths)
 
     def test_bf16_autocast_close_to_float32(self, pair, images):
-        ref = generate_progressive(*pair, images, steps=8, levels=[1.0])
-        fast = generate_progressive(*pair, images, steps=8, levels=[1.0], autocast_dtype=torch.bfloat16)
+        ref = generate_progressive(*pair, images, [1.0], GenerationConfig(steps=8, bf16=False))
+        fast = generate_progressive(*pair, images, [1.0], GenerationConfig(steps=8, bf16=True))
         assert 0 < float((ref.images - fast.images).abs().mean()) < 0.05  # bf16 did run, and stayed close
 
     @pytest.mark.parametrize(
@@ -92,24 +91,24 @@ class TestGenerateProgressive:
     )
     def test_bad_images(self, pair, x, exc, match):
         with pytest.raises(exc, match=match):
-            generate_progressive(*pair, x, steps=4, levels=[1.0])
+            generate_progressive(*pair, x, [1.0], GenerationConfig(steps=4, bf16=False))
 
     def test_bad_levels_and_batch(self, pair, images):
         with pytest.raises(ValueError, match=r"`levels` must lie in \(0, 1\], got \[0.0, 0.5\]"):
-            generate_progressive(*pair, images, steps=4, levels=[0.0, 0.5])
+            generate_progressive(*pair, images, [0.0, 0.5], GenerationConfig(steps=4, bf16=False))
         with pytest.raises(ValueError, match="at most 4 fit"):
-            generate_progressive(*pair, images, steps=4)
+            generate_progressive(*pair, images, None, GenerationConfig(steps=4, bf16=False))
         with pytest.raises(ValueError, match="`max_batch` must be >= 1, got 0"):
-            generate_progressive(*pair, images, steps=4, levels=[1.0], max_batch=0)
+            generate_progressive(*pair, images, [1.0], GenerationConfig(steps=4, max_batch=0, bf16=False))
 
 
 class TestFixedBatch:
     def test_results_do_not_depend_on_grouping(self, pair, images):
-        together = generate_progressive(*pair, images, steps=6, levels=[0.5, 1.0], max_batch=4, fixed_batch=True)
+        together = generate_progressive(*pair, images, [0.5, 1.0], GenerationConfig(steps=6, max_batch=4, bf16=False), fixed_batch=True)
         for b in range(images.shape[0]):
-            alone = generate_progressive(*pair, images[b : b + 1], steps=6, levels=[0.5, 1.0], max_batch=4, fixed_batch=True)
+            alone = generate_progressive(*pair, images[b : b + 1], [0.5, 1.0], GenerationConfig(steps=6, max_batch=4, bf16=False), fixed_batch=True)
             assert torch.equal(alone.images[0], together.images[b])
 
     def test_needs_max_batch(self, pair, images):
-        with pytest.raises(ValueError, match="`fixed_batch` needs `max_batch`"):
-            generate_progressive(*pair, images, steps=4, levels=[1.0], fixed_batch=True)
+        with pytest.raises(ValueError, match="`fixed_batch` needs `config.max_batch`"):
+            generate_progressive(*pair, images, [1.0], GenerationConfig(steps=4, bf16=False), fixed_batch=True)

@@ -136,18 +136,18 @@ def test_end_to_end_on_class_folders(fidelity, weights, tmp_path):
 def test_every_measure_offered_is_passed_to_the_generator(fidelity, weights, tmp_path, monkeypatch):
     """Every name in ``progaug.labels.MEASURES`` (looked up when the benchmark runs) is passed to the
     generator once; the figures are kept per measure."""
-    import inspect
     import types
 
-    real = fidelity.generate_progressive
-    takes_measure = "measure" in inspect.signature(real).parameters
+    from progaug.generator import GenerationConfig, ProgressiveGenerator
+
     seen = []
 
-    def fake(source_model, target_model, images, *, measure="paper", **kwargs):
-        seen.append(measure)
-        return real(source_model, target_model, images, **kwargs, **({"measure": "paper"} if takes_measure else {}))
+    def fake(pair, config):  # records the measure asked for, generates with the paper measure
+        seen.append(config.measure)
+        return ProgressiveGenerator(pair, GenerationConfig(**{**vars(config), "measure": "paper"}))
 
-    monkeypatch.setattr(fidelity, "generate_progressive", fake)
+    monkeypatch.setattr(fidelity, "GenerationConfig", types.SimpleNamespace)  # "other" is not a real measure
+    monkeypatch.setattr(fidelity, "ProgressiveGenerator", fake)
     monkeypatch.setitem(sys.modules, "progaug.labels", types.SimpleNamespace(MEASURES=("paper", "other")))
     assert fidelity.available_measures() == ("paper", "other")
     out = tmp_path / "lf"

@@ -12,7 +12,7 @@ from torchvision.transforms.v2 import functional as TF
 from progaug.cache import ProgressiveCache, _rows_digest
 from progaug.diffusion import DDIMSchedule, invert
 from progaug.frequency import adaptive_depths, highpass_amplitude, soft_labels
-from progaug.generator import generate_progressive
+from progaug.generator import GenerationConfig, generate_progressive
 from progaug.hub import load_pair
 from progaug.labels import (
     DEFAULT_MEASURE,
@@ -72,9 +72,9 @@ class TestCheckMeasure:
         from progaug.transforms import ProgressiveDiffusionAugment
 
         with pytest.raises(ValueError, match=UNKNOWN):
-            generate_progressive(*pair, images, steps=4, levels=[1.0], measure="noise")
+            generate_progressive(*pair, images, [1.0], GenerationConfig(steps=4, measure="noise", bf16=False))
         with pytest.raises(ValueError, match=UNKNOWN):
-            ProgressiveDiffusionAugment(str(pair_dir), measure="noise")
+            GenerationConfig(measure="noise")
         with pytest.raises(ValueError, match=UNKNOWN):
             PrecomputeConfig(measure="noise")
         with pytest.raises(ValueError, match=UNKNOWN):
@@ -83,12 +83,12 @@ class TestCheckMeasure:
 
 class TestPaper:
     def test_labels_bit_for_bit_as_eq_7_to_9(self, pair, images):
-        r = generate_progressive(*pair, images, steps=10, levels=[0.3, 0.6, 1.0], measure="paper")
+        r = generate_progressive(*pair, images, [0.3, 0.6, 1.0], GenerationConfig(steps=10, measure="paper", bf16=False))
         traj = invert(pair[0], images, DDIMSchedule.from_config(steps=10), return_trajectory=True)
         amplitudes = highpass_amplitude(traj).T
         assert torch.equal(r.amplitudes, amplitudes)
         assert torch.equal(r.trajectory_labels, soft_labels(amplitudes))
-        default = generate_progressive(*pair, images, steps=10, levels=[0.3, 0.6, 1.0])
+        default = generate_progressive(*pair, images, [0.3, 0.6, 1.0], GenerationConfig(steps=10, bf16=False))
         assert default.measure == DEFAULT_MEASURE != "paper" and not torch.equal(default.soft_labels, r.soft_labels)
 
     def test_white_noise_amplitude(self):
@@ -122,7 +122,7 @@ class TestReference:
         assert float(band_amplitude(self.cosine(8, 8, 3))) == pytest.approx(math.sqrt(64) / 2 / 3, rel=1e-5)
 
     def test_labels_are_eq_9_of_the_band(self, pair, images):
-        r = generate_progressive(*pair, images, steps=8, levels=[0.5, 1.0], measure="reference")
+        r = generate_progressive(*pair, images, [0.5, 1.0], GenerationConfig(steps=8, measure="reference", bf16=False))
         traj = invert(pair[0], images, DDIMSchedule.from_config(steps=8), return_trajectory=True)
         torch.testing.assert_close(r.amplitudes, band_amplitude(traj).T, rtol=0, atol=0)
         assert torch.equal(r.trajectory_labels, soft_labels(r.amplitudes))
@@ -160,7 +160,7 @@ class TestPreviewMaths:
 class TestPreviewGenerator:
     def test_distances_from_the_target_models_preview(self, pair, images):
         steps = 6
-        r = generate_progressive(*pair, images, steps=steps, levels=[0.5, 1.0], measure="preview")
+        r = generate_progressive(*pair, images, [0.5, 1.0], GenerationConfig(steps=steps, measure="preview", bf16=False))
         sched = DDIMSchedule.from_config(steps=steps)
         traj = invert(pair[0], images, sched, return_trajectory=True)
         blurred_source = TF.gaussian_blur(images, kernel_size=[5, 5], sigma=[1.0, 1.0])
@@ -174,7 +174,7 @@ class TestPreviewGenerator:
         torch.testing.assert_close(r.amplitudes, expected, atol=1e-5, rtol=1e-4)
 
     def test_labels_monotone_with_endpoints(self, pair, images):
-        r = generate_progressive(*pair, images, steps=10, levels=[0.25, 0.5, 0.75, 1.0], measure="preview")
+        r = generate_progressive(*pair, images, [0.25, 0.5, 0.75, 1.0], GenerationConfig(steps=10, measure="preview", bf16=False))
         labels = r.trajectory_labels
         assert bool((labels[:, 0] == 0).all()) and bool((labels[:, -1] == 1).all())
         assert bool((labels.diff(dim=1) >= 0).all())
@@ -183,19 +183,16 @@ class TestPreviewGenerator:
 
     def test_batched_with_max_batch_and_fixed_batch(self, pair, images):
         calls = {"source": [], "target": []}
-        r = generate_progressive(counting(pair[0], calls, "source"), counting(pair[1], calls, "target"), images,
-                                 steps=6, levels=[0.5, 1.0], measure="preview", max_batch=4, fixed_batch=True)
+        r = generate_progressive(counting(pair[0], calls, "source"), counting(pair[1], calls, "target"), images, [0.5, 1.0], GenerationConfig(steps=6, measure="preview", max_batch=4, bf16=False), fixed_batch=True)
         assert set(calls["source"]) == set(calls["target"]) == {4}  # every call padded to max_batch rows
-        alone = generate_progressive(*pair, images[1:2], steps=6, levels=[0.5, 1.0], measure="preview", max_batch=4,
-                                     fixed_batch=True)
+        alone = generate_progressive(*pair, images[1:2], [0.5, 1.0], GenerationConfig(steps=6, measure="preview", max_batch=4, bf16=False), fixed_batch=True)
         assert torch.equal(alone.amplitudes[0], r.amplitudes[1]) and torch.equal(alone.images[0], r.images[1])
 
 
 @pytest.mark.parametrize("measure", MEASURES)
 def test_model_evaluations_counted(pair, images, measure):
     calls = {"source": [], "target": []}
-    r = generate_progressive(counting(pair[0], calls, "source"), counting(pair[1], calls, "target"), images,
-                             steps=8, levels=[0.5, 1.0], measure=measure, max_batch=2)
+    r = generate_progressive(counting(pair[0], calls, "source"), counting(pair[1], calls, "target"), images, [0.5, 1.0], GenerationConfig(steps=8, measure=measure, max_batch=2, bf16=False))
     previews = 3 * (inversion_evaluations(measure, 8) - 8)
     assert sum(calls["source"]) == 3 * 8 and max(calls["target"]) <= 2
     assert sum(calls["target"]) == int(r.depths.sum()) + previews
@@ -211,7 +208,7 @@ class TestLevelOneIsTheFullTranslation:
 
     @pytest.mark.parametrize("measure", MEASURES)
     def test_every_measure(self, pair, images, measure):
-        r = generate_progressive(*pair, images, steps=10, levels=[0.2, 0.6, 1.0], measure=measure)
+        r = generate_progressive(*pair, images, [0.2, 0.6, 1.0], GenerationConfig(steps=10, measure=measure, bf16=False))
         assert r.depths[:, -1].tolist() == [10, 10, 10] and r.soft_labels[:, -1].tolist() == [1.0, 1.0, 1.0]
 
 
@@ -241,7 +238,7 @@ class TestFloat32OutsideAutocast:
 
         for name in ("measure_states", "labels_from_values", "preview_distance", "preview_x0"):
             monkeypatch.setattr(gen, name, spy(getattr(gen, name)))
-        r = generate_progressive(*pair, images, steps=6, levels=[0.5, 1.0], measure=measure, autocast_dtype=torch.bfloat16)
+        r = generate_progressive(*pair, images, [0.5, 1.0], GenerationConfig(steps=6, measure=measure, bf16=True))
         assert seen and not any(seen)
         if measure == "paper":  # autocast reaches the decodes only: the inversion and its measure are float32
             traj = invert(pair[0], images, DDIMSchedule.from_config(steps=6), return_trajectory=True)
@@ -330,7 +327,7 @@ class TestUserFaces:
         assert config_from_args(PrecomputeConfig, args).measure == "preview"
         assert config_from_args(PrecomputeConfig, parser.parse_args(["precompute"])).measure == DEFAULT_MEASURE
         assert parser.parse_args(["progressive", "--measure", "reference"]).measure == "reference"
-        assert parser.parse_args(["progressive"]).measure == DEFAULT_MEASURE
+        assert config_from_args(GenerationConfig, parser.parse_args(["progressive"])).measure == DEFAULT_MEASURE
         with pytest.raises(SystemExit):
             parser.parse_args(["progressive", "--measure", "noise"])
 
@@ -340,27 +337,22 @@ class TestUserFaces:
 
         real, used = progaug.generator.generate_progressive, []
         monkeypatch.setattr(progaug.generator, "generate_progressive",
-                            lambda *a, **kw: (used.append(kw["measure"]), real(*a, **kw))[1])
+                            lambda *a, **kw: (used.append(a[4].measure), real(*a, **kw))[1])
         assert main(["progressive", "--pair", str(pair_dir), "--source", str(class_folders / "normal"), "--count", "1",
                      "--levels", "2", "--steps", "3", "--threads", "1", "--measure", "preview",
                      "--out", str(tmp_path / "s.png")]) == 0
         assert used == ["preview"]
 
     def test_transform_passes_and_pickles_the_measure(self, pair_dir, monkeypatch):
-        import progaug.transforms
+        import progaug.generator
         from progaug.transforms import ProgressiveDiffusionAugment
 
-        t = ProgressiveDiffusionAugment(str(pair_dir), steps=4, p=1.0, levels=[1.0], measure="preview", max_batch=4)
+        t = ProgressiveDiffusionAugment(str(pair_dir), p=1.0, levels=[1.0], generation=GenerationConfig(steps=4, measure="preview", max_batch=4))
         clone = pickle.loads(pickle.dumps(t))
         assert clone.measure == "preview" and "measure='preview'" in repr(t)
-        state = t.__getstate__()
-        del state["measure"]  # pickled before the setting existed
-        old = ProgressiveDiffusionAugment.__new__(ProgressiveDiffusionAugment)
-        old.__setstate__(state)
-        assert old.measure == "paper"
-        real, used = progaug.transforms.generate_progressive, []
-        monkeypatch.setattr(progaug.transforms, "generate_progressive",
-                            lambda *a, **kw: (used.append(kw["measure"]), real(*a, **kw))[1])
+        real, used = progaug.generator.generate_progressive, []
+        monkeypatch.setattr(progaug.generator, "generate_progressive",
+                            lambda *a, **kw: (used.append(a[4].measure), real(*a, **kw))[1])
         _, rows = clone(random_tiles(2), torch.tensor([0, 0]))
         assert used == ["preview"] and rows[:, 1].tolist() == [1.0, 1.0]
 
@@ -368,7 +360,7 @@ class TestUserFaces:
         from progaug.datasets import SoftLabelProgressiveDataset
         from progaug.transforms import ProgressiveDiffusionAugment
 
-        augment = ProgressiveDiffusionAugment(str(pair_dir), steps=4)
+        augment = ProgressiveDiffusionAugment(str(pair_dir), generation=GenerationConfig(steps=4))
         ds = SoftLabelProgressiveDataset([], augment, classes=["a", "b"], measure="preview")
         assert ds.measure == ds.augment.measure == "preview" and augment.measure == DEFAULT_MEASURE  # set on a copy
         assert SoftLabelProgressiveDataset([], augment, classes=["a", "b"]).measure == DEFAULT_MEASURE
@@ -408,7 +400,7 @@ def test_decoded_distances_are_those_of_sketch_decodes(pair, images):  # noqa: F
     from progaug.diffusion import ddim_step
 
     src, tgt = pair
-    r = generate_progressive(src, tgt, images, steps=8, levels=[0.5, 1.0], measure="decoded", max_batch=2)
+    r = generate_progressive(src, tgt, images, [0.5, 1.0], GenerationConfig(steps=8, measure="decoded", max_batch=2, bf16=False))
     schedule = DDIMSchedule.from_config(DiffusionConfig(), 8)
     traj = invert(src, images, schedule, return_trajectory=True)
     for depth in (3, 8):

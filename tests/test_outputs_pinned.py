@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import make_pair_dir, random_tiles
+from progaug.generator import GenerationConfig
 from progaug.hub import load_pair
 from progaug.precomputation import PrecomputeConfig, precompute
 from progaug.transforms import ProgressiveDiffusionAugment
@@ -49,7 +50,7 @@ def test_precompute_files_are_pinned(tmp_path, one_thread, measure):
 
 
 def test_transform_batch_is_pinned(tmp_path, one_thread):
-    t = ProgressiveDiffusionAugment(make_pair_dir(tmp_path / "pair"), p=1.0, steps=6, max_batch=4, bf16=False)
+    t = ProgressiveDiffusionAugment(make_pair_dir(tmp_path / "pair"), p=1.0, generation=GenerationConfig(steps=6, max_batch=4, bf16=False))
     x = random_tiles(4)
     torch.manual_seed(7)
     out, rows = t(x, torch.tensor([0, 0, 1, 0]))

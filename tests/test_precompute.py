@@ -72,20 +72,9 @@ class TestPrecompute:
         assert calls == [[1], [2], [3]]  # group 0 was finished before the kill
         assert files(tmp_path / "r") == files(run(pair_dir, tmp_path / "ref", batch_size=1))
 
-    def test_folder_written_with_micro_batch_resumes(self, pair_dir, tmp_path):
-        """progaug 0.1.0 called ``max_batch`` ``micro_batch`` in run.json and the manifest."""
-        out = run(pair_dir, tmp_path / "c")
+    def test_resume_keeps_the_stored_max_batch_when_left_out(self, pair_dir, tmp_path):
+        out = run(pair_dir, tmp_path / "c")  # max_batch 4
         reference = files(out)
-
-        def write_as_0_1_0():
-            for name in ("run.json", "manifest.json"):
-                (out / name).write_text((out / name).read_text().replace('"max_batch"', '"micro_batch"'))
-
-        write_as_0_1_0()
-        run(pair_dir, out, resume=True, max_batch=None)  # finished: the manifest keeps the run that made it
-        execution = json.loads((out / "manifest.json").read_text())["execution"]
-        assert execution["max_batch"] == 4 and "micro_batch" not in execution
-        write_as_0_1_0()
         (out / "records" / "000003.json").unlink()
         run(pair_dir, out, resume=True, max_batch=None)  # the stored 4, not the automatic 32
         assert json.loads((out / "run.json").read_text())["config"]["max_batch"] == 4

@@ -4,6 +4,8 @@ Each test class pins one fault of the issue "Reliability: no traceback, no hang,
 bad label rows accepted, uint8 scale guessed from the values, a bad device accepted until torch fails.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ import progaug.transforms
 from progaug.datasets import SoftLabelProgressiveDataset
 from progaug.data.tiles import TileDataset, TileSet
 from progaug.losses import BinarySoftTargetLoss, SoftLabelCrossEntropy, soft_label_to_row
+from progaug.generator import GenerationConfig
 from progaug.transforms import ProgressiveDiffusionAugment
 
 from conftest import random_tiles
@@ -22,7 +25,9 @@ NAN = float("nan")
 
 
 def make(pair_dir, **kw):
-    return ProgressiveDiffusionAugment(str(pair_dir), **{"steps": 6, "p": 1.0, **kw})
+    """The tiny test pair's transform; generation settings among ``kw`` go into its GenerationConfig."""
+    generation = {k: kw.pop(k) for k in [f.name for f in dataclasses.fields(GenerationConfig)] if k in kw}
+    return ProgressiveDiffusionAugment(str(pair_dir), **{"p": 1.0, **kw}, generation=GenerationConfig(**{"steps": 6, **generation}))
 
 
 def tile_dataset(labels=(0, 1)):
@@ -182,7 +187,7 @@ class TestImageDtype:
         torch.manual_seed(1)
         plain, _ = make(pair_dir, levels=[0.5])(x, y)
         torch.manual_seed(1)
-        with_stats, _ = make(pair_dir, levels=[0.5], mean=(0.7, 0.5, 0.6), std=(0.2, 0.25, 0.2))(x, y)
+        with_stats, _ = make(pair_dir, levels=[0.5], normalize=((0.7, 0.5, 0.6), (0.2, 0.25, 0.2)))(x, y)
         assert torch.equal(plain, with_stats)
 
     @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
@@ -225,12 +230,12 @@ class TestDevice:
         monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
         with pytest.raises(ValueError, match=r"`device` is 'cuda:7' but this machine has 2 CUDA device\(s\) \(indices 0..1\)"):
             make(pair_dir, device="cuda:7")
-        assert make(pair_dir, device="cuda:1").device == "cuda:1"
+        assert make(pair_dir, device="cuda:1").generation.device == "cuda:1"
 
     def test_cpu_accepted(self, pair_dir):
-        assert make(pair_dir, device="cpu").device == "cpu"
-        assert make(pair_dir, device=torch.device("cpu")).device == "cpu"
-        assert make(pair_dir).device is None
+        assert make(pair_dir, device="cpu").generation.device == "cpu"
+        assert make(pair_dir, device=torch.device("cpu")).generation.device == "cpu"
+        assert make(pair_dir).generation.device is None
 
     @pytest.mark.parametrize("device,match", [("gpu", "`device` must name a torch device .* got 'gpu'"),
                                               ("cuda:7", "`device` is 'cuda:7' but")])
@@ -249,8 +254,8 @@ class TestTransformArguments:
     @pytest.mark.parametrize("kwargs,match", [
         ({"radius": -1}, r"`radius` must be in \[0, 0.5\) \(a fraction of the image side\), got -1"),
         ({"radius": NAN}, r"`radius` must be in \[0, 0.5\)"),
-        ({"mean": (NAN, 0.5, 0.5), "std": (0.2, 0.2, 0.2)}, r"`mean` and `std` must be finite numbers, got \(nan, 0.5, 0.5\)"),
-        ({"mean": (0.5, 0.5, 0.5), "std": (0.2, float("inf"), 0.2)}, r"`mean` and `std` must be finite numbers"),
+        ({"normalize": ((NAN, 0.5, 0.5), (0.2, 0.2, 0.2))}, r"`normalize` must hold finite numbers, got \(\(nan, 0.5, 0.5\)"),
+        ({"normalize": ((0.5, 0.5, 0.5), (0.2, float("inf"), 0.2))}, r"`normalize` must hold finite numbers"),
         ({"level_range": (0.1, 0.5, 1.0)}, r"`level_range` must be a pair \(low, high\), got \(0.1, 0.5, 1.0\)"),
         ({"level_range": 0.5}, r"`level_range` must be a pair \(low, high\), got 0.5"),
     ])

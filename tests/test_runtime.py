@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from progaug.generator import generate_progressive
+from progaug.generator import GenerationConfig, generate_progressive
 from progaug.hub import load_pair
 from progaug.precomputation import PrecomputeConfig, precompute
 from progaug.runtime import (
@@ -52,7 +52,7 @@ def images():
 
 @pytest.fixture(scope="module")
 def reference(pair, images):
-    return generate_progressive(*pair, images, steps=8, levels=LEVELS)
+    return generate_progressive(*pair, images, LEVELS, GenerationConfig(steps=8, bf16=False))
 
 
 @pytest.fixture
@@ -136,7 +136,7 @@ class TestSameResults:
     """Each setting against float32, channels-first, eager, all rows in one call."""
 
     def test_channels_last(self, pair, images, reference):
-        fast = generate_progressive(*(prepare_model(m, RuntimeConfig(channels_last=True)) for m in pair), images, steps=8, levels=LEVELS)
+        fast = generate_progressive(*(prepare_model(m, RuntimeConfig(channels_last=True)) for m in pair), images, LEVELS, GenerationConfig(steps=8, bf16=False))
         assert_same_result(fast, reference)
 
     def test_channels_last_keeps_model_config(self, pair):
@@ -149,11 +149,11 @@ class TestSameResults:
         cfg = RuntimeConfig(compile=True, channels_last=True)
         models = [prepare_model(m, cfg, compile_backend="aot_eager") for m in pair]
         assert models[0].config == pair[0].config
-        fast = generate_progressive(*models, images, steps=8, levels=LEVELS, max_batch=4, fixed_batch=True)
+        fast = generate_progressive(*models, images, LEVELS, GenerationConfig(steps=8, max_batch=4, bf16=False), fixed_batch=True)
         assert_same_result(fast, reference)
 
     def test_max_batch(self, pair, images, reference):
-        fast = generate_progressive(*pair, images, steps=8, levels=LEVELS, max_batch=3)
+        fast = generate_progressive(*pair, images, LEVELS, GenerationConfig(steps=8, max_batch=3, bf16=False))
         assert_same_result(fast, reference)
 
 
@@ -213,11 +213,11 @@ def test_bf16_moves_no_depth_or_label_and_keeps_images_above_40_db_on_the_demo_p
     demo = load_pair("hgsc-demo")
     tiles = load_splits("hgsc", demo.image_size)["test"].of_class(demo.classes[0]).images[:4]
     x = to_model_range(tiles)
-    kw = {"steps": 20, "levels": [0.25, 0.5, 0.75, 1.0], "diffusion": demo.diffusion}
-    ref = generate_progressive(demo.source, demo.target, x, **kw)
-    low = generate_progressive(demo.source, demo.target, x, autocast_dtype=torch.bfloat16, **kw)
+    levels, fp32 = [0.25, 0.5, 0.75, 1.0], GenerationConfig(steps=20, bf16=False)
+    ref = generate_progressive(demo.source, demo.target, x, levels, fp32, diffusion=demo.diffusion)
+    low = generate_progressive(demo.source, demo.target, x, levels, GenerationConfig(steps=20, bf16=True), diffusion=demo.diffusion)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's own autocast does not reach the labels either
-        outer = generate_progressive(demo.source, demo.target, x, **kw)
+        outer = generate_progressive(demo.source, demo.target, x, levels, fp32, diffusion=demo.diffusion)
     for other in (low, outer):
         assert torch.equal(other.depths, ref.depths) and torch.equal(other.soft_labels, ref.soft_labels)
     assert float(psnr(low.images.flatten(0, 1), ref.images.flatten(0, 1)).min()) >= 40.0

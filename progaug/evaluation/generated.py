@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from progaug.generator import GenerationConfig
 from progaug.data.tiles import dihedral, to_model_range, to_uint8
 from progaug.diffusion import DDIMSchedule, bridge, sample
 from progaug.runtime import autocast, autocast_dtype
@@ -82,12 +83,19 @@ def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str,
     return _cached(cache_dir, "final", key, make)
 
 
-def progressive_bank(pair, sources: torch.Tensor, measure: str, *, steps: int, levels: int, bf16: bool, device: str, max_batch: int,
-                     chunk: int = 32, cache_dir: Path | None = None, progress: Callable[[int], None] | None = None) -> dict:
-    """Progressive images (paper 2.1-2.3) of every uint8 source tile under one label measure, made in chunks
-    of ``chunk`` tiles and kept per chunk (a stopped run keeps what it made).
+def progressive_bank(pair, sources: torch.Tensor, generation: GenerationConfig, levels: int, *, chunk: int = 32,
+                     cache_dir: Path | None = None, progress: Callable[[int], None] | None = None) -> dict:
+    """Progressive images (paper 2.1-2.3) of every uint8 source tile, made in chunks of ``chunk`` tiles by
+    one :class:`progaug.generator.ProgressiveGenerator` and kept per chunk (a stopped run keeps what it made).
 
     Args:
+        pair: The pair.
+        sources: ``(M, 3, S, S)`` uint8 source-class tiles.
+        generation: Steps, measure, rows per call, bf16 and device (``bf16=None`` is resolved for the
+            device: the chunk's name records the precision used).
+        levels: Levels per tile, evenly spaced in (0, 1].
+        chunk: Source tiles per chunk (the unit kept in ``cache_dir``).
+        cache_dir: Where the chunks are kept (None: nowhere).
         progress: Called with the number of source tiles of each finished (or reused) chunk.
 
     Returns:
@@ -96,19 +104,21 @@ def progressive_bank(pair, sources: torch.Tensor, measure: str, *, steps: int, l
         all)}``; level ``L`` (1.0) is always the full eq. 4 translation.
     """
     from progaug.frequency import default_levels
-    from progaug.generator import generate_progressive
+    from progaug.generator import ProgressiveGenerator
 
+    device = generation.device or "cpu"
+    generator = ProgressiveGenerator(pair, generation)
+    resolved = generator.resolved(device)
+    measure, steps = resolved.measure, resolved.steps
     parts, made, evals = [], 0, 0
-    precision = "bf16 decodes" if bf16 else False  # bf16 reaches the decodes only (the inversion and labels stay float32)
+    precision = "bf16 decodes" if resolved.bf16 else False  # bf16 reaches the decodes only (the inversion and labels stay float32)
     for start in range(0, len(sources), chunk):
         part = sources[start:start + chunk]
         key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), measure, steps, levels, precision, part)
         path = None if cache_dir is None else Path(cache_dir) / f"progressive-{measure}-{key}.safetensors"
         entry = _load(path)
         if entry is None:
-            with torch.no_grad():
-                r = generate_progressive(pair.source, pair.target, to_model_range(part).to(device), levels=default_levels(levels), steps=steps,
-                                         diffusion=pair.diffusion, measure=measure, max_batch=max_batch, autocast_dtype=autocast_dtype(bf16))
+            r = generator(to_model_range(part).to(device), default_levels(levels))
             entry = {"images": to_uint8(r.images).cpu(), "labels": r.soft_labels.float().cpu(), "depths": r.depths.cpu(),
                      "evals": torch.tensor([r.model_evaluations])}
             _store(path, entry)

@@ -19,6 +19,7 @@ import torch
 from progaug.config import JsonConfig, setting
 from progaug.data.tiles import TileSet
 from progaug.evaluation import generated
+from progaug.generator import GenerationConfig
 from progaug.evaluation.protocol import Arm, GeneratedSets, ProtocolConfig, needed_positions, parse_n, run_protocol
 from progaug.labels import DEFAULT_MEASURE
 from progaug.runtime import CPU_MAX_BATCH
@@ -46,6 +47,10 @@ class GenerationSettings(JsonConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+
+    def generation(self, measure: str, device: str) -> GenerationConfig:
+        """The :class:`progaug.generator.GenerationConfig` of the sets under label ``measure`` on ``device``."""
+        return GenerationConfig(steps=self.gen_steps, measure=measure, max_batch=self.max_batch, bf16=self.bf16, device=device)
 
 
 def _scatter(values: torch.Tensor, needed: torch.Tensor, total: int) -> torch.Tensor:
@@ -84,9 +89,8 @@ def make_sets(pair, sources: torch.Tensor, arms: Sequence[Arm], settings: Genera
     for m in measures:
         t0, parts, evals = time.time(), [], []
         for c in chunks:
-            bank = generated.progressive_bank(pair, sources[c * CHUNK:(c + 1) * CHUNK], m, steps=settings.gen_steps, levels=settings.levels,
-                                              bf16=settings.bf16, device=device, max_batch=settings.max_batch, chunk=CHUNK,
-                                              cache_dir=cache_dir, progress=progress)
+            bank = generated.progressive_bank(pair, sources[c * CHUNK:(c + 1) * CHUNK], settings.generation(m, device), settings.levels,
+                                              chunk=CHUNK, cache_dir=cache_dir, progress=progress)
             parts.append(bank)
             evals.append(bank["evals_per_image"])
         rows = torch.cat([torch.arange(c * CHUNK, min((c + 1) * CHUNK, total)) for c in chunks])
