@@ -48,7 +48,7 @@ from progaug.hub import load_pair
 from progaug.runtime import RuntimeConfig, apply_runtime
 
 QUICK = {"n": ("25",), "seeds": (0, 1), "tune_seeds": (100,), "curve_epochs": (2, 4), "p_grid": (0.1, 0.5), "mixup_grid": (0.5,),
-         "stain_grid": (0.05,), "levels": 4, "gen_steps": 10}
+         "stain_grid": (0.05,), "num_levels": 4, "steps": 10}
 """``--quick``: what it sets unless the flag is given explicitly."""
 
 

@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metric-weights", default=None, help="folder of the LPIPS safetensors (or $PROGAUG_METRIC_WEIGHTS)")
     p.add_argument("--measures", nargs="+", default=None, help="label measures to compare (default: all the generator offers)")
     p.add_argument("--n", type=int, default=100, help="source tiles of class A (default: 100)")
-    p.add_argument("--levels", type=int, default=10, help="progressive levels per source (default: 10)")
+    p.add_argument("--num-levels", type=int, default=10, help="progressive levels per source (default: 10)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps S (default: 50)")
     p.add_argument("--max-batch", type=int, default=CPU_MAX_BATCH, help=f"rows per U-Net call (default: {CPU_MAX_BATCH})")
     p.add_argument("--chunk", type=int, default=50, help="source tiles per generate_progressive call (default: 50)")
@@ -82,7 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [m for m in args.measures if m not in offered]
     if unknown:
         p.error(f"--measures {unknown} not offered by this progaug; available: {list(offered)}")
-    require_positive(p, args, ("n", "levels", "steps", "max_batch", "chunk", "judge_steps"))
+    require_positive(p, args, ("n", "num_levels", "steps", "max_batch", "chunk", "judge_steps"))
     return args
 
 
@@ -259,7 +259,7 @@ def generate(pair, sources: torch.Tensor, measure: str, args) -> dict:
     parts, evals, began = [], 0, time.time()
     generator = ProgressiveGenerator(pair, GenerationConfig(steps=args.steps, measure=measure, max_batch=args.max_batch, bf16=args.bf16))
     for i, chunk in enumerate(sources.split(args.chunk)):
-        r = generator(to_model_range(chunk).to(args.device), default_levels(args.levels))
+        r = generator(to_model_range(chunk).to(args.device), default_levels(args.num_levels))
         parts.append((to_uint8(r.images).cpu(), r.soft_labels.float().cpu(), r.depths.cpu()))
         evals += r.model_evaluations
         print(f"{measure}: {min((i + 1) * args.chunk, len(sources))}/{len(sources)} sources", flush=True)
@@ -298,7 +298,7 @@ def main(argv=None) -> int:
     res = {"classes": [a, b], "pair": repo_relative(str(pair.path) if pair.path else args.pair),
            "pair_sha256": pair_sha256(pair), "pair_training": pair_training(pair),
            "command": command_line("label_fidelity.py", argv), "machine": platform.platform(), "device": args.device,
-           "threads": applied["threads"], "n": len(sources), "sources_split": split, "levels": args.levels, "steps": args.steps,
+           "threads": applied["threads"], "n": len(sources), "sources_split": split, "levels": args.num_levels, "steps": args.steps,
            "bf16": args.bf16, "seed": args.seed, "measures_available": list(available_measures()),
            "judge": {"train_tiles": len(train_a) + len(train_b), "train_per_class": {a: len(train_a), b: len(train_b)},
                      "steps": args.judge_steps, "seed": args.judge_seed, "params": sum(p.numel() for p in judge.parameters()),
@@ -311,7 +311,7 @@ def main(argv=None) -> int:
     for measure in args.measures:
         gen = generate(pair, sources, measure, args)
         p = judge_p(judge, gen["images"].flatten(0, 1)).view_as(gen["labels"])
-        entry = summarise(gen["labels"], p, gen["depths"], lpips_shares(lpips, gen["images"], sources, full), default_levels(args.levels))
+        entry = summarise(gen["labels"], p, gen["depths"], lpips_shares(lpips, gen["images"], sources, full), default_levels(args.num_levels))
         entry["overall"]["unet_evals_per_output"] = gen["evals"] / gen["labels"].numel()
         entry["overall"]["seconds"] = round(gen["seconds"], 1)
         entry["scatter"] = {"label": gen["labels"].flatten().tolist(), "judge_p": p.flatten().tolist()}

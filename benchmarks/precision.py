@@ -42,15 +42,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--measures", nargs="+", choices=MEASURES, default=list(MEASURES), help="(default: all)")
     p.add_argument("--n", type=int, default=16, help="held-out source tiles of class A (default: 16)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50)")
-    p.add_argument("--levels", type=int, default=10, help="(default: 10)")
+    p.add_argument("--num-levels", type=int, default=10, help="(default: 10)")
     p.add_argument("--max-batch", type=int, default=CPU_MAX_BATCH, help=f"rows per U-Net call (default: {CPU_MAX_BATCH})")
-    return finish_args(p, argv, "precision", ("n", "steps", "levels", "max_batch"))
+    return finish_args(p, argv, "precision", ("n", "steps", "num_levels", "max_batch"))
 
 
 def _run(pair, images: torch.Tensor, measure: str, args, bf16: bool) -> tuple[object, float]:
     began = time.perf_counter()
     generator = ProgressiveGenerator(pair, GenerationConfig(steps=args.steps, measure=measure, max_batch=args.max_batch, bf16=bf16))
-    r = generator(images, default_levels(args.levels))
+    r = generator(images, default_levels(args.num_levels))
     return r, time.perf_counter() - began
 
 
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     pick = torch.linspace(0, len(tiles) - 1, min(args.n, len(tiles))).round().long()
     images = to_model_range(tiles[pick]).to(args.device)
     res = {"command": command_line("precision.py", argv), "machine": f"{platform.platform()} ({args.device})", "threads": applied["threads"],
-           "native_bf16": native_bf16(args.device), "n": len(pick), "steps": args.steps, "levels": args.levels, "pair": str(args.pair),
+           "native_bf16": native_bf16(args.device), "n": len(pick), "steps": args.steps, "levels": args.num_levels, "pair": str(args.pair),
            "pair_sha256": pair_sha256(pair), "pair_training": pair_training(pair), "measures": {}}
     for measure in args.measures:
         res["measures"][measure] = compare(pair, images, measure, args)

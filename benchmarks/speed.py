@@ -134,7 +134,7 @@ def parse_args(argv=None):
     p.add_argument("--pair", default="hgsc-demo", help="(default: hgsc-demo)")
     p.add_argument("--data", default="hgsc", help="'hgsc' (demo test tiles) or class folders, ROOT/{train,val,test}/<class>/ or ROOT/<class>/ (default: hgsc)")
     p.add_argument("--images", type=int, default=4, help="source images (default: 4)")
-    p.add_argument("--levels", type=int, default=10, help="(default: 10)")
+    p.add_argument("--num-levels", type=int, default=10, help="(default: 10)")
     p.add_argument("--ref-steps", type=int, default=1000, help="steps of the reference schedule (default: 1000)")
     p.add_argument("--steps", type=int, default=50, help="progaug's respaced steps (default: 50)")
     p.add_argument("--max-batch", default="auto", help="rows per U-Net call, or 'auto' (default: auto: 32 on CPU, memory-sized on CUDA)")
@@ -150,7 +150,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.quick:
-        args.images, args.levels, args.ref_steps = 2, 5, 500
+        args.images, args.num_levels, args.ref_steps = 2, 5, 500
     args.out = args.out or str(ROOT / "benchmarks" / "results" / ("speed_quick" if args.quick else "speed"))
     device = torch.device(args.device)
     runtime = config_from_args(RuntimeConfig, args)
@@ -164,10 +164,10 @@ def main(argv=None) -> int:
     tiles = splits["test" if "test" in splits else "train"].of_class(pair.classes[0])
     pick = torch.linspace(0, len(tiles) - 1, args.images).round().long()
     x = to_model_range(tiles.images[pick]).to(device)
-    levels = default_levels(args.levels)
-    outputs = args.images * args.levels
+    levels = default_levels(args.num_levels)
+    outputs = args.images * args.num_levels
     res = {"machine": platform.platform(), "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "pair_training": pair_training(pair), "pair_sha256": pair_sha256(pair),
-           "images": args.images, "levels": args.levels, "outputs": outputs, "ref_steps": args.ref_steps, "steps": args.steps,
+           "images": args.images, "levels": args.num_levels, "outputs": outputs, "ref_steps": args.ref_steps, "steps": args.steps,
            "max_batch": max_batch, "bf16": args.bf16, "runtime": runtime.to_dict(), "applied": applied, "paramsA": sum(p.numel() for p in pair.source.parameters()),
            "image_size": pair.image_size, "command": command_line("speed.py", argv)}
 

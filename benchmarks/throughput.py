@@ -102,7 +102,7 @@ def run_precompute(pair: str, n: int, device: str, flags: list[str], out: Path, 
     rows = list(csv.DictReader(open(out / "labels.csv")))
     config = manifest["settings"]["config"]
     per_source = inversion_evaluations(config.get("measure", LEGACY_MEASURE), config["steps"])
-    groups = [rows[i : i + config["levels"]] for i in range(0, len(rows), config["levels"])]
+    groups = [rows[i : i + config["num_levels"]] for i in range(0, len(rows), config["num_levels"])]
     evals = sum(per_source + sum(int(r["depth"]) for r in g) for g in groups) / len(rows)
     return {"flags": flags, "samples": ex["samples_this_run_rank0"], "seconds": ex["seconds_this_run_rank0"],
             "images_per_second": ex["samples_this_run_rank0"] / ex["seconds_this_run_rank0"], "process_wall_s": round(wall, 1),

@@ -41,12 +41,12 @@ RECORD_FORMAT = "progaug.records/1"
 
 COLUMNS: tuple[tuple[str, type], ...] = (
     ("file", str), ("source", str), ("source_class", str), ("target_class", str), ("level", float), ("soft_label", float),
-    ("depth", int), ("steps", int), ("amplitude_source", float), ("amplitude_state", float), ("amplitude_latent", float),
+    ("depth", int), ("steps", int), ("measured_source", float), ("measured_state", float), ("measured_latent", float),
     ("dihedral", int), ("seed", int), ("measure", str),
 )
 """The columns of ``labels.csv`` (and of the rows of a record), in order, with their types. The three
-``amplitude_*`` columns hold the label measure's value at the source, the chosen state and the latent
-(for ``"preview"``: the preview distance)."""
+``measured_*`` columns hold the label measure's value at the source, the chosen state and the latent
+(an amplitude for ``"paper"`` and ``"reference"``, a distance for ``"preview"`` and ``"decoded"``)."""
 
 ADDED_COLUMNS: dict[str, Any] = {"measure": LEGACY_MEASURE}
 """Columns added after the first format, with the value that rows written before them read as."""

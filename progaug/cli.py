@@ -140,7 +140,7 @@ def _add_progressive(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pair", default=DEMO_PAIR, help="pair folder, or the name of a pair shipped with progaug (default: %(default)s)")
     p.add_argument("--source", default="hgsc", help="'hgsc' (demo test tiles of the source class, default) or a folder of images")
     p.add_argument("--count", type=int, default=4, help="number of source tiles (default: 4)")
-    p.add_argument("--levels", type=int, default=10, help="number of soft-label levels, evenly spaced in (0, 1] (default: 10)")
+    p.add_argument("--num-levels", type=int, default=10, help="number of soft-label levels, evenly spaced in (0, 1] (default: 10)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
     p.add_argument("--out", default="progressive.png", help="output PNG (default: progressive.png)")
     add_config_arguments(p, GenerationConfig, exclude=("device",))
@@ -168,7 +168,7 @@ def _run_progressive(args: argparse.Namespace) -> int:
     pick = torch.linspace(0, len(tiles) - 1, min(args.count, len(tiles))).round().long()
     images = to_model_range(tiles[pick]).to(args.device)
     generation = config_from_args(GenerationConfig, args, device=args.device)
-    result = ProgressiveGenerator(pair, generation, runtime=runtime)(images, default_levels(args.levels))
+    result = ProgressiveGenerator(pair, generation, runtime=runtime)(images, default_levels(args.num_levels))
     progressive_strip(images, result.images, result.soft_labels, args.out, classes=pair.classes)
     for b in range(images.shape[0]):
         labels = ", ".join(f"{v:.2f}" for v in result.soft_labels[b].tolist())

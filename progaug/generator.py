@@ -114,7 +114,7 @@ class ProgressiveResult:
         soft_labels: ``(B, L)`` float32 soft labels actually reached (the labels at the chosen depths).
         depths: ``(B, L)`` int64 chosen depths in ``[1, S]``, strictly increasing per row.
         levels: ``(L,)`` or ``(B, L)`` float64 requested levels.
-        amplitudes: ``(B, S + 1)`` float32 measured value of every state under ``measure``: the
+        measured: ``(B, S + 1)`` float32 measured value of every state under ``measure``: the
             high-pass amplitude (eq. 8) for ``"paper"``, the band amplitude for ``"reference"``, the
             preview distance ``d(k)`` for ``"preview"``.
         trajectory_labels: ``(B, S + 1)`` float32 soft labels of every state.
@@ -126,7 +126,7 @@ class ProgressiveResult:
     soft_labels: torch.Tensor
     depths: torch.Tensor
     levels: torch.Tensor
-    amplitudes: torch.Tensor
+    measured: torch.Tensor
     trajectory_labels: torch.Tensor
     num_steps: int
     measure: str = DEFAULT_MEASURE
@@ -211,7 +211,7 @@ def generate_progressive(
         soft_labels=labels.gather(1, depths),
         depths=depths,
         levels=levels,
-        amplitudes=measured,
+        measured=measured,
         trajectory_labels=labels,
         num_steps=schedule.num_steps,
         measure=measure,

@@ -52,8 +52,8 @@ class PrecomputeConfig(JsonConfig):
     """Settings of a precomputed set.
 
     Attributes:
-        n: Number of progressive samples (``n / levels`` source groups, rounded up).
-        levels: Soft-label levels per source image, evenly spaced in (0, 1] (adaptive depth).
+        n: Number of progressive samples (``n / num_levels`` source groups, rounded up).
+        num_levels: Soft-label levels per source image, evenly spaced in (0, 1] (adaptive depth).
         steps: DDIM steps ``S``.
         batch_size: Source images per generator call (default: ``max_batch``, so the inversion
             fills its calls; no effect on the results).
@@ -68,8 +68,8 @@ class PrecomputeConfig(JsonConfig):
         seed: Seed of the source order and of the flips/rotations of repeated sources.
     """
 
-    n: int = dataclasses.field(default=5000, metadata={"help": "Number of progressive samples (n / levels source groups, rounded up)"})
-    levels: int = dataclasses.field(
+    n: int = dataclasses.field(default=5000, metadata={"help": "Number of progressive samples (n / num_levels source groups, rounded up)"})
+    num_levels: int = dataclasses.field(
         default=10, metadata={"help": "Soft-label levels per source image, evenly spaced in (0, 1] (adaptive depth)"}
     )
     steps: int | None = dataclasses.field(
@@ -101,11 +101,11 @@ class PrecomputeConfig(JsonConfig):
 
     def __post_init__(self) -> None:
         check_int("n", self.n, high=MAX_SAMPLES)
-        check_int("levels", self.levels)
+        check_int("num_levels", self.num_levels)
         check_int("batch_size", self.batch_size, allow_none=True)
         self.generation  # the generation settings are checked by GenerationConfig, once, as everywhere
-        if self.steps is not None and self.levels > self.steps:
-            raise ValueError(f"`levels` {self.levels} exceeds `steps` {self.steps}: each level needs its own depth")
+        if self.steps is not None and self.num_levels > self.steps:
+            raise ValueError(f"`num_levels` {self.num_levels} exceeds `steps` {self.steps}: each level needs its own depth")
 
     @property
     def generation(self) -> GenerationConfig:
@@ -117,7 +117,7 @@ class PrecomputeConfig(JsonConfig):
     @property
     def groups(self) -> int:
         """Number of source groups (one inversion each)."""
-        return -(-self.n // self.levels)
+        return -(-self.n // self.num_levels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,7 +240,7 @@ def _generate(ctx: _Context, todo: list[int], rank: int, world: int, device, pro
 
     config, out, pair = ctx.config, ctx.out, ctx.pair
     generator = ProgressiveGenerator(pair, config.generation, runtime=runtime or RuntimeConfig(), fixed_batch=True)
-    levels = default_levels(config.levels)
+    levels = default_levels(config.num_levels)
     bar = tqdm(total=_samples_in(todo, config), unit="img", disable=not progress or rank != 0, desc="precompute",
                dynamic_ncols=True)
     began = time.perf_counter()
@@ -353,7 +353,7 @@ def _prepare(out: Path, settings: dict[str, Any], resume: bool) -> None:
 
 
 def _sample_ids(group: int, config: PrecomputeConfig) -> range:
-    return range(group * config.levels, min((group + 1) * config.levels, config.n))
+    return range(group * config.num_levels, min((group + 1) * config.num_levels, config.n))
 
 
 def _samples_in(groups: list[int], config: PrecomputeConfig) -> int:
@@ -380,9 +380,9 @@ def _run_groups(ctx: _Context, generator: ProgressiveGenerator, groups: list[int
                 "file": name, "source": names[plan[g][0]], "source_class": pair.classes[0], "target_class": pair.classes[1],
                 "level": round(float(result.levels[j]), 6), "soft_label": round(float(result.soft_labels[row, j]), 6),
                 "depth": depth, "steps": config.steps,
-                "amplitude_source": round(float(result.amplitudes[row, 0]), 6),
-                "amplitude_state": round(float(result.amplitudes[row, depth]), 6),
-                "amplitude_latent": round(float(result.amplitudes[row, -1]), 6),
+                "measured_source": round(float(result.measured[row, 0]), 6),
+                "measured_state": round(float(result.measured[row, depth]), 6),
+                "measured_latent": round(float(result.measured[row, -1]), 6),
                 "dihedral": plan[g][1], "seed": config.seed, "measure": config.measure,
             })
         write_record(out, g, records, digests)
@@ -438,7 +438,7 @@ def _write_preview(out: Path, sources, plan, rows, config, pair, count: int = 4)
     from progaug.strip import progressive_strip
 
     groups = min(count, config.groups)
-    per = [rows[g * config.levels : (g + 1) * config.levels] for g in range(groups)]
+    per = [rows[g * config.num_levels : (g + 1) * config.num_levels] for g in range(groups)]
     width = min(len(p) for p in per)
 
     def read(name: str) -> torch.Tensor:

@@ -41,7 +41,7 @@ def test_speed_on_class_folders(bench, tiny_pair, tmp_path):
     speed = bench("speed")
     out = tmp_path / "speed"
     data = split_folders(tmp_path / "data")
-    assert speed.main(["--pair", str(tiny_pair), "--data", str(data), "--images", "2", "--levels", "3", "--ref-steps", "12", "--steps", "4",
+    assert speed.main(["--pair", str(tiny_pair), "--data", str(data), "--images", "2", "--num-levels", "3", "--ref-steps", "12", "--steps", "4",
                        "--max-batch", "auto", "--threads", "1", "--out", str(out)]) == 0
     res = json.loads(out.with_suffix(".json").read_text())
     agree = res["same_steps_agreement"]
@@ -59,7 +59,7 @@ def test_downstream_on_class_folders(bench, tiny_pair, tmp_path):
     out = tmp_path / "downstream"
     data = split_folders(tmp_path / "data")
     args = ["--pair", str(tiny_pair), "--data", str(data), "--curve-epochs", "1", "2", "--seeds", "0", "1", "--tune-seeds", "7", "--n", "2", "all",
-            "--levels", "3", "--gen-steps", "3", "--batch-size", "8", "--p-grid", "0.2", "0.5", "--mixup-grid", "0.5", "--stain-grid", "0.05",
+            "--num-levels", "3", "--steps", "3", "--batch-size", "8", "--p-grid", "0.2", "0.5", "--mixup-grid", "0.5", "--stain-grid", "0.05",
             "--threads", "1", "--out", str(out)]
     assert downstream.main(args) == 0
     res = json.loads(out.with_suffix(".json").read_text())
@@ -68,7 +68,7 @@ def test_downstream_on_class_folders(bench, tiny_pair, tmp_path):
             f"+ADD-Pro[{DEFAULT_MEASURE}] filtered", f"+ADD-Pro[{DEFAULT_MEASURE}] uniform", f"+ADD-Pro[{DEFAULT_MEASURE}]+stain"} == arms
     assert set(res["curve"]) == {"2", "all"} and res["counts"]["test"] == {"stroma": 6, "tumour": 6}
     assert set(res["pair_sha256"]) == {"source", "target"} and all(len(v) == 64 for v in res["pair_sha256"].values())
-    assert res["config"]["classifier"] == "cnn" and res["generation_settings"]["levels"] == 3
+    assert res["config"]["classifier"] == "cnn" and res["generation_settings"]["num_levels"] == 3
     for key, n_a in (("2", 2), ("all", 6)):
         runs = res["curve"][key]["arms"]
         assert set(runs) == arms
@@ -97,7 +97,7 @@ def test_downstream_resumes_from_its_run_log(bench, tiny_pair, tmp_path, capsys)
     downstream = bench("downstream")
     data = split_folders(tmp_path / "data")
     args = ["--pair", str(tiny_pair), "--data", str(data), "--curve-epochs", "1", "--seeds", "0", "--tune-seeds", "7", "--n", "2",
-            "--levels", "2", "--gen-steps", "2", "--batch-size", "8", "--arms", "+stain", "--stain-grid", "0.05", "0.1", "--threads", "1",
+            "--num-levels", "2", "--steps", "2", "--batch-size", "8", "--arms", "+stain", "--stain-grid", "0.05", "0.1", "--threads", "1",
             "--out", str(tmp_path / "r")]
     assert downstream.main(args) == 0
     first = json.loads((tmp_path / "r.json").read_text())
@@ -128,8 +128,8 @@ def test_downstream_refuses_bad_arguments(bench, capsys, bad, match):
 
 
 def test_downstream_quick_fills_in_what_is_not_given(bench):
-    args = bench("downstream").parse_args(["--quick", "--gen-steps", "7"])
-    assert args.generation.gen_steps == 7 and args.protocol.seeds == (0, 1) and args.protocol.n == ("25",) and args.generation.levels == 4
+    args = bench("downstream").parse_args(["--quick", "--steps", "7"])
+    assert args.generation.steps == 7 and args.protocol.seeds == (0, 1) and args.protocol.n == ("25",) and args.generation.num_levels == 4
     assert args.arms[0] == "real" and args.out.endswith("downstream_cnn")
 
 

@@ -34,13 +34,13 @@ def test_train_precompute_progressive(folder, tmp_path, capsys):
     assert card["command"] == " ".join(["progaug", *train])
 
     cache = tmp_path / "cache"
-    assert main(["precompute", "--pair", str(pair), "--source", str(folder / "normal"), "--n", "4", "--levels", "2",
+    assert main(["precompute", "--pair", str(pair), "--source", str(folder / "normal"), "--n", "4", "--num-levels", "2",
                  "--steps", "4", "--max-batch", "4", "--out", str(cache), "--device", "cpu"]) == 0
     assert len(ProgressiveCache.open(cache)) == 4
 
     png = tmp_path / "strip.png"
     assert main(["progressive", "--pair", str(pair), "--source", str(folder / "normal"), "--count", "2",
-                 "--levels", "2", "--steps", "4", "--out", str(png)]) == 0
+                 "--num-levels", "2", "--steps", "4", "--out", str(png)]) == 0
     assert Image.open(png).size[0] > 3 * 64
     assert "soft labels" in capsys.readouterr().out
 
@@ -65,7 +65,7 @@ def _set_card_diffusion(pair, **values):
 
 
 def _progressive(pair, folder, out, *extra):
-    return ["progressive", "--pair", str(pair), "--source", str(folder / "normal"), "--count", "1", "--levels", "2",
+    return ["progressive", "--pair", str(pair), "--source", str(folder / "normal"), "--count", "1", "--num-levels", "2",
             "--threads", "1", "--out", str(out), *extra]
 
 

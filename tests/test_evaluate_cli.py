@@ -7,7 +7,7 @@ import pytest
 from conftest import make_pair_dir, split_folders
 from progaug.cli import main
 
-SMALL = ["--curve-epochs", "1", "--seeds", "0", "--tune-seeds", "3", "--n", "2", "--levels", "2", "--gen-steps", "2", "--batch-size", "8",
+SMALL = ["--curve-epochs", "1", "--seeds", "0", "--tune-seeds", "3", "--n", "2", "--num-levels", "2", "--steps", "2", "--batch-size", "8",
          "--p-grid", "0.3", "--mixup-grid", "0.5", "--stain-grid", "0.05", "--threads", "1"]
 
 

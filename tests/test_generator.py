@@ -27,7 +27,7 @@ class TestGenerateProgressive:
         assert r.depths.shape == r.soft_labels.shape == (3, 4)
         assert bool((r.depths.diff(dim=1) > 0).all()) and int(r.depths.max()) <= 12
         assert bool(((r.soft_labels >= 0) & (r.soft_labels <= 1)).all())
-        assert r.amplitudes.shape == r.trajectory_labels.shape == (3, 13)
+        assert r.measured.shape == r.trajectory_labels.shape == (3, 13)
         torch.testing.assert_close(r.soft_labels, r.trajectory_labels.gather(1, r.depths))
         assert bool((r.trajectory_labels[:, 0] == 0).all()) and bool((r.trajectory_labels[:, -1] == 1).all())
 

@@ -103,7 +103,7 @@ def test_end_to_end_on_class_folders(fidelity, weights, tmp_path):
     data = split_folders(tmp_path / "data")
     out = tmp_path / "results" / "label_fidelity"
     levels = 3
-    assert fidelity.main(["--pair", str(pair), "--data", str(data), "--metric-weights", str(weights), "--n", "5", "--levels", str(levels),
+    assert fidelity.main(["--pair", str(pair), "--data", str(data), "--metric-weights", str(weights), "--n", "5", "--num-levels", str(levels),
                           "--steps", "4", "--chunk", "3", "--max-batch", "8", "--judge-steps", "15", "--threads", "1", "--device", "cpu",
                           "--out", str(out)]) == 0
     res = json.loads(out.with_suffix(".json").read_text())
@@ -152,7 +152,7 @@ def test_every_measure_offered_is_passed_to_the_generator(fidelity, weights, tmp
     assert fidelity.available_measures() == ("paper", "other")
     out = tmp_path / "lf"
     assert fidelity.main(["--pair", str(make_pair_dir(tmp_path / "pair")), "--data", str(split_folders(tmp_path / "data")),
-                          "--metric-weights", str(weights), "--n", "2", "--levels", "2", "--steps", "3", "--judge-steps", "2",
+                          "--metric-weights", str(weights), "--n", "2", "--num-levels", "2", "--steps", "3", "--judge-steps", "2",
                           "--threads", "1", "--device", "cpu", "--out", str(out)]) == 0
     res = json.loads(out.with_suffix(".json").read_text())
     assert seen == ["paper", "other"] and list(res["measures"]) == ["paper", "other"]

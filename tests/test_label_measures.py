@@ -86,7 +86,7 @@ class TestPaper:
         r = generate_progressive(*pair, images, [0.3, 0.6, 1.0], GenerationConfig(steps=10, measure="paper", bf16=False))
         traj = invert(pair[0], images, DDIMSchedule.from_config(steps=10), return_trajectory=True)
         amplitudes = highpass_amplitude(traj).T
-        assert torch.equal(r.amplitudes, amplitudes)
+        assert torch.equal(r.measured, amplitudes)
         assert torch.equal(r.trajectory_labels, soft_labels(amplitudes))
         default = generate_progressive(*pair, images, [0.3, 0.6, 1.0], GenerationConfig(steps=10, bf16=False))
         assert default.measure == DEFAULT_MEASURE != "paper" and not torch.equal(default.soft_labels, r.soft_labels)
@@ -124,8 +124,8 @@ class TestReference:
     def test_labels_are_eq_9_of_the_band(self, pair, images):
         r = generate_progressive(*pair, images, [0.5, 1.0], GenerationConfig(steps=8, measure="reference", bf16=False))
         traj = invert(pair[0], images, DDIMSchedule.from_config(steps=8), return_trajectory=True)
-        torch.testing.assert_close(r.amplitudes, band_amplitude(traj).T, rtol=0, atol=0)
-        assert torch.equal(r.trajectory_labels, soft_labels(r.amplitudes))
+        torch.testing.assert_close(r.measured, band_amplitude(traj).T, rtol=0, atol=0)
+        assert torch.equal(r.trajectory_labels, soft_labels(r.measured))
 
 
 class TestPreviewMaths:
@@ -171,7 +171,7 @@ class TestPreviewGenerator:
             x0 = ((traj[k] - math.sqrt(1 - a) * eps) / math.sqrt(a)).clamp(-1, 1)
             diff = TF.gaussian_blur(x0, kernel_size=[5, 5], sigma=[1.0, 1.0]) - blurred_source
             expected[:, k] = diff.square().mean(dim=(1, 2, 3)).sqrt()
-        torch.testing.assert_close(r.amplitudes, expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(r.measured, expected, atol=1e-5, rtol=1e-4)
 
     def test_labels_monotone_with_endpoints(self, pair, images):
         r = generate_progressive(*pair, images, [0.25, 0.5, 0.75, 1.0], GenerationConfig(steps=10, measure="preview", bf16=False))
@@ -186,7 +186,7 @@ class TestPreviewGenerator:
         r = generate_progressive(counting(pair[0], calls, "source"), counting(pair[1], calls, "target"), images, [0.5, 1.0], GenerationConfig(steps=6, measure="preview", max_batch=4, bf16=False), fixed_batch=True)
         assert set(calls["source"]) == set(calls["target"]) == {4}  # every call padded to max_batch rows
         alone = generate_progressive(*pair, images[1:2], [0.5, 1.0], GenerationConfig(steps=6, measure="preview", max_batch=4, bf16=False), fixed_batch=True)
-        assert torch.equal(alone.amplitudes[0], r.amplitudes[1]) and torch.equal(alone.images[0], r.images[1])
+        assert torch.equal(alone.measured[0], r.measured[1]) and torch.equal(alone.images[0], r.images[1])
 
 
 @pytest.mark.parametrize("measure", MEASURES)
@@ -242,12 +242,12 @@ class TestFloat32OutsideAutocast:
         assert seen and not any(seen)
         if measure == "paper":  # autocast reaches the decodes only: the inversion and its measure are float32
             traj = invert(pair[0], images, DDIMSchedule.from_config(steps=6), return_trajectory=True)
-            assert torch.equal(r.amplitudes, highpass_amplitude(traj).T)
+            assert torch.equal(r.measured, highpass_amplitude(traj).T)
 
 
 # ------------------------------------------------------------------------------ precompute and user faces
 
-CFG = dict(n=6, levels=3, steps=6, max_batch=4)
+CFG = dict(n=6, num_levels=3, steps=6, max_batch=4)
 
 
 def run(pair_dir, out, resume=False, **kw):
@@ -339,7 +339,7 @@ class TestUserFaces:
         monkeypatch.setattr(progaug.generator, "generate_progressive",
                             lambda *a, **kw: (used.append(a[4].measure), real(*a, **kw))[1])
         assert main(["progressive", "--pair", str(pair_dir), "--source", str(class_folders / "normal"), "--count", "1",
-                     "--levels", "2", "--steps", "3", "--threads", "1", "--measure", "preview",
+                     "--num-levels", "2", "--steps", "3", "--threads", "1", "--measure", "preview",
                      "--out", str(tmp_path / "s.png")]) == 0
         assert used == ["preview"]
 
@@ -409,7 +409,7 @@ def test_decoded_distances_are_those_of_sketch_decodes(pair, images):  # noqa: F
         for a, b in zip(path, path[1:]):
             x = ddim_step(tgt, x, timestep=int(schedule.timesteps[a]), alpha_bar_from=float(schedule.alpha_bar[a]),
                           alpha_bar_to=float(schedule.alpha_bar[b]))
-        torch.testing.assert_close(r.amplitudes[:, depth], preview_distance(x, images), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(r.measured[:, depth], preview_distance(x, images), rtol=1e-4, atol=1e-5)
     labels = r.trajectory_labels
     assert bool((labels[:, 0] == 0).all()) and bool((labels[:, -1] == 1).all()) and bool((labels.diff(dim=1) >= 0).all())
-    torch.testing.assert_close(labels, preview_labels(r.amplitudes))
+    torch.testing.assert_close(labels, preview_labels(r.measured))

@@ -17,7 +17,7 @@ from progaug.precomputation import CSV_FIELDS, PrecomputeConfig, precompute
 
 from conftest import random_tiles
 
-CFG = dict(n=12, levels=3, steps=6, max_batch=4)
+CFG = dict(n=12, num_levels=3, steps=6, max_batch=4)
 
 
 def run(pair_dir, out, resume=False, **kw):
@@ -94,8 +94,8 @@ class TestPrecompute:
             precompute(load_pair(pair_dir), torch.zeros(0, 3, 32, 32, dtype=torch.uint8), [], tmp_path / "e", PrecomputeConfig(**CFG))
         with pytest.raises(ValueError, match="must be 32x32 tiles"):
             precompute(load_pair(pair_dir), random_tiles(2, size=64), ["a", "b"], tmp_path / "e", PrecomputeConfig(**CFG))
-        with pytest.raises(ValueError, match="`levels` 10 exceeds `steps` 6"):
-            PrecomputeConfig(levels=10, steps=6)
+        with pytest.raises(ValueError, match="`num_levels` 10 exceeds `steps` 6"):
+            PrecomputeConfig(num_levels=10, steps=6)
 
 
 class TestCacheChecks:

@@ -272,7 +272,7 @@ class TestCliInputs:
     @pytest.mark.parametrize("command", ["train", "precompute"])
     def test_environment_variable_that_is_not_an_integer(self, folder, tmp_path, capsys, monkeypatch, command):
         monkeypatch.setenv("WORLD_SIZE", "abc")
-        extra = ["--data", str(folder), *TINY] if command == "train" else ["--n", "2", "--levels", "1", "--steps", "1"]
+        extra = ["--data", str(folder), *TINY] if command == "train" else ["--n", "2", "--num-levels", "1", "--steps", "1"]
         err = self._error(capsys, [command, "--out", str(tmp_path / "out"), "--device", "cpu", *extra])
         assert err == "progaug: error: the environment variable WORLD_SIZE must be an integer >= 1, got 'abc'"
         assert not (tmp_path / "out").exists()
@@ -285,7 +285,7 @@ class TestCliInputs:
 
         monkeypatch.setattr(fileio.os, "fsync", full)
         out = tmp_path / "out"
-        err = self._error(capsys, ["precompute", "--out", str(out), "--device", "cpu", "--n", "2", "--levels", "1", "--steps", "1"])
+        err = self._error(capsys, ["precompute", "--out", str(out), "--device", "cpu", "--n", "2", "--num-levels", "1", "--steps", "1"])
         assert err == f"progaug: error: {out / 'run.json'}: No space left on device"
         assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 

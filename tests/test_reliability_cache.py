@@ -195,7 +195,7 @@ class TestPrecomputeResume:
         from progaug.hub import load_pair
         from progaug.precomputation import precompute
 
-        pair, config = load_pair(made[0]), PrecomputeConfig(n=6, levels=3, steps=6, max_batch=4)
+        pair, config = load_pair(made[0]), PrecomputeConfig(n=6, num_levels=3, steps=6, max_batch=4)
         monkeypatch.chdir(class_folders.parent)
         spellings = ["data/normal", str(class_folders / "normal"), "./data/normal/", f"../{tmp_path.name}/data/normal"]
         runs = [source_tiles(s, pair) for s in spellings]

@@ -160,17 +160,17 @@ class TestSameResults:
 class TestPrecomputeBatches:
     def test_automatic_batches_recorded_and_kept_on_resume(self, pair_dir, tmp_path):
         pair = load_pair(pair_dir)
-        cfg = PrecomputeConfig(n=6, levels=3, steps=6)
+        cfg = PrecomputeConfig(n=6, num_levels=3, steps=6)
         out = precompute(pair, random_tiles(2), ["a", "b"], tmp_path / "c", cfg, progress=False)
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["execution"]["max_batch"] == CPU_MAX_BATCH == manifest["execution"]["batch_size"]
         assert manifest["settings"]["config"]["max_batch"] == CPU_MAX_BATCH
         assert "batch_size" not in manifest["settings"]["config"]
         # another batch size on resume is fine (results do not depend on it) ...
-        precompute(pair, random_tiles(2), ["a", "b"], out, PrecomputeConfig(n=6, levels=3, steps=6, batch_size=1), resume=True, progress=False)
+        precompute(pair, random_tiles(2), ["a", "b"], out, PrecomputeConfig(n=6, num_levels=3, steps=6, batch_size=1), resume=True, progress=False)
         # ... another max_batch is not
         with pytest.raises(ValueError, match="other settings"):
-            precompute(pair, random_tiles(2), ["a", "b"], out, PrecomputeConfig(n=6, levels=3, steps=6, max_batch=4), resume=True,
+            precompute(pair, random_tiles(2), ["a", "b"], out, PrecomputeConfig(n=6, num_levels=3, steps=6, max_batch=4), resume=True,
                        progress=False)
 
 
@@ -191,14 +191,14 @@ class TestBf16Default:
 
         pair = load_pair(pair_dir)
         monkeypatch.setattr(progaug.runtime, "native_bf16", lambda device: True)
-        out = precompute(pair, random_tiles(2), ["a", "b"], tmp_path / "c", PrecomputeConfig(n=6, levels=3, steps=6), progress=False)
+        out = precompute(pair, random_tiles(2), ["a", "b"], tmp_path / "c", PrecomputeConfig(n=6, num_levels=3, steps=6), progress=False)
         assert json.loads((out / "run.json").read_text())["config"]["bf16"] is True
         monkeypatch.setattr(progaug.runtime, "native_bf16", lambda device: False)
         # a resume on a machine without native bf16 keeps the stored choice (same results) ...
-        precompute(pair, random_tiles(2), ["a", "b"], out, PrecomputeConfig(n=6, levels=3, steps=6), resume=True, progress=False)
+        precompute(pair, random_tiles(2), ["a", "b"], out, PrecomputeConfig(n=6, num_levels=3, steps=6), resume=True, progress=False)
         # ... and an explicit other choice is refused as another setting
         with pytest.raises(ValueError, match="other settings"):
-            precompute(pair, random_tiles(2), ["a", "b"], out, PrecomputeConfig(n=6, levels=3, steps=6, bf16=False), resume=True,
+            precompute(pair, random_tiles(2), ["a", "b"], out, PrecomputeConfig(n=6, num_levels=3, steps=6, bf16=False), resume=True,
                        progress=False)
 
 

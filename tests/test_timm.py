@@ -23,7 +23,7 @@ REAL_TRAIN_PY = os.environ.get("PROGAUG_TIMM_TRAIN_PY")  # timm's own train.py, 
 @pytest.fixture
 def data(pair_dir, tmp_path):
     cache = precompute(load_pair(pair_dir), random_tiles(2), ["a", "b"], tmp_path / "cache",
-                       PrecomputeConfig(n=6, levels=3, steps=6, max_batch=4), progress=False)
+                       PrecomputeConfig(n=6, num_levels=3, steps=6, max_batch=4), progress=False)
     root = tmp_path / "real"
     for split in ("train", "validation"):
         for c, cls in enumerate(("stroma", "tumour")):

@@ -216,7 +216,7 @@ class TestDataset:
 
     def test_from_cache_mixes_real(self, pair_dir, tmp_path):
         out = precompute(load_pair(pair_dir), random_tiles(2), ["a", "b"], tmp_path / "c",
-                         PrecomputeConfig(n=6, levels=3, steps=6, max_batch=4), progress=False)
+                         PrecomputeConfig(n=6, num_levels=3, steps=6, max_batch=4), progress=False)
         ds = SoftLabelProgressiveDataset.from_cache(out, real=_tile_dataset(2), replace_prob=None)  # concatenated
         assert len(ds) == 6 + 4 and ds.classes == ["stroma", "tumour"]
         image, row = ds[0]
@@ -227,7 +227,7 @@ class TestDataset:
 
     def test_from_cache_replacement_keeps_the_real_samples_per_epoch(self, pair_dir, tmp_path):
         out = precompute(load_pair(pair_dir), random_tiles(2), ["a", "b"], tmp_path / "c",
-                         PrecomputeConfig(n=6, levels=3, steps=6, max_batch=4), progress=False)
+                         PrecomputeConfig(n=6, num_levels=3, steps=6, max_batch=4), progress=False)
         real = _tile_dataset(2)  # 4 real tiles
         ds = SoftLabelProgressiveDataset.from_cache(out, real=real, replace_prob=0.5)
         assert len(ds) == 4  # one epoch = one pass over the real samples
@@ -252,7 +252,7 @@ class TestDataset:
         from progaug.selection import SelectiveFilter
 
         out = precompute(load_pair(pair_dir), random_tiles(2), ["a", "b"], tmp_path / "c",
-                         PrecomputeConfig(n=3, levels=3, steps=6, max_batch=4), progress=False)
+                         PrecomputeConfig(n=3, num_levels=3, steps=6, max_batch=4), progress=False)
         with pytest.raises(ValueError, match="`replace_prob` needs `real` samples"):
             SoftLabelProgressiveDataset.from_cache(out, replace_prob=0.1)
         with pytest.raises(ValueError, match=r"`replace_prob` must lie in \[0, 1\], got 1.2"):
@@ -268,7 +268,7 @@ class TestDataset:
 
     def test_from_cache_class_mismatch(self, pair_dir, tmp_path):
         out = precompute(load_pair(pair_dir), random_tiles(2), ["a", "b"], tmp_path / "c",
-                         PrecomputeConfig(n=3, levels=3, steps=6, max_batch=4), progress=False)
+                         PrecomputeConfig(n=3, num_levels=3, steps=6, max_batch=4), progress=False)
         with pytest.raises(ValueError, match="the cache's class 'stroma' is not among the classes"):
             SoftLabelProgressiveDataset.from_cache(out, classes=["normal", "tumour"])
 

@@ -83,7 +83,7 @@ def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str,
     return _cached(cache_dir, "final", key, make)
 
 
-def progressive_bank(pair, sources: torch.Tensor, generation: GenerationConfig, levels: int, *, chunk: int = 32,
+def progressive_bank(pair, sources: torch.Tensor, generation: GenerationConfig, num_levels: int, *, chunk: int = 32,
                      cache_dir: Path | None = None, progress: Callable[[int], None] | None = None) -> dict:
     """Progressive images (paper 2.1-2.3) of every uint8 source tile, made in chunks of ``chunk`` tiles by
     one :class:`progaug.generator.ProgressiveGenerator` and kept per chunk (a stopped run keeps what it made).
@@ -93,7 +93,7 @@ def progressive_bank(pair, sources: torch.Tensor, generation: GenerationConfig, 
         sources: ``(M, 3, S, S)`` uint8 source-class tiles.
         generation: Steps, measure, rows per call, bf16 and device (``bf16=None`` is resolved for the
             device: the chunk's name records the precision used).
-        levels: Levels per tile, evenly spaced in (0, 1].
+        num_levels: Levels per tile, evenly spaced in (0, 1].
         chunk: Source tiles per chunk (the unit kept in ``cache_dir``).
         cache_dir: Where the chunks are kept (None: nowhere).
         progress: Called with the number of source tiles of each finished (or reused) chunk.
@@ -114,11 +114,11 @@ def progressive_bank(pair, sources: torch.Tensor, generation: GenerationConfig, 
     precision = "bf16 decodes" if resolved.bf16 else False  # bf16 reaches the decodes only (the inversion and labels stay float32)
     for start in range(0, len(sources), chunk):
         part = sources[start:start + chunk]
-        key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), measure, steps, levels, precision, part)
+        key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), measure, steps, num_levels, precision, part)
         path = None if cache_dir is None else Path(cache_dir) / f"progressive-{measure}-{key}.safetensors"
         entry = _load(path)
         if entry is None:
-            r = generator(to_model_range(part).to(device), default_levels(levels))
+            r = generator(to_model_range(part).to(device), default_levels(num_levels))
             entry = {"images": to_uint8(r.images).cpu(), "labels": r.soft_labels.float().cpu(), "depths": r.depths.cpu(),
                      "evals": torch.tensor([r.model_evaluations])}
             _store(path, entry)

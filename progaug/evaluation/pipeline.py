@@ -37,20 +37,20 @@ class GenerationSettings(JsonConfig):
     Attributes: see each field's help text.
     """
 
-    gen_steps: int = setting(50, "DDIM steps of the generated sets")
-    levels: int = setting(10, "progressive images per class-A tile")
+    steps: int = setting(50, "DDIM steps of the generated sets")
+    num_levels: int = setting(10, "progressive images per class-A tile")
     bf16: bool = setting(True, "generate under bf16 autocast (1.6-2x faster on CPUs with native bf16)")
     max_batch: int = setting(CPU_MAX_BATCH, "rows per U-Net call when generating")
 
     def __post_init__(self) -> None:
-        for name in ("gen_steps", "levels", "max_batch"):
+        for name in ("steps", "num_levels", "max_batch"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
 
     def generation(self, measure: str, device: str) -> GenerationConfig:
         """The :class:`progaug.generator.GenerationConfig` of the sets under label ``measure`` on ``device``."""
-        return GenerationConfig(steps=self.gen_steps, measure=measure, max_batch=self.max_batch, bf16=self.bf16, device=device)
+        return GenerationConfig(steps=self.steps, measure=measure, max_batch=self.max_batch, bf16=self.bf16, device=device)
 
 
 def _scatter(values: torch.Tensor, needed: torch.Tensor, total: int) -> torch.Tensor:
@@ -89,7 +89,7 @@ def make_sets(pair, sources: torch.Tensor, arms: Sequence[Arm], settings: Genera
     for m in measures:
         t0, parts, evals = time.time(), [], []
         for c in chunks:
-            bank = generated.progressive_bank(pair, sources[c * CHUNK:(c + 1) * CHUNK], settings.generation(m, device), settings.levels,
+            bank = generated.progressive_bank(pair, sources[c * CHUNK:(c + 1) * CHUNK], settings.generation(m, device), settings.num_levels,
                                               chunk=CHUNK, cache_dir=cache_dir, progress=progress)
             parts.append(bank)
             evals.append(bank["evals_per_image"])
@@ -101,9 +101,9 @@ def make_sets(pair, sources: torch.Tensor, arms: Sequence[Arm], settings: Genera
     iddpm = None
     if "iddpm" in kinds:
         t0 = time.time()
-        iddpm = generated.unconditional(pair, total, steps=settings.gen_steps, device=device, bf16=settings.bf16,
+        iddpm = generated.unconditional(pair, total, steps=settings.steps, device=device, bf16=settings.bf16,
                                         batch_size=settings.max_batch, cache_dir=cache_dir)
-        cost["iddpm"] = {"seconds": round(time.time() - t0, 1), "unet_evals_per_image": settings.gen_steps}
+        cost["iddpm"] = {"seconds": round(time.time() - t0, 1), "unet_evals_per_image": settings.steps}
     return GeneratedSets(pro=pro, final=final, iddpm=iddpm), cost
 
 
