@@ -209,13 +209,11 @@ def _run_precompute(args: argparse.Namespace) -> int:
     from progaug.hub import load_pair
     from progaug.precomputation import PrecomputeConfig, precompute
     from progaug.data.sources import source_tiles
-    from progaug.runtime import default_device, env_int
+    from progaug.runtime import default_device
 
     _check_device(args)
     config = config_from_args(PrecomputeConfig, args)  # its checks come before anything is read
-    device = args.device or default_device()
-    if device.startswith("cuda") and env_int("WORLD_SIZE", 1, low=1) > 1:
-        device = f"cuda:{env_int('LOCAL_RANK', 0)}"
+    device = args.device or default_device()  # a torchrun rank takes its local GPU (runtime.torchrun_setup)
     runtime = _apply_runtime(args, device)
     pair = load_pair(args.pair)
     tiles, names = source_tiles(args.source, pair)

@@ -39,7 +39,7 @@ from progaug.frequency import DEFAULT_RADIUS, default_levels
 from progaug.generator import GenerationConfig, ProgressiveGenerator
 from progaug.labels import DEFAULT_MEASURE, LEGACY_MEASURE, MEASURE_HELP, Measure
 from progaug.pair import Pair
-from progaug.runtime import RuntimeConfig, auto_max_batch, autocast_dtype, env_int, resolve_bf16
+from progaug.runtime import RuntimeConfig, auto_max_batch, autocast_dtype, barrier, resolve_bf16, torchrun_setup
 
 __all__ = ["CSV_FIELDS", "PrecomputeConfig", "precompute"]
 
@@ -150,24 +150,6 @@ def _png_bytes(image: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def _dist() -> tuple[int, int]:
-    world = env_int("WORLD_SIZE", 1, low=1)
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def precompute(
     pair: Pair,
     sources: torch.Tensor,
@@ -208,7 +190,7 @@ def precompute(
     if pair.classes[0] == pair.classes[1]:
         raise ValueError(f"the pair's source and target classes are both {pair.classes[0]!r}: a pair translates between two classes")
     out = Path(out)
-    rank, world = _dist()
+    rank, world, device = torchrun_setup(device)
     pair.to(device)
     config = _resolve_batches(config, out, pair, device, resume)
     settings = {
@@ -226,7 +208,7 @@ def precompute(
             _prepare(out, settings, resume)
             if resume:
                 _drop_bad_records(context)
-        _barrier(world)
+        barrier(world)
         missing = [g for g in range(config.groups) if not record_path(out, g).is_file()]
         _generate(context, [g for g in missing if g % world == rank], rank, world, device, progress, runtime,
                   arguments or {}, settings, redo=bool(missing))
@@ -252,7 +234,7 @@ def _generate(ctx: _Context, todo: list[int], rank: int, world: int, device, pro
     finally:
         bar.close()  # ends the bar's line, also when a group fails
     seconds = time.perf_counter() - began
-    _barrier(world)
+    barrier(world)
     if rank == 0:
         execution = {"device": str(device), "batch_size": config.batch_size, "max_batch": config.max_batch,
                      "threads": torch.get_num_threads(), "processes": world, "runtime": (runtime or RuntimeConfig()).to_dict(),

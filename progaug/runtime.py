@@ -122,6 +122,34 @@ def resolve_bf16(bf16: bool | None, device: torch.device | str) -> bool:
     return native_bf16(device) if check_bf16(bf16) is None else bf16
 
 
+def torchrun_setup(device: torch.device | str | None) -> tuple[int, int, torch.device]:
+    """``(rank, world size, device)`` of this process: one process on ``device`` (default:
+    :func:`default_device`), or a ``torchrun`` rank, which joins the process group once (NCCL on CUDA,
+    Gloo otherwise) and, on CUDA, runs on its local GPU (``LOCAL_RANK``). The one torchrun setup of
+    ``progaug train`` and ``progaug precompute``."""
+    world = env_int("WORLD_SIZE", 1, low=1)
+    if world <= 1:
+        return 0, 1, torch.device(device or default_device())
+    import torch.distributed as dist
+
+    use_cuda = torch.cuda.is_available() and torch.device(device or default_device()).type == "cuda"
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if not use_cuda:
+        return dist.get_rank(), world, torch.device("cpu")
+    local = env_int("LOCAL_RANK", 0)
+    torch.cuda.set_device(local)
+    return dist.get_rank(), world, torch.device("cuda", local)
+
+
+def barrier(world: int) -> None:
+    """Wait for every ``torchrun`` rank (nothing with one process)."""
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def autocast(device: torch.device | str, dtype: torch.dtype | None):
     """``torch.autocast`` on ``device``'s type with ``dtype``, or a no-op context when ``dtype`` is None."""
     return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)

@@ -34,7 +34,7 @@ from progaug.data.tiles import TileSet, dihedral, to_model_range
 from progaug.diffusion import DDIMSchedule, sample, training_alpha_bar
 from progaug.nn.unet import UNet
 from progaug.pair import ROLES, write_card
-from progaug.runtime import autocast, autocast_dtype, default_device, env_int
+from progaug.runtime import autocast, autocast_dtype, barrier, torchrun_setup
 
 __all__ = ["TrainConfig", "loss_weights", "train_pair"]
 
@@ -298,23 +298,6 @@ def _write_pair(out: Path, members: list[_Member], step: int, run: dict[str, Any
 # ----------------------------------------------------------------------------------------- loop
 
 
-def _dist_setup(device: str | None) -> tuple[int, int, torch.device]:
-    """``(rank, world size, device)``: one process on ``device``, or this ``torchrun`` rank on its local GPU."""
-    world = env_int("WORLD_SIZE", 1, low=1)
-    if world <= 1:
-        return 0, 1, torch.device(device or default_device())
-    import torch.distributed as dist
-
-    use_cuda = torch.cuda.is_available() and device != "cpu"
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if not use_cuda:
-        return dist.get_rank(), world, torch.device("cpu")
-    local = env_int("LOCAL_RANK", 0)
-    torch.cuda.set_device(local)
-    return dist.get_rank(), world, torch.device("cuda", local)
-
-
 def train_pair(
     tiles: TileSet,
     out: str | os.PathLike[str],
@@ -358,7 +341,7 @@ def train_pair(
     src_cfg = source_model or UNetConfig(attention=PAIR_ATTENTION["source"])
     tgt_cfg = target_model or dataclasses.replace(src_cfg, attention=PAIR_ATTENTION["target"])
     class_tiles = _class_tiles(tiles, (source_class, target_class), (src_cfg, tgt_cfg))
-    rank, world, dev = _dist_setup(device)
+    rank, world, dev = torchrun_setup(device)
     if cfg.batch_size % world:
         raise ValueError(f"`batch_size` {cfg.batch_size} is not divisible by the {world} torchrun processes")
     out = Path(out)
@@ -380,10 +363,7 @@ def train_pair(
             for folder in (out, out / "samples"):  # left by a process killed mid-write; the lock is ours
                 remove_temporary_files(folder)
         _train_loop(members, out, run, cfg, diffusion, resume, rank, world, dev, progress)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+    barrier(world)
     return out
 
 
