@@ -50,6 +50,44 @@ def _to_float_image(image: Any, name: str = "base image") -> torch.Tensor:
     return image
 
 
+def _check_mixing(real: Dataset | None, measure: str | None, replace_prob: float | None, selective: SelectiveFilter | None) -> float | None:
+    """The checks of :meth:`SoftLabelProgressiveDataset.from_cache`'s settings, before anything is read;
+    returns the replacement probability in effect (None without ``real``: nothing to replace)."""
+    if measure is not None:
+        check_measure("measure", measure)
+    if replace_prob is not None:
+        check_probability("replace_prob", replace_prob)
+    for name, value, default in (("replace_prob", replace_prob, DEFAULT_REPLACE_PROB), ("selective", selective, None)):
+        if value not in (None, default) and real is None:
+            raise ValueError(f"`{name}` needs `real` samples: it decides how generated samples join real ones")
+    if selective is not None and not isinstance(selective, SelectiveFilter):
+        raise TypeError(f"`selective` must be a progaug.selection.SelectiveFilter, got {type(selective).__name__}")
+    return None if real is None else replace_prob
+
+
+def _join(cache: ProgressiveCache, names: list[str], real: Dataset | None, selective: SelectiveFilter | None):
+    """The cache's images and soft rows (filtered by ``selective``), then the real ones after them.
+
+    Returns:
+        ``(images (N, 3, S, S) uint8, rows (N, K), real images (M, 3, S, S), filter report or None)``,
+        generated samples first.
+    """
+    src, tgt = names.index(cache.classes[0]), names.index(cache.classes[1])
+    images, soft = cache.load_images(), cache.soft_labels()
+    rows = soft_label_to_row(soft, src, tgt, len(names))
+    if real is None:
+        return images, rows, images[:0], None
+    real_images, real_rows = _materialise(real, len(names))
+    if real_images.shape[1:] != images.shape[1:]:
+        raise ValueError(f"real images are {tuple(real_images.shape[1:])} but the cache holds {tuple(images.shape[1:])}")
+    report = None
+    if selective is not None:
+        keep = selective.keep(images, soft, real_images, real_rows.argmax(-1), len(names), tgt)
+        report = {**selective.to_dict(), "kept": int(keep.sum()), "total": len(keep)}
+        images, rows = images[keep], rows[keep]
+    return torch.cat([images, real_images]), torch.cat([rows, real_rows]), real_images, report
+
+
 class SoftLabelProgressiveDataset(Dataset):
     """Soft-labelled samples for a classifier.
 
@@ -161,17 +199,7 @@ class SoftLabelProgressiveDataset(Dataset):
                 ``measure``.
         """
         device = check_device("device", device)
-        if measure is not None:
-            check_measure("measure", measure)
-        if replace_prob is not None:
-            check_probability("replace_prob", replace_prob)
-        for name, value, default in (("replace_prob", replace_prob, DEFAULT_REPLACE_PROB), ("selective", selective, None)):
-            if value not in (None, default) and real is None:
-                raise ValueError(f"`{name}` needs `real` samples: it decides how generated samples join real ones")
-        if real is None:
-            replace_prob = None
-        if selective is not None and not isinstance(selective, SelectiveFilter):
-            raise TypeError(f"`selective` must be a progaug.selection.SelectiveFilter, got {type(selective).__name__}")
+        replace_prob = _check_mixing(real, measure, replace_prob, selective)
         cache = ProgressiveCache.open(cache_dir)
         if measure is not None and cache.measure != measure:
             raise ValueError(f"the cache {cache_dir} was made with measure {cache.measure!r}, not the requested {measure!r}")
@@ -179,23 +207,10 @@ class SoftLabelProgressiveDataset(Dataset):
         for name in cache.classes:
             if name not in names:
                 raise ValueError(f"the cache's class {name!r} is not among the classes {names}")
-        src, tgt = names.index(cache.classes[0]), names.index(cache.classes[1])
-        images = cache.load_images()
-        soft = cache.soft_labels()
-        rows = soft_label_to_row(soft, src, tgt, len(names))
-        report = None
-        if real is not None:
-            real_images, real_rows = _materialise(real, len(names))
-            if real_images.shape[1:] != images.shape[1:]:
-                raise ValueError(f"real images are {tuple(real_images.shape[1:])} but the cache holds {tuple(images.shape[1:])}")
-            if selective is not None:
-                keep = selective.keep(images, soft, real_images, real_rows.argmax(-1), len(names), tgt)
-                report = {**selective.to_dict(), "kept": int(keep.sum()), "total": len(keep)}
-                images, rows = images[keep], rows[keep]
-            images, rows = torch.cat([images, real_images]), torch.cat([rows, real_rows])
+        images, rows, real_images, report = _join(cache, names, real, selective)
         ds = cls(None, classes=names, transform=transform)
         ds._images, ds._rows = images.to(device) if device else images, rows.to(device) if device else rows
-        ds._num_generated = len(images) - (0 if real is None else len(real_images))
+        ds._num_generated = len(images) - len(real_images)
         ds.replace_prob, ds.filter_report = replace_prob, report
         ds.cache = cache
         ds.measure = cache.measure
