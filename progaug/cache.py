@@ -55,6 +55,9 @@ CSV_FIELDS = tuple(name for name, _ in COLUMNS)
 _NUMBERS = {name: kind for name, kind in COLUMNS if kind is not str}
 _REQUIRED_COLUMNS = tuple(name for name in CSV_FIELDS if name not in ADDED_COLUMNS)
 
+RUN_FILE = "run.json"
+"""The settings of a run, written first (:func:`write_run_settings`) and compared on ``--resume``."""
+
 IMAGE_NAME = re.compile(r"images/[0-9]{6,}\.png")
 """The only names of images a cache may list (:func:`image_name`): nothing else is ever opened."""
 
@@ -150,6 +153,50 @@ def read_record(out: Path, group: int, files: list[str], run: tuple[Any, Any, An
         if sha256_file(file) != images[name]:
             raise ValueError(f"{file} is not the image that was written (sha256 differs; truncated or altered)")
     return [_with_added_columns(r) for r in rows]
+
+
+def write_run_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Write the settings of a run as ``out/run.json`` (sorted keys, atomically), before any sample."""
+    atomic_write_bytes(out / RUN_FILE, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
+
+
+def not_resumable(run_file: Path, exc: Exception) -> str:
+    """The message for a ``run.json`` that is not valid JSON."""
+    return f"{run_file} is not valid JSON ({exc}): this folder cannot be resumed; choose another --out"
+
+
+def read_run_settings(run_file: Path) -> Any:
+    """The stored settings of a run's ``run.json`` (``run_file``), a run made before ``measure`` existed read as
+    :data:`progaug.labels.LEGACY_MEASURE` (what it used). A corrupt
+    ``run.json`` beside a ``manifest.json`` is read from the manifest's copy of the settings.
+
+    Raises:
+        ValueError: Not valid JSON, and no manifest to read the settings from.
+    """
+    try:
+        stored = json.loads(run_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        stored = _settings_of_manifest(run_file, exc)
+    if isinstance(stored, dict) and isinstance(stored.get("config"), dict):
+        stored["config"].setdefault("measure", LEGACY_MEASURE)
+    return stored
+
+
+def _settings_of_manifest(run_file: Path, exc: Exception) -> Any:
+    """The settings a finished run's manifest holds, when ``run_file`` is not valid JSON (``exc``).
+
+    Raises:
+        ValueError: No readable manifest with settings either.
+    """
+    import sys
+
+    manifest = finished_manifest(run_file.parent)
+    settings = manifest.get("settings") if isinstance(manifest, dict) else None
+    if not isinstance(settings, dict):
+        raise ValueError(not_resumable(run_file, exc)) from exc
+    print(f"progaug precompute: {run_file} is not valid JSON ({exc}); the settings are read from manifest.json",
+          file=sys.stderr)
+    return settings
 
 
 def finished_manifest(out: Path) -> dict[str, Any] | None:

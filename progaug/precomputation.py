@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from progaug.cache import (
-    CSV_FIELDS, finished_manifest, image_name, read_record, record_path, write_labels, write_manifest, write_record,
+    CSV_FIELDS, RUN_FILE, finished_manifest, image_name, not_resumable, read_record, read_run_settings, record_path, write_labels,
+    write_manifest, write_record, write_run_settings,
 )
 from progaug.fileio import LOCK_NAME, atomic_write_bytes, lock_folder, remove_temporary_files
 from progaug.config import JsonConfig, describe_differences
@@ -37,7 +38,7 @@ from progaug.data.tiles import dihedral
 from progaug.errors import check_int
 from progaug.frequency import DEFAULT_RADIUS, default_levels
 from progaug.generator import GenerationConfig, ProgressiveGenerator
-from progaug.labels import DEFAULT_MEASURE, LEGACY_MEASURE, MEASURE_HELP, Measure
+from progaug.labels import DEFAULT_MEASURE, MEASURE_HELP, Measure
 from progaug.pair import Pair
 from progaug.runtime import RuntimeConfig, auto_max_batch, autocast_dtype, barrier, resolve_bf16, torchrun_setup
 
@@ -249,57 +250,19 @@ def _resolve_batches(config: PrecomputeConfig, out: Path, pair: Pair, device, re
     """Fill in the pair's ``steps``, the automatic ``max_batch`` and ``bf16`` (the stored ones on
     ``--resume``) and ``batch_size``; the filled-in config passes the same checks as a given one."""
     max_batch, bf16 = config.max_batch, config.bf16
-    run_file = out / "run.json"
+    run_file = out / RUN_FILE
     if (max_batch is None or bf16 is None) and resume and run_file.is_file():
-        stored = _read_run_file(run_file)
+        stored = read_run_settings(run_file)
         try:
             max_batch = stored.get("config", {}).get("max_batch") if max_batch is None else max_batch
             bf16 = stored.get("config", {}).get("bf16") if bf16 is None else bf16
         except AttributeError as exc:
-            raise ValueError(_not_resumable(run_file, exc)) from exc
+            raise ValueError(not_resumable(run_file, exc)) from exc
     config = dataclasses.replace(config, bf16=resolve_bf16(bf16 if isinstance(bf16, bool) else None, device))
     if max_batch is None:
         max_batch = auto_max_batch(pair.source, pair.image_size, device, autocast_dtype=autocast_dtype(config.bf16))
     steps = pair.diffusion.sampling_steps if config.steps is None else config.steps
     return dataclasses.replace(config, steps=steps, max_batch=int(max_batch), batch_size=config.batch_size or int(max_batch))
-
-
-def _not_resumable(run_file: Path, exc: Exception) -> str:
-    return f"{run_file} is not valid JSON ({exc}): this folder cannot be resumed; choose another --out"
-
-
-def _read_run_file(run_file: Path) -> Any:
-    """The stored settings of ``run.json``, a run made before ``measure`` existed read as
-    :data:`progaug.labels.LEGACY_MEASURE` (what it used). A corrupt
-    ``run.json`` beside a ``manifest.json`` is read from the manifest's copy of the settings.
-
-    Raises:
-        ValueError: Not valid JSON, and no manifest to read the settings from.
-    """
-    try:
-        stored = json.loads(run_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        stored = _settings_of_manifest(run_file, exc)
-    if isinstance(stored, dict) and isinstance(stored.get("config"), dict):
-        stored["config"].setdefault("measure", LEGACY_MEASURE)
-    return stored
-
-
-def _settings_of_manifest(run_file: Path, exc: Exception) -> Any:
-    """The settings a finished run's manifest holds, when ``run_file`` is not valid JSON (``exc``).
-
-    Raises:
-        ValueError: No readable manifest with settings either.
-    """
-    import sys
-
-    manifest = finished_manifest(run_file.parent)
-    settings = manifest.get("settings") if isinstance(manifest, dict) else None
-    if not isinstance(settings, dict):
-        raise ValueError(_not_resumable(run_file, exc)) from exc
-    print(f"progaug precompute: {run_file} is not valid JSON ({exc}); the settings are read from manifest.json",
-          file=sys.stderr)
-    return settings
 
 
 def _check_sources(sources: torch.Tensor, names, size: int) -> None:
@@ -318,11 +281,11 @@ def _tensor_digest(x: torch.Tensor) -> str:
 
 
 def _prepare(out: Path, settings: dict[str, Any], resume: bool) -> None:
-    run_file = out / "run.json"
+    run_file = out / RUN_FILE
     if run_file.is_file():
         if not resume:
             raise FileExistsError(f"{out} already holds a precomputed run: pass --resume to complete it, or choose another --out")
-        differences = describe_differences(_read_run_file(run_file), json.loads(json.dumps(settings)))
+        differences = describe_differences(read_run_settings(run_file), json.loads(json.dumps(settings)))
         if differences:
             raise ValueError(f"--resume: {out} was made with other settings: " + "; ".join(differences))
     elif out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
@@ -331,7 +294,7 @@ def _prepare(out: Path, settings: dict[str, Any], resume: bool) -> None:
         remove_temporary_files(folder)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "records").mkdir(exist_ok=True)
-    atomic_write_bytes(run_file, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
+    write_run_settings(out, settings)
 
 
 def _sample_ids(group: int, config: PrecomputeConfig) -> range:
