@@ -56,6 +56,16 @@ def rng() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: bit-identity holds at equal thread counts (torchrun and the
+    subprocesses of the tests run one thread each; pinned digests are taken on one thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)

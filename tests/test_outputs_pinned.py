@@ -26,14 +26,6 @@ PINNED_PRECOMPUTE = {  # since the amplitude_* columns were named measured_* (th
 PINNED_TRANSFORM = "eb3d92e5c794f427241cfe158d8a9ad28309a313bc79d9d70da0b742206e442e"
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _folder_digest(folder) -> str:
     h = hashlib.sha256()
     for path in sorted((folder / "images").iterdir()):

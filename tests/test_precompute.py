@@ -119,15 +119,6 @@ class TestCacheChecks:
             ProgressiveCache.open(out)
 
 
-@pytest.fixture
-def one_thread():
-    """Bit-identity holds at equal thread counts: torchrun and the subprocesses here run one thread each."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 SCRIPT = """
 import sys, os
 sys.path.insert(0, {tests!r})
