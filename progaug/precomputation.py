@@ -40,7 +40,7 @@ from progaug.frequency import DEFAULT_RADIUS, default_levels
 from progaug.generator import GenerationConfig, ProgressiveGenerator
 from progaug.labels import DEFAULT_MEASURE, MEASURE_HELP, Measure
 from progaug.pair import Pair
-from progaug.runtime import RuntimeConfig, auto_max_batch, autocast_dtype, barrier, resolve_bf16, torchrun_setup
+from progaug.runtime import RuntimeConfig, barrier, torchrun_setup
 
 __all__ = ["CSV_FIELDS", "PrecomputeConfig", "precompute"]
 
@@ -258,11 +258,10 @@ def _resolve_batches(config: PrecomputeConfig, out: Path, pair: Pair, device, re
             bf16 = stored.get("config", {}).get("bf16") if bf16 is None else bf16
         except AttributeError as exc:
             raise ValueError(not_resumable(run_file, exc)) from exc
-    config = dataclasses.replace(config, bf16=resolve_bf16(bf16 if isinstance(bf16, bool) else None, device))
-    if max_batch is None:
-        max_batch = auto_max_batch(pair.source, pair.image_size, device, autocast_dtype=autocast_dtype(config.bf16))
-    steps = pair.diffusion.sampling_steps if config.steps is None else config.steps
-    return dataclasses.replace(config, steps=steps, max_batch=int(max_batch), batch_size=config.batch_size or int(max_batch))
+    generation = dataclasses.replace(config.generation, max_batch=max_batch, bf16=bf16 if isinstance(bf16, bool) else None)
+    made = generation.resolved(pair, device)  # the one rule for steps, bf16 and the automatic max_batch
+    return dataclasses.replace(config, steps=made.steps, bf16=made.bf16, max_batch=made.max_batch,
+                               batch_size=config.batch_size or made.max_batch)
 
 
 def _check_sources(sources: torch.Tensor, names, size: int) -> None:
