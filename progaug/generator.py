@@ -185,6 +185,8 @@ def generate_progressive(
         raise TypeError(f"`config` must be a GenerationConfig, got {type(config).__name__}")
     diffusion = diffusion or DiffusionConfig()
     check_image_batch("images", images, size=_model_size(source_model))
+    images = images.contiguous()  # the values decide, not the layout: a channels-last view (a PIL or HWC
+    # array) takes other convolution kernels on some CPUs (AVX2) and moved pixels by one grey level
     if fixed_batch and config.max_batch is None:
         raise ValueError("`fixed_batch` needs `config.max_batch`, the fixed number of rows per U-Net call")
     config = config.resolved(source_model, images.device, diffusion)

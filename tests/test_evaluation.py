@@ -144,6 +144,20 @@ def test_protocol_config_refuses_tuning_on_evaluation_seeds():
     assert ProtocolConfig.from_json(ProtocolConfig(n=("5",)).to_json()) == ProtocolConfig(n=("5",))
 
 
+def test_generation_settings_bf16_is_automatic_and_checked(monkeypatch):
+    import progaug.runtime
+    from progaug.evaluation.pipeline import GenerationSettings
+
+    assert GenerationSettings().bf16 is None
+    monkeypatch.setattr(progaug.runtime, "native_bf16", lambda device: False)
+    assert GenerationSettings().resolved("cpu").bf16 is False  # emulated bf16 is slow: not the default there
+    monkeypatch.setattr(progaug.runtime, "native_bf16", lambda device: True)
+    assert GenerationSettings().resolved("cpu").bf16 is True
+    assert GenerationSettings(bf16=False).resolved("cpu").bf16 is False
+    with pytest.raises(TypeError, match="`bf16` must be True, False or None"):
+        GenerationSettings(bf16="yes")
+
+
 def test_arm_knobs():
     arms = all_arms("preview")
     assert arms["real"].knob is None and arms["real, no flips"].knob is None

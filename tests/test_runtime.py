@@ -205,17 +205,20 @@ class TestBf16Default:
 def test_bf16_moves_no_depth_or_label_and_keeps_images_above_40_db_on_the_demo_pair():
     """docs/performance.md: bf16 autocast reaches the decodes only, so depths and soft labels are those of
     float32 and the demo pair's images stay at >= 40 dB PSNR of float32 (4 held-out stroma tiles, S = 20,
-    the default measure; benchmarks/precision.py measures more)."""
+    the default measure, where bf16 is native; benchmarks/precision.py measures more)."""
     from progaug.data.splits import load_splits
     from progaug.data.tiles import to_model_range
     from progaug.metrics import psnr
 
     demo = load_pair("hgsc-demo")
-    tiles = load_splits("hgsc", demo.image_size)["test"].of_class(demo.classes[0]).images[:4]
+    # where the CPU has no native bf16 (AVX2) autocast emulates it, about 8 min at the full size, and bf16 is
+    # never the default there: one tile, two levels, S = 10
+    count, steps, levels = (4, 20, [0.25, 0.5, 0.75, 1.0]) if native_bf16("cpu") else (1, 10, [0.5, 1.0])
+    tiles = load_splits("hgsc", demo.image_size)["test"].of_class(demo.classes[0]).images[:count]
     x = to_model_range(tiles)
-    levels, fp32 = [0.25, 0.5, 0.75, 1.0], GenerationConfig(steps=20, bf16=False)
+    fp32 = GenerationConfig(steps=steps, bf16=False)
     ref = generate_progressive(demo.source, demo.target, x, levels, fp32, diffusion=demo.diffusion)
-    low = generate_progressive(demo.source, demo.target, x, levels, GenerationConfig(steps=20, bf16=True), diffusion=demo.diffusion)
+    low = generate_progressive(demo.source, demo.target, x, levels, GenerationConfig(steps=steps, bf16=True), diffusion=demo.diffusion)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's own autocast does not reach the labels either
         outer = generate_progressive(demo.source, demo.target, x, levels, fp32, diffusion=demo.diffusion)
     for other in (low, outer):

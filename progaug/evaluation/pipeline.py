@@ -22,7 +22,7 @@ from progaug.evaluation import generated
 from progaug.generator import GenerationConfig
 from progaug.evaluation.protocol import Arm, GeneratedSets, ProtocolConfig, needed_positions, parse_n, run_protocol
 from progaug.labels import DEFAULT_MEASURE
-from progaug.runtime import CPU_MAX_BATCH
+from progaug.runtime import CPU_MAX_BATCH, check_bf16, resolve_bf16
 
 CHUNK = 32
 """Source tiles per generated chunk (the unit kept on disk)."""
@@ -39,7 +39,8 @@ class GenerationSettings(JsonConfig):
 
     steps: int = setting(50, "DDIM steps of the generated sets")
     num_levels: int = setting(10, "progressive images per class-A tile")
-    bf16: bool = setting(True, "generate under bf16 autocast (1.6-2x faster on CPUs with native bf16)")
+    bf16: bool | None = setting(None, "decode under bf16 autocast (default: where the device computes bf16 natively, "
+                                      "1.6-2x faster there; emulated bf16 on other CPUs is several times slower)")
     max_batch: int = setting(CPU_MAX_BATCH, "rows per U-Net call when generating")
 
     def __post_init__(self) -> None:
@@ -47,6 +48,11 @@ class GenerationSettings(JsonConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+        check_bf16(self.bf16)
+
+    def resolved(self, device: str) -> GenerationSettings:
+        """These settings with ``bf16`` made concrete for ``device`` (what a run records)."""
+        return dataclasses.replace(self, bf16=resolve_bf16(self.bf16, device))
 
     def generation(self, measure: str, device: str) -> GenerationConfig:
         """The :class:`progaug.generator.GenerationConfig` of the sets under label ``measure`` on ``device``."""
@@ -193,6 +199,7 @@ def evaluate_pair(pair, splits: dict[str, TileSet], data: str, arms: Sequence[Ar
         ValueError: Missing splits, or the pair's classes are not among the split's classes.
     """
     began = time.time()
+    settings = settings.resolved(device)
     for split in ("train", "val", "test"):
         if split not in splits:
             raise ValueError(f"--data {data}: needs train/, val/ and test/ class folders (model selection and a held-out test); no {split}/")
