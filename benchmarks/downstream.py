@@ -14,8 +14,9 @@ Arms: real; real, no flips (sanity); +stain; +Mixup/CutMix; +ADD-final; +ADD-Pro
 +ADD-Pro[<default>]; +ADD-Pro[<default>] filtered (teacher CNN on the same real tiles, progaug.selection);
 +ADD-Pro[<default>] uniform (the old protocol); +IDDPM-style; +ADD-Pro[<default>]+stain.
 
-Generated images are made once per class-A training tile and kept in ``benchmarks/cache/`` under the pair's
-sha256, so a second run (other seeds, other N, the other classifier) only trains classifiers.
+Generated images are made once for each class-A training tile some subset of the run uses (at N = 25, 142 of
+288) and kept in ``benchmarks/cache/`` under the pair's sha256 and the tiles, so a second run with the same N and
+seeds (the other classifier, more arms) only trains classifiers.
 
     python benchmarks/downstream.py --classifier cnn          # the CNN grid
     python benchmarks/downstream.py --classifier vit          # the ViT grid

@@ -286,3 +286,25 @@ def test_agreement_mask_and_calibrated_labels():
         agreement_mask(soft, teacher, 2)
     with pytest.raises(ValueError, match="must have one shape"):
         agreement_mask(soft, teacher[:2])
+
+
+def test_make_sets_generates_only_the_needed_tiles_and_reuses_them(tmp_path, capsys):
+    from conftest import make_pair_dir, random_tiles
+    from progaug.evaluation.pipeline import GenerationSettings, make_sets
+    from progaug.hub import load_pair
+
+    pair = load_pair(make_pair_dir(tmp_path / "pair"))
+    arms = [all_arms()["+ADD-Pro[paper]"], all_arms()["+IDDPM-style"]]
+    settings = GenerationSettings(steps=4, num_levels=2, bf16=False, max_batch=8)
+    needed = torch.tensor([1, 3])
+    sets, cost = make_sets(pair, random_tiles(5), arms, settings, needed=needed, cache_dir=tmp_path / "cache")
+    images, labels = sets.pro["paper"]
+    assert images.shape == (5, 2, 3, 32, 32) and labels.shape == (5, 2)
+    made = images.flatten(1).amax(dim=1) > 0
+    assert made.tolist() == [False, True, False, True, False]  # rows of unneeded tiles stay zero
+    assert (labels[needed, -1] == 1.0).all() and (labels[[0, 2, 4]] == 0).all()
+    assert (sets.iddpm.flatten(1).amax(dim=1) > 0).tolist() == [False, True, False, True, False]
+    assert "progressive [paper]: 2/2 sources" in capsys.readouterr().out
+    again, _ = make_sets(pair, random_tiles(5), arms, settings, needed=needed, cache_dir=tmp_path / "cache")
+    assert "progressive" not in capsys.readouterr().out  # reused from the cache, not made again
+    assert torch.equal(again.pro["paper"][0], images)

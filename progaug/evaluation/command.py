@@ -56,16 +56,14 @@ def _arms(names: list[str]):
 
 
 def _tiles_to_generate(splits: dict, a_class: str, config, arms) -> int:
-    """Source tiles the generation bar will count: the chunks holding a needed class-A tile, once per measure."""
-    from progaug.evaluation.pipeline import CHUNK, chunk_indices
+    """Source tiles the generation bar will count: every needed class-A tile, once per measure."""
     from progaug.evaluation.protocol import needed_positions
 
     train = splits.get("train")
     if train is None or a_class not in train.classes:
         return 0  # evaluate_pair names what is missing
     measures = {a.measure for a in arms if a.generated == "pro"} or ({DEFAULT_MEASURE} if any(a.generated == "final" for a in arms) else set())
-    count = int((train.labels == train.classes.index(a_class)).sum())
-    tiles = sum(min(CHUNK, count - c * CHUNK) for c in chunk_indices(needed_positions(train, a_class, config)))
+    tiles = len(needed_positions(train, a_class, config))
     return len(measures) * tiles
 
 

@@ -1,5 +1,5 @@
 """From a pair and a user's split folders to the protocol's result: make (or reuse) the generated sets for
-every class-A training tile, run :func:`progaug.evaluation.protocol.run_protocol`, and describe the run.
+the class-A training tiles the run's subsets use, run :func:`progaug.evaluation.protocol.run_protocol`, and describe the run.
 
 Used by ``progaug evaluate`` and ``benchmarks/downstream.py``.
 """
@@ -25,9 +25,9 @@ from progaug.labels import DEFAULT_MEASURE
 from progaug.runtime import CPU_MAX_BATCH, check_bf16, resolve_bf16
 
 CHUNK = 32
-"""Source tiles per generated chunk (the unit kept on disk)."""
+"""Needed source tiles per generated chunk (the unit kept on disk)."""
 
-__all__ = ["CHUNK", "GenerationSettings", "chunk_indices", "RunLog", "evaluate_pair", "leak", "make_sets", "pair_sha256", "pair_training", "scope_of"]
+__all__ = ["CHUNK", "GenerationSettings", "RunLog", "evaluate_pair", "leak", "make_sets", "pair_sha256", "pair_training", "scope_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,49 +66,42 @@ def _scatter(values: torch.Tensor, needed: torch.Tensor, total: int) -> torch.Te
     return out
 
 
-def chunk_indices(needed: torch.Tensor) -> list[int]:
-    """The chunks (of :data:`CHUNK` consecutive class-A tiles) that hold a ``needed`` position."""
-    return sorted({int(i) // CHUNK for i in needed})
-
-
 def make_sets(pair, sources: torch.Tensor, arms: Sequence[Arm], settings: GenerationSettings, *, needed: torch.Tensor | None = None,
               device: str = "cpu", cache_dir: Path | None = None, progress: Callable[[int], None] | None = None) -> tuple[GeneratedSets, dict]:
     """The generated images the ``arms`` need for the uint8 class-A training tiles ``sources``.
 
-    Progressive images are made in chunks of :data:`CHUNK` consecutive source tiles (the unit kept in
-    ``cache_dir``), only the chunks that hold a ``needed`` tile, so runs with other N or seeds share them.
+    Only the ``needed`` tiles are generated (at N = 25 with 7 seeds, 142 of the demo's 288), in chunks of
+    :data:`CHUNK` of them (the unit kept in ``cache_dir``, named by its tiles' content: a rerun with the same
+    N and seeds reuses every chunk; the full grid needs every tile).
 
     Args:
         needed: Positions in ``sources`` that some subset uses (default: all); the sets still have one row per
-            source tile, zero where no chunk was made.
+            source tile, zero where nothing was made.
 
     Returns:
         ``(sets, cost)``; ``cost`` per set: seconds, U-Net evaluations per image and mean depth.
     """
     total = len(sources)
-    chunks = chunk_indices(torch.arange(total) if needed is None else needed)
+    needed = torch.arange(total) if needed is None else needed
     kinds = {a.generated for a in arms} - {None}
     measures = sorted({a.measure for a in arms if a.generated == "pro"})
     if "final" in kinds and not measures:
         measures = [DEFAULT_MEASURE]  # level 1.0 of any measure's set is the full eq. 4 translation
     pro, cost = {}, {}
     for m in measures:
-        t0, parts, evals = time.time(), [], []
-        for c in chunks:
-            bank = generated.progressive_bank(pair, sources[c * CHUNK:(c + 1) * CHUNK], settings.generation(m, device), settings.num_levels,
-                                              chunk=CHUNK, cache_dir=cache_dir, progress=progress)
-            parts.append(bank)
-            evals.append(bank["evals_per_image"])
-        rows = torch.cat([torch.arange(c * CHUNK, min((c + 1) * CHUNK, total)) for c in chunks])
-        pro[m] = tuple(_scatter(torch.cat([b[k] for b in parts]), rows, total) for k in ("images", "labels"))
-        cost[f"pro:{m}"] = {"seconds": round(time.time() - t0, 1), "unet_evals_per_image": sum(evals) / len(evals),
-                            "depth_mean": float(torch.cat([b["depths"] for b in parts]).double().mean())}
+        t0 = time.time()
+        bank = generated.progressive_bank(pair, sources[needed], settings.generation(m, device), settings.num_levels,
+                                          chunk=CHUNK, cache_dir=cache_dir, progress=progress)
+        pro[m] = tuple(_scatter(bank[k], needed, total) for k in ("images", "labels"))
+        cost[f"pro:{m}"] = {"seconds": round(time.time() - t0, 1), "unet_evals_per_image": bank["evals_per_image"],
+                            "depth_mean": float(bank["depths"].double().mean())}
     final = pro[DEFAULT_MEASURE if DEFAULT_MEASURE in pro else measures[0]][0][:, -1] if "final" in kinds else None
     iddpm = None
     if "iddpm" in kinds:
         t0 = time.time()
-        iddpm = generated.unconditional(pair, total, steps=settings.steps, device=device, bf16=settings.bf16,
-                                        batch_size=settings.max_batch, cache_dir=cache_dir)
+        samples = generated.unconditional(pair, len(needed), steps=settings.steps, device=device, bf16=settings.bf16,
+                                          batch_size=settings.max_batch, cache_dir=cache_dir)
+        iddpm = _scatter(samples, needed, total)
         cost["iddpm"] = {"seconds": round(time.time() - t0, 1), "unet_evals_per_image": settings.steps}
     return GeneratedSets(pro=pro, final=final, iddpm=iddpm), cost
 
