@@ -43,6 +43,7 @@ _EXPORTS = {
     "PrecomputeConfig": "progaug.precomputation",
     "precompute": "progaug.precomputation",
     "ProgressiveCache": "progaug.cache",
+    "PairSpec": "progaug.train",
     "TrainConfig": "progaug.train",
     "train_pair": "progaug.train",
 }

@@ -106,26 +106,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from progaug.config import DiffusionConfig, UNetConfig
     from progaug.runtime import default_device
-    from progaug.train import TrainConfig, train_pair
+    from progaug.train import PairSpec, TrainConfig, train_pair
 
     _check_device(args)
     _apply_runtime(args, args.device or default_device())
     tiles, source, target, info = _load_data(args)
     base = config_from_args(UNetConfig, args, image_size=args.tile_size, attention=args.source_attention)
-    out = train_pair(
-        tiles,
-        args.out,
-        source_class=source,
-        target_class=target,
-        source_model=base,
-        target_model=dataclasses.replace(base, attention=args.target_attention),
-        train=config_from_args(TrainConfig, args),
-        diffusion=config_from_args(DiffusionConfig, args),
-        data_info=info,
-        resume=args.resume,
-        device=args.device,
-        command=" ".join(["progaug", *_argv(args)]),
-    )
+    spec = PairSpec(source, target, source_model=base, target_model=dataclasses.replace(base, attention=args.target_attention),
+                    diffusion=config_from_args(DiffusionConfig, args))
+    out = train_pair(tiles, args.out, spec, config_from_args(TrainConfig, args), resume=args.resume, device=args.device,
+                     provenance={"data": info, "command": " ".join(["progaug", *_argv(args)])})
     print(f"pair written to {out}")
     return 0
 

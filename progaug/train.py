@@ -36,7 +36,7 @@ from progaug.nn.unet import UNet
 from progaug.pair import ROLES, write_card
 from progaug.runtime import autocast, autocast_dtype, barrier, torchrun_setup
 
-__all__ = ["TrainConfig", "loss_weights", "train_pair"]
+__all__ = ["PairSpec", "TrainConfig", "loss_weights", "train_pair"]
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -103,6 +103,51 @@ class TrainConfig(JsonConfig):
             raise ValueError(f"`min_snr_gamma` must be > 0, got {self.min_snr_gamma!r}")
         if self.save_dtype not in ("float16", "float32"):
             raise ValueError(f"`save_dtype` must be 'float16' or 'float32', got {self.save_dtype!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PairSpec:
+    """What a pair is made of: its direction, its two U-Nets and the noise schedule they learn.
+
+    Attributes:
+        source_class: Class A (its model gets global-priority attention by default).
+        target_class: Class B (local-priority attention by default).
+        source_model: U-Net of A (default: 64 px, width 32, ``attention="global"``).
+        target_model: U-Net of B (default: like A with ``attention="local"``).
+        diffusion: Noise schedule.
+
+    Raises:
+        TypeError, ValueError: Naming the bad field.
+    """
+
+    source_class: str
+    target_class: str
+    source_model: UNetConfig = dataclasses.field(default_factory=lambda: UNetConfig(attention=PAIR_ATTENTION["source"]))
+    target_model: UNetConfig | None = None
+    diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("source_class", "target_class"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise TypeError(f"`{name}` must be a class name (a non-empty str), got {value!r}")
+        if self.source_class == self.target_class:
+            raise ValueError(f"`source_class` and `target_class` must differ, both are {self.source_class!r}")
+        if self.target_model is None:
+            object.__setattr__(self, "target_model", dataclasses.replace(self.source_model, attention=PAIR_ATTENTION["target"]))
+        for name, kind in (("source_model", UNetConfig), ("target_model", UNetConfig), ("diffusion", DiffusionConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(f"`{name}` must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
+
+    @property
+    def classes(self) -> tuple[str, str]:
+        """``(source_class, target_class)``."""
+        return self.source_class, self.target_class
+
+    @property
+    def models(self) -> tuple[UNetConfig, UNetConfig]:
+        """``(source_model, target_model)``."""
+        return self.source_model, self.target_model  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -301,70 +346,78 @@ def _write_pair(out: Path, members: list[_Member], step: int, run: dict[str, Any
 def train_pair(
     tiles: TileSet,
     out: str | os.PathLike[str],
-    *,
-    source_class: str,
-    target_class: str,
-    source_model: UNetConfig | None = None,
-    target_model: UNetConfig | None = None,
+    spec: PairSpec,
     train: TrainConfig | None = None,
-    diffusion: DiffusionConfig | None = None,
-    data_info: dict[str, Any] | None = None,
+    *,
     resume: bool = False,
     device: str | None = None,
     progress: bool = True,
-    command: str | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Train (or resume) a pair and write ``out/{source,target}.safetensors`` + ``card.json``.
 
     Args:
         tiles: Training tiles of at least the two classes.
         out: Output folder (pair files, ``checkpoint.safetensors``, ``samples/``).
-        source_class: Class A (its model gets global-priority attention by default).
-        target_class: Class B (local-priority attention by default).
-        source_model: U-Net of A (default: 64 px, width 32, ``attention="global"``).
-        target_model: U-Net of B (default: like A with ``attention="local"``).
-        train: Recipe.
-        diffusion: Noise schedule.
-        data_info: Recorded in the card (name, split, counts).
+        spec: The direction, the two U-Nets and the noise schedule.
+        train: Recipe (default: :class:`TrainConfig`).
         resume: Continue from ``out/checkpoint.safetensors``; refused if any setting but the step
             budget differs.
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available). Under ``torchrun``, each rank
             uses its local GPU.
         progress: Show a tqdm bar on rank 0.
-        command: Command line recorded in the card (default: ``sys.argv``).
+        provenance: Recorded in the card: ``"data"`` (name, split, counts; default: the class counts) and
+            ``"command"`` (default: ``sys.argv``).
 
     Returns:
         The output folder.
+
+    Raises:
+        TypeError, ValueError: A bad ``spec`` or ``provenance``, tiles that do not fit the U-Nets.
     """
+    if not isinstance(spec, PairSpec):
+        raise TypeError(f"`spec` must be a PairSpec, got {type(spec).__name__}")
     cfg = train or TrainConfig()
-    diffusion = diffusion or DiffusionConfig()
-    src_cfg = source_model or UNetConfig(attention=PAIR_ATTENTION["source"])
-    tgt_cfg = target_model or dataclasses.replace(src_cfg, attention=PAIR_ATTENTION["target"])
-    class_tiles = _class_tiles(tiles, (source_class, target_class), (src_cfg, tgt_cfg))
+    class_tiles = _class_tiles(tiles, spec.classes, spec.models)
     rank, world, dev = torchrun_setup(device)
     if cfg.batch_size % world:
         raise ValueError(f"`batch_size` {cfg.batch_size} is not divisible by the {world} torchrun processes")
     out = Path(out)
-    run = {
-        "classes": [source_class, target_class],
-        "source_model": src_cfg.to_dict(),
-        "target_model": tgt_cfg.to_dict(),
-        "diffusion": diffusion.to_dict(),
-        "train": cfg.to_dict(),
-        "data": data_info or {"counts": {source_class: len(class_tiles[0]), target_class: len(class_tiles[1])}},
-        "device": dev.type,
-        "world_size": world,
-        "command": command if command is not None else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-    }
-    members = _build_members((src_cfg, tgt_cfg), class_tiles, cfg, diffusion, world, dev)
+    run = _run_record(spec, cfg, {name: len(t) for name, t in zip(spec.classes, class_tiles)}, provenance, dev, world)
+    members = _build_members(spec.models, class_tiles, cfg, spec.diffusion, world, dev)
     with contextlib.ExitStack() as stack:
         if rank == 0:
             stack.enter_context(lock_folder(out, "progaug train"))
             for folder in (out, out / "samples"):  # left by a process killed mid-write; the lock is ours
                 remove_temporary_files(folder)
-        _train_loop(members, out, run, cfg, diffusion, resume, rank, world, dev, progress)
+        _train_loop(members, out, run, cfg, spec.diffusion, resume, rank, world, dev, progress)
     barrier(world)
     return out
+
+
+def _run_record(spec: PairSpec, cfg: TrainConfig, counts: dict[str, int], provenance: dict[str, Any] | None,
+                dev: torch.device, world: int) -> dict[str, Any]:
+    """What the checkpoint and the card record of a run (a resume compares it, :func:`_identity`).
+
+    Raises:
+        ValueError: ``provenance`` has keys other than ``"data"`` and ``"command"``.
+    """
+    provenance = dict(provenance or {})
+    unknown = sorted(set(provenance) - {"data", "command"})
+    if unknown:
+        raise ValueError(f"`provenance` takes the keys 'data' and 'command', got {unknown}")
+    command = provenance.get("command")
+    return {
+        "classes": list(spec.classes),
+        "source_model": spec.source_model.to_dict(),
+        "target_model": spec.target_model.to_dict(),  # type: ignore[union-attr]
+        "diffusion": spec.diffusion.to_dict(),
+        "train": cfg.to_dict(),
+        "data": provenance.get("data") or {"counts": counts},
+        "device": dev.type,
+        "world_size": world,
+        "command": command if command is not None else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
 
 
 def _class_tiles(tiles: TileSet, classes: tuple[str, str], configs: tuple[UNetConfig, UNetConfig]) -> list[torch.Tensor]:

@@ -13,7 +13,7 @@ import progaug.train as train_mod
 from progaug.fileio import sha256_file
 from progaug.data.tiles import TileSet
 from progaug.pair import load_pair_dir
-from progaug.train import TrainConfig, augment_dihedral, train_pair
+from progaug.train import PairSpec, TrainConfig, augment_dihedral, train_pair
 
 from conftest import drop_model_field, tiny_config
 
@@ -29,8 +29,8 @@ def toy_tiles(n: int = 6) -> TileSet:
 
 def run(out, steps, resume=False, **train):
     return train_pair(
-        toy_tiles(), out, source_class="a", target_class="b", source_model=tiny_config("global"),
-        train=TrainConfig(steps=steps, **{**FAST, **train}), resume=resume, device="cpu", progress=False, command="test",
+        toy_tiles(), out, PairSpec("a", "b", source_model=tiny_config("global")),
+        TrainConfig(steps=steps, **{**FAST, **train}), resume=resume, device="cpu", progress=False, provenance={"command": "test"},
     )
 
 
@@ -81,9 +81,8 @@ class TestTrainPair:
         """A training state written before the field existed resumes with --norm-group-channels 1 only."""
         def legacy_run(out, steps, resume=False, group_channels=1):
             return train_pair(
-                toy_tiles(), out, source_class="a", target_class="b",
-                source_model=tiny_config("global", norm_group_channels=group_channels),
-                train=TrainConfig(steps=steps, **FAST), resume=resume, device="cpu", progress=False, command="test",
+                toy_tiles(), out, PairSpec("a", "b", source_model=tiny_config("global", norm_group_channels=group_channels)),
+                TrainConfig(steps=steps, **FAST), resume=resume, device="cpu", progress=False, provenance={"command": "test"},
             )
 
         out = legacy_run(tmp_path / "p", 2)
@@ -133,9 +132,20 @@ class TestTrainPair:
         with pytest.raises(ValueError, match="`steps` must be >= 1, got 0"):
             TrainConfig(steps=0)
         with pytest.raises(ValueError, match="`source_model.image_size` 64 differs from the tile size 32"):
-            train_pair(toy_tiles(), tmp_path, source_class="a", target_class="b")
+            train_pair(toy_tiles(), tmp_path, PairSpec("a", "b"))
         with pytest.raises(ValueError, match="unknown class 'c'"):
-            train_pair(toy_tiles(), tmp_path, source_class="a", target_class="c", source_model=tiny_config())
+            train_pair(toy_tiles(), tmp_path, PairSpec("a", "c", source_model=tiny_config()))
+        with pytest.raises(TypeError, match="`spec` must be a PairSpec, got dict"):
+            train_pair(toy_tiles(), tmp_path, {"source_class": "a"})
+        with pytest.raises(ValueError, match="`provenance` takes the keys 'data' and 'command', got \\['cmd'\\]"):
+            train_pair(toy_tiles(), tmp_path, PairSpec("a", "b", source_model=tiny_config()), provenance={"cmd": "x"})
+        with pytest.raises(ValueError, match="`source_class` and `target_class` must differ, both are 'a'"):
+            PairSpec("a", "a")
+        with pytest.raises(TypeError, match="`target_class` must be a class name"):
+            PairSpec("a", None)
+        with pytest.raises(TypeError, match="`diffusion` must be a DiffusionConfig, got dict"):
+            PairSpec("a", "b", diffusion={})
+        assert PairSpec("a", "b").target_model.attention == "local" and PairSpec("a", "b").source_model.attention == "global"
 
 
 class TestLossWeighting:
