@@ -96,7 +96,7 @@ def write_labels(out: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def write_manifest(out: Path, rows: list[dict[str, Any]], **fields: Any) -> None:
-    """``manifest.json``, written last: ``fields`` (settings, pair card, arguments, execution), the
+    """``manifest.json``, written last: ``fields`` (settings, pair card, command, execution), the
     versions, and the sha256 of the images of ``rows`` and of ``labels.csv``."""
     import platform
 

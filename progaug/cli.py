@@ -189,7 +189,6 @@ def _add_precompute(sub: argparse._SubParsersAction) -> None:
                    help="'hgsc' (demo training tiles of the pair's source class, default) or a folder of source-class images")
     p.add_argument("--out", default="progaug-cache", help="output folder (default: progaug-cache)")
     p.add_argument("--resume", action="store_true", help="complete an interrupted run in --out")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available; under torchrun the local GPU)")
     add_config_arguments(p, PrecomputeConfig)
     _add_runtime_arguments(p)
     p.set_defaults(func=_run_precompute)
@@ -203,12 +202,10 @@ def _run_precompute(args: argparse.Namespace) -> int:
 
     _check_device(args)
     config = config_from_args(PrecomputeConfig, args)  # its checks come before anything is read
-    device = args.device or default_device()  # a torchrun rank takes its local GPU (runtime.torchrun_setup)
-    runtime = _apply_runtime(args, device)
+    runtime = _apply_runtime(args, config.device or default_device())  # a torchrun rank takes its local GPU
     pair = load_pair(args.pair)
     tiles, names = source_tiles(args.source, pair)
-    out = precompute(pair, tiles, names, args.out, config, resume=args.resume, device=device, runtime=runtime,
-                     arguments={k: v for k, v in vars(args).items() if k != "func"})
+    out = precompute(pair, tiles, names, args.out, config, resume=args.resume, runtime=runtime)
     print(f"{config.n} samples in {out} (labels.csv, manifest.json, preview.png)")
     return 0
 

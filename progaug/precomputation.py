@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from progaug.cache import (
 from progaug.fileio import LOCK_NAME, atomic_write_bytes, lock_folder, remove_temporary_files
 from progaug.config import JsonConfig, describe_differences
 from progaug.data.tiles import dihedral
-from progaug.errors import check_int
+from progaug.errors import check_device, check_int
 from progaug.frequency import DEFAULT_RADIUS, default_levels
 from progaug.generator import GenerationConfig, ProgressiveGenerator
 from progaug.labels import DEFAULT_MEASURE, MEASURE_HELP, Measure
@@ -67,6 +68,9 @@ class PrecomputeConfig(JsonConfig):
         bf16: Run the U-Nets under bf16 autocast; None (default): where the device computes bf16
             natively (:func:`progaug.runtime.native_bf16`). A run stores the value it used.
         seed: Seed of the source order and of the flips/rotations of repeated sources.
+        device: Where the U-Nets run: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ... (default: CUDA when available;
+            under ``torchrun`` each rank takes its local GPU). Not part of a run's identity: a resume may
+            move to another device.
     """
 
     n: int = dataclasses.field(default=5000, metadata={"help": "Number of progressive samples (n / num_levels source groups, rounded up)"})
@@ -99,11 +103,16 @@ class PrecomputeConfig(JsonConfig):
     seed: int = dataclasses.field(
         default=0, metadata={"help": "Seed of the source order and of the flips/rotations of repeated sources"}
     )
+    device: str | None = dataclasses.field(
+        default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda when available; under torchrun the local GPU)"}
+    )
 
     def __post_init__(self) -> None:
         check_int("n", self.n, high=MAX_SAMPLES)
         check_int("num_levels", self.num_levels)
         check_int("batch_size", self.batch_size, allow_none=True)
+        parsed = check_device("device", self.device)
+        object.__setattr__(self, "device", None if parsed is None else str(parsed))
         self.generation  # the generation settings are checked by GenerationConfig, once, as everywhere
         if self.steps is not None and self.num_levels > self.steps:
             raise ValueError(f"`num_levels` {self.num_levels} exceeds `steps` {self.steps}: each level needs its own depth")
@@ -159,9 +168,7 @@ def precompute(
     config: PrecomputeConfig | None = None,
     *,
     resume: bool = False,
-    device: str | torch.device = "cpu",
     progress: bool = True,
-    arguments: dict[str, Any] | None = None,
     runtime: RuntimeConfig | None = None,
 ) -> Path:
     """Generate ``config.n`` progressive samples from source-class tiles into ``out``.
@@ -171,11 +178,9 @@ def precompute(
         sources: ``(N, 3, S, S)`` uint8 source-class tiles at the pair's size.
         source_names: ``N`` names recorded in ``labels.csv``.
         out: Output folder.
-        config: Settings.
+        config: Settings, the device included.
         resume: Complete an interrupted run in ``out`` (its settings must match).
-        device: Where the models run.
         progress: Show a tqdm bar (samples/s) on rank 0.
-        arguments: Extra command-line arguments recorded in the manifest.
         runtime: Channels-last / ``torch.compile`` for the U-Nets (threads and allocator are set by
             the caller, see :func:`progaug.runtime.apply_runtime`).
 
@@ -191,11 +196,11 @@ def precompute(
     if pair.classes[0] == pair.classes[1]:
         raise ValueError(f"the pair's source and target classes are both {pair.classes[0]!r}: a pair translates between two classes")
     out = Path(out)
-    rank, world, device = torchrun_setup(device)
+    rank, world, device = torchrun_setup(config.device)
     pair.to(device)
     config = _resolve_batches(config, out, pair, device, resume)
     settings = {
-        "config": {k: v for k, v in config.to_dict().items() if k != "batch_size"},
+        "config": {k: v for k, v in config.to_dict().items() if k not in ("batch_size", "device")},
         "pair": {role: pair.card[role].get("sha256") for role in ("source", "target")},
         "classes": list(pair.classes),
         "sources_sha256": _tensor_digest(sources),
@@ -212,12 +217,12 @@ def precompute(
         barrier(world)
         missing = [g for g in range(config.groups) if not record_path(out, g).is_file()]
         _generate(context, [g for g in missing if g % world == rank], rank, world, device, progress, runtime,
-                  arguments or {}, settings, redo=bool(missing))
+                  settings, redo=bool(missing))
     return out
 
 
 def _generate(ctx: _Context, todo: list[int], rank: int, world: int, device, progress: bool, runtime: RuntimeConfig | None,
-              arguments: dict[str, Any], settings: dict[str, Any], redo: bool) -> None:
+              settings: dict[str, Any], redo: bool) -> None:
     """Generate this rank's missing groups, then (rank 0) write ``labels.csv``, the preview and the manifest."""
     from tqdm import tqdm
 
@@ -243,7 +248,7 @@ def _generate(ctx: _Context, todo: list[int], rank: int, world: int, device, pro
         previous = finished_manifest(out)
         if not redo and previous is not None:  # a resume of a finished, intact set: keep the run that made it
             execution = previous.get("execution", execution)
-        _finish(ctx, settings, arguments, execution)
+        _finish(ctx, settings, execution)
 
 
 def _resolve_batches(config: PrecomputeConfig, out: Path, pair: Pair, device, resume: bool) -> PrecomputeConfig:
@@ -361,7 +366,7 @@ def _drop_bad_records(ctx: _Context) -> None:
             record_path(ctx.out, g).unlink()
 
 
-def _finish(ctx: _Context, settings: dict[str, Any], arguments: dict[str, Any], execution: dict[str, Any]) -> None:
+def _finish(ctx: _Context, settings: dict[str, Any], execution: dict[str, Any]) -> None:
     """Write ``labels.csv``, ``preview.png`` and, last, ``manifest.json`` from the checked records."""
     out, pair, config = ctx.out, ctx.pair, ctx.config
     rows = []
@@ -370,7 +375,7 @@ def _finish(ctx: _Context, settings: dict[str, Any], arguments: dict[str, Any], 
     write_labels(out, rows)
     _write_preview(out, ctx.sources, ctx.plan, rows, config, pair)
     write_manifest(out, rows, settings=settings, pair_card={k: pair.card.get(k) for k in ("direction", "source", "target", "training")},
-                   arguments=arguments, execution=execution)
+                   command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), execution=execution)
 
 
 def _write_preview(out: Path, sources, plan, rows, config, pair, count: int = 4) -> None:

@@ -42,6 +42,7 @@ class TestPrecompute:
         assert [int(r["dihedral"]) for r in rows[::3]] == [0, 0, 0, 1]
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["samples"] == 12 and len(manifest["files"]) == 13
+        assert isinstance(manifest["command"], str) and "device" not in manifest["settings"]["config"]
         cache = ProgressiveCache.open(out)
         assert cache.classes == ("stroma", "tumour") and cache.load_images().shape == (12, 3, 32, 32)
 
@@ -167,3 +168,11 @@ def test_bad_manifest_named(pair_dir, tmp_path):
     (out / "manifest.json").write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="is not a progaug cache manifest"):
         ProgressiveCache.open(out)
+
+
+def test_device_is_a_checked_setting_not_part_of_the_run(pair_dir, tmp_path):
+    with pytest.raises(ValueError, match="`device` must name a torch device such as 'cpu'.*got 'gpu0'"):
+        PrecomputeConfig(device="gpu0")
+    out = run(pair_dir, tmp_path / "c", device="cpu")
+    assert "device" not in json.loads((out / "run.json").read_text())["config"]
+    run(pair_dir, out, resume=True, device=None)  # a resume may change the device
