@@ -41,8 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import CACHE, ROOT, command_line, repo_relative, write_report
 from progaug.cli_args import add_config_arguments, config_from_args
-from progaug.data.splits import load_splits
-from progaug.evaluation.pipeline import GenerationSettings, evaluate_pair
+from progaug.evaluation.pipeline import EvaluationData, GenerationSettings, evaluate_pair
 from progaug.evaluation.protocol import ProtocolConfig, all_arms, planned_runs
 from progaug.evaluation.report import plot, render_markdown
 from progaug.hub import load_pair
@@ -60,7 +59,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arms", nargs="+", default=None, help="arms to run (default: all; 'real' is always run, the paired differences need it)")
     p.add_argument("--quick", action="store_true", help="smoke run: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items())
                    + " (flags given explicitly win)")
-    p.add_argument("--device", default="cpu", help="(default: cpu)")
     p.add_argument("--out", default=None, help="path stem of the outputs (default: benchmarks/results/downstream_<classifier>)")
     p.add_argument("--log", default=None, help="run log of finished trainings, shared by runs that split the arms (default: OUT.runs.jsonl)")
     add_config_arguments(p, ProtocolConfig)
@@ -78,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--arms {unknown} unknown; the arms are {list(known)}")
     try:
         args.protocol = config_from_args(ProtocolConfig, args)
-        args.generation = config_from_args(GenerationSettings, args)
+        args.generation = config_from_args(GenerationSettings, args, base=GenerationSettings(cache_dir=str(CACHE)))
     except ValueError as exc:
         p.error(str(exc))
     if args.out is None:
@@ -88,9 +86,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    applied = apply_runtime(config_from_args(RuntimeConfig, args), args.device)
-    pair = load_pair(args.pair, device=args.device)
-    splits = load_splits(args.data, pair.image_size)
+    applied = apply_runtime(config_from_args(RuntimeConfig, args), args.protocol.device)
+    pair = load_pair(args.pair, device=args.protocol.device)
+    data = EvaluationData.load(args.data, pair.image_size)
     arms = [all_arms()[name] for name in args.arms]
 
     total, done = planned_runs(args.protocol, arms), [0]
@@ -108,8 +106,7 @@ def main(argv=None) -> int:
 
     log = Path(args.log) if args.log else Path(args.out).with_suffix(".runs.jsonl")
     try:
-        res = evaluate_pair(pair, splits, args.data, arms, args.protocol, args.generation, device=args.device, cache_dir=CACHE,
-                            progress=progress, log=log, on_partial=report)
+        res = evaluate_pair(pair, data, arms, args.protocol, args.generation, progress=progress, log=log, on_partial=report)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     report(res)

@@ -33,7 +33,7 @@ def test_evaluate_writes_the_report_and_resumes(pair, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, match", [(["--arms", "+nope"], r"--arms \['\+nope'\] unknown"),
-                                          (["--device", "gpu"], "`--device` must name a torch device"),
+                                          (["--device", "gpu"], "`device` must name a torch device such as .cpu."),
                                           (["--seeds", "3"], "`tune_seeds` .* must differ from `seeds`")])
 def test_evaluate_refuses_bad_arguments_in_one_line(pair, tmp_path, extra, match):
     with pytest.raises(SystemExit, match=match):

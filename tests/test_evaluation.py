@@ -295,9 +295,9 @@ def test_make_sets_generates_only_the_needed_tiles_and_reuses_them(tmp_path, cap
 
     pair = load_pair(make_pair_dir(tmp_path / "pair"))
     arms = [all_arms()["+ADD-Pro[paper]"], all_arms()["+IDDPM-style"]]
-    settings = GenerationSettings(steps=4, num_levels=2, bf16=False, max_batch=8)
+    settings = GenerationSettings(steps=4, num_levels=2, bf16=False, max_batch=8, cache_dir=str(tmp_path / "cache"))
     needed = torch.tensor([1, 3])
-    sets, cost = make_sets(pair, random_tiles(5), arms, settings, needed=needed, cache_dir=tmp_path / "cache")
+    sets, cost = make_sets(pair, random_tiles(5), arms, settings, needed=needed)
     images, labels = sets.pro["paper"]
     assert images.shape == (5, 2, 3, 32, 32) and labels.shape == (5, 2)
     made = images.flatten(1).amax(dim=1) > 0
@@ -305,6 +305,6 @@ def test_make_sets_generates_only_the_needed_tiles_and_reuses_them(tmp_path, cap
     assert (labels[needed, -1] == 1.0).all() and (labels[[0, 2, 4]] == 0).all()
     assert (sets.iddpm.flatten(1).amax(dim=1) > 0).tolist() == [False, True, False, True, False]
     assert "progressive [paper]: 2/2 sources" in capsys.readouterr().out
-    again, _ = make_sets(pair, random_tiles(5), arms, settings, needed=needed, cache_dir=tmp_path / "cache")
+    again, _ = make_sets(pair, random_tiles(5), arms, settings, needed=needed)
     assert "progressive" not in capsys.readouterr().out  # reused from the cache, not made again
     assert torch.equal(again.pro["paper"][0], images)

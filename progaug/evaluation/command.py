@@ -36,7 +36,6 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS),
                    help=f"arms to run, or 'all' (default: {' '.join(repr(a) for a in DEFAULT_ARMS)}); the arms are {list(all_arms())}")
     p.add_argument("--out", default="progaug-evaluation", help="output folder: report.{json,md,png}, runs.jsonl, generated/ (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     add_config_arguments(p, ProtocolConfig)
     add_config_arguments(p, GenerationSettings)
     add_config_arguments(p, RuntimeConfig, exclude=("channels_last", "compile"))
@@ -71,26 +70,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Run the protocol and write the report; one line per error (rc 2)."""
     from tqdm import tqdm
 
-    from progaug.data.splits import load_splits
-    from progaug.errors import check_device
-    from progaug.evaluation.pipeline import GenerationSettings, evaluate_pair
+    from progaug.evaluation.pipeline import EvaluationData, GenerationSettings, evaluate_pair
     from progaug.evaluation.protocol import ProtocolConfig, planned_runs
     from progaug.evaluation.report import write_report
     from progaug.hub import load_pair
     from progaug.runtime import RuntimeConfig, apply_runtime
 
     try:
-        check_device("--device", args.device)
         config = config_from_args(ProtocolConfig, args)
-        settings = config_from_args(GenerationSettings, args)
+        settings = config_from_args(GenerationSettings, args, base=GenerationSettings(cache_dir=str(Path(args.out) / "generated")))
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"progaug: error: {exc}") from None
     arms = _arms(args.arms)
-    apply_runtime(config_from_args(RuntimeConfig, args), args.device)
-    pair = load_pair(args.pair, device=args.device)
-    splits = load_splits(args.data, pair.image_size)
+    apply_runtime(config_from_args(RuntimeConfig, args), config.device)
+    pair = load_pair(args.pair, device=config.device)
+    data = EvaluationData.load(args.data, pair.image_size)
     out = Path(args.out)
-    bars = {"generate": tqdm(total=_tiles_to_generate(splits, pair.classes[0], config, arms), desc="generating (source tiles)", unit="tile"),
+    bars = {"generate": tqdm(total=_tiles_to_generate(data.splits, pair.classes[0], config, arms), desc="generating (source tiles)", unit="tile"),
             "train": tqdm(total=planned_runs(config, arms), desc="training classifiers", unit="run")}
 
     def progress(kind: str, k: int, text: str) -> None:
@@ -98,8 +94,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         bars[kind].set_postfix_str(text[:60], refresh=False)
 
     try:
-        res = evaluate_pair(pair, splits, args.data, arms, config, settings, device=args.device, cache_dir=out / "generated",
-                            progress=progress, log=out / "runs.jsonl",
+        res = evaluate_pair(pair, data, arms, config, settings, progress=progress, log=out / "runs.jsonl",
                             on_partial=lambda partial: write_report(partial, out / "report"))
     except ValueError as exc:
         raise SystemExit(f"progaug: error: {exc}") from None

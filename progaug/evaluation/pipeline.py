@@ -27,7 +27,7 @@ from progaug.runtime import CPU_MAX_BATCH, check_bf16, resolve_bf16
 CHUNK = 32
 """Needed source tiles per generated chunk (the unit kept on disk)."""
 
-__all__ = ["CHUNK", "GenerationSettings", "RunLog", "evaluate_pair", "leak", "make_sets", "pair_sha256", "pair_training", "scope_of"]
+__all__ = ["CHUNK", "EvaluationData", "GenerationSettings", "RunLog", "evaluate_pair", "leak", "make_sets", "pair_sha256", "pair_training", "scope_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,7 @@ class GenerationSettings(JsonConfig):
     bf16: bool | None = setting(None, "decode under bf16 autocast (default: where the device computes bf16 natively, "
                                       "1.6-2x faster there; emulated bf16 on other CPUs is several times slower)")
     max_batch: int = setting(CPU_MAX_BATCH, "rows per U-Net call when generating")
+    cache_dir: str | None = setting(None, "folder where the generated sets are kept and reused (default: none kept)")
 
     def __post_init__(self) -> None:
         for name in ("steps", "num_levels", "max_batch"):
@@ -67,11 +68,11 @@ def _scatter(values: torch.Tensor, needed: torch.Tensor, total: int) -> torch.Te
 
 
 def make_sets(pair, sources: torch.Tensor, arms: Sequence[Arm], settings: GenerationSettings, *, needed: torch.Tensor | None = None,
-              device: str = "cpu", cache_dir: Path | None = None, progress: Callable[[int], None] | None = None) -> tuple[GeneratedSets, dict]:
+              device: str = "cpu", progress: Callable[[int], None] | None = None) -> tuple[GeneratedSets, dict]:
     """The generated images the ``arms`` need for the uint8 class-A training tiles ``sources``.
 
     Only the ``needed`` tiles are generated (at N = 25 with 7 seeds, 142 of the demo's 288), in chunks of
-    :data:`CHUNK` of them (the unit kept in ``cache_dir``, named by its tiles' content: a rerun with the same
+    :data:`CHUNK` of them (the unit kept in ``settings.cache_dir``, named by its tiles' content: a rerun with the same
     N and seeds reuses every chunk; the full grid needs every tile).
 
     Args:
@@ -91,7 +92,7 @@ def make_sets(pair, sources: torch.Tensor, arms: Sequence[Arm], settings: Genera
     for m in measures:
         t0 = time.time()
         bank = generated.progressive_bank(pair, sources[needed], settings.generation(m, device), settings.num_levels,
-                                          chunk=CHUNK, cache_dir=cache_dir, progress=progress)
+                                          chunk=CHUNK, cache_dir=settings.cache_dir, progress=progress)
         pro[m] = tuple(_scatter(bank[k], needed, total) for k in ("images", "labels"))
         cost[f"pro:{m}"] = {"seconds": round(time.time() - t0, 1), "unet_evals_per_image": bank["evals_per_image"],
                             "depth_mean": float(bank["depths"].double().mean())}
@@ -100,7 +101,7 @@ def make_sets(pair, sources: torch.Tensor, arms: Sequence[Arm], settings: Genera
     if "iddpm" in kinds:
         t0 = time.time()
         samples = generated.unconditional(pair, len(needed), steps=settings.steps, device=device, bf16=settings.bf16,
-                                          batch_size=settings.max_batch, cache_dir=cache_dir)
+                                          batch_size=settings.max_batch, cache_dir=settings.cache_dir)
         iddpm = _scatter(samples, needed, total)
         cost["iddpm"] = {"seconds": round(time.time() - t0, 1), "unet_evals_per_image": settings.steps}
     return GeneratedSets(pro=pro, final=final, iddpm=iddpm), cost
@@ -169,20 +170,37 @@ def scope_of(pair, data: str, splits: dict[str, TileSet]) -> str:
     return h.hexdigest()[:16]
 
 
-def evaluate_pair(pair, splits: dict[str, TileSet], data: str, arms: Sequence[Arm], config: ProtocolConfig, settings: GenerationSettings, *,
-                  device: str = "cpu", cache_dir: Path | None = None, progress: Callable[[str, int, str], None] | None = None,
-                  log: Path | None = None, on_partial: Callable[[dict], None] | None = None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class EvaluationData:
+    """A user's labelled tiles for the protocol.
+
+    Attributes:
+        name: ``'hgsc'`` or the root folder, as given (reports, the pair-leak line, error messages).
+        splits: ``train``, ``val`` and ``test`` tiles at the pair's image size.
+    """
+
+    name: str
+    splits: dict[str, TileSet]
+
+    @classmethod
+    def load(cls, data: str, size: int) -> EvaluationData:
+        """The splits of ``data`` (:func:`progaug.data.splits.load_splits`) at ``size`` pixels."""
+        from progaug.data.splits import load_splits
+
+        return cls(str(data), load_splits(str(data), size))
+
+
+def evaluate_pair(pair, data: EvaluationData, arms: Sequence[Arm], config: ProtocolConfig, settings: GenerationSettings, *,
+                  progress: Callable[[str, int, str], None] | None = None, log: Path | None = None,
+                  on_partial: Callable[[dict], None] | None = None) -> dict:
     """Generated sets, then the protocol, with what a report needs to name the run.
 
     Args:
         pair: A loaded :class:`progaug.pair.Pair` (source class A, target class B).
-        splits: ``train``, ``val``, ``test`` tiles at the pair's image size.
-        data: Name of the data (``'hgsc'`` or the folder), for the leak line.
+        data: The user's tiles and their name.
         arms: Arms to run.
-        config: Protocol settings.
-        settings: How the generated sets are made.
-        device: Where to generate and train.
-        cache_dir: Keep generated sets here (None: nothing kept).
+        config: Protocol settings (``config.device``: where to generate and train).
+        settings: How the generated sets are made and where they are kept.
         progress: Called as ``progress("generate", k, text)`` for k more source tiles done and
             ``progress("train", 1, text)`` after each classifier training (``text`` says which).
         log: JSON-lines file of finished trainings (:class:`RunLog`): a rerun with the same settings skips them.
@@ -192,32 +210,33 @@ def evaluate_pair(pair, splits: dict[str, TileSet], data: str, arms: Sequence[Ar
         ValueError: Missing splits, or the pair's classes are not among the split's classes.
     """
     began = time.time()
+    device, splits = config.device, data.splits
     settings = settings.resolved(device)
     for split in ("train", "val", "test"):
         if split not in splits:
-            raise ValueError(f"--data {data}: needs train/, val/ and test/ class folders (model selection and a held-out test); no {split}/")
+            raise ValueError(f"--data {data.name}: needs train/, val/ and test/ class folders (model selection and a held-out test); no {split}/")
     train = splits["train"]
     missing = [c for c in pair.classes if c not in train.classes]
     if missing:
-        raise ValueError(f"--data {data}: no class folder {missing} of the pair's classes {list(pair.classes)}")
-    a_tiles = train.of_class(pair.classes[0]).images
+        raise ValueError(f"--data {data.name}: no class folder {missing} of the pair's classes {list(pair.classes)}")
     needed = needed_positions(train, pair.classes[0], config)
     report = (lambda k: progress("generate", k, f"{k} of {len(needed)} source tiles")) if progress else None
-    sets, cost = make_sets(pair, a_tiles, arms, settings, needed=needed, device=device, cache_dir=cache_dir, progress=report)
+    sets, cost = make_sets(pair, train.of_class(pair.classes[0]).images, arms, settings, needed=needed, device=device, progress=report)
     seconds_generation = round(time.time() - began, 1)
-    memo = RunLog(log, scope_of(pair, data, splits)) if log is not None else None
+    memo = RunLog(log, scope_of(pair, data.name, splits)) if log is not None else None
 
     def describe(res: dict) -> dict:
         counts = train.counts()
         for key, entry in res["curve"].items():
-            entry["leak"] = leak(pair, data, parse_n(key), counts)
-        res.update(counts={s: splits[s].counts() for s in splits}, generation=cost, generation_settings=settings.to_dict(),
+            entry["leak"] = leak(pair, data.name, parse_n(key), counts)
+        res.update(counts={s: splits[s].counts() for s in splits}, generation=cost,
+                   generation_settings={k: v for k, v in settings.to_dict().items() if k != "cache_dir"},
                    seconds_generation=seconds_generation, seconds=round(time.time() - began, 1), machine=platform.platform(),
                    pair_sha256=pair_sha256(pair), pair_training=pair_training(pair),
                    pair_data=pair.card.get("data"), threads=torch.get_num_threads(), complete=len(res["curve"]) == len(config.n))
         return res
 
-    res = run_protocol(splits, pair.classes, sets, arms, config, device=device, memo=memo,
+    res = run_protocol(splits, pair.classes, sets, arms, config, memo=memo,
                        on_run=(lambda text: progress("train", 1, text)) if progress else None,
                        on_n=(lambda partial: on_partial(describe(partial))) if on_partial else None)
     return describe(res)

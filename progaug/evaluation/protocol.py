@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from progaug.config import JsonConfig, setting
+from progaug.errors import check_device
 from progaug.data.tiles import TileSet
 from progaug.evaluation.classifiers import CLASSIFIERS
 from progaug.evaluation.stats import interval, paired
@@ -68,6 +69,7 @@ class ProtocolConfig(JsonConfig):
     stain_grid: tuple[float, ...] = setting((0.02, 0.05, 0.1), "HED stain jitter sigmas tried")
     filter_margin: float = setting(0.5, "filtered arm: keep images whose teacher p(B) is within this of the soft label")
     budget_doublings: int = setting(2, "times the budget may double at an N where a standard regulariser loses at the curve's budget")
+    device: str = setting("cpu", "where the classifiers train and the generated sets are made: cpu, cuda, cuda:1 ...")
 
     def __post_init__(self) -> None:
         if self.classifier not in CLASSIFIERS:
@@ -86,6 +88,10 @@ class ProtocolConfig(JsonConfig):
             raise ValueError(f"`epochs` must be >= 1, got {self.epochs}")
         if self.budget_doublings < 0:
             raise ValueError(f"`budget_doublings` must be >= 0, got {self.budget_doublings}")
+        parsed = check_device("device", self.device)
+        if parsed is None:
+            raise ValueError("`device` must name a torch device such as 'cpu' or 'cuda', got None")
+        object.__setattr__(self, "device", str(parsed))
 
     def spec(self, epochs: int) -> TrainSpec:
         """The optimisation of every arm at ``epochs``."""
@@ -363,7 +369,7 @@ def _summarise(runs: list[dict]) -> dict:
 
 
 def run_protocol(splits: dict[str, TileSet], classes: tuple[str, str], sets: GeneratedSets, arms: Sequence[Arm], config: ProtocolConfig,
-                 *, device: str = "cpu", on_run: Callable[[str], None] | None = None, memo: MutableMapping[str, dict] | None = None,
+                 *, on_run: Callable[[str], None] | None = None, memo: MutableMapping[str, dict] | None = None,
                  on_n: Callable[[dict], None] | None = None) -> dict:
     """Run the protocol for one classifier.
 
@@ -372,8 +378,7 @@ def run_protocol(splits: dict[str, TileSet], classes: tuple[str, str], sets: Gen
         classes: ``(A, B)``: the pair's source and target classes, both among the splits' classes.
         sets: The pair's generated images for every class-A training tile.
         arms: Arms to run; ``real`` is always needed (paired differences), and is added first when missing.
-        config: The protocol's settings.
-        device: Where to train.
+        config: The protocol's settings (``config.device``: where to train).
         on_run: Called after each classifier training with a short description (progress).
         memo: Results of earlier trainings by a key of everything that decides them; new ones are added
             (a stopped run resumes: see :class:`progaug.evaluation.pipeline.RunLog`). The caller makes sure
@@ -389,7 +394,7 @@ def run_protocol(splits: dict[str, TileSet], classes: tuple[str, str], sets: Gen
     """
     _check_inputs(splits, classes, sets, arms)
     arms = list(arms) if any(a.name == "real" for a in arms) else [Arm("real"), *arms]
-    runner = _Runner(splits, classes, sets, config, device, on_run, memo)
+    runner = _Runner(splits, classes, sets, config, config.device, on_run, memo)
     out = {"config": config.to_dict(), "classes": list(splits["train"].classes), "direction": list(classes),
            "arms": {a.name: dataclasses.asdict(a) for a in arms}, "curve": {}}
     for n_key in config.n:
