@@ -50,6 +50,22 @@ def _to_float_image(image: Any, name: str = "base image") -> torch.Tensor:
     return image
 
 
+def _open_cache(cache_dir, measure: str | None, classes: Sequence[str] | None, real: Dataset | None) -> tuple[ProgressiveCache, list[str]]:
+    """The checked cache and the classifier's class names (``classes``, else ``real.classes``, else the cache's).
+
+    Raises:
+        ValueError: The cache was made with another ``measure``; a cache class is not among the names.
+    """
+    cache = ProgressiveCache.open(cache_dir)
+    if measure is not None and cache.measure != measure:
+        raise ValueError(f"the cache {cache_dir} was made with measure {cache.measure!r}, not the requested {measure!r}")
+    names = list(classes if classes is not None else getattr(real, "classes", None) or cache.classes)
+    for name in cache.classes:
+        if name not in names:
+            raise ValueError(f"the cache's class {name!r} is not among the classes {names}")
+    return cache, names
+
+
 def _check_mixing(real: Dataset | None, measure: str | None, replace_prob: float | None, selective: SelectiveFilter | None) -> float | None:
     """The checks of :meth:`SoftLabelProgressiveDataset.from_cache`'s settings, before anything is read;
     returns the replacement probability in effect (None without ``real``: nothing to replace)."""
@@ -200,13 +216,7 @@ class SoftLabelProgressiveDataset(Dataset):
         """
         device = check_device("device", device)
         replace_prob = _check_mixing(real, measure, replace_prob, selective)
-        cache = ProgressiveCache.open(cache_dir)
-        if measure is not None and cache.measure != measure:
-            raise ValueError(f"the cache {cache_dir} was made with measure {cache.measure!r}, not the requested {measure!r}")
-        names = list(classes if classes is not None else getattr(real, "classes", None) or cache.classes)
-        for name in cache.classes:
-            if name not in names:
-                raise ValueError(f"the cache's class {name!r} is not among the classes {names}")
+        cache, names = _open_cache(cache_dir, measure, classes, real)
         images, rows, real_images, report = _join(cache, names, real, selective)
         ds = cls(None, classes=names, transform=transform)
         ds._images, ds._rows = images.to(device) if device else images, rows.to(device) if device else rows

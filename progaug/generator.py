@@ -180,6 +180,33 @@ def generate_progressive(
     Raises:
         TypeError, ValueError: Bad images, levels or config (the message names which).
     """
+    config, diffusion, images, schedule, levels = _checked_inputs(source_model, images, levels, config, diffusion, fixed_batch)
+    measure, max_batch, clip = config.measure, config.max_batch, diffusion.clip_denoised
+    if fixed_batch:
+        source_model, target_model = fixed_batch_model(source_model, max_batch), fixed_batch_model(target_model, max_batch)
+
+    trajectory, measured = _invert_and_measure(source_model, target_model, images, schedule, config, clip, trajectory_device)
+    labels = labels_from_values(measure, measured)
+    depths = adaptive_depths(labels, levels)  # (B, L)
+    b, n_levels = depths.shape
+    rows = torch.arange(b, device=depths.device)[:, None].expand(b, n_levels)
+    latents = trajectory[depths.flatten().to(trajectory.device), rows.flatten().to(trajectory.device)]
+    del trajectory  # S + 1 states per image: freed before the decodes
+    with autocast(images.device, autocast_dtype(config.bf16)):
+        decoded = sample_from_depths(target_model, latents.to(images.device), depths.flatten(), schedule, clip=clip, max_batch=max_batch)
+    return ProgressiveResult(images=decoded.reshape(b, n_levels, *images.shape[1:]).float(), soft_labels=labels.gather(1, depths),
+                             depths=depths, levels=levels, measured=measured, trajectory_labels=labels, num_steps=schedule.num_steps,
+                             measure=measure)
+
+
+def _checked_inputs(source_model: EpsModel, images: torch.Tensor, levels, config: GenerationConfig | None,
+                    diffusion: DiffusionConfig | None, fixed_batch: bool):
+    """:func:`generate_progressive`'s inputs checked and made concrete: ``(config, diffusion, images, schedule,
+    levels)`` with the config resolved for the images' device and the images contiguous.
+
+    Raises:
+        TypeError, ValueError: Naming the bad input.
+    """
     config = config or GenerationConfig()
     if not isinstance(config, GenerationConfig):
         raise TypeError(f"`config` must be a GenerationConfig, got {type(config).__name__}")
@@ -191,33 +218,8 @@ def generate_progressive(
         raise ValueError("`fixed_batch` needs `config.max_batch`, the fixed number of rows per U-Net call")
     config = config.resolved(source_model, images.device, diffusion)
     schedule = DDIMSchedule.from_config(diffusion, config.steps)
-    measure, max_batch = config.measure, config.max_batch
     levels = check_levels("levels", default_levels() if levels is None else levels, max_count=schedule.num_steps)
-    clip = diffusion.clip_denoised
-    if fixed_batch:
-        source_model, target_model = fixed_batch_model(source_model, max_batch), fixed_batch_model(target_model, max_batch)
-
-    trajectory, measured = _invert_and_measure(source_model, target_model, images, schedule, config, clip, trajectory_device)
-    labels = labels_from_values(measure, measured)
-    depths = adaptive_depths(labels, levels)  # (B, L)
-    b, n_levels = depths.shape
-    rows = torch.arange(b, device=depths.device)[:, None].expand(b, n_levels)
-    latents = trajectory[depths.flatten().to(trajectory.device), rows.flatten().to(trajectory.device)]
-    del trajectory
-    with autocast(images.device, autocast_dtype(config.bf16)):
-        decoded = sample_from_depths(
-            target_model, latents.to(images.device), depths.flatten(), schedule, clip=clip, max_batch=max_batch
-        )
-    return ProgressiveResult(
-        images=decoded.reshape(b, n_levels, *images.shape[1:]).float(),
-        soft_labels=labels.gather(1, depths),
-        depths=depths,
-        levels=levels,
-        measured=measured,
-        trajectory_labels=labels,
-        num_steps=schedule.num_steps,
-        measure=measure,
-    )
+    return config, diffusion, images, schedule, levels
 
 
 def _invert_and_measure(source_model: EpsModel, target_model: EpsModel, images: torch.Tensor, schedule: DDIMSchedule,

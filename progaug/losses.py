@@ -70,6 +70,29 @@ def _check_probability_rows(name: str, rows: torch.Tensor) -> None:
             )
 
 
+def _binary_rows(name: str, labels: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` floating shares of class 1 in [0, 1] -> ``(B, 2)`` rows ``[1 - L, L]``."""
+    values = labels.detach().double()
+    valid = torch.isfinite(values) & (values >= 0) & (values <= 1)
+    if not bool(valid.all()):
+        i = int((~valid).nonzero()[0, 0])
+        raise ValueError(f"`{name}` labels must be finite and lie in [0, 1], got {float(values[i]):.6g} at index {i}")
+    return soft_label_to_row(labels, 0, 1, 2)
+
+
+def _index_rows(name: str, labels: torch.Tensor, num_classes: int, batch: int | None) -> torch.Tensor:
+    """``(B,)`` integer class indices -> float32 one-hot ``(B, K)`` rows."""
+    if labels.ndim != 1:
+        raise TypeError(
+            f"`{name}` rows must be floating point (integer labels are ({'B' if batch is None else batch},) class indices), "
+            f"got dtype {labels.dtype} of shape {tuple(labels.shape)}"
+        )
+    if batch is not None and labels.shape[0] != batch:
+        raise ValueError(f"`{name}` must have shape ({batch},) or ({batch}, {num_classes}), got {tuple(labels.shape)}")
+    _check_indices(name, labels, num_classes)
+    return F.one_hot(labels.long(), num_classes).float()
+
+
 def label_rows(
     labels: object,
     num_classes: int,
@@ -113,22 +136,9 @@ def label_rows(
         if batch is not None and labels.shape[0] != batch:
             raise ValueError(f"`{name}` must hold one label per logit ({batch}), got {labels.shape[0]}")
         if labels.is_floating_point():
-            values = labels.detach().double()
-            valid = torch.isfinite(values) & (values >= 0) & (values <= 1)
-            if not bool(valid.all()):
-                i = int((~valid).nonzero()[0, 0])
-                raise ValueError(f"`{name}` labels must be finite and lie in [0, 1], got {float(values[i]):.6g} at index {i}")
-            return soft_label_to_row(labels, 0, 1, 2)
+            return _binary_rows(name, labels)
     if not labels.is_floating_point():
-        if labels.ndim != 1:
-            raise TypeError(
-                f"`{name}` rows must be floating point (integer labels are ({width},) class indices), "
-                f"got dtype {labels.dtype} of shape {tuple(labels.shape)}"
-            )
-        if batch is not None and labels.shape[0] != batch:
-            raise ValueError(f"`{name}` must have shape ({batch},) or ({batch}, {num_classes}), got {tuple(labels.shape)}")
-        _check_indices(name, labels, num_classes)
-        return F.one_hot(labels.long(), num_classes).float()
+        return _index_rows(name, labels, num_classes, batch)
     if labels.ndim != 2 or labels.shape[1] != num_classes or (batch is not None and labels.shape[0] != batch):
         forms = (f"({width},), ({width}, 1) or ({width}, 2)" if binary
                  else f"({width}, {num_classes}) (or ({width},) class indices)")
