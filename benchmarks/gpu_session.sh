@@ -2,7 +2,8 @@
 # One prepared command for a lent GPU (the device tool: 15 min of device time per session, 10 min per
 # command). Not run yet: no GPU has been lent to this project's sessions so far.
 #
-#   git show f7e9743:training/hgsc-demo/checkpoint.safetensors > training/hgsc-demo/checkpoint.safetensors   # first, here
+#   git show f7e9743:training/hgsc-demo/checkpoint.safetensors > training/hgsc-demo/checkpoint.safetensors   # first, here,
+#   python training/hgsc-demo/rename_settings.py training/hgsc-demo/checkpoint.safetensors                  # then once
 #   run(command="bash benchmarks/gpu_session.sh train", timeout_s=560,
 #       carry=["training/hgsc-demo/checkpoint.safetensors"])             # ~8 min: continue the demo pair
 #   run(command="bash benchmarks/gpu_session.sh measure", timeout_s=500)  # ~6 min: GPU figures
@@ -35,7 +36,7 @@ train)
     fi
     mkdir -p runs/hgsc-demo && cp training/hgsc-demo/checkpoint.safetensors runs/hgsc-demo/
     timeout "${TRAIN_SECONDS:-420}" python3 -m progaug train --data hgsc --out runs/hgsc-demo --num-res-blocks 1 \
-        --checkpoint-every 1000 --steps 30000 --resume --device cuda 2>&1 | tr '\r' '\n' | grep -v 'it/s\]$' | tail -20
+        --checkpoint-every 1000 --train-steps 30000 --resume --device cuda 2>&1 | tr '\r' '\n' | grep -v 'it/s\]$' | tail -20
     # a timeout kill leaves the last checkpoint readable (written to a temporary file, then renamed)
     cp runs/hgsc-demo/source.safetensors runs/hgsc-demo/target.safetensors runs/hgsc-demo/card.json "$OUT/"
     split -b 15M -d runs/hgsc-demo/checkpoint.safetensors "$OUT/checkpoint.part-"

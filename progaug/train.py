@@ -46,7 +46,7 @@ class TrainConfig(JsonConfig):
     """Training recipe of both models (each model gets the same recipe).
 
     Attributes:
-        steps: Optimiser steps per model (total, counting steps done before a resume).
+        train_steps: Optimiser steps per model (total, counting steps done before a resume).
         batch_size: Global batch per model (split over ``torchrun`` ranks).
         lr: AdamW peak learning rate.
         weight_decay: AdamW weight decay.
@@ -54,7 +54,7 @@ class TrainConfig(JsonConfig):
         ema_decay: EMA decay (ramped up as ``min(decay, (1 + n) / (10 + n))``).
         grad_clip: Gradient-norm clip.
         checkpoint_every: Steps between checkpoints, pair files and sample grids.
-        sample_steps: DDIM steps of the sample grid.
+        sample_grid_steps: DDIM steps of the sample grid.
         loss_weighting: ``"uniform"`` (plain epsilon MSE, as DDPM/ADM) or ``"min_snr"`` (each timestep's
             epsilon MSE weighted by ``min(SNR, gamma) / SNR``, min-SNR-gamma of Hang et al., ICCV 2023); the model stays an
             epsilon predictor on the same schedule either way.
@@ -64,7 +64,7 @@ class TrainConfig(JsonConfig):
         seed: Seed of every random draw.
     """
 
-    steps: int = setting(20000, "Optimiser steps per model (total, counting steps done before a resume)")
+    train_steps: int = setting(20000, "Optimiser steps per model (total, counting steps done before a resume)")
     batch_size: int = setting(16, "Global batch per model (split over torchrun ranks)")
     lr: float = setting(2e-4, "AdamW peak learning rate")
     weight_decay: float = setting(0.0, "AdamW weight decay")
@@ -72,7 +72,7 @@ class TrainConfig(JsonConfig):
     ema_decay: float = setting(0.999, "EMA decay (ramped up as min(decay, (1 + n) / (10 + n)))")
     grad_clip: float = setting(1.0, "Gradient-norm clip")
     checkpoint_every: int = setting(1000, "Steps between checkpoints, pair files and sample grids")
-    sample_steps: int = setting(25, "DDIM steps of the sample grid")
+    sample_grid_steps: int = setting(25, "DDIM steps of the sample grid")
     loss_weighting: Literal["uniform", "min_snr"] = setting(
         "min_snr",
         "uniform (plain epsilon MSE, as DDPM/ADM) or min_snr (each timestep's epsilon MSE weighted by "
@@ -91,7 +91,7 @@ class TrainConfig(JsonConfig):
         return config_from_dict(cls, {"loss_weighting": "uniform", **data})
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every", "sample_steps"):
+        for name in ("train_steps", "batch_size", "checkpoint_every", "sample_grid_steps"):
             check_int(name, getattr(self, name))
         if not self.lr > 0:
             raise ValueError(f"`lr` must be > 0, got {self.lr!r}")
@@ -234,7 +234,7 @@ def _identity(run: dict[str, Any]) -> dict[str, Any]:
     """What must not change across a resume: all but the step budget, the machine and the command line."""
     same = {k: v for k, v in json.loads(json.dumps(run)).items() if k not in ("device", "world_size", "command")}
     same["train"] = TrainConfig.from_dict(same["train"]).to_dict()  # fields added since read as their old meaning
-    same["train"].pop("steps", None)
+    same["train"].pop("train_steps", None)
     same["train"].pop("checkpoint_every", None)
     for key in ("source_model", "target_model"):  # through UNetConfig: fields added since read as their old meaning
         if key in same:
@@ -300,7 +300,7 @@ def _sample_grid(members: list[_Member], cfg: TrainConfig, diffusion: DiffusionC
     from torchvision.utils import make_grid
     from PIL import Image
 
-    schedule = DDIMSchedule.from_config(diffusion, min(cfg.sample_steps, diffusion.num_train_steps))
+    schedule = DDIMSchedule.from_config(diffusion, min(cfg.sample_grid_steps, diffusion.num_train_steps))
     rows = []
     for m in members:
         size = m.ema.config.image_size
@@ -462,13 +462,13 @@ def _build_members(configs: tuple[UNetConfig, UNetConfig], class_tiles: list[tor
 
 def _train_loop(members: list[_Member], out: Path, run: dict[str, Any], cfg: TrainConfig, diffusion: DiffusionConfig,
                 resume: bool, rank: int, world: int, dev: torch.device, progress: bool) -> None:
-    """Steps from the checkpoint (or 0) to ``cfg.steps``, with checkpoints, pair files and sample grids."""
+    """Steps from the checkpoint (or 0) to ``cfg.train_steps``, with checkpoints, pair files and sample grids."""
     from tqdm import tqdm
 
     start, earlier = _load_checkpoint(out, members, run) if resume else (0, 0.0)
-    if start > cfg.steps:
-        raise ValueError(f"--resume: {out / CHECKPOINT} is at step {start}, beyond --steps {cfg.steps} (the total "
-                         f"budget): pass --steps {start} or more")
+    if start > cfg.train_steps:
+        raise ValueError(f"--resume: {out / CHECKPOINT} is at step {start}, beyond --train-steps {cfg.train_steps} (the total "
+                         f"budget): pass --train-steps {start} or more")
     if not resume and (out / CHECKPOINT).exists():
         raise FileExistsError(f"{out / CHECKPOINT} exists: pass --resume to continue it, or choose another --out")
     grid = out / "samples" / f"step_{start:07d}.png"
@@ -476,24 +476,24 @@ def _train_loop(members: list[_Member], out: Path, run: dict[str, Any], cfg: Tra
         _sample_grid(members, cfg, diffusion, grid, dev)
     alpha_bar = torch.from_numpy(training_alpha_bar(diffusion)).float().to(dev)
     per_rank = cfg.batch_size // world
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress or rank != 0, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=cfg.train_steps, initial=start, disable=not progress or rank != 0, desc="train", dynamic_ncols=True)
     began = time.time()
     try:
-        for step in range(start, cfg.steps):
+        for step in range(start, cfg.train_steps):
             losses = []
             for i, m in enumerate(members):
                 losses.append(_train_step(m, step, cfg, rank, i, per_rank, alpha_bar, dev))
             bar.update(1)
             bar.set_postfix(loss_a=f"{losses[0]:.4f}", loss_b=f"{losses[1]:.4f}")
             done = step + 1
-            if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.train_steps):
                 elapsed = earlier + time.time() - began  # training time of all sittings
                 _save_checkpoint(out, members, done, run, elapsed)
                 _write_pair(out, members, done, run, elapsed)
                 _sample_grid(members, cfg, diffusion, out / "samples" / f"step_{done:07d}.png", dev)
     finally:
         bar.close()  # ends the bar's line, also when a step or a save fails
-    if rank == 0 and start >= cfg.steps:  # nothing left to train: export the resumed state's pair files
+    if rank == 0 and start >= cfg.train_steps:  # nothing left to train: export the resumed state's pair files
         _write_pair(out, members, start, run, earlier)
 
 

@@ -25,8 +25,8 @@ def folder(class_folders):
 
 def test_train_precompute_progressive(folder, tmp_path, capsys):
     pair = tmp_path / "pair"
-    train = ["train", "--data", str(folder), "--out", str(pair), "--steps", "2", "--batch-size", "2",
-             "--checkpoint-every", "1", "--sample-steps", "2", "--device", "cpu", *TINY]
+    train = ["train", "--data", str(folder), "--out", str(pair), "--train-steps", "2", "--batch-size", "2",
+             "--checkpoint-every", "1", "--sample-grid-steps", "2", "--device", "cpu", *TINY]
     assert main(train) == 0
     card = json.loads((pair / "card.json").read_text())
     assert card["direction"] == {"source_class": "normal", "target_class": "tumour"}

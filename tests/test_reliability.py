@@ -179,7 +179,7 @@ class TestCliMessages:
     def test_out_that_is_a_file(self, folder, tmp_path, capsys):
         target = tmp_path / "file"
         target.write_text("x")
-        err = self._error(capsys, ["train", "--data", str(folder), "--out", str(target), "--steps", "1", *TINY])
+        err = self._error(capsys, ["train", "--data", str(folder), "--out", str(target), "--train-steps", "1", *TINY])
         assert err == f"progaug: error: {target} is a file, not a folder: choose another --out"
 
     def test_full_disk(self, folder, tmp_path, capsys, monkeypatch):
@@ -190,17 +190,17 @@ class TestCliMessages:
 
         monkeypatch.setattr(fileio, "atomic_write_bytes", full)
         monkeypatch.setattr("progaug.train.atomic_write_bytes", full)
-        err = self._error(capsys, ["train", "--data", str(folder), "--out", str(tmp_path / "p"), "--steps", "1",
+        err = self._error(capsys, ["train", "--data", str(folder), "--out", str(tmp_path / "p"), "--train-steps", "1",
                                    "--checkpoint-every", "1", "--batch-size", "2", *TINY])
         assert err.startswith("progaug: error: ") and err.endswith("checkpoint.safetensors: No space left on device")
 
     def test_truncated_checkpoint(self, folder, tmp_path, capsys):
         out = tmp_path / "p"
-        base = ["train", "--data", str(folder), "--out", str(out), "--batch-size", "2", "--sample-steps", "2", *TINY]
-        assert main([*base, "--steps", "1"]) == 0
+        base = ["train", "--data", str(folder), "--out", str(out), "--batch-size", "2", "--sample-grid-steps", "2", *TINY]
+        assert main([*base, "--train-steps", "1"]) == 0
         path = out / "checkpoint.safetensors"
         path.write_bytes(path.read_bytes()[:100])
-        err = self._error(capsys, [*base, "--steps", "2", "--resume"])
+        err = self._error(capsys, [*base, "--train-steps", "2", "--resume"])
         assert str(path) in err and "truncated" in err
 
     def test_ctrl_c_prints_one_line_with_the_resume_command(self, folder, tmp_path, capsys, monkeypatch):
@@ -211,7 +211,7 @@ class TestCliMessages:
 
         monkeypatch.setattr("progaug.train.train_pair", interrupted)
         out = tmp_path / "p"
-        argv = ["train", "--data", str(folder), "--out", str(out), "--steps", "3", *TINY]
+        argv = ["train", "--data", str(folder), "--out", str(out), "--train-steps", "3", *TINY]
         err = self._error(capsys, argv, rc=130)
         assert err.startswith(f"progaug: interrupted: the finished part in {out} is kept")
         assert err.endswith(f"continue with: progaug {' '.join(argv)} --resume")
@@ -295,7 +295,7 @@ class TestCliInputs:
 
         monkeypatch.setattr("progaug.train.train_pair", interrupted)
         out = tmp_path / "p"
-        argv = ["train", "--data", str(folder), "--out", str(out), "--steps", "3", *TINY]
+        argv = ["train", "--data", str(folder), "--out", str(out), "--train-steps", "3", *TINY]
         err = self._error(capsys, [*argv, "--resume"], rc=130)
         assert err == (f"progaug: interrupted: nothing to resume in {out} yet (no checkpoint.safetensors was written); "
                        f"start again with: progaug {' '.join(argv)}")

@@ -165,6 +165,6 @@ class TestTrainResume:
     def test_resume_below_the_steps_done_is_refused(self, tmp_path):
         out = train_run(tmp_path / "p", 2)
         card = (out / "card.json").read_bytes()
-        with pytest.raises(ValueError, match=r"--resume: .*checkpoint.safetensors is at step 2, beyond --steps 1 .*pass --steps 2 or more"):
+        with pytest.raises(ValueError, match=r"--resume: .*checkpoint.safetensors is at step 2, beyond --train-steps 1 .*pass --train-steps 2 or more"):
             train_run(out, 1, resume=True)
         assert (out / "card.json").read_bytes() == card

@@ -17,7 +17,7 @@ from progaug.train import PairSpec, TrainConfig, augment_dihedral, train_pair
 
 from conftest import drop_model_field, tiny_config
 
-FAST = dict(batch_size=4, checkpoint_every=2, sample_steps=2, warmup_steps=2)
+FAST = dict(batch_size=4, checkpoint_every=2, sample_grid_steps=2, warmup_steps=2)
 
 
 def toy_tiles(n: int = 6) -> TileSet:
@@ -30,7 +30,7 @@ def toy_tiles(n: int = 6) -> TileSet:
 def run(out, steps, resume=False, **train):
     return train_pair(
         toy_tiles(), out, PairSpec("a", "b", source_model=tiny_config("global")),
-        TrainConfig(steps=steps, **{**FAST, **train}), resume=resume, device="cpu", progress=False, provenance={"command": "test"},
+        TrainConfig(train_steps=steps, **{**FAST, **train}), resume=resume, device="cpu", progress=False, provenance={"command": "test"},
     )
 
 
@@ -82,7 +82,7 @@ class TestTrainPair:
         def legacy_run(out, steps, resume=False, group_channels=1):
             return train_pair(
                 toy_tiles(), out, PairSpec("a", "b", source_model=tiny_config("global", norm_group_channels=group_channels)),
-                TrainConfig(steps=steps, **FAST), resume=resume, device="cpu", progress=False, provenance={"command": "test"},
+                TrainConfig(train_steps=steps, **FAST), resume=resume, device="cpu", progress=False, provenance={"command": "test"},
             )
 
         out = legacy_run(tmp_path / "p", 2)
@@ -129,8 +129,8 @@ class TestTrainPair:
         load_pair_dir(tmp_path / "p")
 
     def test_bad_arguments(self, tmp_path):
-        with pytest.raises(ValueError, match="`steps` must be >= 1, got 0"):
-            TrainConfig(steps=0)
+        with pytest.raises(ValueError, match="`train_steps` must be >= 1, got 0"):
+            TrainConfig(train_steps=0)
         with pytest.raises(ValueError, match="`source_model.image_size` 64 differs from the tile size 32"):
             train_pair(toy_tiles(), tmp_path, PairSpec("a", "b"))
         with pytest.raises(ValueError, match="unknown class 'c'"):
