@@ -200,7 +200,7 @@ def _run_precompute(args: argparse.Namespace) -> int:
     from progaug.data.sources import source_tiles
     from progaug.runtime import default_device
 
-    _check_device(args)
+    _check_device(args)  # PrecomputeConfig checks it too, but this message names the flag the user typed
     config = config_from_args(PrecomputeConfig, args)  # its checks come before anything is read
     runtime = _apply_runtime(args, config.device or default_device())  # a torchrun rank takes its local GPU
     pair = load_pair(args.pair)

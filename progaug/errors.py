@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_device", "check_image_batch", "check_int", "check_levels", "check_number"]
+__all__ = ["check_device", "device_setting", "check_image_batch", "check_int", "check_levels", "check_number"]
 
 _RANGE_SLACK = 1e-3  # images that went through a float round trip may overshoot [-1, 1] slightly
 
@@ -133,3 +133,25 @@ def check_device(name: str, device: object) -> torch.device | None:
             f"(indices 0..{count - 1})"
         )
     return parsed
+
+
+def device_setting(name: str, device: object, *, required: bool = False) -> str | None:
+    """A config's device setting, checked by :func:`check_device` and stored as its canonical string.
+
+    Args:
+        name: Argument name for the error messages.
+        device: None (automatic), a device string or a :class:`torch.device`.
+        required: Refuse None.
+
+    Returns:
+        ``str(torch.device(device))`` (``"cpu"``, ``"cuda:1"`` ...), or None when ``device`` is None.
+
+    Raises:
+        TypeError, ValueError: As :func:`check_device`; ValueError also for None when ``required``.
+    """
+    parsed = check_device(name, device)
+    if parsed is None:
+        if required:
+            raise ValueError(f"`{name}` must name a torch device such as 'cpu' or 'cuda', got None")
+        return None
+    return str(parsed)

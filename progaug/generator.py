@@ -31,7 +31,7 @@ import torch
 
 from progaug.config import DiffusionConfig, JsonConfig, setting
 from progaug.diffusion import DDIMSchedule, EpsModel, ddim_move, invert, sample_from_depths
-from progaug.errors import check_device, check_image_batch, check_int, check_levels
+from progaug.errors import check_image_batch, check_int, check_levels, device_setting
 from progaug.frequency import DEFAULT_RADIUS, adaptive_depths, check_radius, default_levels
 from progaug.labels import (
     DEFAULT_MEASURE,
@@ -86,9 +86,8 @@ class GenerationConfig(JsonConfig):
         check_radius("radius", self.radius)
         check_int("max_batch", self.max_batch, allow_none=True)
         check_bf16(self.bf16)
-        parsed = check_device("device", self.device)
         object.__setattr__(self, "radius", float(self.radius))
-        object.__setattr__(self, "device", None if parsed is None else str(parsed))
+        object.__setattr__(self, "device", device_setting("device", self.device))
 
     def resolved(self, pair_or_model: Any, device: torch.device | str, diffusion: DiffusionConfig | None = None) -> GenerationConfig:
         """The config with every automatic setting made concrete for ``device``: ``steps`` from

@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,12 @@ from progaug.cache import (
 from progaug.fileio import LOCK_NAME, atomic_write_bytes, lock_folder, remove_temporary_files
 from progaug.config import JsonConfig, describe_differences
 from progaug.data.tiles import dihedral
-from progaug.errors import check_device, check_int
+from progaug.errors import check_int, device_setting
 from progaug.frequency import DEFAULT_RADIUS, default_levels
 from progaug.generator import GenerationConfig, ProgressiveGenerator
 from progaug.labels import DEFAULT_MEASURE, MEASURE_HELP, Measure
 from progaug.pair import Pair
-from progaug.runtime import RuntimeConfig, barrier, torchrun_setup
+from progaug.runtime import RuntimeConfig, barrier, command_line, torchrun_setup
 
 __all__ = ["CSV_FIELDS", "PrecomputeConfig", "precompute"]
 
@@ -111,8 +110,7 @@ class PrecomputeConfig(JsonConfig):
         check_int("n", self.n, high=MAX_SAMPLES)
         check_int("num_levels", self.num_levels)
         check_int("batch_size", self.batch_size, allow_none=True)
-        parsed = check_device("device", self.device)
-        object.__setattr__(self, "device", None if parsed is None else str(parsed))
+        object.__setattr__(self, "device", device_setting("device", self.device))
         self.generation  # the generation settings are checked by GenerationConfig, once, as everywhere
         if self.steps is not None and self.num_levels > self.steps:
             raise ValueError(f"`num_levels` {self.num_levels} exceeds `steps` {self.steps}: each level needs its own depth")
@@ -375,7 +373,7 @@ def _finish(ctx: _Context, settings: dict[str, Any], execution: dict[str, Any]) 
     write_labels(out, rows)
     _write_preview(out, ctx.sources, ctx.plan, rows, config, pair)
     write_manifest(out, rows, settings=settings, pair_card={k: pair.card.get(k) for k in ("direction", "source", "target", "training")},
-                   command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), execution=execution)
+                   command=command_line(), execution=execution)
 
 
 def _write_preview(out: Path, sources, plan, rows, config, pair, count: int = 4) -> None:

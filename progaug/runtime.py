@@ -14,6 +14,7 @@ import dataclasses
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,6 +80,13 @@ class RuntimeConfig(JsonConfig):
 
     def __post_init__(self) -> None:
         check_int("threads", self.threads, allow_none=True)
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command a run records in its provenance: the program's file name and its arguments
+    (default: ``sys.argv``), space-separated, e.g. ``"progaug precompute --n 10 --out cache"``."""
+    args = sys.argv if argv is None else argv
+    return " ".join([Path(args[0]).name, *args[1:]]) if args else ""
 
 
 def default_device() -> str:

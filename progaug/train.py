@@ -18,7 +18,6 @@ import io
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +33,7 @@ from progaug.data.tiles import TileSet, dihedral, to_model_range
 from progaug.diffusion import DDIMSchedule, sample, training_alpha_bar
 from progaug.nn.unet import UNet
 from progaug.pair import ROLES, write_card
-from progaug.runtime import autocast, autocast_dtype, barrier, torchrun_setup
+from progaug.runtime import autocast, autocast_dtype, barrier, command_line, torchrun_setup
 
 __all__ = ["PairSpec", "TrainConfig", "loss_weights", "train_pair"]
 
@@ -416,7 +415,7 @@ def _run_record(spec: PairSpec, cfg: TrainConfig, counts: dict[str, int], proven
         "data": provenance.get("data") or {"counts": counts},
         "device": dev.type,
         "world_size": world,
-        "command": command if command is not None else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command if command is not None else command_line(),
     }
 
 

@@ -244,6 +244,25 @@ class TestDevice:
         with pytest.raises(ValueError, match=match):
             SoftLabelProgressiveDataset.from_cache(tmp_path / "no-cache-here", device=device)
 
+    def test_configs_store_one_canonical_device(self):
+        from progaug.evaluation.protocol import ProtocolConfig
+        from progaug.precomputation import PrecomputeConfig
+
+        for make_config in (GenerationConfig, PrecomputeConfig, ProtocolConfig):
+            assert make_config(device=torch.device("cpu")).device == "cpu"
+            with pytest.raises(ValueError, match="`device` must name a torch device .* got 'gpu'"):
+                make_config(device="gpu")
+        assert GenerationConfig().device is None and PrecomputeConfig().device is None
+        with pytest.raises(ValueError, match="`device` must name a torch device such as 'cpu' or 'cuda', got None"):
+            ProtocolConfig(device=None)
+
+
+def test_command_line_names_the_program_and_its_arguments():
+    from progaug.runtime import command_line
+
+    assert command_line(["/venv/bin/progaug", "precompute", "--n", "10"]) == "progaug precompute --n 10"
+    assert command_line([]) == ""
+
 
 # ------------------------------------------------------------------------------ constructor arguments
 

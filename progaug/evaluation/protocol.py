@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from progaug.config import JsonConfig, setting
-from progaug.errors import check_device
+from progaug.errors import device_setting
 from progaug.data.tiles import TileSet
 from progaug.evaluation.classifiers import CLASSIFIERS
 from progaug.evaluation.stats import interval, paired
@@ -88,10 +88,7 @@ class ProtocolConfig(JsonConfig):
             raise ValueError(f"`epochs` must be >= 1, got {self.epochs}")
         if self.budget_doublings < 0:
             raise ValueError(f"`budget_doublings` must be >= 0, got {self.budget_doublings}")
-        parsed = check_device("device", self.device)
-        if parsed is None:
-            raise ValueError("`device` must name a torch device such as 'cpu' or 'cuda', got None")
-        object.__setattr__(self, "device", str(parsed))
+        object.__setattr__(self, "device", device_setting("device", self.device, required=True))
 
     def spec(self, epochs: int) -> TrainSpec:
         """The optimisation of every arm at ``epochs``."""
