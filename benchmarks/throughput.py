@@ -59,6 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--paper-n", type=int, default=160, help="images per variant for the paper-size pair (default: 160)")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU for the floor (default: from the name)")
     p.add_argument("--variants", nargs="+", default=None, help="subset of the variant names")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps S of every variant (default: the pair's)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "throughput"))
     return p.parse_args(argv)
 
@@ -159,7 +160,8 @@ def main(argv=None) -> int:
             for name, flags in variants(args.device).items():
                 if args.variants and name not in args.variants:
                     continue
-                m = run_precompute(pair_ref, n, args.device, flags, Path(tmp) / f"{len(entry['variants'])}-{label[:5]}", args.source)
+                steps = [] if args.steps is None else ["--steps", str(args.steps)]
+                m = run_precompute(pair_ref, n, args.device, [*flags, *steps], Path(tmp) / f"{len(entry['variants'])}-{label[:5]}", args.source)
                 m["achieved_tflops"] = m["unet_evals_per_image"] * flops * m["images_per_second"] / 1e12
                 if peak:
                     m["floor_seconds_per_image"] = m["unet_evals_per_image"] * flops / (peak * 1e12)

@@ -170,12 +170,13 @@ def test_throughput(bench, tiny_pair, tmp_path):
     throughput = bench("throughput")
     out = tmp_path / "throughput"
     assert throughput.main(["--pair", str(tiny_pair), "--n", "6", "--variants", "first release", "default",
-                            "--out", str(out)]) == 0
+                            "--steps", "10", "--out", str(out)]) == 0
     res = json.loads(out.with_suffix(".json").read_text())
     entry = res["pairs"][str(tiny_pair)]
     assert entry["image_size"] == 32 and entry["forward_gflops"] > 0
     first, default = entry["variants"]["first release"], entry["variants"]["default"]
     assert (first["batch_size"], first["max_batch"]) == (8, 32) and (default["batch_size"], default["max_batch"]) == (32, 32)
+    assert first["flags"][-2:] == default["flags"][-2:] == ["--steps", "10"]
     assert first["unet_evals_per_image"] == pytest.approx(default["unet_evals_per_image"])  # same work, other batching
     assert 0 < default["fraction_of_floor"] < 1
 

@@ -25,6 +25,18 @@ class TestFrechetDistance:
         b = 2 * rng.normal(size=(200_000, 3)) + np.array([1.0, 0.0, 2.0])
         assert frechet_distance(a, b) == pytest.approx(5 + 3, rel=0.02)
 
+    @pytest.mark.parametrize("n,m", [(6, 9), (9, 6), (30, 40)])
+    def test_few_images_route_matches_the_covariance_route(self, n, m):
+        # N M <= D^2 takes the singular values of B A^T; the other route is the D x D eigen-decompositions
+        import progaug.metrics as metrics
+
+        rng = np.random.default_rng(n)
+        a, b = rng.normal(size=(n, 64)), 0.5 * rng.normal(size=(m, 64)) + 0.3
+        ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+        by_covariances = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * metrics._trace_root_by_covariances(ca, cb)
+        assert frechet_distance(a, b) == pytest.approx(by_covariances, rel=1e-6)  # sqrt of rounding-level eigenvalues
+        assert abs(frechet_distance(a, a)) < 1e-9
+
     def test_bad_shapes(self):
         with pytest.raises(ValueError, match="feature sets must be"):
             frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
