@@ -147,7 +147,7 @@ def test_torchrun_equals_single_process(pair_dir, tmp_path, one_thread):
 def test_kill_9_then_resume(pair_dir, tmp_path, one_thread):
     script = tmp_path / "slow.py"
     script.write_text(SCRIPT.format(tests=os.path.dirname(__file__), pair=str(pair_dir), out=str(tmp_path / "k")).replace(
-        "batch_size=1)", "batch_size=1, n=60)"))
+        "batch_size=1)", "batch_size=1, n=30)"))
     proc = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
     while time.time() < deadline and len(list((tmp_path / "k" / "records").glob("*.json")) if (tmp_path / "k" / "records").is_dir() else []) < 3:
@@ -155,8 +155,8 @@ def test_kill_9_then_resume(pair_dir, tmp_path, one_thread):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "k" / "manifest.json").exists()
-    run(pair_dir, tmp_path / "k", resume=True, batch_size=1, n=60)
-    assert files(tmp_path / "k") == files(run(pair_dir, tmp_path / "ref", batch_size=2, n=60))
+    run(pair_dir, tmp_path / "k", resume=True, batch_size=1, n=30)
+    assert files(tmp_path / "k") == files(run(pair_dir, tmp_path / "ref", batch_size=2, n=30))
     assert not [p for p in (tmp_path / "k").rglob("*.tmp")]
 
 
