@@ -63,7 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pair", default="hgsc-demo", help="embedded pair name or pair folder (default: hgsc-demo)")
     p.add_argument("--data", default="hgsc", help="'hgsc' or class folders (root/{train,val,test}/<class>/ or root/<class>/) (default: hgsc)")
     p.add_argument("--metric-weights", default=None, help="folder of the LPIPS safetensors (or $PROGAUG_METRIC_WEIGHTS)")
-    p.add_argument("--measures", nargs="+", default=None, help="label measures to compare (default: all the generator offers)")
+    p.add_argument("--measures", nargs="+", default=None,
+                   help="label measures to compare (default: all the generator offers); MEASURE/S decodes with "
+                        "GenerationConfig.decode_stride S (e.g. decoded/2: the same labels, ceil(depth / 2) decode moves)")
     p.add_argument("--n", type=int, default=100, help="source tiles of class A (default: 100)")
     p.add_argument("--num-levels", type=int, default=10, help="progressive levels per source (default: 10)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps S (default: 50)")
@@ -79,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     offered = available_measures()
     args.measures = list(offered) if args.measures is None else args.measures
-    unknown = [m for m in args.measures if m not in offered]
+    unknown = [m for m in args.measures if _variant(m) is None or _variant(m)[0] not in offered]
     if unknown:
         p.error(f"--measures {unknown} not offered by this progaug; available: {list(offered)}")
     require_positive(p, args, ("n", "num_levels", "steps", "max_batch", "chunk", "judge_steps"))
@@ -253,16 +255,26 @@ def pick_sources(splits, cls: str, n: int, seed: int) -> tuple[torch.Tensor, str
     return torch.stack([dihedral(tiles[i % len(tiles)], (i // len(tiles)) % 8) for i in range(n)]), split
 
 
-def generate(pair, sources: torch.Tensor, measure: str, args) -> dict:
-    """Progressive images of uint8 ``sources`` under one label measure: uint8 images ``(B, L, 3, S, S)``,
-    labels and depths ``(B, L)``, U-Net evaluations and seconds."""
+def _variant(name: str) -> tuple[str, int] | None:
+    """``"decoded/2"`` -> ``("decoded", 2)``, ``"paper"`` -> ``("paper", 1)``; None when the stride is not an int >= 1."""
+    measure, _, stride = name.partition("/")
+    if not stride:
+        return measure, 1
+    return (measure, int(stride)) if stride.isdigit() and int(stride) >= 1 else None
+
+
+def generate(pair, sources: torch.Tensor, variant: str, args) -> dict:
+    """Progressive images of uint8 ``sources`` under one label measure (``MEASURE`` or ``MEASURE/stride``):
+    uint8 images ``(B, L, 3, S, S)``, labels and depths ``(B, L)``, U-Net evaluations and seconds."""
     parts, evals, began = [], 0, time.time()
-    generator = ProgressiveGenerator(pair, GenerationConfig(steps=args.steps, measure=measure, max_batch=args.max_batch, bf16=args.bf16))
+    measure, stride = _variant(variant)
+    generator = ProgressiveGenerator(pair, GenerationConfig(steps=args.steps, measure=measure, max_batch=args.max_batch, bf16=args.bf16,
+                                                            decode_stride=stride))
     for i, chunk in enumerate(sources.split(args.chunk)):
         r = generator(to_model_range(chunk).to(args.device), default_levels(args.num_levels))
         parts.append((to_uint8(r.images).cpu(), r.soft_labels.float().cpu(), r.depths.cpu()))
         evals += r.model_evaluations
-        print(f"{measure}: {min((i + 1) * args.chunk, len(sources))}/{len(sources)} sources", flush=True)
+        print(f"{variant}: {min((i + 1) * args.chunk, len(sources))}/{len(sources)} sources", flush=True)
     images, labels, depths = (torch.cat(p) for p in zip(*parts))
     return {"images": images, "labels": labels, "depths": depths, "evals": evals, "seconds": time.time() - began}
 
@@ -316,7 +328,7 @@ def main(argv=None) -> int:
         entry["overall"]["seconds"] = round(gen["seconds"], 1)
         entry["scatter"] = {"label": gen["labels"].flatten().tolist(), "judge_p": p.flatten().tolist()}
         res["measures"][measure] = entry
-        strips[measure] = out.with_name(f"{out.name}_strip_{measure}.png")
+        strips[measure] = out.with_name(f"{out.name}_strip_{measure.replace('/', '_stride')}.png")
         write_strip(sources, gen, strips[measure], pair.classes)
     bootstrap_intervals(res)
     paper = res["measures"].get("paper", {}).get("overall", {}).get("spearman_label_judge")

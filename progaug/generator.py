@@ -69,6 +69,9 @@ class GenerationConfig(JsonConfig):
         bf16: bf16 autocast of the decoding U-Net calls (the inversion and the measure stay float32); None:
             where the device computes bf16 natively (:func:`progaug.runtime.native_bf16`).
         device: Where :class:`ProgressiveGenerator` runs the U-Nets; None: where the images are.
+        decode_stride: States per DDIM move of the decodes (the inversion and the measure keep every
+            state): 1 decodes a depth-``d`` state in ``d`` moves, the paper's; ``s > 1`` in ``ceil(d / s)``
+            (:func:`progaug.diffusion.sample_from_depths`): cheaper, other images, the same depths and labels.
     """
 
     steps: int | None = setting(None, "DDIM steps S (default: the pair's diffusion.sampling_steps)")
@@ -79,6 +82,8 @@ class GenerationConfig(JsonConfig):
         None, "bf16 autocast of the decodes (default: where the device computes bf16 natively: CUDA with bf16, CPUs with "
               "AVX512-BF16 or AMX)")
     device: str | None = setting(None, "Where the U-Nets run (default: where the images are)")
+    decode_stride: int = setting(1, "States per DDIM move of the decodes: 1 = every state (the paper); s > 1 decodes a "
+                                    "depth-d state in ceil(d / s) moves (cheaper, other images, same labels)")
 
     def __post_init__(self) -> None:
         check_int("steps", self.steps, allow_none=True)
@@ -86,6 +91,7 @@ class GenerationConfig(JsonConfig):
         check_radius("radius", self.radius)
         check_int("max_batch", self.max_batch, allow_none=True)
         check_bf16(self.bf16)
+        check_int("decode_stride", self.decode_stride)
         object.__setattr__(self, "radius", float(self.radius))
         object.__setattr__(self, "device", device_setting("device", self.device))
 
@@ -119,6 +125,7 @@ class ProgressiveResult:
         trajectory_labels: ``(B, S + 1)`` float32 soft labels of every state.
         num_steps: ``S``.
         measure: The label measure (:data:`progaug.labels.MEASURES`).
+        decode_stride: States per DDIM move of the decodes (:attr:`GenerationConfig.decode_stride`).
     """
 
     images: torch.Tensor
@@ -129,12 +136,15 @@ class ProgressiveResult:
     trajectory_labels: torch.Tensor
     num_steps: int
     measure: str = DEFAULT_MEASURE
+    decode_stride: int = 1
 
     @property
     def model_evaluations(self) -> int:
-        """U-Net evaluations spent: ``S`` per source image (``2 S`` with ``"preview"``: the inversion and
-        the previews) plus the sum of all decode depths."""
-        return inversion_evaluations(self.measure, self.num_steps) * self.images.shape[0] + int(self.depths.sum())
+        """U-Net evaluations spent: the inversion and the measure's calls per source image
+        (:func:`progaug.labels.inversion_evaluations`) plus the decodes' moves, ``ceil(depth / decode_stride)``
+        per progressive image."""
+        moves = -(-self.depths // self.decode_stride)
+        return inversion_evaluations(self.measure, self.num_steps) * self.images.shape[0] + int(moves.sum())
 
 
 def _model_size(model: EpsModel) -> int | None:
@@ -192,10 +202,11 @@ def generate_progressive(
     latents = trajectory[depths.flatten().to(trajectory.device), rows.flatten().to(trajectory.device)]
     del trajectory  # S + 1 states per image: freed before the decodes
     with autocast(images.device, autocast_dtype(config.bf16)):
-        decoded = sample_from_depths(target_model, latents.to(images.device), depths.flatten(), schedule, clip=clip, max_batch=max_batch)
+        decoded = sample_from_depths(target_model, latents.to(images.device), depths.flatten(), schedule, clip=clip, max_batch=max_batch,
+                                     stride=config.decode_stride)
     return ProgressiveResult(images=decoded.reshape(b, n_levels, *images.shape[1:]).float(), soft_labels=labels.gather(1, depths),
                              depths=depths, levels=levels, measured=measured, trajectory_labels=labels, num_steps=schedule.num_steps,
-                             measure=measure)
+                             measure=measure, decode_stride=config.decode_stride)
 
 
 def _checked_inputs(source_model: EpsModel, images: torch.Tensor, levels, config: GenerationConfig | None,

@@ -137,8 +137,38 @@ class TestSampleFromDepths:
         sample_from_depths(model, torch.zeros(4, 3, 8, 8), torch.tensor([2, 4, 6, 10]), sched)
         assert len(calls) == 10 and sum(calls) == 2 + 4 + 6 + 10
 
+    def test_stride_moves_each_row_along_its_own_strided_path(self):
+        from progaug.diffusion import ddim_move
+
+        model = GaussianEps(0.1, 0.5)
+        sched = DDIMSchedule.from_config(steps=12)
+        latents = torch.randn(4, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+        depths = torch.tensor([0, 5, 12, 7])
+        paths = {0: [0], 5: [5, 4, 2, 0], 12: [12, 10, 8, 6, 4, 2, 0], 7: [7, 6, 4, 2, 0]}  # stride 2
+        strided = sample_from_depths(model, latents, depths, sched, max_batch=3, stride=2)
+        for n, d in enumerate(depths.tolist()):
+            x = latents[n : n + 1].clone()
+            for k, below in zip(paths[d], paths[d][1:]):
+                x = ddim_move(model, x, sched, k, below)
+            torch.testing.assert_close(strided[n : n + 1], x)
+        assert not torch.equal(strided, sample_from_depths(model, latents, depths, sched))  # fewer moves: another image
+        torch.testing.assert_close(strided[:1], latents[:1])  # depth 0 stays the source
+
+    def test_stride_counts_ceil_depth_over_stride_calls_per_row(self):
+        rows = []
+
+        def model(x, t):
+            rows.append(x.shape[0])
+            return torch.zeros_like(x)
+
+        sched = DDIMSchedule.from_config(steps=10)
+        sample_from_depths(model, torch.zeros(4, 3, 8, 8), torch.tensor([2, 5, 6, 10]), sched, stride=3)
+        assert sum(rows) == 1 + 2 + 2 + 4  # ceil(d / 3)
+
     def test_bad_depths(self):
         sched = DDIMSchedule.from_config(steps=10)
+        with pytest.raises(ValueError, match="`stride` must be >= 1, got 0"):
+            sample_from_depths(GaussianEps(0, 1), torch.zeros(2, 3, 8, 8), torch.tensor([1, 2]), sched, stride=0)
         with pytest.raises(ValueError, match="`depths` must lie in"):
             sample_from_depths(GaussianEps(0, 1), torch.zeros(2, 3, 8, 8), torch.tensor([1, 11]), sched)
         with pytest.raises(ValueError, match="`max_batch` must be >= 1, got 0"):

@@ -62,6 +62,37 @@ class TestGenerateProgressive:
         assert r.measure == "preview" and calls["source"] == 3 * 10
         assert calls["target"] == 3 * 10 + int(r.depths.sum()) and r.model_evaluations == calls["source"] + calls["target"]
 
+    def test_decode_stride_keeps_depths_and_labels_and_counts_its_moves(self, pair, images):
+        calls = []
+
+        def counting(model):
+            def f(x, t):
+                calls.append(x.shape[0])
+                return model(x, t)
+
+            f.config = model.config
+            return f
+
+        every = generate_progressive(*pair, images, [0.3, 0.6, 1.0], GenerationConfig(steps=12, measure="paper", bf16=False))
+        strided = generate_progressive(pair[0], counting(pair[1]), images, [0.3, 0.6, 1.0],
+                                       GenerationConfig(steps=12, measure="paper", bf16=False, decode_stride=3))
+        assert torch.equal(strided.depths, every.depths) and torch.equal(strided.soft_labels, every.soft_labels)
+        assert strided.decode_stride == 3 and sum(calls) == int((-(-every.depths // 3)).sum())
+        assert strided.model_evaluations == 3 * 12 + sum(calls) < every.model_evaluations
+        assert not torch.equal(strided.images, every.images)
+        sched = DDIMSchedule.from_config(steps=12)  # the full translation: 4 moves of 3 states from the inverted latent
+        full = bridge(*pair, images[:1], sched, depth=12)
+        assert float((strided.images[0, 2] - full[0]).abs().max()) > 1e-3
+
+    def test_decode_stride_is_checked_and_round_trips(self):
+        with pytest.raises(ValueError, match="`decode_stride` must be >= 1, got 0"):
+            GenerationConfig(decode_stride=0)
+        with pytest.raises(TypeError, match="`decode_stride` must be an int, got float 2.0"):
+            GenerationConfig(decode_stride=2.0)
+        config = GenerationConfig(decode_stride=2)
+        assert GenerationConfig.from_dict(config.to_dict()) == config
+        assert GenerationConfig.from_dict({k: v for k, v in GenerationConfig().to_dict().items() if k != "decode_stride"}).decode_stride == 1
+
     def test_same_seed_identical_on_cpu(self, images):
         a = generate_progressive(tiny_unet("global", 2), tiny_unet("local", 3), images, [0.5, 1.0], GenerationConfig(steps=6, bf16=False))
         b = generate_progressive(tiny_unet("global", 2), tiny_unet("local", 3), images, [0.5, 1.0], GenerationConfig(steps=6, bf16=False))

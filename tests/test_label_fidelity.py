@@ -163,6 +163,20 @@ def test_every_measure_offered_is_passed_to_the_generator(fidelity, weights, tmp
     assert res["measures"]["other"]["goals_met"]["spearman"] in (False, None)
 
 
+def test_a_decode_stride_variant_keeps_the_labels_and_costs_less(fidelity, weights, tmp_path):
+    out = tmp_path / "lf"
+    assert fidelity.main(["--pair", str(make_pair_dir(tmp_path / "pair")), "--data", str(split_folders(tmp_path / "data")),
+                          "--metric-weights", str(weights), "--n", "2", "--num-levels", "2", "--steps", "6", "--judge-steps", "2",
+                          "--threads", "1", "--device", "cpu", "--measures", "paper", "paper/2", "--out", str(out)]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    every, strided = res["measures"]["paper"], res["measures"]["paper/2"]
+    assert strided["scatter"]["label"] == every["scatter"]["label"]  # same depths and labels, other images
+    assert strided["overall"]["unet_evals_per_output"] < every["overall"]["unet_evals_per_output"]
+    assert (out.parent / "lf_strip_paper_stride2.png").is_file()
+    with pytest.raises(SystemExit):
+        fidelity.parse_args(["--measures", "paper/0"])
+
+
 def test_bootstrap_intervals_pair_the_measures(fidelity):
     gen = torch.Generator().manual_seed(0)
     n, levels = 40, 5

@@ -114,7 +114,9 @@ def progressive_bank(pair, sources: torch.Tensor, generation: GenerationConfig, 
     precision = "bf16 decodes" if resolved.bf16 else False  # bf16 reaches the decodes only (the inversion and labels stay float32)
     for start in range(0, len(sources), chunk):
         part = sources[start:start + chunk]
-        key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), measure, steps, num_levels, precision, part)
+        stride = [("decode_stride", resolved.decode_stride)] if resolved.decode_stride != 1 else []  # keys of stride 1 unchanged
+        key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), measure, steps, num_levels, precision,
+                      *stride, part)
         path = None if cache_dir is None else Path(cache_dir) / f"progressive-{measure}-{key}.safetensors"
         entry = _load(path)
         if entry is None:
