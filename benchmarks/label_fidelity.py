@@ -28,6 +28,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -175,10 +176,19 @@ def bootstrap_intervals(res: dict, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) 
         e["overall"]["high_label_judged_a_ci95"] = ci(wrong[m])
         for other in ("paper", "preview"):
             if other in rho and m != other:
-                diffs = [None if a is None or b is None else a - b for a, b in zip(rho[m], rho[other])]
-                kept = [d for d in diffs if d is not None]
-                e["overall"][f"spearman_minus_{other}"] = {"mean": sum(kept) / len(kept) if kept else None, "ci95": ci(diffs)}
+                e["overall"][f"spearman_minus_{other}"] = _paired(rho[m], rho[other], ci)
+        base = m.partition("/")[0]
+        if base != m and base in rho:  # a decode-stride variant against its measure at stride 1
+            e["overall"]["minus_stride_1"] = {"spearman": _paired(rho[m], rho[base], ci),
+                                              "high_label_judged_a": _paired(wrong[m], wrong[base], ci)}
     res["bootstrap"] = {"draws": draws, "seed": seed, "unit": "source tile (its images resampled together)"}
+
+
+def _paired(values: list, others: list, ci: Callable[[list], list[float] | None]) -> dict:
+    """Mean and 95 % interval of per-draw differences ``values - others`` (draws where either is None skipped)."""
+    diffs = [None if a is None or b is None else a - b for a, b in zip(values, others)]
+    kept = [d for d in diffs if d is not None]
+    return {"mean": sum(kept) / len(kept) if kept else None, "ci95": ci(diffs)}
 
 
 def goals(overall: dict, paper_spearman: float | None, is_paper: bool) -> dict:
@@ -386,6 +396,13 @@ def render_markdown(res: dict) -> str:
             shown = ["-" if d is None else _fmt(d["mean"]) + " " + _ci(d["ci95"]) for d in diffs]
             lines.append(f"| {m} | {_fmt(o['spearman_label_judge'])} {_ci(o.get('spearman_ci95'))} | {shown[0]} | {shown[1]} | "
                          f"{_fmt(o['high_label_judged_a'])} {_ci(o.get('high_label_judged_a_ci95'))} |")
+    strided = {m: e["overall"]["minus_stride_1"] for m, e in res["measures"].items() if "minus_stride_1" in e["overall"]}
+    if strided:
+        lines += ["", "Strided decodes against the same measure at stride 1 (paired over the same draws; the labels are "
+                  "the same, the images differ):", "", "| measure | Spearman minus stride 1's [95 %] | labelled >= 0.5 judged A minus "
+                  "stride 1's [95 %] |", "| --- | --- | --- |"]
+        lines += [f"| {m} | {_fmt(d['spearman']['mean'])} {_ci(d['spearman']['ci95'])} | {_fmt(d['high_label_judged_a']['mean'])} "
+                  f"{_ci(d['high_label_judged_a']['ci95'])} |" for m, d in strided.items()]
     lines += ["", "Goals: " + "; ".join(GOALS.values()) + ".", ""]
     for m, e in res["measures"].items():
         lines += [f"## {m}", "", "| level | label mean | label std | depth mean | judge p(B) mean | LPIPS share mean |",

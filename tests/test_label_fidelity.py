@@ -173,6 +173,9 @@ def test_a_decode_stride_variant_keeps_the_labels_and_costs_less(fidelity, weigh
     assert strided["scatter"]["label"] == every["scatter"]["label"]  # same depths and labels, other images
     assert strided["overall"]["unet_evals_per_output"] < every["overall"]["unet_evals_per_output"]
     assert (out.parent / "lf_strip_paper_stride2.png").is_file()
+    paired = strided["overall"]["minus_stride_1"]
+    assert set(paired) == {"spearman", "high_label_judged_a"} and "minus_stride_1" not in every["overall"]
+    assert "Strided decodes against the same measure at stride 1" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
         fidelity.parse_args(["--measures", "paper/0"])
 
