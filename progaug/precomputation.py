@@ -67,6 +67,9 @@ class PrecomputeConfig(JsonConfig):
         bf16: Run the U-Nets under bf16 autocast; None (default): where the device computes bf16
             natively (:func:`progaug.runtime.native_bf16`). A run stores the value it used.
         seed: Seed of the source order and of the flips/rotations of repeated sources.
+        decode_stride: States per DDIM move of the decodes (:attr:`GenerationConfig.decode_stride`): 1, the
+            paper's, decodes depth ``d`` in ``d`` moves; ``s > 1`` in ``ceil(d / s)`` (other images, same
+            labels). A run made before the setting existed reads as 1.
         device: Where the U-Nets run: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ... (default: CUDA when available;
             under ``torchrun`` each rank takes its local GPU). Not part of a run's identity: a resume may
             move to another device.
@@ -102,6 +105,10 @@ class PrecomputeConfig(JsonConfig):
     seed: int = dataclasses.field(
         default=0, metadata={"help": "Seed of the source order and of the flips/rotations of repeated sources"}
     )
+    decode_stride: int = dataclasses.field(
+        default=1, metadata={"help": "States per DDIM move of the decodes: 1 = every state (the paper); s > 1 decodes a depth-d "
+                                     "state in ceil(d / s) moves (cheaper, other images, same labels)"}
+    )
     device: str | None = dataclasses.field(
         default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda when available; under torchrun the local GPU)"}
     )
@@ -117,10 +124,11 @@ class PrecomputeConfig(JsonConfig):
 
     @property
     def generation(self) -> GenerationConfig:
-        """The generation settings of this set (``steps``, ``measure``, ``radius``, ``max_batch``, ``bf16``),
+        """The generation settings of this set (``steps``, ``measure``, ``radius``, ``max_batch``, ``bf16``, ``decode_stride``),
         the same object the transform and ``progaug progressive`` take; they stay flat fields here because
         they are the ``progaug precompute`` flags and the keys of ``run.json``."""
-        return GenerationConfig(steps=self.steps, measure=self.measure, radius=self.radius, max_batch=self.max_batch, bf16=self.bf16)
+        return GenerationConfig(steps=self.steps, measure=self.measure, radius=self.radius, max_batch=self.max_batch, bf16=self.bf16,
+                                decode_stride=self.decode_stride)
 
     @property
     def groups(self) -> int:

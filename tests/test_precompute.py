@@ -160,6 +160,24 @@ def test_kill_9_then_resume(pair_dir, tmp_path, one_thread):
     assert not [p for p in (tmp_path / "k").rglob("*.tmp")]
 
 
+def test_decode_stride_same_labels_other_images_recorded_and_checked_on_resume(pair_dir, tmp_path):
+    every, strided = run(pair_dir, tmp_path / "s1"), run(pair_dir, tmp_path / "s2", decode_stride=2)
+    rows = [[(r["source"], r["depth"], r["soft_label"]) for r in ProgressiveCache.open(out).rows] for out in (every, strided)]
+    assert rows[0] == rows[1]
+    assert files(every) != files(strided)
+    assert json.loads((strided / "run.json").read_text())["config"]["decode_stride"] == 2
+    with pytest.raises(ValueError, match='config.decode_stride: stored 2, now 1'):
+        run(pair_dir, strided, resume=True)
+    run_file = every / "run.json"  # a run made before the setting existed resumes as stride 1
+    stored = json.loads(run_file.read_text())
+    del stored["config"]["decode_stride"]
+    run_file.write_text(json.dumps(stored))
+    (every / "records" / "000001.json").unlink()
+    before = files(every)
+    run(pair_dir, every, resume=True)
+    assert files(every) == before
+
+
 def test_bad_manifest_named(pair_dir, tmp_path):
     out = run(pair_dir, tmp_path / "c")
     (out / "manifest.json").write_text("{not json")
