@@ -55,6 +55,11 @@ if TYPE_CHECKING:
 __all__ = ["GenerationConfig", "ProgressiveGenerator", "ProgressiveResult", "fixed_batch_model", "generate_progressive"]
 
 
+DECODE_STRIDE_HELP = ("States per DDIM move of the decodes: 1 = every state (the paper); s > 1 decodes a depth-d state in "
+                      "ceil(d / s) moves (cheaper, other images, same labels)")
+"""The command-line help of every ``--decode-stride`` flag (``progaug precompute`` and ``progaug progressive``)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig(JsonConfig):
     """How progressive images are made, the same spelling and meaning in every layer.
@@ -82,8 +87,7 @@ class GenerationConfig(JsonConfig):
         None, "bf16 autocast of the decodes (default: where the device computes bf16 natively: CUDA with bf16, CPUs with "
               "AVX512-BF16 or AMX)")
     device: str | None = setting(None, "Where the U-Nets run (default: where the images are)")
-    decode_stride: int = setting(1, "States per DDIM move of the decodes: 1 = every state (the paper); s > 1 decodes a "
-                                    "depth-d state in ceil(d / s) moves (cheaper, other images, same labels)")
+    decode_stride: int = setting(1, DECODE_STRIDE_HELP)
 
     def __post_init__(self) -> None:
         check_int("steps", self.steps, allow_none=True)

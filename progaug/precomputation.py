@@ -37,7 +37,7 @@ from progaug.config import JsonConfig, describe_differences
 from progaug.data.tiles import dihedral
 from progaug.errors import check_int, device_setting
 from progaug.frequency import DEFAULT_RADIUS, default_levels
-from progaug.generator import GenerationConfig, ProgressiveGenerator
+from progaug.generator import DECODE_STRIDE_HELP, GenerationConfig, ProgressiveGenerator
 from progaug.labels import DEFAULT_MEASURE, MEASURE_HELP, Measure
 from progaug.pair import Pair
 from progaug.runtime import RuntimeConfig, barrier, command_line, torchrun_setup
@@ -105,10 +105,7 @@ class PrecomputeConfig(JsonConfig):
     seed: int = dataclasses.field(
         default=0, metadata={"help": "Seed of the source order and of the flips/rotations of repeated sources"}
     )
-    decode_stride: int = dataclasses.field(
-        default=1, metadata={"help": "States per DDIM move of the decodes: 1 = every state (the paper); s > 1 decodes a depth-d "
-                                     "state in ceil(d / s) moves (cheaper, other images, same labels)"}
-    )
+    decode_stride: int = dataclasses.field(default=1, metadata={"help": DECODE_STRIDE_HELP})
     device: str | None = dataclasses.field(
         default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda when available; under torchrun the local GPU)"}
     )
