@@ -49,9 +49,11 @@ def heldout(splits: dict[str, TileSet], cls: str) -> torch.Tensor | None:
     return torch.cat(parts) if parts else None
 
 
-def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str, bf16: bool, batch_size: int = 64) -> torch.Tensor:
+def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str, bf16: bool, batch_size: int = 64,
+                decode_stride: int = 1) -> torch.Tensor:
     """:func:`progaug.evaluation.generated.final_stage` kept in :data:`CACHE`."""
-    return generated.final_stage(pair, sources, n, steps=steps, device=device, bf16=bf16, batch_size=batch_size, cache_dir=CACHE)
+    return generated.final_stage(pair, sources, n, steps=steps, device=device, bf16=bf16, batch_size=batch_size, cache_dir=CACHE,
+                                 decode_stride=decode_stride)
 
 
 def unconditional(pair, n: int, *, steps: int, device: str, bf16: bool, seed: int = 1234, batch_size: int = 64) -> torch.Tensor:

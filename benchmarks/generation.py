@@ -50,12 +50,20 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64, help="(default: 64)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                    help="generate under bf16 autocast (1.6-2x faster on CPUs; default: on, as in downstream.py, whose sets are reused)")
+    p.add_argument("--decode-strides", type=int, nargs="*", default=[],
+                   help="also the full translations decoded at these strides, as methods 'ADD (decode stride S)' (default: none)")
+    p.add_argument("--iddpm", action=argparse.BooleanOptionalAction, default=True,
+                   help="include unconditional samples of model B (default: yes)")
     p.add_argument("--lpips-pairs", type=int, default=1000, help="(default: 1000)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "generation"))
     add_config_arguments(p, RuntimeConfig, exclude=("channels_last", "compile"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    bad = [s for s in args.decode_strides if s < 1]
+    if bad:
+        p.error(f"--decode-strides must be integers >= 1, got {bad}")
+    return args
 
 
 def main(argv=None) -> int:
@@ -66,9 +74,12 @@ def main(argv=None) -> int:
     gen = dict(steps=args.steps, device=args.device, bf16=args.bf16, batch_size=args.batch_size)
     tgt_train = splits["train"].of_class(b).images
     sets = {"ADD": final_stage(pair, splits["train"].of_class(a).images, args.n, **gen)}
+    for stride in args.decode_strides:
+        sets[f"ADD (decode stride {stride})"] = final_stage(pair, splits["train"].of_class(a).images, args.n, decode_stride=stride, **gen)
     if args.nohas_pair:
         sets["ADD (no HAS)"] = final_stage(load_pair(args.nohas_pair, device=args.device), splits["train"].of_class(a).images, args.n, **gen)
-    sets["IDDPM-style"] = unconditional(pair, args.n, seed=1234 + args.seed, **gen)
+    if args.iddpm:
+        sets["IDDPM-style"] = unconditional(pair, args.n, seed=1234 + args.seed, **gen)
     held = heldout(splits, b)
     if held is not None:
         sets["real held-out"] = held[: args.n]
@@ -77,7 +88,7 @@ def main(argv=None) -> int:
     ref = inception_features(inception, to_model_range(tgt_train))
     sets = {name: to_model_range(images) for name, images in sets.items()}
     res = {"classes": [a, b], "n": args.n, "steps": args.steps, "bf16": args.bf16, "device": args.device, "machine": platform.platform(),
-           "threads": applied["threads"], "reference_tiles": len(tgt_train), "command": command_line("generation.py", argv),
+           "threads": applied["threads"], "reference_tiles": len(tgt_train), "command": command_line("generation.py", argv), "decode_strides": args.decode_strides,
            "pair_training": pair_training(pair), "pair_sha256": pair_sha256(pair),
            "methods": {}}
     equal = min(len(images) for images in sets.values())  # Frechet distances are biased by set size: also compare at one size

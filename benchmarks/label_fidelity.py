@@ -148,7 +148,8 @@ def summarise(labels, judge_p, depths, shares, levels) -> dict:
 def bootstrap_intervals(res: dict, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> None:
     """Add 95 % bootstrap intervals over *sources* (each source's images stay together; the same draws for
     every measure, so differences are paired): ``overall.spearman_ci95``, ``overall.high_label_judged_a_ci95``
-    and ``spearman_minus_paper`` / ``spearman_minus_preview`` (mean and ``ci95``) per measure. Uses the
+    ``spearman_minus_paper`` / ``spearman_minus_preview`` and ``high_label_judged_a_minus_paper`` /
+    ``high_label_judged_a_minus_preview`` (mean and ``ci95``) per measure. Uses the
     stored ``scatter``."""
     entries = res["measures"]
     if not entries:
@@ -177,6 +178,7 @@ def bootstrap_intervals(res: dict, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) 
         for other in ("paper", "preview"):
             if other in rho and m != other:
                 e["overall"][f"spearman_minus_{other}"] = _paired(rho[m], rho[other], ci)
+                e["overall"][f"high_label_judged_a_minus_{other}"] = _paired(wrong[m], wrong[other], ci)
         base = m.partition("/")[0]
         if base != m and base in rho:  # a decode-stride variant against its measure at stride 1
             e["overall"]["minus_stride_1"] = {"spearman": _paired(rho[m], rho[base], ci),
@@ -388,14 +390,14 @@ def render_markdown(res: dict) -> str:
                      f"{_fmt(o['lpips_step_ratio'], 2)} ({_mark(g['lpips_steps'])}) | {_fmt(o['unet_evals_per_output'], 1)} |")
     if res.get("bootstrap"):
         lines += ["", f"95 % bootstrap intervals ({res['bootstrap']['draws']} draws over source tiles, the same draws for every measure):", "",
-                  "| measure | Spearman [95 %] | minus paper's [95 %] | minus preview's [95 %] | labelled >= 0.5 judged A [95 %] |",
-                  "| --- | --- | --- | --- | --- |"]
+                  "| measure | Spearman [95 %] | minus paper's [95 %] | minus preview's [95 %] | labelled >= 0.5 judged A [95 %] | "
+                  "minus paper's [95 %] | minus preview's [95 %] |", "| --- | --- | --- | --- | --- | --- | --- |"]
         for m, e in res["measures"].items():
             o = e["overall"]
-            diffs = [o.get(f"spearman_minus_{other}") for other in ("paper", "preview")]
-            shown = ["-" if d is None else _fmt(d["mean"]) + " " + _ci(d["ci95"]) for d in diffs]
+            shown = ["-" if d is None else _fmt(d["mean"]) + " " + _ci(d["ci95"])
+                     for d in (o.get(f"{key}_minus_{other}") for key in ("spearman", "high_label_judged_a") for other in ("paper", "preview"))]
             lines.append(f"| {m} | {_fmt(o['spearman_label_judge'])} {_ci(o.get('spearman_ci95'))} | {shown[0]} | {shown[1]} | "
-                         f"{_fmt(o['high_label_judged_a'])} {_ci(o.get('high_label_judged_a_ci95'))} |")
+                         f"{_fmt(o['high_label_judged_a'])} {_ci(o.get('high_label_judged_a_ci95'))} | {shown[2]} | {shown[3]} |")
     strided = {m: e["overall"]["minus_stride_1"] for m, e in res["measures"].items() if "minus_stride_1" in e["overall"]}
     if strided:
         lines += ["", "Strided decodes against the same measure at stride 1 (paired over the same draws; the labels are "

@@ -155,6 +155,16 @@ def test_generation_on_class_folders(bench, tiny_pair, tmp_path):
     assert res["reference_tiles"] == 6 and res["methods"]["real held-out"]["count"] == 8
     for m in res["methods"].values():
         assert m["fid"] > 0 and m["sfid"] > 0 and 0 < m["lpips_diversity"] < 1
+    # strided full translations beside the full ones (another image set), without the unconditional samples
+    assert generation.main(["--pair", str(tiny_pair), "--data", str(data), "--metric-weights", str(WEIGHTS), "--n", "8",
+                            "--steps", "3", "--lpips-pairs", "8", "--threads", "1", "--decode-strides", "2", "--no-iddpm",
+                            "--out", str(out)]) == 0
+    strided = json.loads(out.with_suffix(".json").read_text())
+    assert list(strided["methods"]) == ["ADD", "ADD (decode stride 2)", "real held-out"] and strided["decode_strides"] == [2]
+    assert strided["methods"]["ADD"] == res["methods"]["ADD"]
+    assert strided["methods"]["ADD (decode stride 2)"]["fid"] != res["methods"]["ADD"]["fid"]
+    with pytest.raises(SystemExit):
+        generation.parse_args(["--decode-strides", "0"])
 
 
 def test_results_name_paths_relative_to_the_repository(bench):

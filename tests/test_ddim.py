@@ -154,6 +154,22 @@ class TestSampleFromDepths:
         assert not torch.equal(strided, sample_from_depths(model, latents, depths, sched))  # fewer moves: another image
         torch.testing.assert_close(strided[:1], latents[:1])  # depth 0 stays the source
 
+    def test_sample_and_bridge_take_the_same_strided_path(self):
+        from progaug.diffusion import bridge, invert
+
+        model, target = GaussianEps(0.1, 0.5), GaussianEps(-0.2, 0.8)
+        sched = DDIMSchedule.from_config(steps=12)
+        latents = torch.randn(3, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+        for start in (7, 12):
+            rows = sample_from_depths(model, latents, torch.full((3,), start), sched, stride=3)
+            torch.testing.assert_close(sample(model, latents.clone(), sched, start=start, stride=3), rows)
+        assert not torch.equal(sample(model, latents.clone(), sched, stride=3), sample(model, latents.clone(), sched))
+        x0 = latents.clamp(-1, 1)
+        expected = sample(target, invert(model, x0, sched), sched, stride=2)  # the inversion keeps every state
+        torch.testing.assert_close(bridge(model, target, x0, sched, stride=2), expected)
+        with pytest.raises(ValueError, match="`stride` must be >= 1, got 0"):
+            sample(model, latents, sched, stride=0)
+
     def test_stride_counts_ceil_depth_over_stride_calls_per_row(self):
         rows = []
 

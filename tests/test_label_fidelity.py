@@ -159,6 +159,7 @@ def test_every_measure_offered_is_passed_to_the_generator(fidelity, weights, tmp
     # the same images under both names: the same figures, and "above the paper measure's" is not met by a tie
     other = dict(res["measures"]["other"]["overall"])
     assert other.pop("spearman_minus_paper")["mean"] in (0.0, None)  # paired draws: a measure minus itself is 0
+    assert other.pop("high_label_judged_a_minus_paper")["mean"] in (0.0, None)
     assert other == {**res["measures"]["paper"]["overall"], "seconds": other["seconds"]}
     assert res["measures"]["other"]["goals_met"]["spearman"] in (False, None)
 
@@ -195,4 +196,7 @@ def test_bootstrap_intervals_pair_the_measures(fidelity):
     assert 0 < lo <= hi < 1
     d = res["measures"]["preview"]["overall"]["spearman_minus_paper"]
     assert d["ci95"][0] > 0 and d["mean"] > 0  # the label-following judge wins, and the interval says so
+    # high labels (>= 0.5) judged A: noise calls about half of them A, the label-following judge few of them
+    w = res["measures"]["preview"]["overall"]["high_label_judged_a_minus_paper"]
+    assert w["ci95"][1] < 0 and w["mean"] < 0
     assert "spearman_minus_paper" not in res["measures"]["paper"]["overall"] and res["bootstrap"]["draws"] == 200

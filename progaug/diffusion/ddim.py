@@ -116,6 +116,7 @@ def sample(
     *,
     start: int | None = None,
     clip: bool = True,
+    stride: int = 1,
 ) -> torch.Tensor:
     """Deterministic DDIM sampling ``x_start -> x0`` (towards the image), eq. 2 with ``sigma_t = 0``.
 
@@ -125,14 +126,27 @@ def sample(
         schedule: Respaced schedule with ``S`` steps.
         start: State of ``x``, ``0..S`` (default ``S``: pure-noise latent). ``0`` returns ``x``.
         clip: Clamp the predicted x0 in every step.
+        stride: States per move after the first, as in :func:`sample_from_depths` (``1``: every state;
+            ``s``: to the multiple of ``s`` below ``start``, then ``s`` states per move, ``ceil(start / s)``
+            model calls).
 
     Returns:
         ``(B, C, H, W)`` images, in [-1, 1] when ``clip``.
     """
     start = schedule.num_steps if start is None else schedule.check_depth("start", start)
-    for k in range(start, 0, -1):
-        x = ddim_move(model, x, schedule, k, k - 1, clip=clip)
+    check_int("stride", stride)
+    k = start
+    while k > 0:
+        below = _state_below(k, stride)
+        x = ddim_move(model, x, schedule, k, below, clip=clip)
+        k = below
     return x
+
+
+def _state_below(k: int, stride: int) -> int:
+    """The state a decode at stride ``stride`` moves to from state ``k >= 1``: ``stride * floor((k - 1) / stride)``
+    (``k - 1`` at stride 1)."""
+    return stride * ((k - 1) // stride)
 
 
 def ddim_move(model: EpsModel, x: torch.Tensor, schedule: DDIMSchedule, k_from: int, k_to: int, *, clip: bool = True) -> torch.Tensor:
@@ -196,7 +210,7 @@ def sample_from_depths(
         active = torch.nonzero(state == k).flatten()
         if not active.numel():
             continue
-        below = stride * ((k - 1) // stride)
+        below = _state_below(k, stride)
         chunk = max_batch or active.numel()
         for rows in active.to(x.device).split(chunk):
             x[rows] = ddim_move(model, x[rows], schedule, k, below, clip=clip)
@@ -213,6 +227,7 @@ def bridge(
     *,
     depth: int | None = None,
     clip: bool = True,
+    stride: int = 1,
 ) -> torch.Tensor:
     """Translate images of domain A towards domain B through a shared latent (eq. 4-5).
 
@@ -226,10 +241,12 @@ def bridge(
         schedule: Respaced schedule with ``S`` steps.
         depth: Bridge depth ``0..S`` (default ``S``).
         clip: Clamp the predicted x0 in every step of both directions.
+        stride: Decode stride of the target model (:func:`sample`); the inversion keeps every state.
 
     Returns:
         ``(B, C, H, W)`` images.
     """
     depth = schedule.num_steps if depth is None else schedule.check_depth("depth", depth)
+    check_int("stride", stride)
     latent = invert(source_model, x0, schedule, depth=depth, clip=clip)
-    return sample(target_model, latent.clone(), schedule, start=depth, clip=clip)
+    return sample(target_model, latent.clone(), schedule, start=depth, clip=clip, stride=stride)

@@ -64,9 +64,10 @@ def _cached(cache_dir: Path | None, name: str, key: str, make: Callable[[], torc
 
 
 def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str, bf16: bool, batch_size: int = 64,
-                cache_dir: Path | None = None) -> torch.Tensor:
+                cache_dir: Path | None = None, decode_stride: int = 1) -> torch.Tensor:
     """``n`` full-depth ADD translations (eq. 4) of uint8 source tiles (cycled with flips / rotations):
-    ``(n, 3, S, S)`` uint8."""
+    ``(n, 3, S, S)`` uint8. ``decode_stride`` > 1 decodes ``decode_stride`` states per target-model call
+    (:func:`progaug.diffusion.sample`); the set's name records it (stride 1 keeps the name it always had)."""
 
     @torch.no_grad()
     def make() -> torch.Tensor:
@@ -75,11 +76,13 @@ def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str,
         out = []
         for i, chunk in enumerate(x.split(batch_size)):
             with autocast(device, autocast_dtype(bf16)):
-                out.append(to_uint8(bridge(pair.source, pair.target, chunk.to(device), sched, clip=pair.diffusion.clip_denoised).cpu()))
+                out.append(to_uint8(bridge(pair.source, pair.target, chunk.to(device), sched, clip=pair.diffusion.clip_denoised,
+                                           stride=decode_stride).cpu()))
             print(f"final-stage ADD: {min((i + 1) * batch_size, n)}/{n}", flush=True)
         return torch.cat(out)
 
-    key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), n, steps, bf16, sources)
+    strided = () if decode_stride == 1 else (("decode_stride", decode_stride),)
+    key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), n, steps, bf16, sources, *strided)
     return _cached(cache_dir, "final", key, make)
 
 
