@@ -12,7 +12,8 @@
 
 2. The floor: FLOPs of one U-Net forward (``torch.utils.flop_counter`` on the meta device: no memory,
    no weights) times the U-Net evaluations per progressive image measured in the runs
-   (``(S + sum of the L decode depths) / L``), over a GPU's dense bf16 peak.
+   (the inversion and the measure's calls plus ``ceil(depth / decode_stride)`` per decode, over the L
+   images of a source), over a GPU's dense bf16 peak.
 
     python benchmarks/throughput.py                     # CPU, about 12 minutes
     python benchmarks/throughput.py --device cuda --n 2000 --paper-size
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, bar_plot, command_line, pair_sha256, repo_relative
 from progaug.config import DiffusionConfig, UNetConfig
-from progaug.labels import LEGACY_MEASURE, inversion_evaluations
+from progaug.labels import LEGACY_MEASURE, decode_evaluations, inversion_evaluations
 
 PEAK_BF16_DENSE_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "RTX 4090": 165.2}
 """Dense bf16 tensor-core peaks from the vendors' data sheets (SXM parts), TFLOP/s."""
@@ -104,7 +105,8 @@ def run_precompute(pair: str, n: int, device: str, flags: list[str], out: Path, 
     config = manifest["settings"]["config"]
     per_source = inversion_evaluations(config.get("measure", LEGACY_MEASURE), config["steps"])
     groups = [rows[i : i + config["num_levels"]] for i in range(0, len(rows), config["num_levels"])]
-    evals = sum(per_source + sum(int(r["depth"]) for r in g) for g in groups) / len(rows)
+    stride = config.get("decode_stride", 1)  # manifests from before the setting decoded every state
+    evals = sum(per_source + decode_evaluations([int(r["depth"]) for r in g], stride) for g in groups) / len(rows)
     return {"flags": flags, "samples": ex["samples_this_run_rank0"], "seconds": ex["seconds_this_run_rank0"],
             "images_per_second": ex["samples_this_run_rank0"] / ex["seconds_this_run_rank0"], "process_wall_s": round(wall, 1),
             "batch_size": ex["batch_size"], "max_batch": ex["max_batch"], "threads": ex["threads"],

@@ -38,6 +38,7 @@ from progaug.labels import (
     MEASURE_HELP,
     Measure,
     check_measure,
+    decode_evaluations,
     interpolate_grid,
     inversion_evaluations,
     labels_from_values,
@@ -147,8 +148,7 @@ class ProgressiveResult:
         """U-Net evaluations spent: the inversion and the measure's calls per source image
         (:func:`progaug.labels.inversion_evaluations`) plus the decodes' moves, ``ceil(depth / decode_stride)``
         per progressive image."""
-        moves = -(-self.depths // self.decode_stride)
-        return inversion_evaluations(self.measure, self.num_steps) * self.images.shape[0] + int(moves.sum())
+        return inversion_evaluations(self.measure, self.num_steps) * self.images.shape[0] + decode_evaluations(self.depths.cpu(), self.decode_stride)
 
 
 def _model_size(model: EpsModel) -> int | None:

@@ -38,6 +38,7 @@ from typing import Literal
 
 import torch
 
+from progaug.errors import check_int
 from progaug.frequency import DEFAULT_RADIUS, highpass_amplitude, soft_labels, to_grayscale
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "Measure",
     "band_amplitude",
     "check_measure",
+    "decode_evaluations",
     "gaussian_blur",
     "inversion_evaluations",
     "labels_from_values",
@@ -283,6 +285,14 @@ def inversion_evaluations(measure: str, steps: int) -> int:
     if measure == "decoded":
         return steps + sum(len(sketch_path(int(g))) - 1 for g in sketch_grid(steps))
     return steps
+
+
+def decode_evaluations(depths: torch.Tensor | list[int], stride: int = 1) -> int:
+    """Target-model evaluations of decoding progressive images from ``depths`` (any shape of ints >= 0) at
+    decode stride ``stride``: ``ceil(depth / stride)`` each (:func:`progaug.diffusion.sample_from_depths`)."""
+    stride = check_int("stride", stride)
+    depths = torch.as_tensor(depths, dtype=torch.long)
+    return int((-(-depths // stride)).sum())
 
 
 def labels_from_values(measure: str, values: torch.Tensor) -> torch.Tensor:

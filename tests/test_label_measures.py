@@ -20,6 +20,7 @@ from progaug.labels import (
     MEASURES,
     band_amplitude,
     check_measure,
+    decode_evaluations,
     interpolate_grid,
     inversion_evaluations,
     gaussian_blur,
@@ -197,6 +198,15 @@ def test_model_evaluations_counted(pair, images, measure):
     assert sum(calls["source"]) == 3 * 8 and max(calls["target"]) <= 2
     assert sum(calls["target"]) == int(r.depths.sum()) + previews
     assert r.model_evaluations == sum(calls["source"]) + sum(calls["target"])
+
+
+def test_decode_evaluations_are_ceil_depth_over_stride():
+    depths = torch.tensor([[0, 1, 5, 50], [2, 3, 4, 49]])
+    assert decode_evaluations(depths) == 114
+    assert decode_evaluations(depths, 2) == 0 + 1 + 3 + 25 + 1 + 2 + 2 + 25
+    assert decode_evaluations([7], 3) == 3 and decode_evaluations([], 2) == 0
+    with pytest.raises(ValueError, match="`stride` must be >= 1, got 0"):
+        decode_evaluations(depths, 0)
 
 
 class TestLevelOneIsTheFullTranslation:
