@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CACHE, ROOT, command_line, repo_relative, write_report
 from progaug.cli_args import add_config_arguments, config_from_args
 from progaug.evaluation.pipeline import EvaluationData, GenerationSettings, evaluate_pair
-from progaug.evaluation.protocol import ProtocolConfig, all_arms, planned_runs
+from progaug.evaluation.protocol import ProtocolConfig, all_arms, arm_named, planned_runs
 from progaug.evaluation.report import plot, render_markdown
 from progaug.hub import load_pair
 from progaug.runtime import RuntimeConfig, apply_runtime
@@ -69,11 +69,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         for key, value in QUICK.items():
             if getattr(args, key) is None:
                 setattr(args, key, list(value) if isinstance(value, tuple) else value)
-    known = all_arms()
-    args.arms = list(known) if args.arms is None else ["real", *[a for a in args.arms if a != "real"]]
-    unknown = [a for a in args.arms if a not in known]
-    if unknown:
-        p.error(f"--arms {unknown} unknown; the arms are {list(known)}")
+    args.arms = list(all_arms()) if args.arms is None else ["real", *[a for a in args.arms if a != "real"]]
+    for name in args.arms:
+        try:
+            arm_named(name)
+        except ValueError as exc:
+            p.error(f"--arms: {exc}")
     try:
         args.protocol = config_from_args(ProtocolConfig, args)
         args.generation = config_from_args(GenerationSettings, args, base=GenerationSettings(cache_dir=str(CACHE)))
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
     applied = apply_runtime(config_from_args(RuntimeConfig, args), args.protocol.device)
     pair = load_pair(args.pair, device=args.protocol.device)
     data = EvaluationData.load(args.data, pair.image_size)
-    arms = [all_arms()[name] for name in args.arms]
+    arms = [arm_named(name) for name in args.arms]
 
     total, done = planned_runs(args.protocol, arms), [0]
 

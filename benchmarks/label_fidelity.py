@@ -82,7 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     offered = available_measures()
     args.measures = list(offered) if args.measures is None else args.measures
-    unknown = [m for m in args.measures if _variant(m) is None or _variant(m)[0] not in offered]
+    unknown = [m for m in args.measures if (variant := _variant(m)) is None or variant[0] not in offered]
     if unknown:
         p.error(f"--measures {unknown} not offered by this progaug; available: {list(offered)}")
     require_positive(p, args, ("n", "num_levels", "steps", "max_batch", "chunk", "judge_steps"))

@@ -36,6 +36,7 @@ from progaug.frequency import DEFAULT_RADIUS, adaptive_depths, check_radius, def
 from progaug.labels import (
     DEFAULT_MEASURE,
     MEASURE_HELP,
+    MEASURES,
     Measure,
     check_measure,
     decode_evaluations,
@@ -53,12 +54,26 @@ from progaug.runtime import RuntimeConfig, auto_max_batch, autocast, autocast_dt
 if TYPE_CHECKING:
     from progaug.pair import Pair
 
-__all__ = ["GenerationConfig", "ProgressiveGenerator", "ProgressiveResult", "fixed_batch_model", "generate_progressive"]
+__all__ = ["GenerationConfig", "ProgressiveGenerator", "ProgressiveResult", "fixed_batch_model", "generate_progressive", "parse_variant"]
 
 
 DECODE_STRIDE_HELP = ("States per DDIM move of the decodes: 1 = every state (the paper); s > 1 decodes a depth-d state in "
                       "ceil(d / s) moves (cheaper, other images, same labels)")
 """The command-line help of every ``--decode-stride`` flag (``progaug precompute`` and ``progaug progressive``)."""
+
+
+def parse_variant(name: str) -> tuple[str, int]:
+    """A generation variant named ``MEASURE`` or ``MEASURE/S`` (the benchmarks' and evaluation arms' notation)
+    as ``(measure, decode_stride)``: ``"decoded/2"`` -> ``("decoded", 2)``, ``"paper"`` -> ``("paper", 1)``.
+
+    Raises:
+        ValueError: Not a known measure, or a stride that is not an integer >= 1 (the message names ``name``).
+    """
+    measure, slash, stride = str(name).partition("/")
+    if measure not in MEASURES or (slash and not (stride.isdigit() and int(stride) >= 1)):
+        raise ValueError(f"a generation variant is MEASURE or MEASURE/STRIDE with MEASURE in {list(MEASURES)} and STRIDE an "
+                         f"integer >= 1, got {name!r}")
+    return measure, int(stride) if slash else 1
 
 
 @dataclasses.dataclass(frozen=True)

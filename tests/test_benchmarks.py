@@ -117,7 +117,7 @@ def test_downstream_resumes_from_its_run_log(bench, tiny_pair, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("bad, match", [(["--n", "0"], "N takes positive integers or 'all'"), (["--n", "ten"], "N takes"),
-                                        (["--arms", "+nope"], r"--arms \['\+nope'\] unknown"),
+                                        (["--arms", "+nope"], r"--arms: arm '\+nope' unknown"),
                                         (["--seeds", "1", "1"], "`seeds` must hold at least one value, each once"),
                                         (["--classifier", "resnet"], "`classifier` must be one of"),
                                         (["--seeds", "100"], "`tune_seeds` .* must differ from `seeds`")])

@@ -32,7 +32,7 @@ def test_evaluate_writes_the_report_and_resumes(pair, tmp_path, capsys):
     assert json.loads((out / "report.json").read_text())["curve"] == res["curve"]
 
 
-@pytest.mark.parametrize("extra, match", [(["--arms", "+nope"], r"--arms \['\+nope'\] unknown"),
+@pytest.mark.parametrize("extra, match", [(["--arms", "+nope"], r"--arms: arm '\+nope' unknown"),
                                           (["--device", "gpu"], "`device` must name a torch device such as .cpu."),
                                           (["--seeds", "3"], "`tune_seeds` .* must differ from `seeds`")])
 def test_evaluate_refuses_bad_arguments_in_one_line(pair, tmp_path, extra, match):

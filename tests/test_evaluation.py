@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from progaug.data.tiles import TileSet
-from progaug.evaluation.protocol import (Arm, GeneratedSets, ProtocolConfig, all_arms, class_orders, needed_positions, planned_runs,
+from progaug.evaluation.protocol import (Arm, GeneratedSets, ProtocolConfig, all_arms, arm_named, class_orders, needed_positions, planned_runs,
                                          plateau, run_protocol, sanity)
 from progaug.evaluation.report import judge, render_markdown
 from progaug.evaluation.stats import interval, paired, verdict
@@ -164,6 +164,28 @@ def test_arm_knobs():
     assert arms["+stain"].knob == "stain_sigma" and arms["+Mixup/CutMix"].knob == "mixup_alpha"
     assert arms["+ADD-Pro[preview]"].knob == "replace_prob" and arms["+ADD-Pro[preview]+stain"].knob == "replace_prob"
     assert arms["+ADD-Pro[preview] uniform"].knob is None and arms["+ADD-Pro[preview] filtered"].filtered
+
+
+def test_arm_named_takes_a_decode_stride_variant():
+    assert arm_named("+stain") == all_arms()["+stain"]
+    strided = arm_named("+ADD-Pro[decoded/2]")
+    assert (strided.generated, strided.measure, strided.knob) == ("pro", "decoded/2", "replace_prob")
+    assert arm_named("+ADD-Pro[paper]") == all_arms()["+ADD-Pro[paper]"]
+    for bad in ("+ADD-Pro[decoded/0]", "+ADD-Pro[nope/2]", "+ADD-Pro[decoded/x]", "+nope", "+ADD-Pro[]"):
+        with pytest.raises(ValueError, match=r"arm '\+.*' unknown; the arms are \['real'"):
+            arm_named(bad)
+
+
+def test_generation_settings_pass_the_variant_stride():
+    from progaug.evaluation.pipeline import GenerationSettings
+    from progaug.generator import parse_variant
+
+    settings = GenerationSettings(steps=4)
+    assert settings.generation("decoded/2", "cpu").decode_stride == 2 and settings.generation("decoded/2", "cpu").measure == "decoded"
+    assert settings.generation("paper", "cpu").decode_stride == 1
+    assert parse_variant("preview/3") == ("preview", 3) and parse_variant("paper") == ("paper", 1)
+    with pytest.raises(ValueError, match="MEASURE or MEASURE/STRIDE .* got 'paper/0'"):
+        parse_variant("paper/0")
 
 
 def tiny_splits(size: int = 16) -> dict[str, TileSet]:

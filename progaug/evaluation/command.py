@@ -43,15 +43,14 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _arms(names: list[str]):
-    from progaug.evaluation.protocol import all_arms
+    from progaug.evaluation.protocol import all_arms, arm_named
 
-    known = all_arms()
     if names == ["all"]:
-        return list(known.values())
-    unknown = [a for a in names if a not in known]
-    if unknown:
-        raise SystemExit(f"progaug: error: --arms {unknown} unknown; the arms are {list(known)}")
-    return [known[a] for a in dict.fromkeys(["real", *names])]
+        return list(all_arms().values())
+    try:
+        return [arm_named(a) for a in dict.fromkeys(["real", *names])]
+    except ValueError as exc:
+        raise SystemExit(f"progaug: error: --arms: {exc}") from None
 
 
 def _tiles_to_generate(splits: dict, a_class: str, config, arms) -> int:

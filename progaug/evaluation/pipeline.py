@@ -19,7 +19,7 @@ import torch
 from progaug.config import JsonConfig, setting
 from progaug.data.tiles import TileSet
 from progaug.evaluation import generated
-from progaug.generator import GenerationConfig
+from progaug.generator import GenerationConfig, parse_variant
 from progaug.evaluation.protocol import Arm, GeneratedSets, ProtocolConfig, needed_positions, parse_n, run_protocol
 from progaug.labels import DEFAULT_MEASURE
 from progaug.runtime import CPU_MAX_BATCH, check_bf16, resolve_bf16
@@ -55,9 +55,12 @@ class GenerationSettings(JsonConfig):
         """These settings with ``bf16`` made concrete for ``device`` (what a run records)."""
         return dataclasses.replace(self, bf16=resolve_bf16(self.bf16, device))
 
-    def generation(self, measure: str, device: str) -> GenerationConfig:
-        """The :class:`progaug.generator.GenerationConfig` of the sets under label ``measure`` on ``device``."""
-        return GenerationConfig(steps=self.steps, measure=measure, max_batch=self.max_batch, bf16=self.bf16, device=device)
+    def generation(self, variant: str, device: str) -> GenerationConfig:
+        """The :class:`progaug.generator.GenerationConfig` of the sets of ``variant`` on ``device``: a label
+        measure, or ``MEASURE/S`` for decodes at stride ``S`` (:func:`progaug.generator.parse_variant`)."""
+        measure, stride = parse_variant(variant)
+        return GenerationConfig(steps=self.steps, measure=measure, max_batch=self.max_batch, bf16=self.bf16, device=device,
+                                decode_stride=stride)
 
 
 def _scatter(values: torch.Tensor, needed: torch.Tensor, total: int) -> torch.Tensor:

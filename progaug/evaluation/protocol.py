@@ -39,10 +39,11 @@ from progaug.data.tiles import TileSet
 from progaug.evaluation.classifiers import CLASSIFIERS
 from progaug.evaluation.stats import interval, paired
 from progaug.evaluation.training import LabelledImages, Recipe, TrainSpec, score, train_classifier
+from progaug.generator import parse_variant
 from progaug.labels import DEFAULT_MEASURE, MEASURES
 from progaug.losses import soft_label_to_row
 
-__all__ = ["Arm", "GeneratedSets", "ProtocolConfig", "all_arms", "class_orders", "needed_positions", "parse_n", "planned_runs", "plateau", "run_protocol", "sanity"]
+__all__ = ["Arm", "GeneratedSets", "ProtocolConfig", "all_arms", "arm_named", "class_orders", "needed_positions", "parse_n", "planned_runs", "plateau", "run_protocol", "sanity"]
 
 LR = {"cnn": 2e-3, "vit": 1e-3, "probe": 1e-2}
 """Peak learning rate per classifier (AdamW, one-cycle). The probe's: the best mean validation accuracy
@@ -116,7 +117,8 @@ class Arm:
         name: Name in the reports.
         generated: ``None``, ``"final"`` (full-depth ADD translations, hard target labels), ``"pro"`` (ADD
             progressive images, soft labels) or ``"iddpm"`` (unconditional target-model samples).
-        measure: Label measure of a ``"pro"`` arm.
+        measure: Label measure of a ``"pro"`` arm, or ``MEASURE/S`` for its images decoded at stride ``S``
+            (:func:`progaug.generator.parse_variant`).
         flips: Random flips / quarter turns.
         stain: HED stain jitter (sigma tuned; with generated images: the ``+stain`` arm's sigma).
         mixup: Mixup / CutMix (alpha tuned).
@@ -152,6 +154,24 @@ def all_arms(default: str = DEFAULT_MEASURE) -> dict[str, Arm]:
              Arm(f"+ADD-Pro[{default}] uniform", "pro", default, uniform=True),
              Arm("+IDDPM-style", "iddpm"), Arm(f"+ADD-Pro[{default}]+stain", "pro", default, stain=True)]
     return {a.name: a for a in arms}
+
+
+def arm_named(name: str) -> Arm:
+    """The arm called ``name``: one of :func:`all_arms`, or ``+ADD-Pro[MEASURE/S]``, progressive images of a
+    label measure decoded at stride ``S`` (:attr:`progaug.generator.GenerationConfig.decode_stride`).
+
+    Raises:
+        ValueError: Neither (the message lists the arms).
+    """
+    known = all_arms()
+    if name in known:
+        return known[name]
+    variant = name[len("+ADD-Pro[") : -1] if name.startswith("+ADD-Pro[") and name.endswith("]") else ""
+    try:
+        parse_variant(variant)
+    except ValueError:
+        raise ValueError(f"arm {name!r} unknown; the arms are {list(known)}, or '+ADD-Pro[MEASURE/S]' (decode stride S)") from None
+    return Arm(name, "pro", variant)
 
 
 @dataclasses.dataclass(frozen=True)
