@@ -188,6 +188,21 @@ def test_generation_settings_pass_the_variant_stride():
         parse_variant("paper/0")
 
 
+def test_make_sets_keeps_a_strided_variant_beside_its_measure(tmp_path, capsys):
+    from conftest import make_pair_dir, random_tiles
+    from progaug.evaluation.pipeline import GenerationSettings, make_sets
+    from progaug.hub import load_pair
+
+    pair = load_pair(make_pair_dir(tmp_path / "pair"))
+    settings = GenerationSettings(steps=6, num_levels=2, bf16=False, max_batch=8, cache_dir=str(tmp_path / "cache"))
+    sets, cost = make_sets(pair, random_tiles(2), [arm_named("+ADD-Pro[paper]"), arm_named("+ADD-Pro[paper/2]")], settings)
+    (every, labels), (strided, strided_labels) = sets.pro["paper"], sets.pro["paper/2"]
+    assert torch.equal(labels, strided_labels) and not torch.equal(every, strided)  # the same labels, other images
+    assert cost["pro:paper/2"]["unet_evals_per_image"] < cost["pro:paper"]["unet_evals_per_image"]
+    assert "progressive [paper/2]: 2/2 sources" in capsys.readouterr().out
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # two sets kept, under two keys
+
+
 def tiny_splits(size: int = 16) -> dict[str, TileSet]:
     out = {}
     for i, (split, n) in enumerate((("train", 16), ("val", 8), ("test", 8))):

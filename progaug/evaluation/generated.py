@@ -128,7 +128,8 @@ def progressive_bank(pair, sources: torch.Tensor, generation: GenerationConfig, 
                      "evals": torch.tensor([r.model_evaluations])}
             _store(path, entry)
             made, evals = made + r.images.shape[0] * r.images.shape[1], evals + r.model_evaluations
-            print(f"progressive [{measure}]: {min(start + chunk, len(sources))}/{len(sources)} sources", flush=True)
+            variant = measure if resolved.decode_stride == 1 else f"{measure}/{resolved.decode_stride}"
+            print(f"progressive [{variant}]: {min(start + chunk, len(sources))}/{len(sources)} sources", flush=True)
         parts.append(entry)
         if progress is not None:
             progress(len(part))
