@@ -105,7 +105,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from progaug.config import DiffusionConfig, UNetConfig
-    from progaug.runtime import default_device
+    from progaug.runtime import command_line, default_device
     from progaug.train import PairSpec, TrainConfig, train_pair
 
     _check_device(args)
@@ -115,7 +115,7 @@ def _run_train(args: argparse.Namespace) -> int:
     spec = PairSpec(source, target, source_model=base, target_model=dataclasses.replace(base, attention=args.target_attention),
                     diffusion=config_from_args(DiffusionConfig, args))
     out = train_pair(tiles, args.out, spec, config_from_args(TrainConfig, args), resume=args.resume, device=args.device,
-                     provenance={"data": info, "command": " ".join(["progaug", *_argv(args)])})
+                     provenance={"data": info, "command": command_line(["progaug", *_argv(args)])})
     print(f"pair written to {out}")
     return 0
 

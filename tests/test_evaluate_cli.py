@@ -22,7 +22,7 @@ def test_evaluate_writes_the_report_and_resumes(pair, tmp_path, capsys):
     argv = ["evaluate", "--data", str(data), "--pair", str(pair), "--out", str(out), *SMALL]
     assert main(argv) == 0
     res = json.loads((out / "report.json").read_text())
-    assert res["complete"] and list(res["curve"]) == ["2"]
+    assert res["complete"] and list(res["curve"]) == ["2"] and res["command"] == " ".join(["progaug", *argv])
     assert list(res["curve"]["2"]["arms"]) == ["real", "+stain", "+Mixup/CutMix", "+ADD-final", "+ADD-Pro[preview]", "+ADD-Pro[preview] filtered"]
     assert (out / "report.md").read_text().startswith("# Downstream CNN, stroma -> tumour") and (out / "report.png").is_file()
     assert any((out / "generated").glob("progressive-*.safetensors"))

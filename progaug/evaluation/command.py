@@ -73,7 +73,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from progaug.evaluation.protocol import ProtocolConfig, planned_runs
     from progaug.evaluation.report import write_report
     from progaug.hub import load_pair
-    from progaug.runtime import RuntimeConfig, apply_runtime
+    from progaug.runtime import RuntimeConfig, apply_runtime, command_line
 
     try:
         config = config_from_args(ProtocolConfig, args)
@@ -101,7 +101,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for bar in bars.values():
             bar.close()
     argv = getattr(args, "argv", None)
-    res["command"] = " ".join(["progaug", *(sys.argv[1:] if argv is None else argv)])
+    res["command"] = command_line(["progaug", *(sys.argv[1:] if argv is None else argv)])
     write_report(res, out / "report")
     print(f"report: {out / 'report.md'}")
     return 0
