@@ -92,12 +92,15 @@ def main(argv=None) -> int:
     data = EvaluationData.load(args.data, pair.image_size)
     arms = [arm_named(name) for name in args.arms]
 
-    total, done = planned_runs(args.protocol, arms), [0]
+    total, done = [planned_runs(args.protocol, arms)], [0]
 
     def progress(kind: str, k: int, text: str) -> None:
+        if kind == "plan":
+            total[0] += k
+            print(text, flush=True)
         if kind == "train":
             done[0] += k
-            print(f"[{done[0]}/{total}] {text}", flush=True)
+            print(f"[{done[0]}/{total[0]}] {text}", flush=True)
 
     def report(res: dict) -> dict:
         res.update(pair=repo_relative(str(pair.path) if pair.path else args.pair), command=command_line("downstream.py", argv),

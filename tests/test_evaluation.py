@@ -260,7 +260,10 @@ def test_budget_doubles_while_a_standard_regulariser_loses(monkeypatch):
     sets = GeneratedSets(pro={"preview": (torch.zeros(8, 2, 3, 16, 16, dtype=torch.uint8), torch.rand(8, 2))})
     cfg = ProtocolConfig(n=("2",), seeds=(0,), tune_seeds=(5,), curve_epochs=(1,), batch_size=8, p_grid=(0.5,), stain_grid=(0.05,))
     arms = [all_arms("preview")[n] for n in ("real", "+stain", "+ADD-Pro[preview]")]
-    entry = run_protocol(splits, ("a", "b"), sets, arms, cfg)["curve"]["2"]
+    seen, added = [], []
+    entry = run_protocol(splits, ("a", "b"), sets, arms, cfg, on_run=seen.append, on_plan=added.append)["curve"]["2"]
+    assert added == [1 + (1 + 1)]  # real's seed, then +stain's grid on the tuning seed and its seed, again at 2 epochs
+    assert len(seen) == planned_runs(cfg, arms) + sum(added)  # the progress count meets the trainings made
     assert entry["budget"]["growth"] == [{"epochs": 1, "losing": ["+stain vs real"]}, {"epochs": 2, "losing": []}]
     assert entry["budget"]["epochs"] == 2 and calls[:2] == [1, 2]
     assert {r["epochs"] for arm in entry["arms"].values() for r in arm["runs"]} == {2}  # generated arm only at the grown budget

@@ -89,6 +89,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             "train": tqdm(total=planned_runs(config, arms), desc="training classifiers", unit="run")}
 
     def progress(kind: str, k: int, text: str) -> None:
+        if kind == "plan":  # a budget doubling: more trainings than planned
+            bars["train"].total += k
+            bars["train"].refresh()
+            return
         bars[kind].update(k)
         bars[kind].set_postfix_str(text[:60], refresh=False)
 

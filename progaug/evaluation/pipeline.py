@@ -205,7 +205,8 @@ def evaluate_pair(pair, data: EvaluationData, arms: Sequence[Arm], config: Proto
         config: Protocol settings (``config.device``: where to generate and train).
         settings: How the generated sets are made and where they are kept.
         progress: Called as ``progress("generate", k, text)`` for k more source tiles done and
-            ``progress("train", 1, text)`` after each classifier training (``text`` says which).
+            ``progress("train", 1, text)`` after each classifier training (``text`` says which), and
+            ``progress("plan", k, text)`` when a budget doubling adds ``k`` trainings to the planned count.
         log: JSON-lines file of finished trainings (:class:`RunLog`): a rerun with the same settings skips them.
         on_partial: Called with the described result after each N (for partial reports).
 
@@ -241,5 +242,6 @@ def evaluate_pair(pair, data: EvaluationData, arms: Sequence[Arm], config: Proto
 
     res = run_protocol(splits, pair.classes, sets, arms, config, memo=memo,
                        on_run=(lambda text: progress("train", 1, text)) if progress else None,
+                       on_plan=(lambda k: progress("plan", k, f"budget doubled: {k} more trainings")) if progress else None,
                        on_n=(lambda partial: on_partial(describe(partial))) if on_partial else None)
     return describe(res)

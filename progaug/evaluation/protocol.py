@@ -343,12 +343,15 @@ def _grid(arm: Arm, config: ProtocolConfig) -> tuple[float, ...]:
 def planned_runs(config: ProtocolConfig, arms: Sequence[Arm]) -> int:
     """Classifier trainings one :func:`run_protocol` call makes (for a progress bar; teachers included)."""
     per_n = len(config.curve_epochs) * len(config.tune_seeds) if config.epochs is None else 0
-    for arm in arms:
-        grid = len(_grid(arm, config))
-        per_n += (grid * len(config.tune_seeds) if arm.knob is not None else 0) + len(config.seeds)
+    per_n += sum(_arm_runs(arm, config) for arm in arms)
     if any(a.filtered for a in arms):
         per_n += len(config.seeds) + len(config.tune_seeds)
     return per_n * len(config.n)
+
+
+def _arm_runs(arm: Arm, config: ProtocolConfig) -> int:
+    """Trainings of one arm at one N and budget: its grid on the tuning seeds (tuned arms), then the seeds."""
+    return (len(_grid(arm, config)) * len(config.tune_seeds) if arm.knob is not None else 0) + len(config.seeds)
 
 
 def _budget(runner: _Runner, config: ProtocolConfig, n: int | None, n_key: str) -> dict:
@@ -387,7 +390,7 @@ def _summarise(runs: list[dict]) -> dict:
 
 def run_protocol(splits: dict[str, TileSet], classes: tuple[str, str], sets: GeneratedSets, arms: Sequence[Arm], config: ProtocolConfig,
                  *, on_run: Callable[[str], None] | None = None, memo: MutableMapping[str, dict] | None = None,
-                 on_n: Callable[[dict], None] | None = None) -> dict:
+                 on_n: Callable[[dict], None] | None = None, on_plan: Callable[[int], None] | None = None) -> dict:
     """Run the protocol for one classifier.
 
     Args:
@@ -397,6 +400,8 @@ def run_protocol(splits: dict[str, TileSet], classes: tuple[str, str], sets: Gen
         arms: Arms to run; ``real`` is always needed (paired differences), and is added first when missing.
         config: The protocol's settings (``config.device``: where to train).
         on_run: Called after each classifier training with a short description (progress).
+        on_plan: Called with the number of trainings added to :func:`planned_runs`'s count when the budget
+            doubles at an N (the standard arms run again at the longer budget).
         memo: Results of earlier trainings by a key of everything that decides them; new ones are added
             (a stopped run resumes: see :class:`progaug.evaluation.pipeline.RunLog`). The caller makes sure
             that the data and generated sets are the same.
@@ -427,8 +432,10 @@ def run_protocol(splits: dict[str, TileSet], classes: tuple[str, str], sets: Gen
             _add_paired(entry)
             losing = _losing(_sanity_checks(entry["arms"]))
             growth.append({"epochs": epochs, "losing": losing})
-            if not losing or config.epochs is not None:
+            if not losing or config.epochs is not None or doubling == config.budget_doublings:
                 break
+            if on_plan is not None:
+                on_plan(sum(_arm_runs(arm, config) for arm in standard))
         budget.update(epochs=epochs, growth=growth)
         _run_arms(runner, [a for a in arms if a.generated is not None], config, n, n_key, epochs, stain_sigma, entry)
         entry["arms"] = {a.name: entry["arms"][a.name] for a in arms}
