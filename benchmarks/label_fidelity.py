@@ -40,7 +40,7 @@ from common import ROOT, command_line, final_stage, heldout, open_benchmark, pai
 from progaug.cli_args import add_config_arguments
 from progaug.data.tiles import dihedral, to_model_range, to_uint8
 from progaug.frequency import default_levels
-from progaug.generator import GenerationConfig, ProgressiveGenerator
+from progaug.generator import GenerationConfig, ProgressiveGenerator, parse_variant
 from progaug.metrics import load_lpips
 from progaug.runtime import CPU_MAX_BATCH, RuntimeConfig, default_device
 
@@ -82,11 +82,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     offered = available_measures()
     args.measures = list(offered) if args.measures is None else args.measures
-    unknown = [m for m in args.measures if (variant := _variant(m)) is None or variant[0] not in offered]
+    unknown = [m for m in args.measures if not _offered(m, offered)]
     if unknown:
         p.error(f"--measures {unknown} not offered by this progaug; available: {list(offered)}")
     require_positive(p, args, ("n", "num_levels", "steps", "max_batch", "chunk", "judge_steps"))
     return args
+
+
+def _offered(variant: str, offered: tuple[str, ...]) -> bool:
+    try:
+        parse_variant(variant, offered)
+    except ValueError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- figures (pure helpers)
@@ -267,19 +275,11 @@ def pick_sources(splits, cls: str, n: int, seed: int) -> tuple[torch.Tensor, str
     return torch.stack([dihedral(tiles[i % len(tiles)], (i // len(tiles)) % 8) for i in range(n)]), split
 
 
-def _variant(name: str) -> tuple[str, int] | None:
-    """``"decoded/2"`` -> ``("decoded", 2)``, ``"paper"`` -> ``("paper", 1)``; None when the stride is not an int >= 1."""
-    measure, _, stride = name.partition("/")
-    if not stride:
-        return measure, 1
-    return (measure, int(stride)) if stride.isdigit() and int(stride) >= 1 else None
-
-
 def generate(pair, sources: torch.Tensor, variant: str, args) -> dict:
     """Progressive images of uint8 ``sources`` under one label measure (``MEASURE`` or ``MEASURE/stride``):
     uint8 images ``(B, L, 3, S, S)``, labels and depths ``(B, L)``, U-Net evaluations and seconds."""
     parts, evals, began = [], 0, time.time()
-    measure, stride = _variant(variant)
+    measure, stride = parse_variant(variant, available_measures())
     generator = ProgressiveGenerator(pair, GenerationConfig(steps=args.steps, measure=measure, max_batch=args.max_batch, bf16=args.bf16,
                                                             decode_stride=stride))
     for i, chunk in enumerate(sources.split(args.chunk)):

@@ -25,6 +25,7 @@ those of a float32 run and only the decoded pixels move (``docs/performance.md``
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -62,16 +63,17 @@ DECODE_STRIDE_HELP = ("States per DDIM move of the decodes: 1 = every state (the
 """The command-line help of every ``--decode-stride`` flag (``progaug precompute`` and ``progaug progressive``)."""
 
 
-def parse_variant(name: str) -> tuple[str, int]:
+def parse_variant(name: str, measures: Sequence[str] = MEASURES) -> tuple[str, int]:
     """A generation variant named ``MEASURE`` or ``MEASURE/S`` (the benchmarks' and evaluation arms' notation)
     as ``(measure, decode_stride)``: ``"decoded/2"`` -> ``("decoded", 2)``, ``"paper"`` -> ``("paper", 1)``.
+    ``measures``: the measure names accepted (default: :data:`progaug.labels.MEASURES`).
 
     Raises:
-        ValueError: Not a known measure, or a stride that is not an integer >= 1 (the message names ``name``).
+        ValueError: Not one of ``measures``, or a stride that is not an integer >= 1 (the message names ``name``).
     """
     measure, slash, stride = str(name).partition("/")
-    if measure not in MEASURES or (slash and not (stride.isdigit() and int(stride) >= 1)):
-        raise ValueError(f"a generation variant is MEASURE or MEASURE/STRIDE with MEASURE in {list(MEASURES)} and STRIDE an "
+    if measure not in measures or (slash and not (stride.isdigit() and int(stride) >= 1)):
+        raise ValueError(f"a generation variant is MEASURE or MEASURE/STRIDE with MEASURE in {list(measures)} and STRIDE an "
                          f"integer >= 1, got {name!r}")
     return measure, int(stride) if slash else 1
 
