@@ -131,9 +131,23 @@ def test_mixup_keeps_soft_rows_soft():
 # ------------------------------------------------------------------------------------------ protocol
 
 
-def test_plateau_is_the_smallest_budget_within_tolerance():
-    assert plateau({25: 0.80, 50: 0.86, 100: 0.865, 200: 0.87}, 0.01) == 50
-    assert plateau({25: 0.80, 50: 0.86, 100: 0.865, 200: 0.87}, 0.0) == 200
+def test_plateau_picks_the_longest_budget_within_tolerance_by_default():
+    means = {25: 0.80, 50: 0.86, 100: 0.865, 200: 0.87}
+    assert plateau(means, 0.01) == 200
+    assert plateau(means, 0.01, "shortest") == 50  # the rule before session 13
+    assert plateau(means, 0.0, "shortest") == 200
+    # a longer budget that loses more than the tolerance is not on the plateau
+    assert plateau({20: 0.95, 40: 0.97, 80: 0.965, 160: 0.94}, 0.01) == 80
+    assert plateau({20: 0.95, 40: 0.97, 80: 0.965, 160: 0.94}, 0.01, "shortest") == 40
+
+
+def test_plateau_refuses_bad_picks_and_empty_curves():
+    with pytest.raises(ValueError, match=r"`pick` must be one of \('longest', 'shortest'\), got 'middle'"):
+        plateau({20: 0.9}, 0.01, "middle")
+    with pytest.raises(ValueError, match="`means` holds no budgets"):
+        plateau({}, 0.01)
+    with pytest.raises(ValueError, match=r"`plateau_pick` must be one of .*got 'first'"):
+        ProtocolConfig(plateau_pick="first")
 
 
 def test_protocol_config_refuses_tuning_on_evaluation_seeds():

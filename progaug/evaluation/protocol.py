@@ -6,8 +6,10 @@ The same for every arm, seed and N (docs/benchmarks.md, "The downstream protocol
 1. **Subsets.** For each seed a fixed random order of each class's training tiles; N tiles per class =
    the first N (nested). Generated images come only from the N class-A tiles of that subset.
 2. **Budget.** In epochs over the real tiles, chosen per N at the plateau of a real-only validation
-   learning curve (the smallest budget within ``plateau_tolerance`` of the best mean validation
-   accuracy); every arm gets the same optimiser steps. The standard arms run first: if one of them
+   learning curve (by default the *longest* budget within ``plateau_tolerance`` of the best mean
+   validation accuracy: train as long as validation does not get worse, since a small validation split
+   saturates long before the test split does; ``plateau_pick="shortest"`` is the rule before session 13);
+   every arm gets the same optimiser steps. The standard arms run first: if one of them
    (Mixup/CutMix, stain, flips) loses to its baseline beyond its interval at that budget, the budget is
    too short for regularised training at that N and doubles (at most ``budget_doublings`` times) before
    any generated arm is trained.
@@ -43,7 +45,10 @@ from progaug.generator import parse_variant
 from progaug.labels import DEFAULT_MEASURE, MEASURES
 from progaug.losses import soft_label_to_row
 
-__all__ = ["Arm", "GeneratedSets", "ProtocolConfig", "all_arms", "arm_named", "class_orders", "needed_positions", "parse_n", "planned_runs", "plateau", "run_protocol", "sanity"]
+__all__ = ["PLATEAU_PICKS", "Arm", "GeneratedSets", "ProtocolConfig", "all_arms", "arm_named", "class_orders", "needed_positions", "parse_n", "planned_runs", "plateau", "run_protocol", "sanity"]
+
+PLATEAU_PICKS = ("longest", "shortest")
+"""How :func:`plateau` picks among the budgets within tolerance of the best validation accuracy."""
 
 LR = {"cnn": 2e-3, "vit": 1e-3, "probe": 1e-2}
 """Peak learning rate per classifier (AdamW, one-cycle). The probe's: the best mean validation accuracy
@@ -63,7 +68,8 @@ class ProtocolConfig(JsonConfig):
     tune_seeds: tuple[int, ...] = setting((100, 101), "seeds of the tuning runs and of the learning curve (scored on validation only)")
     epochs: int | None = setting(None, "fixed budget in real-image epochs (default: chosen per N from the learning curve)")
     curve_epochs: tuple[int, ...] = setting((20, 40, 80, 160), "budgets of the real-only learning curve")
-    plateau_tolerance: float = setting(0.01, "budget = smallest curve budget within this of the best mean validation accuracy")
+    plateau_tolerance: float = setting(0.01, "budget = a curve budget within this of the best mean validation accuracy")
+    plateau_pick: str = setting("longest", "which budget within the tolerance: longest (train while validation does not get worse) or shortest")
     batch_size: int = setting(32, "images per optimiser step")
     p_grid: tuple[float, ...] = setting((0.1, 0.3, 0.5), "replacement probabilities tried for each generated arm")
     mixup_grid: tuple[float, ...] = setting((0.2, 0.5, 1.0), "Mixup alphas tried (CutMix alpha 1.25x)")
@@ -87,6 +93,8 @@ class ProtocolConfig(JsonConfig):
             raise ValueError(f"`p_grid` values must lie in (0, 1], got {self.p_grid}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"`epochs` must be >= 1, got {self.epochs}")
+        if self.plateau_pick not in PLATEAU_PICKS:
+            raise ValueError(f"`plateau_pick` must be one of {PLATEAU_PICKS}, got {self.plateau_pick!r}")
         if self.budget_doublings < 0:
             raise ValueError(f"`budget_doublings` must be >= 0, got {self.budget_doublings}")
         object.__setattr__(self, "device", device_setting("device", self.device, required=True))
@@ -362,13 +370,30 @@ def _budget(runner: _Runner, config: ProtocolConfig, n: int | None, n_key: str) 
     for epochs in config.curve_epochs:
         vals = [runner.fit(Arm("real"), Recipe(), s, n, n_key, epochs, test=False)["val_accuracy"] for s in config.tune_seeds]
         curve[str(epochs)] = interval(vals)
-    return {"epochs": plateau({int(e): c["mean"] for e, c in curve.items()}, config.plateau_tolerance), "curve": curve}
+    means = {int(e): c["mean"] for e, c in curve.items()}
+    return {"epochs": plateau(means, config.plateau_tolerance, config.plateau_pick), "curve": curve, "pick": config.plateau_pick}
 
 
-def plateau(means: dict[int, float], tolerance: float) -> int:
-    """The smallest budget whose mean validation accuracy is within ``tolerance`` of the best one."""
+def plateau(means: dict[int, float], tolerance: float, pick: str = "longest") -> int:
+    """A budget on the plateau of a validation learning curve.
+
+    Args:
+        means: Mean validation accuracy per budget (epochs).
+        tolerance: A budget is on the plateau when its mean is within this of the best one.
+        pick: ``"longest"``: the longest such budget (train as long as validation does not get worse; a
+            small validation split that saturates cannot show the gains a longer budget still makes on
+            harder tiles); ``"shortest"``: the shortest (the rule before session 13).
+
+    Raises:
+        ValueError: Unknown ``pick`` or no budgets.
+    """
+    if pick not in PLATEAU_PICKS:
+        raise ValueError(f"`pick` must be one of {PLATEAU_PICKS}, got {pick!r}")
+    if not means:
+        raise ValueError("`means` holds no budgets")
     best = max(means.values())
-    return min(e for e, m in means.items() if m >= best - tolerance)
+    on_plateau = [e for e, m in means.items() if m >= best - tolerance]
+    return max(on_plateau) if pick == "longest" else min(on_plateau)
 
 
 def _tune(runner: _Runner, arm: Arm, config: ProtocolConfig, n: int | None, n_key: str, epochs: int, stain_sigma: float) -> dict:

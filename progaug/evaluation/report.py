@@ -55,8 +55,9 @@ def _budget_lines(key: str, budget: dict) -> list[str]:
     curve = ", ".join(f"{e}: {_pct(c)}" for e, c in budget["curve"].items())
     growth = budget.get("growth") or []
     start = growth[0]["epochs"] if growth else budget["epochs"]
+    pick = budget.get("pick", "shortest")  # results from before session 13 took the shortest
     lines = [f"Budget: **{budget['epochs']} epochs** over the real tiles. The real-only validation curve's plateau is {start} "
-             f"epochs (epochs: mean validation accuracy % [95 % CI]) {curve}."]
+             f"epochs, the {pick} budget within the tolerance of the best (epochs: mean validation accuracy % [95 % CI]) {curve}."]
     for step in growth:
         if step["losing"]:
             lines.append(f"At {step['epochs']} epochs {', '.join(step['losing'])} lost beyond the interval: the budget doubled.")
