@@ -362,3 +362,22 @@ def test_make_sets_generates_only_the_needed_tiles_and_reuses_them(tmp_path, cap
     again, _ = make_sets(pair, random_tiles(5), arms, settings, needed=needed)
     assert "progressive" not in capsys.readouterr().out  # reused from the cache, not made again
     assert torch.equal(again.pro["paper"][0], images)
+
+
+def test_make_sets_reads_the_whole_set_when_every_tile_is_kept(tmp_path, capsys):
+    from conftest import make_pair_dir, random_tiles
+    from progaug.evaluation.pipeline import GenerationSettings, make_sets
+    from progaug.hub import load_pair
+
+    pair = load_pair(make_pair_dir(tmp_path / "pair"))
+    arms = [all_arms()["+ADD-Pro[paper]"], all_arms()["+IDDPM-style"]]
+    settings = GenerationSettings(steps=4, num_levels=2, bf16=False, max_batch=8, cache_dir=str(tmp_path / "cache"))
+    small, _ = make_sets(pair, random_tiles(5), arms, settings, needed=torch.tensor([1, 3]))
+    assert "progressive [paper]: 2/2 sources" in capsys.readouterr().out  # only the needed tiles: the whole set is not kept
+    full, _ = make_sets(pair, random_tiles(5), arms, settings)
+    assert "progressive [paper]: 5/5 sources" in capsys.readouterr().out
+    again, _ = make_sets(pair, random_tiles(5), arms, settings, needed=torch.tensor([1, 3]))
+    out = capsys.readouterr().out
+    assert "progressive" not in out and "unconditional:" not in out  # the whole set is read, nothing made
+    assert torch.equal(again.pro["paper"][0], full.pro["paper"][0]) and torch.equal(again.iddpm, full.iddpm)
+    assert (again.pro["paper"][0].flatten(1).amax(dim=1) > 0).all()  # every tile's row, not only the needed ones

@@ -18,7 +18,7 @@ from progaug.data.tiles import dihedral, to_model_range, to_uint8
 from progaug.diffusion import DDIMSchedule, bridge, sample
 from progaug.runtime import autocast, autocast_dtype
 
-__all__ = ["dihedral_cycle", "final_stage", "progressive_bank", "unconditional"]
+__all__ = ["dihedral_cycle", "final_stage", "progressive_bank", "progressive_cached", "unconditional", "unconditional_cached"]
 
 
 def dihedral_cycle(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -112,15 +112,11 @@ def progressive_bank(pair, sources: torch.Tensor, generation: GenerationConfig, 
     device = generation.device or "cpu"
     generator = ProgressiveGenerator(pair, generation)
     resolved = generator.resolved(device)
-    measure, steps = resolved.measure, resolved.steps
+    measure = resolved.measure
     parts, made, evals = [], 0, 0
-    precision = "bf16 decodes" if resolved.bf16 else False  # bf16 reaches the decodes only (the inversion and labels stay float32)
     for start in range(0, len(sources), chunk):
         part = sources[start:start + chunk]
-        stride = [("decode_stride", resolved.decode_stride)] if resolved.decode_stride != 1 else []  # keys of stride 1 unchanged
-        key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), measure, steps, num_levels, precision,
-                      *stride, part)
-        path = None if cache_dir is None else Path(cache_dir) / f"progressive-{measure}-{key}.safetensors"
+        path = _chunk_path(pair, resolved, num_levels, part, cache_dir)
         entry = _load(path)
         if entry is None:
             r = generator(to_model_range(part).to(device), default_levels(num_levels))
@@ -137,6 +133,36 @@ def progressive_bank(pair, sources: torch.Tensor, generation: GenerationConfig, 
     total = sum(int(p["evals"]) for p in parts)
     out["evals_per_image"] = evals / made if made else total / max(1, out["labels"].numel())
     return out
+
+
+def _chunk_path(pair, resolved: GenerationConfig, num_levels: int, part: torch.Tensor, cache_dir: Path | None) -> Path | None:
+    """Where the chunk of source tiles ``part`` is kept under the resolved ``generation`` (None: nowhere)."""
+    precision = "bf16 decodes" if resolved.bf16 else False  # bf16 reaches the decodes only (the inversion and labels stay float32)
+    stride = [("decode_stride", resolved.decode_stride)] if resolved.decode_stride != 1 else []  # keys of stride 1 unchanged
+    key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), resolved.measure, resolved.steps, num_levels,
+                  precision, *stride, part)
+    return None if cache_dir is None else Path(cache_dir) / f"progressive-{resolved.measure}-{key}.safetensors"
+
+
+def progressive_cached(pair, sources: torch.Tensor, generation: GenerationConfig, num_levels: int, *, chunk: int = 32,
+                       cache_dir: Path | None = None) -> bool:
+    """Whether :func:`progressive_bank` of the same arguments would only read ``cache_dir`` (every chunk is kept)."""
+    from progaug.generator import ProgressiveGenerator
+
+    if cache_dir is None:
+        return False
+    resolved = ProgressiveGenerator(pair, generation).resolved(generation.device or "cpu")
+    return all(_chunk_path(pair, resolved, num_levels, sources[start:start + chunk], cache_dir).is_file()
+               for start in range(0, len(sources), chunk))
+
+
+def _unconditional_key(pair, n: int, steps: int, bf16: bool, seed: int) -> str:
+    return _digest(pair.card["target"].get("sha256"), n, steps, bf16, seed)
+
+
+def unconditional_cached(pair, n: int, *, steps: int, bf16: bool, seed: int = 1234, cache_dir: Path | None = None) -> bool:
+    """Whether :func:`unconditional` of the same arguments would only read ``cache_dir``."""
+    return cache_dir is not None and (Path(cache_dir) / f"unconditional-{_unconditional_key(pair, n, steps, bf16, seed)}.safetensors").is_file()
 
 
 def unconditional(pair, n: int, *, steps: int, device: str, bf16: bool, seed: int = 1234, batch_size: int = 64,
@@ -156,5 +182,4 @@ def unconditional(pair, n: int, *, steps: int, device: str, bf16: bool, seed: in
             print(f"unconditional: {min(start + batch_size, n)}/{n}", flush=True)
         return torch.cat(out)
 
-    key = _digest(pair.card["target"].get("sha256"), n, steps, bf16, seed)
-    return _cached(cache_dir, "unconditional", key, make)
+    return _cached(cache_dir, "unconditional", _unconditional_key(pair, n, steps, bf16, seed), make)

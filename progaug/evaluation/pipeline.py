@@ -76,7 +76,8 @@ def make_sets(pair, sources: torch.Tensor, arms: Sequence[Arm], settings: Genera
 
     Only the ``needed`` tiles are generated (at N = 25 with 7 seeds, 142 of the demo's 288), in chunks of
     :data:`CHUNK` of them (the unit kept in ``settings.cache_dir``, named by its tiles' content: a rerun with the same
-    N and seeds reuses every chunk; the full grid needs every tile).
+    N and seeds reuses every chunk; the full grid needs every tile). Where the cache already holds every set for
+    *all* tiles (a run at N = all came first), those are read instead of making chunks of the needed ones.
 
     Args:
         needed: Positions in ``sources`` that some subset uses (default: all); the sets still have one row per
@@ -86,11 +87,12 @@ def make_sets(pair, sources: torch.Tensor, arms: Sequence[Arm], settings: Genera
         ``(sets, cost)``; ``cost`` per set: seconds, U-Net evaluations per image and mean depth.
     """
     total = len(sources)
-    needed = torch.arange(total) if needed is None else needed
     kinds = {a.generated for a in arms} - {None}
     measures = sorted({a.measure for a in arms if a.generated == "pro"})
     if "final" in kinds and not measures:
         measures = [DEFAULT_MEASURE]  # level 1.0 of any measure's set is the full eq. 4 translation
+    if needed is None or _kept_for_every_tile(pair, sources, kinds, measures, settings, device):
+        needed = torch.arange(total)  # a run at small N after one with every tile reads the whole set, not new chunks
     pro, cost = {}, {}
     for m in measures:
         t0 = time.time()
@@ -108,6 +110,19 @@ def make_sets(pair, sources: torch.Tensor, arms: Sequence[Arm], settings: Genera
         iddpm = _scatter(samples, needed, total)
         cost["iddpm"] = {"seconds": round(time.time() - t0, 1), "unet_evals_per_image": settings.steps}
     return GeneratedSets(pro=pro, final=final, iddpm=iddpm), cost
+
+
+def _kept_for_every_tile(pair, sources: torch.Tensor, kinds: set, measures: list[str], settings: GenerationSettings,
+                         device: str) -> bool:
+    """Whether ``settings.cache_dir`` already holds every set ``make_sets`` needs for *all* ``sources``."""
+    if settings.cache_dir is None or not kinds:
+        return False
+    kept = all(generated.progressive_cached(pair, sources, settings.generation(m, device), settings.num_levels, chunk=CHUNK,
+                                            cache_dir=settings.cache_dir) for m in measures)
+    if "iddpm" in kinds:
+        kept = kept and generated.unconditional_cached(pair, len(sources), steps=settings.steps, bf16=settings.bf16,
+                                                       cache_dir=settings.cache_dir)
+    return kept
 
 
 def pair_sha256(pair) -> dict:
