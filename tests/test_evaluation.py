@@ -376,8 +376,10 @@ def test_make_sets_reads_the_whole_set_when_every_tile_is_kept(tmp_path, capsys)
     assert "progressive [paper]: 2/2 sources" in capsys.readouterr().out  # only the needed tiles: the whole set is not kept
     full, _ = make_sets(pair, random_tiles(5), arms, settings)
     assert "progressive [paper]: 5/5 sources" in capsys.readouterr().out
-    again, _ = make_sets(pair, random_tiles(5), arms, settings, needed=torch.tensor([1, 3]))
+    counted = []
+    again, _ = make_sets(pair, random_tiles(5), arms, settings, needed=torch.tensor([1, 3]), progress=counted.append)
     out = capsys.readouterr().out
     assert "progressive" not in out and "unconditional:" not in out  # the whole set is read, nothing made
+    assert sum(counted) == 2  # progress counts the needed tiles, as the caller's bar does, not the 5 read
     assert torch.equal(again.pro["paper"][0], full.pro["paper"][0]) and torch.equal(again.iddpm, full.iddpm)
     assert (again.pro["paper"][0].flatten(1).amax(dim=1) > 0).all()  # every tile's row, not only the needed ones

@@ -91,13 +91,17 @@ def make_sets(pair, sources: torch.Tensor, arms: Sequence[Arm], settings: Genera
     measures = sorted({a.measure for a in arms if a.generated == "pro"})
     if "final" in kinds and not measures:
         measures = [DEFAULT_MEASURE]  # level 1.0 of any measure's set is the full eq. 4 translation
-    if needed is None or _kept_for_every_tile(pair, sources, kinds, measures, settings, device):
+    requested = needed
+    widened = needed is not None and _kept_for_every_tile(pair, sources, kinds, measures, settings, device)
+    if needed is None or widened:
         needed = torch.arange(total)  # a run at small N after one with every tile reads the whole set, not new chunks
     pro, cost = {}, {}
     for m in measures:
         t0 = time.time()
         bank = generated.progressive_bank(pair, sources[needed], settings.generation(m, device), settings.num_levels,
-                                          chunk=CHUNK, cache_dir=settings.cache_dir, progress=progress)
+                                          chunk=CHUNK, cache_dir=settings.cache_dir, progress=None if widened else progress)
+        if widened and progress is not None:
+            progress(len(requested))  # the caller's bar counts the needed tiles, not the whole set read
         pro[m] = tuple(_scatter(bank[k], needed, total) for k in ("images", "labels"))
         cost[f"pro:{m}"] = {"seconds": round(time.time() - t0, 1), "unet_evals_per_image": bank["evals_per_image"],
                             "depth_mean": float(bank["depths"].double().mean())}
