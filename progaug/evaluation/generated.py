@@ -52,8 +52,13 @@ def _store(path: Path | None, tensors: dict[str, torch.Tensor]) -> None:
     atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}))
 
 
+def _cache_path(cache_dir: Path | None, name: str, key: str) -> Path | None:
+    """Where the set ``name`` of digest ``key`` is kept in ``cache_dir`` (None: nowhere)."""
+    return None if cache_dir is None else Path(cache_dir) / f"{name}-{key}.safetensors"
+
+
 def _cached(cache_dir: Path | None, name: str, key: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-    path = None if cache_dir is None else Path(cache_dir) / f"{name}-{key}.safetensors"
+    path = _cache_path(cache_dir, name, key)
     stored = _load(path)
     if stored is not None:
         print(f"reusing {path}", flush=True)
@@ -141,7 +146,7 @@ def _chunk_path(pair, resolved: GenerationConfig, num_levels: int, part: torch.T
     stride = [("decode_stride", resolved.decode_stride)] if resolved.decode_stride != 1 else []  # keys of stride 1 unchanged
     key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), resolved.measure, resolved.steps, num_levels,
                   precision, *stride, part)
-    return None if cache_dir is None else Path(cache_dir) / f"progressive-{resolved.measure}-{key}.safetensors"
+    return _cache_path(cache_dir, f"progressive-{resolved.measure}", key)
 
 
 def progressive_cached(pair, sources: torch.Tensor, generation: GenerationConfig, num_levels: int, *, chunk: int = 32,
@@ -162,7 +167,8 @@ def _unconditional_key(pair, n: int, steps: int, bf16: bool, seed: int) -> str:
 
 def unconditional_cached(pair, n: int, *, steps: int, bf16: bool, seed: int = 1234, cache_dir: Path | None = None) -> bool:
     """Whether :func:`unconditional` of the same arguments would only read ``cache_dir``."""
-    return cache_dir is not None and (Path(cache_dir) / f"unconditional-{_unconditional_key(pair, n, steps, bf16, seed)}.safetensors").is_file()
+    path = _cache_path(cache_dir, "unconditional", _unconditional_key(pair, n, steps, bf16, seed))
+    return path is not None and path.is_file()
 
 
 def unconditional(pair, n: int, *, steps: int, device: str, bf16: bool, seed: int = 1234, batch_size: int = 64,
