@@ -50,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--measures", nargs="+", default=["paper", "preview"], help="label measures (default: paper preview)")
     p.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_MARGIN_TIMESTEPS), help="training timesteps of the margin")
     p.add_argument("--margin-seed", type=int, default=0, help="seed of the margin's noise (default: 0)")
+    p.add_argument("--shared-noise", action="store_true",
+                   help="one noise draw per timestep for every image, as `--labels margin` reads images (default: one per image)")
     p.add_argument("--judge-seeds", type=int, nargs="+", default=[1, 2], help="one judge per seed (default: 1 2)")
     p.add_argument("--judge-steps", type=int, default=300, help="AdamW steps of each judge (default: 300)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50)")
@@ -98,7 +100,7 @@ def main(argv=None) -> int:
 
     def margin(uint8: torch.Tensor) -> torch.Tensor:
         return denoising_margin(pair.source, pair.target, alpha_bar, to_model_range(uint8).to(args.device), args.timesteps,
-                                seed=args.margin_seed, max_batch=args.max_batch)
+                                seed=args.margin_seed, max_batch=args.max_batch, shared_noise=args.shared_noise)
 
     train_a, train_b = (splits["train"].of_class(c).images for c in (a, b))
     held_a, held_b = heldout(splits, a), heldout(splits, b)
@@ -109,7 +111,7 @@ def main(argv=None) -> int:
     sources, split = pick_sources(splits, a, args.n, args.seed)
     res = {"classes": [a, b], "pair": repo_relative(args.pair), "pair_sha256": pair_sha256(pair), "pair_training": pair_training(pair),
            "command": command_line("denoising_margin.py", argv), "machine": platform.platform(), "threads": applied["threads"],
-           "n": len(sources), "sources_split": split, "timesteps": args.timesteps, "margin_seed": args.margin_seed,
+           "n": len(sources), "sources_split": split, "timesteps": args.timesteps, "margin_seed": args.margin_seed, "shared_noise": args.shared_noise,
            "judge_seeds": args.judge_seeds, "steps": args.steps, "levels": args.num_levels, "bf16": args.bf16,
            "real_auc": real, "measures": {}}
     for m in args.measures:
@@ -146,7 +148,8 @@ def _num(v) -> str:
 def markdown(res: dict) -> str:
     lines = [f"# The pair's denoising margin against the judges ({res['classes'][0]} -> {res['classes'][1]})", "",
              f"`{res['command']}`; pair `{res['pair']}` (source sha256 {res['pair_sha256']['source'][:12]}), {res['n']} {res['sources_split']} "
-             f"sources, {res['levels']} levels, S = {res['steps']}, margin timesteps {res['timesteps']}; {res['seconds']:.0f} s.", "",
+             f"sources, {res['levels']} levels, S = {res['steps']}, margin timesteps {res['timesteps']} "
+             f"({'one noise draw shared by every image' if res.get('shared_noise') else 'one noise draw per image'}); {res['seconds']:.0f} s.", "",
              f"Margin AUC for {res['classes'][0]} vs {res['classes'][1]} on real tiles: "
              + ", ".join(f"{k} {v:.3f}" for k, v in res["real_auc"].items()) + ".", "",
              "| measure | judge seed | Spearman(label, judge) | Spearman(margin, judge) | margin minus label [95 % CI] | "

@@ -271,8 +271,14 @@ def pick_sources(splits, cls: str, n: int, seed: int) -> tuple[torch.Tensor, str
     in a seeded order, cycled with flips / rotations when ``n`` exceeds them."""
     held = heldout(splits, cls)
     tiles, split = (held, "heldout") if held is not None and len(held) else (splits["train"].of_class(cls).images, "train")
-    tiles = tiles[torch.randperm(len(tiles), generator=torch.Generator().manual_seed(seed))]
-    return torch.stack([dihedral(tiles[i % len(tiles)], (i // len(tiles)) % 8) for i in range(n)]), split
+    index = source_indices(len(tiles), n, seed)
+    return torch.stack([dihedral(tiles[int(k)], (i // len(tiles)) % 8) for i, k in enumerate(index)]), split
+
+
+def source_indices(count: int, n: int, seed: int) -> torch.Tensor:
+    """Which of ``count`` tiles each of the ``n`` sources of :func:`pick_sources` is: ``(n,)`` int64."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    return order[torch.arange(n) % count]
 
 
 def generate(pair, sources: torch.Tensor, variant: str, args) -> dict:

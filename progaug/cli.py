@@ -4,6 +4,7 @@
 ``progaug progressive``  progressive images of a few source tiles as one PNG strip (paper Fig. 1)
 ``progaug precompute``   N progressive soft-labelled samples as a cache folder
 ``progaug evaluate``     does the augmentation help a classifier of your classes? (progaug.evaluation)
+``progaug calibrate``    fit the pair's margin calibration (soft labels read from the images: ``--labels margin``)
 """
 
 from __future__ import annotations
@@ -210,6 +211,68 @@ def _run_precompute(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ calibrate
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    from progaug.margin import DEFAULT_MARGIN_TIMESTEPS
+
+    p = sub.add_parser("calibrate", help="fit the pair's margin calibration on real tiles it never saw (for --labels margin)",
+                       description="Fit p(B) = sigmoid(a * margin + b) of the pair's denoising margin on real tiles of both classes "
+                                   "that the pair was not trained on, and write margin_calibration.json into the pair folder.")
+    p.add_argument("--pair", required=True, help="pair folder (from `progaug train`); the embedded pair ships its own calibration")
+    p.add_argument("--data", required=True,
+                   help="'hgsc' (the demo's validation split) or a folder of tiles the pair never saw: ROOT/val/<class>/ or ROOT/<class>/")
+    p.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_MARGIN_TIMESTEPS),
+                   help="training timesteps of the margin (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the margin's noise (default: 0)")
+    p.add_argument("--max-batch", type=int, default=64, help="rows per U-Net call (default: 64)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
+    _add_runtime_arguments(p, exclude=("channels_last", "compile"))
+    p.set_defaults(func=_run_calibrate)
+
+
+def _calibration_tiles(data: str, size: int):
+    """The held-out tiles of ``--data`` for ``progaug calibrate``: a TileSet and a description."""
+    from progaug.data import folder_tiles
+    from progaug.data.splits import load_splits
+
+    if data == "hgsc":
+        return load_splits("hgsc", size)["val"], "hgsc val split"
+    root = Path(data)
+    if (root / "val").is_dir():
+        root = root / "val"
+    return folder_tiles(root, tile_size=size), str(root.resolve())
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from progaug.data.tiles import to_model_range
+    from progaug.hub import embedded_pair_dir, load_pair
+    from progaug.margin import fit_pair_calibration, write_calibration
+
+    _check_device(args)
+    _apply_runtime(args, args.device)
+    folder = Path(args.pair)
+    if not folder.is_dir():
+        raise ValueError(f"--pair {args.pair} is not a folder: give the pair folder the calibration is written into "
+                         f"(the embedded pair ships its own, fitted on the hgsc validation split)")
+    if folder.resolve() == embedded_pair_dir(DEMO_PAIR).resolve():
+        raise ValueError(f"--pair {args.pair} is the embedded pair, which ships its own calibration; copy the folder to refit it")
+    pair = load_pair(folder, device=args.device)
+    tiles, where = _calibration_tiles(args.data, pair.image_size)
+    missing = [c for c in pair.classes if c not in tiles.classes]
+    if missing:
+        raise ValueError(f"--data {args.data}: no tiles of the pair's class(es) {missing}; it has {list(tiles.classes)}")
+    a, b = (to_model_range(tiles.of_class(c).images).to(args.device) for c in pair.classes)
+    described = f"{where}: {len(a)} {pair.classes[0]} + {len(b)} {pair.classes[1]} real tiles"
+    calibration = fit_pair_calibration(pair, a, b, timesteps=args.timesteps, seed=args.seed, max_batch=args.max_batch, fitted_on=described)
+    path = write_calibration(folder, calibration)
+    print(f"fitted on {described}: p({pair.classes[1]}) = sigmoid({calibration.slope:.4g} * margin {calibration.intercept:+.3f}), "
+          f"margin AUC {calibration.auc:.3f}")
+    print(f"wrote {path}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ main
 
 
@@ -223,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_progressive(sub)
     _add_precompute(sub)
+    _add_calibrate(sub)
     from progaug.evaluation.command import add_evaluate
 
     add_evaluate(sub)

@@ -32,6 +32,7 @@ import torch
 
 from progaug.config import DiffusionConfig, JsonConfig, setting
 from progaug.diffusion import DDIMSchedule, EpsModel, ddim_move, invert, sample_from_depths
+from progaug.diffusion.schedule import training_alpha_bar
 from progaug.errors import check_image_batch, check_int, check_levels, device_setting
 from progaug.frequency import DEFAULT_RADIUS, adaptive_depths, check_radius, default_levels
 from progaug.labels import (
@@ -50,12 +51,14 @@ from progaug.labels import (
     sketch_grid,
     sketch_path,
 )
+from progaug.margin import MarginCalibration, margin_labels
 from progaug.runtime import RuntimeConfig, auto_max_batch, autocast, autocast_dtype, check_bf16, prepare_model, resolve_bf16
 
 if TYPE_CHECKING:
     from progaug.pair import Pair
 
-__all__ = ["GenerationConfig", "ProgressiveGenerator", "ProgressiveResult", "fixed_batch_model", "generate_progressive", "parse_variant"]
+__all__ = ["LABEL_SOURCES", "GenerationConfig", "ProgressiveGenerator", "ProgressiveResult", "fixed_batch_model", "generate_progressive",
+           "margin_calibration_for", "parse_variant"]
 
 
 DECODE_STRIDE_HELP = ("States per DDIM move of the decodes: 1 = every state (the paper); s > 1 decodes a depth-d state in "
@@ -78,6 +81,12 @@ def parse_variant(name: str, measures: Sequence[str] = MEASURES) -> tuple[str, i
     return measure, int(stride) if slash else 1
 
 
+LABEL_SOURCES = ("measure", "margin")
+"""Values of :attr:`GenerationConfig.labels`."""
+LABELS_HELP = ("where the soft labels come from: measure (the label measure at the chosen depths) or margin (each decoded image's "
+               "calibrated denoising margin, p(B); needs the pair's margin_calibration.json, from `progaug calibrate`)")
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig(JsonConfig):
     """How progressive images are made, the same spelling and meaning in every layer.
@@ -95,6 +104,11 @@ class GenerationConfig(JsonConfig):
         decode_stride: States per DDIM move of the decodes (the inversion and the measure keep every
             state): 1 decodes a depth-``d`` state in ``d`` moves, the paper's; ``s > 1`` in ``ceil(d / s)``
             (:func:`progaug.diffusion.sample_from_depths`): cheaper, other images, the same depths and labels.
+        labels: Where the soft labels come from. ``"measure"``: the label measure at the chosen depths
+            (eq. 7-9 for ``"paper"``). ``"margin"``: each decoded image's own p(B), the pair's denoising
+            margin through its calibration (:func:`progaug.margin.margin_labels`; needs the pair's
+            ``margin_calibration.json``, costs 2 U-Net evaluations per margin timestep per image). The
+            depths, and so the images, come from the measure either way.
     """
 
     steps: int | None = setting(None, "DDIM steps S (default: the pair's diffusion.sampling_steps)")
@@ -106,6 +120,7 @@ class GenerationConfig(JsonConfig):
               "AVX512-BF16 or AMX)")
     device: str | None = setting(None, "Where the U-Nets run (default: where the images are)")
     decode_stride: int = setting(1, DECODE_STRIDE_HELP)
+    labels: str = setting("measure", LABELS_HELP)
 
     def __post_init__(self) -> None:
         check_int("steps", self.steps, allow_none=True)
@@ -114,6 +129,8 @@ class GenerationConfig(JsonConfig):
         check_int("max_batch", self.max_batch, allow_none=True)
         check_bf16(self.bf16)
         check_int("decode_stride", self.decode_stride)
+        if self.labels not in LABEL_SOURCES:
+            raise ValueError(f"`labels` must be one of {LABEL_SOURCES}, got {self.labels!r}")
         object.__setattr__(self, "radius", float(self.radius))
         object.__setattr__(self, "device", device_setting("device", self.device))
 
@@ -148,6 +165,7 @@ class ProgressiveResult:
         num_steps: ``S``.
         measure: The label measure (:data:`progaug.labels.MEASURES`).
         decode_stride: States per DDIM move of the decodes (:attr:`GenerationConfig.decode_stride`).
+        label_evaluations: U-Net evaluations spent on the labels after the decodes (``labels="margin"``).
     """
 
     images: torch.Tensor
@@ -159,13 +177,15 @@ class ProgressiveResult:
     num_steps: int
     measure: str = DEFAULT_MEASURE
     decode_stride: int = 1
+    label_evaluations: int = 0
 
     @property
     def model_evaluations(self) -> int:
         """U-Net evaluations spent: the inversion and the measure's calls per source image
         (:func:`progaug.labels.inversion_evaluations`) plus the decodes' moves, ``ceil(depth / decode_stride)``
-        per progressive image."""
-        return inversion_evaluations(self.measure, self.num_steps) * self.images.shape[0] + decode_evaluations(self.depths.cpu(), self.decode_stride)
+        per progressive image, plus :attr:`label_evaluations`."""
+        return (inversion_evaluations(self.measure, self.num_steps) * self.images.shape[0]
+                + decode_evaluations(self.depths.cpu(), self.decode_stride) + self.label_evaluations)
 
 
 def _model_size(model: EpsModel) -> int | None:
@@ -247,6 +267,9 @@ def _checked_inputs(source_model: EpsModel, images: torch.Tensor, levels, config
     # array) takes other convolution kernels on some CPUs (AVX2) and moved pixels by one grey level
     if fixed_batch and config.max_batch is None:
         raise ValueError("`fixed_batch` needs `config.max_batch`, the fixed number of rows per U-Net call")
+    if config.labels != "measure":
+        raise ValueError(f"`config.labels` {config.labels!r} needs the pair's calibration, which generate_progressive does not "
+                         f"have: use ProgressiveGenerator(pair, config)")
     config = config.resolved(source_model, images.device, diffusion)
     schedule = DDIMSchedule.from_config(diffusion, config.steps)
     levels = check_levels("levels", default_levels() if levels is None else levels, max_count=schedule.num_steps)
@@ -303,6 +326,7 @@ class ProgressiveGenerator:
         if runtime is not None and not isinstance(runtime, RuntimeConfig):
             raise TypeError(f"`runtime` must be a RuntimeConfig, got {type(runtime).__name__}")
         self.pair, self.config, self.runtime, self.fixed_batch = pair, config, runtime, bool(fixed_batch)
+        self.calibration = margin_calibration_for(pair, config)
         self._resolved: dict[str, GenerationConfig] = {}
         self._models: dict[str, tuple[EpsModel, EpsModel]] = {}
 
@@ -330,12 +354,40 @@ class ProgressiveGenerator:
     def __call__(self, images: torch.Tensor, levels: torch.Tensor | list[float] | None = None, *,
                  trajectory_device: torch.device | str | None = None) -> ProgressiveResult:
         """Progressive images of ``(B, 3, H, W)`` source-class images in [-1, 1] at the pair's size
-        (:func:`generate_progressive`); the result is on the device the U-Nets ran on."""
+        (:func:`generate_progressive`), labelled by the pair's calibrated margin where ``config.labels`` is
+        ``"margin"``; the result is on the device the U-Nets ran on."""
         device = self.device_for(images)
         config = self.resolved(device)
         source, target = self.models(device)
-        return generate_progressive(source, target, images.to(device), levels, config, diffusion=self.pair.diffusion,
-                                    fixed_batch=self.fixed_batch, trajectory_device=trajectory_device)
+        result = generate_progressive(source, target, images.to(device), levels, dataclasses.replace(config, labels="measure"),
+                                      diffusion=self.pair.diffusion, fixed_batch=self.fixed_batch, trajectory_device=trajectory_device)
+        return result if self.calibration is None else self._with_margin_labels(result, source, target, config)
+
+    def _with_margin_labels(self, result: ProgressiveResult, source: EpsModel, target: EpsModel, config: GenerationConfig) -> ProgressiveResult:
+        """``result`` with each output's soft label its calibrated margin (:func:`progaug.margin.margin_labels`)."""
+        if self.fixed_batch:  # as the generation: a row's label must not depend on the rows it is called with
+            source, target = fixed_batch_model(source, config.max_batch), fixed_batch_model(target, config.max_batch)
+        outputs = result.images.flatten(0, 1)
+        labels = margin_labels(source, target, training_alpha_bar(self.pair.diffusion), outputs, self.calibration, max_batch=config.max_batch)
+        return dataclasses.replace(result, soft_labels=labels.view_as(result.soft_labels).to(result.soft_labels.device),
+                                   label_evaluations=2 * len(self.calibration.timesteps) * outputs.shape[0])
+
+
+def margin_calibration_for(pair: Pair, config: GenerationConfig) -> MarginCalibration | None:
+    """The pair's margin calibration when ``config.labels == "margin"``, else None (what :class:`ProgressiveGenerator`
+    labels with; ``progaug precompute`` records it in the run's settings).
+
+    Raises:
+        ValueError: ``labels="margin"`` and the pair has no calibration (the message says how to fit one).
+    """
+    if config.labels != "margin":
+        return None
+    calibration = pair.margin_calibration
+    if calibration is None:
+        where = f"{pair.path}" if pair.path is not None else "this pair (it has no folder)"
+        raise ValueError(f"`labels='margin'` needs the pair's margin calibration, and {where} has no margin_calibration.json: "
+                         f"fit one on real tiles the pair never saw with `progaug calibrate --pair PAIR --data ROOT`")
+    return calibration
 
 
 @torch.no_grad()

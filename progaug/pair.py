@@ -1,6 +1,7 @@
 """A trained pair: source model (class A, global priority) + target model (class B, local priority) + card.
 
-A pair folder holds ``source.safetensors``, ``target.safetensors`` and ``card.json``. The card records
+A pair folder holds ``source.safetensors``, ``target.safetensors`` and ``card.json``, and may hold
+``margin_calibration.json`` (:attr:`Pair.margin_calibration`, written by ``progaug calibrate``). The card records
 the configs, the attention priorities, the classes and direction, the training budget, the data, the
 sha256 of each weight file and the command that produced it. Loading checks the card against a small
 schema (required keys and their types), every sha256, and refuses a model whose priority differs from
@@ -21,6 +22,7 @@ import torch
 from progaug.checkpoint import load_unet
 from progaug.fileio import atomic_write_bytes, sha256_file
 from progaug.config import DiffusionConfig
+from progaug.margin import MarginCalibration, read_calibration
 from progaug.nn.unet import UNet
 
 __all__ = ["CARD_FORMAT", "ROLES", "Pair", "check_card", "load_pair_dir", "parse_card", "read_card", "write_card"]
@@ -74,6 +76,16 @@ class Pair:
     def image_size(self) -> int:
         """Tile side the models were trained on."""
         return self.source.config.image_size
+
+    @property
+    def margin_calibration(self) -> MarginCalibration | None:
+        """The calibration of the pair's denoising margin (``margin_calibration.json`` beside the card,
+        written by ``progaug calibrate``), or None when the folder has none or the pair has no folder.
+
+        Raises:
+            ValueError: The file is there but bad (:func:`progaug.margin.read_calibration`).
+        """
+        return read_calibration(self.path) if self.path is not None else None
 
     def to(self, device: torch.device | str) -> Pair:
         """Move both models to ``device`` (in place) and return self."""

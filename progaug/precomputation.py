@@ -37,7 +37,7 @@ from progaug.config import JsonConfig, describe_differences
 from progaug.data.tiles import dihedral
 from progaug.errors import check_int, device_setting
 from progaug.frequency import DEFAULT_RADIUS, default_levels
-from progaug.generator import DECODE_STRIDE_HELP, GenerationConfig, ProgressiveGenerator
+from progaug.generator import DECODE_STRIDE_HELP, LABELS_HELP, GenerationConfig, ProgressiveGenerator, margin_calibration_for
 from progaug.labels import DEFAULT_MEASURE, MEASURE_HELP, Measure
 from progaug.pair import Pair
 from progaug.runtime import RuntimeConfig, barrier, command_line, torchrun_setup
@@ -70,6 +70,9 @@ class PrecomputeConfig(JsonConfig):
         decode_stride: States per DDIM move of the decodes (:attr:`GenerationConfig.decode_stride`): 1, the
             paper's, decodes depth ``d`` in ``d`` moves; ``s > 1`` in ``ceil(d / s)`` (other images, same
             labels). A run made before the setting existed reads as 1.
+        labels: Where the soft labels come from (:attr:`GenerationConfig.labels`): ``"measure"`` or
+            ``"margin"`` (each image's calibrated denoising margin; needs the pair's ``margin_calibration.json``,
+            which the run's settings then record). A run made before the setting existed reads as ``"measure"``.
         device: Where the U-Nets run: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ... (default: CUDA when available;
             under ``torchrun`` each rank takes its local GPU). Not part of a run's identity: a resume may
             move to another device.
@@ -106,6 +109,7 @@ class PrecomputeConfig(JsonConfig):
         default=0, metadata={"help": "Seed of the source order and of the flips/rotations of repeated sources"}
     )
     decode_stride: int = dataclasses.field(default=1, metadata={"help": DECODE_STRIDE_HELP})
+    labels: str = dataclasses.field(default="measure", metadata={"help": LABELS_HELP})
     device: str | None = dataclasses.field(
         default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda when available; under torchrun the local GPU)"}
     )
@@ -121,11 +125,11 @@ class PrecomputeConfig(JsonConfig):
 
     @property
     def generation(self) -> GenerationConfig:
-        """The generation settings of this set (``steps``, ``measure``, ``radius``, ``max_batch``, ``bf16``, ``decode_stride``),
+        """The generation settings of this set (``steps``, ``measure``, ``radius``, ``max_batch``, ``bf16``, ``decode_stride``, ``labels``),
         the same object the transform and ``progaug progressive`` take; they stay flat fields here because
         they are the ``progaug precompute`` flags and the keys of ``run.json``."""
         return GenerationConfig(steps=self.steps, measure=self.measure, radius=self.radius, max_batch=self.max_batch, bf16=self.bf16,
-                                decode_stride=self.decode_stride)
+                                decode_stride=self.decode_stride, labels=self.labels)
 
     @property
     def groups(self) -> int:
@@ -209,6 +213,9 @@ def precompute(
         "sources_sha256": _tensor_digest(sources),
         "n_sources": int(sources.shape[0]),
     }
+    calibration = margin_calibration_for(pair, config.generation)  # raises before anything is written when it is missing
+    if calibration is not None:  # the labels depend on it: a resume with another calibration is another run
+        settings["margin_calibration"] = calibration.to_dict()
     plan = _group_plan(config, sources.shape[0])
     context = _Context(pair, sources, tuple(source_names), plan, config, out)
     with contextlib.ExitStack() as stack:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,3 +151,23 @@ def split_folders(root, per_class: int = 6):
             for k, tile in enumerate(random_tiles(per_class, seed=10 * i + j)):
                 Image.fromarray(tile.permute(1, 2, 0).numpy()).save(root / split / cls / f"{k}.png")
     return root
+
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def load_benchmark(monkeypatch, tmp_path):
+    """``load(name, *also)``: import ``benchmarks/<name>.py`` afresh (``also`` and ``common`` re-imported too), its
+    generated-set cache in ``tmp_path``; the thread count (the benchmarks set it) restored afterwards."""
+    monkeypatch.setenv("PROGAUG_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(BENCH))
+    threads = torch.get_num_threads()
+
+    def load(name: str, *also: str):
+        for mod in (name, *also, "common"):
+            sys.modules.pop(mod, None)
+        return __import__(name)
+
+    yield load
+    torch.set_num_threads(threads)

@@ -3,16 +3,14 @@ the reference schedule and progaug's agree at the same steps, with fewer U-Net e
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import make_pair_dir, split_folders
+from conftest import BENCH, make_pair_dir, split_folders
 from progaug.labels import DEFAULT_MEASURE
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
 
 
@@ -22,19 +20,9 @@ def tiny_pair(tmp_path_factory):
 
 
 @pytest.fixture
-def bench(monkeypatch, tmp_path):
-    """Import a benchmark module with its cache in ``tmp_path``; restore the thread count afterwards."""
-    monkeypatch.setenv("PROGAUG_BENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.syspath_prepend(str(BENCH))
-    threads = torch.get_num_threads()
-
-    def load(name):
-        for mod in (name, "common"):
-            sys.modules.pop(mod, None)
-        return __import__(name)
-
-    yield load
-    torch.set_num_threads(threads)
+def bench(load_benchmark):
+    """Import a benchmark module with its cache in ``tmp_path`` (conftest's ``load_benchmark``)."""
+    return load_benchmark
 
 
 def test_speed_on_class_folders(bench, tiny_pair, tmp_path):

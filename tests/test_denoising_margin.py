@@ -2,8 +2,6 @@
 tiny class folders."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,18 +9,10 @@ import torch
 from conftest import make_pair_dir
 from test_label_fidelity import split_folders
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture
-def bench(monkeypatch, tmp_path):
-    monkeypatch.setenv("PROGAUG_BENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.syspath_prepend(str(BENCH))
-    threads = torch.get_num_threads()
-    for mod in ("denoising_margin", "label_fidelity", "common"):
-        sys.modules.pop(mod, None)
-    yield __import__("denoising_margin")
-    torch.set_num_threads(threads)
+def bench(load_benchmark):
+    return load_benchmark("denoising_margin", "label_fidelity")
 
 
 def test_auc_counts_ties_half(bench):

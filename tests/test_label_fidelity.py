@@ -9,21 +9,13 @@ import pytest
 import torch
 
 from conftest import make_pair_dir
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
 
 
 @pytest.fixture
-def fidelity(monkeypatch, tmp_path):
+def fidelity(load_benchmark):
     """The benchmark module, with its generated-set cache in ``tmp_path``; the thread count restored afterwards."""
-    monkeypatch.setenv("PROGAUG_BENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.syspath_prepend(str(BENCH))
-    threads = torch.get_num_threads()
-    for mod in ("label_fidelity", "common"):
-        sys.modules.pop(mod, None)
-    yield __import__("label_fidelity")
-    torch.set_num_threads(threads)
+    return load_benchmark("label_fidelity")
 
 
 @pytest.fixture
