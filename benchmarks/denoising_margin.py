@@ -36,7 +36,7 @@ from common import command_line, finish_args, heldout, open_benchmark, pair_sha2
 from label_fidelity import generate, judge_p, pick_sources, spearman, train_judge
 from progaug.data.tiles import to_model_range
 from progaug.diffusion.schedule import training_alpha_bar
-from progaug.margin import DEFAULT_MARGIN_TIMESTEPS, denoising_margin
+from progaug.margin import DEFAULT_MARGIN_TIMESTEPS, denoising_margin, margin_auc
 
 BOOTSTRAP_DRAWS = 1000
 
@@ -60,12 +60,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--chunk", type=int, default=12, help="source tiles per generator call (default: 12)")
     p.add_argument("--bf16", action="store_true", help="generate under bf16 autocast (the margin and the judges stay float32)")
     return finish_args(p, argv, "denoising_margin", ("n", "judge_steps", "steps", "num_levels", "max_batch", "chunk"))
-
-
-def auc(negative: torch.Tensor, positive: torch.Tensor) -> float:
-    """P(a positive scores above a negative), ties counted half."""
-    diff = positive.double()[None, :] - negative.double()[:, None]
-    return float((diff > 0).double().mean() + 0.5 * (diff == 0).double().mean())
 
 
 def paired_spearman_ci(labels: torch.Tensor, margins: torch.Tensor, judged: torch.Tensor, seed: int = 0) -> dict:
@@ -104,9 +98,9 @@ def main(argv=None) -> int:
 
     train_a, train_b = (splits["train"].of_class(c).images for c in (a, b))
     held_a, held_b = heldout(splits, a), heldout(splits, b)
-    real = {"train": auc(margin(train_a), margin(train_b))}
+    real = {"train": margin_auc(margin(train_a), margin(train_b))}
     if held_a is not None and held_b is not None:
-        real["heldout"] = auc(margin(held_a), margin(held_b))
+        real["heldout"] = margin_auc(margin(held_a), margin(held_b))
     judges = {s: train_judge(train_a, train_b, steps=args.judge_steps, seed=s, device=args.device) for s in args.judge_seeds}
     sources, split = pick_sources(splits, a, args.n, args.seed)
     res = {"classes": [a, b], "pair": repo_relative(args.pair), "pair_sha256": pair_sha256(pair), "pair_training": pair_training(pair),

@@ -45,11 +45,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, command_line, finish_args, open_benchmark, pair_sha256, repo_relative, write_report
-from denoising_margin import auc, judged_a_share
+from denoising_margin import judged_a_share
 from label_fidelity import source_indices, spearman
 from progaug.data.tiles import to_model_range
-from progaug.diffusion.schedule import training_alpha_bar
-from progaug.margin import MarginCalibration, denoising_margin, fit_pair_calibration, write_calibration
+from progaug.margin import MarginCalibration, fit_pair_calibration, margin_auc, pair_margin, write_calibration
 
 BOOTSTRAP_DRAWS = 2000
 BINS = 10
@@ -122,7 +121,7 @@ def real_tile_scores(cal: MarginCalibration, margins_a: torch.Tensor, margins_b:
     """The calibrated p on real tiles of known class: AUC, mean |p - class|, Brier score."""
     p = cal.probability(torch.cat([margins_a, margins_b])).double()
     y = torch.cat([torch.zeros(len(margins_a)), torch.ones(len(margins_b))]).double()
-    return {"tiles": [len(margins_a), len(margins_b)], "auc": auc(margins_a, margins_b), "mean_abs": float((p - y).abs().mean()),
+    return {"tiles": [len(margins_a), len(margins_b)], "auc": margin_auc(margins_a, margins_b), "mean_abs": float((p - y).abs().mean()),
             "brier": float(((p - y) ** 2).mean()), "mean_p": [float(p[y == 0].mean()), float(p[y == 1].mean())]}
 
 
@@ -133,16 +132,15 @@ def main(argv=None) -> int:
     a, b = pair.classes
     stored = read_scatter(Path(args.scatter), args.measure, pair)
     timesteps, seed = tuple(stored["timesteps"]), stored["margin_seed"]
-    alpha_bar = training_alpha_bar(pair.diffusion)
 
-    def margin(split: str, cls: str) -> torch.Tensor:
-        images = to_model_range(splits[split].of_class(cls).images).to(args.device)
-        return denoising_margin(pair.source, pair.target, alpha_bar, images, timesteps, seed=seed, max_batch=args.max_batch, shared_noise=True)
+    def tiles(split: str, cls: str) -> torch.Tensor:
+        return to_model_range(splits[split].of_class(cls).images).to(args.device)
 
-    val_a, val_b = (to_model_range(splits["val"].of_class(c).images).to(args.device) for c in (a, b))
+    val_a, val_b = tiles("val", a), tiles("val", b)
     cal = fit_pair_calibration(pair, val_a, val_b, timesteps=timesteps, seed=seed, max_batch=args.max_batch,
                                fitted_on=f"{args.data} val split: {len(val_a)} {a} + {len(val_b)} {b} real tiles")
-    test_real = real_tile_scores(cal, margin("test", a), margin("test", b))
+    test_real = real_tile_scores(cal, *(pair_margin(pair, tiles("test", c), timesteps=timesteps, seed=seed, max_batch=args.max_batch)
+                                        for c in (a, b)))
     entry = stored["measures"][args.measure]
     levels = stored["levels"]
     labels = torch.tensor(entry["scatter"]["label"]).view(-1, levels)

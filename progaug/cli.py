@@ -238,7 +238,7 @@ def _calibration_tiles(data: str, size: int):
     from progaug.data.splits import load_splits
 
     if data == "hgsc":
-        return load_splits("hgsc", size)["val"], "hgsc val split"
+        return load_splits("hgsc", size, splits=("val",))["val"], "hgsc val split"
     root = Path(data)
     if (root / "val").is_dir():
         root = root / "val"

@@ -33,7 +33,8 @@ from progaug.diffusion.schedule import training_alpha_bar
 from progaug.fileio import atomic_write_bytes, read_format_json
 
 __all__ = ["CALIBRATION_FILE", "CALIBRATION_FORMAT", "DEFAULT_MARGIN_TIMESTEPS", "MarginCalibration", "denoising_margin",
-           "fit_margin_calibration", "fit_pair_calibration", "margin_labels", "read_calibration", "write_calibration"]
+           "fit_margin_calibration", "fit_pair_calibration", "margin_auc", "margin_labels", "pair_margin", "read_calibration",
+           "write_calibration"]
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -90,6 +91,12 @@ def denoising_margin(source: EpsModel, target: EpsModel, alpha_bar: np.ndarray, 
             err_b = (target(x_t, tt).float() - eps).pow(2).flatten(1).mean(1)
             total[start:start + max_batch] += (err_a - err_b).double().cpu()
     return (total / len(steps)).float()
+
+
+def margin_auc(negative: torch.Tensor, positive: torch.Tensor) -> float:
+    """P(a positive's margin is above a negative's), ties counted half: how well the margin tells B from A."""
+    diff = torch.as_tensor(positive).double()[None, :] - torch.as_tensor(negative).double()[:, None]
+    return float((diff > 0).double().mean() + 0.5 * (diff == 0).double().mean())
 
 
 CALIBRATION_FORMAT = "progaug.margin_calibration/1"
@@ -158,13 +165,13 @@ def fit_margin_calibration(margins_a: torch.Tensor, margins_b: torch.Tensor, *, 
         if not torch.isfinite(m).all():
             raise ValueError(f"`{name}` holds non-finite margins")
     x = torch.cat([a, b])
-    if float(x.std()) == 0.0:
+    scale = float(x.std())
+    if scale == 0.0:
         raise ValueError(f"the margins do not vary (all {float(x[0]):.4g}): nothing to fit")
-    auc = float((b[None, :] > a[:, None]).double().mean() + 0.5 * (b[None, :] == a[:, None]).double().mean())
+    auc = margin_auc(a, b)
     if auc <= 0.5:
         raise ValueError(f"the margin does not rise towards class B on these tiles (AUC {auc:.3f}): the pair does not tell them apart")
     y = torch.cat([torch.full_like(a, 1 / (len(a) + 2)), torch.full_like(b, (len(b) + 1) / (len(b) + 2))])
-    scale = float(x.std())
     z = x / scale  # Newton on a standardised margin, then back
     w = torch.zeros(2, dtype=torch.float64)
     design = torch.stack([z, torch.ones_like(z)], 1)
@@ -229,6 +236,14 @@ def margin_labels(source: EpsModel, target: EpsModel, alpha_bar: np.ndarray, ima
     return calibration.probability(margins)
 
 
+def pair_margin(pair, images: torch.Tensor, *, timesteps: Sequence[int] = DEFAULT_MARGIN_TIMESTEPS, seed: int = 0,
+                max_batch: int = 128) -> torch.Tensor:
+    """:func:`denoising_margin` of a :class:`progaug.pair.Pair` with shared noise, as :func:`margin_labels` reads
+    images: ``(N, C, H, W)`` float images in ``[-1, 1]`` on the pair's device to ``(N,)`` float32 margins."""
+    return denoising_margin(pair.source, pair.target, training_alpha_bar(pair.diffusion), images, timesteps, seed=seed,
+                            max_batch=max_batch, shared_noise=True)
+
+
 def fit_pair_calibration(pair, images_a: torch.Tensor, images_b: torch.Tensor, *, timesteps: Sequence[int] = DEFAULT_MARGIN_TIMESTEPS,
                          seed: int = 0, max_batch: int = 128, fitted_on: str = "") -> MarginCalibration:
     """Fit a pair's margin calibration on real tiles of its two classes that it never saw.
@@ -244,7 +259,5 @@ def fit_pair_calibration(pair, images_a: torch.Tensor, images_b: torch.Tensor, *
     Raises:
         ValueError: See :func:`fit_margin_calibration`.
     """
-    alpha_bar = training_alpha_bar(pair.diffusion)
-    a, b = (denoising_margin(pair.source, pair.target, alpha_bar, x, timesteps, seed=seed, max_batch=max_batch, shared_noise=True)
-            for x in (images_a, images_b))
+    a, b = (pair_margin(pair, x, timesteps=timesteps, seed=seed, max_batch=max_batch) for x in (images_a, images_b))
     return fit_margin_calibration(a, b, timesteps=timesteps, seed=seed, fitted_on=fitted_on)

@@ -15,12 +15,6 @@ def bench(load_benchmark):
     return load_benchmark("denoising_margin", "label_fidelity")
 
 
-def test_auc_counts_ties_half(bench):
-    assert bench.auc(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0])) == 1.0
-    assert bench.auc(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])) == 0.0
-    assert bench.auc(torch.tensor([1.0]), torch.tensor([1.0])) == 0.5
-
-
 def test_paired_difference_is_margin_minus_label(bench):
     judged = torch.linspace(0, 1, 24).view(6, 4)
     perfect, reversed_ = judged.clone(), -judged

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from progaug.diffusion.schedule import training_alpha_bar
-from progaug.margin import MarginCalibration, denoising_margin, fit_margin_calibration, read_calibration, write_calibration
+from progaug.margin import (MarginCalibration, denoising_margin, fit_margin_calibration, margin_auc, read_calibration,
+                            write_calibration)
 
 ALPHA_BAR = training_alpha_bar()
 
@@ -128,3 +129,9 @@ def test_shared_noise_makes_an_image_margin_its_own():
     assert torch.allclose(alone, together, atol=1e-6)
     per_row = denoising_margin(source, target, ALPHA_BAR, x0.flip(0), (700, 800), seed=2).flip(0)
     assert not torch.allclose(per_row, together)  # one draw per row: an image's noise depends on its place
+
+
+def test_auc_counts_ties_half():
+    assert margin_auc(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0])) == 1.0
+    assert margin_auc(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])) == 0.0
+    assert margin_auc(torch.tensor([1.0]), torch.tensor([1.0])) == 0.5

@@ -61,7 +61,6 @@ def test_end_to_end_fits_on_val_scores_test_sources_and_saves(bench, monkeypatch
         assert shared_noise
         return -images.mean((1, 2, 3))
 
-    monkeypatch.setattr(bench, "denoising_margin", darkness)
     monkeypatch.setattr(progaug.margin, "denoising_margin", darkness)
     scatter = _stored_run(tmp_path / "dm.json", load_pair(pair_dir), n=6, levels=2)
     out = tmp_path / "results" / "margin_calibration"
