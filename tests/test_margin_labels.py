@@ -129,3 +129,58 @@ def test_precompute_with_margin_labels_records_the_calibration_and_refuses_a_pai
     write_calibration(calibrated_pair.path, MarginCalibration(slope=60.0, timesteps=(700, 900), seed=3))  # a refit
     with pytest.raises(ValueError, match=r"--resume: .* was made with other settings: .*margin_calibration.slope: stored 50.0, now 60.0"):
         precompute(calibrated_pair, sources, ["a.png", "b.png"], out, config, resume=True)
+
+
+def test_arm_named_takes_margin_labels_on_any_progressive_variant():
+    from progaug.evaluation.protocol import arm_named
+
+    arm = arm_named("+ADD-Pro[preview] margin labels")
+    assert (arm.generated, arm.measure, arm.labels, arm.set_key, arm.knob) == ("pro", "preview", "margin", "preview+margin", "replace_prob")
+    assert arm_named("+ADD-Pro[decoded/2] margin labels").set_key == "decoded/2+margin"
+    assert arm_named("+ADD-Pro[preview]").set_key == "preview" and arm_named("+stain").set_key is None
+    for bad in ("+stain margin labels", "+ADD-Pro[nope] margin labels", " margin labels"):
+        with pytest.raises(ValueError, match=r"unknown; .*optionally followed by ' margin labels'"):
+            arm_named(bad)
+
+
+def test_evaluation_margin_arm_has_the_measure_s_images_relabelled_by_the_margin(calibrated_pair, tmp_path, capsys):
+    from conftest import random_tiles
+    from progaug.evaluation.pipeline import GenerationSettings, make_sets
+    from progaug.evaluation.protocol import arm_named
+    from progaug.data.tiles import to_model_range
+    from progaug.margin import margin_labels
+
+    settings = GenerationSettings(steps=6, num_levels=2, bf16=False, max_batch=8, cache_dir=str(tmp_path / "cache"))
+    arms = [arm_named("+ADD-Pro[paper]"), arm_named("+ADD-Pro[paper] margin labels")]
+    sets, cost = make_sets(calibrated_pair, random_tiles(3), arms, settings, needed=torch.tensor([0, 2]))
+    (images, measured), (same, labels) = sets.pro["paper"], sets.pro["paper+margin"]
+    assert torch.equal(images, same) and labels.shape == measured.shape == (3, 2)
+    expected = margin_labels(calibrated_pair.source, calibrated_pair.target, training_alpha_bar(calibrated_pair.diffusion),
+                             to_model_range(images[[0, 2]].flatten(0, 1)), CALIBRATION)
+    assert torch.allclose(labels[[0, 2]].flatten(), expected, atol=1e-6) and not torch.equal(labels[[0, 2]], measured[[0, 2]])
+    assert torch.equal(labels[1], torch.zeros(2))  # a tile no subset uses is not labelled
+    assert cost["pro:paper+margin"]["unet_evals_per_image"] == cost["pro:paper"]["unet_evals_per_image"] + 2 * len(CALIBRATION.timesteps)
+    capsys.readouterr()
+    again, _ = make_sets(calibrated_pair, random_tiles(3), arms, settings, needed=torch.tensor([0, 2]))
+    out = capsys.readouterr().out
+    assert torch.equal(again.pro["paper+margin"][1], labels) and "reusing" in out and "margin labels:" not in out
+
+
+def test_evaluation_margin_arm_needs_a_calibration(pair_dir, tmp_path):
+    from conftest import random_tiles
+    from progaug.evaluation.pipeline import GenerationSettings, make_sets
+    from progaug.evaluation.protocol import arm_named
+
+    settings = GenerationSettings(steps=4, num_levels=2, bf16=False, max_batch=8)
+    with pytest.raises(ValueError, match=r"`labels='margin'` needs the pair's margin calibration"):
+        make_sets(load_pair(pair_dir), random_tiles(1), [arm_named("+ADD-Pro[paper] margin labels")], settings)
+
+
+def test_run_keys_of_measure_labelled_arms_are_as_before_the_labels_field():
+    import dataclasses
+
+    from progaug.evaluation.protocol import arm_named
+
+    assert "labels" not in arm_named("+ADD-Pro[preview]").run_fields()
+    assert arm_named("+ADD-Pro[preview] margin labels").run_fields()["labels"] == "margin"
+    assert set(arm_named("+stain").run_fields()) == {f.name for f in dataclasses.fields(arm_named("+stain"))} - {"labels"}

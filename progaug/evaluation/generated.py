@@ -18,7 +18,8 @@ from progaug.data.tiles import dihedral, to_model_range, to_uint8
 from progaug.diffusion import DDIMSchedule, bridge, sample
 from progaug.runtime import autocast, autocast_dtype
 
-__all__ = ["dihedral_cycle", "final_stage", "progressive_bank", "progressive_cached", "unconditional", "unconditional_cached"]
+__all__ = ["dihedral_cycle", "final_stage", "margin_relabelled", "progressive_bank", "progressive_cached", "unconditional",
+           "unconditional_cached"]
 
 
 def dihedral_cycle(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -159,6 +160,50 @@ def progressive_cached(pair, sources: torch.Tensor, generation: GenerationConfig
     resolved = ProgressiveGenerator(pair, generation).resolved(generation.device or "cpu")
     return all(_chunk_path(pair, resolved, num_levels, sources[start:start + chunk], cache_dir).is_file()
                for start in range(0, len(sources), chunk))
+
+
+def margin_relabelled(pair, images: torch.Tensor, *, device: str, max_batch: int = 64, cache_dir: Path | None = None) -> torch.Tensor:
+    """Calibrated margin labels p(B) (:func:`progaug.margin.margin_labels`) of generated uint8 images: the labels
+    ``labels="margin"`` gives the same images, read from the stored 8-bit images (the generator reads them before
+    rounding; the difference is the rounding's). Kept in ``cache_dir`` under the images' and calibration's digest.
+
+    Args:
+        pair: The pair; its ``margin_calibration`` labels.
+        images: ``(..., 3, S, S)`` uint8.
+        device: Where the models run.
+        max_batch: Rows per U-Net call.
+
+    Returns:
+        ``images.shape[:-3]`` float32 in (0, 1).
+
+    Raises:
+        ValueError: The pair has no margin calibration (the message says how to fit one).
+    """
+    from progaug.diffusion import training_alpha_bar
+    from progaug.generator import GenerationConfig, margin_calibration_for
+    from progaug.margin import margin_labels
+
+    calibration = margin_calibration_for(pair, GenerationConfig(labels="margin"))
+    flat = images.reshape(-1, *images.shape[-3:])
+
+    @torch.no_grad()
+    def make() -> torch.Tensor:
+        out = []
+        for i, part in enumerate(flat.split(max_batch * 8)):
+            out.append(margin_labels(pair.source, pair.target, training_alpha_bar(pair.diffusion), to_model_range(part).to(device),
+                                     calibration, max_batch=max_batch))
+            print(f"margin labels: {min((i + 1) * max_batch * 8, len(flat))}/{len(flat)}", flush=True)
+        return torch.cat(out)
+
+    key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), calibration.to_dict(), flat)
+    path = _cache_path(cache_dir, "margin-labels", key)
+    stored = _load(path)
+    if stored is not None:
+        print(f"reusing {path}", flush=True)
+        return stored["labels"].view(images.shape[:-3])
+    labels = make()
+    _store(path, {"labels": labels})
+    return labels.view(images.shape[:-3])
 
 
 def _unconditional_key(pair, n: int, steps: int, bf16: bool, seed: int) -> str:

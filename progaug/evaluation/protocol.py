@@ -45,7 +45,7 @@ from progaug.generator import parse_variant
 from progaug.labels import DEFAULT_MEASURE, MEASURES
 from progaug.losses import soft_label_to_row
 
-__all__ = ["PLATEAU_PICKS", "Arm", "GeneratedSets", "ProtocolConfig", "all_arms", "arm_named", "class_orders", "needed_positions", "parse_n", "planned_runs", "plateau", "run_protocol", "sanity"]
+__all__ = ["MARGIN_SUFFIX", "PLATEAU_PICKS", "Arm", "GeneratedSets", "ProtocolConfig", "all_arms", "arm_named", "class_orders", "needed_positions", "parse_n", "planned_runs", "plateau", "run_protocol", "sanity"]
 
 PLATEAU_PICKS = ("longest", "shortest")
 """How :func:`plateau` picks among the budgets within tolerance of the best validation accuracy."""
@@ -132,6 +132,9 @@ class Arm:
         mixup: Mixup / CutMix (alpha tuned).
         uniform: Batches drawn uniformly from real + generated (the old protocol; not tuned).
         filtered: Drop generated images the teacher contradicts (:mod:`progaug.selection`).
+        labels: Where a ``"pro"`` arm's soft labels come from: ``"measure"`` (the label measure's) or
+            ``"margin"`` (each image's calibrated denoising margin, :func:`progaug.margin.margin_labels`;
+            the same images as the measure's).
     """
 
     name: str
@@ -142,6 +145,23 @@ class Arm:
     mixup: bool = False
     uniform: bool = False
     filtered: bool = False
+    labels: str = "measure"
+
+    def run_fields(self) -> dict:
+        """The arm's fields as a run's key records them (``labels`` only where not ``"measure"``: runs logged before
+        the field existed keep their keys)."""
+        fields = dataclasses.asdict(self)
+        if self.labels == "measure":
+            del fields["labels"]
+        return fields
+
+    @property
+    def set_key(self) -> str | None:
+        """Key of the arm's progressive set in :attr:`GeneratedSets.pro`: the measure, ``MEASURE+margin`` for
+        margin labels (None for other arms)."""
+        if self.generated != "pro":
+            return None
+        return self.measure if self.labels == "measure" else f"{self.measure}+{self.labels}"
 
     @property
     def knob(self) -> str | None:
@@ -164,22 +184,30 @@ def all_arms(default: str = DEFAULT_MEASURE) -> dict[str, Arm]:
     return {a.name: a for a in arms}
 
 
+MARGIN_SUFFIX = " margin labels"
+"""Suffix of an arm name whose progressive images take calibrated margin labels (``labels="margin"``)."""
+
+
 def arm_named(name: str) -> Arm:
     """The arm called ``name``: one of :func:`all_arms`, or ``+ADD-Pro[MEASURE/S]``, progressive images of a
-    label measure decoded at stride ``S`` (:attr:`progaug.generator.GenerationConfig.decode_stride`).
+    label measure decoded at stride ``S`` (:attr:`progaug.generator.GenerationConfig.decode_stride`), or either
+    ``+ADD-Pro[...]`` form followed by ``" margin labels"``: the same images labelled by the pair's calibrated
+    denoising margin (the pair needs a ``margin_calibration.json``, from ``progaug calibrate``).
 
     Raises:
-        ValueError: Neither (the message lists the arms).
+        ValueError: None of these (the message lists the arms).
     """
     known = all_arms()
     if name in known:
         return known[name]
-    variant = name[len("+ADD-Pro[") : -1] if name.startswith("+ADD-Pro[") and name.endswith("]") else ""
+    base = name[: -len(MARGIN_SUFFIX)] if name.endswith(MARGIN_SUFFIX) else name
+    variant = base[len("+ADD-Pro[") : -1] if base.startswith("+ADD-Pro[") and base.endswith("]") else ""
     try:
         parse_variant(variant)
     except ValueError:
-        raise ValueError(f"arm {name!r} unknown; the arms are {list(known)}, or '+ADD-Pro[MEASURE/S]' (decode stride S)") from None
-    return Arm(name, "pro", variant)
+        raise ValueError(f"arm {name!r} unknown; the arms are {list(known)}, or '+ADD-Pro[MEASURE/S]' (decode stride S), "
+                         f"either +ADD-Pro form optionally followed by '{MARGIN_SUFFIX}'") from None
+    return Arm(name, "pro", variant, labels="margin" if base != name else "measure")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +216,8 @@ class GeneratedSets:
     class-A training tiles.
 
     Attributes:
-        pro: Measure -> ``(images (A, L, 3, S, S) uint8, soft labels (A, L) float32)``.
+        pro: :attr:`Arm.set_key` (a measure, or ``MEASURE+margin``) -> ``(images (A, L, 3, S, S) uint8, soft labels
+            (A, L) float32)``.
         final: ``(A, 3, S, S)`` uint8 full-depth translations (or None).
         iddpm: ``(P, 3, S, S)`` uint8 unconditional samples (or None).
     """
@@ -267,10 +296,10 @@ class _Runner:
 
     def sets_digest(self, arm: Arm) -> str | None:
         """sha256 (16 hex) of the generated images ``arm`` draws from (None for real-only arms)."""
-        tensors = {"final": (self.sets.final,), "iddpm": (self.sets.iddpm,)}.get(arm.generated) or self.sets.pro.get(arm.measure)
+        tensors = {"final": (self.sets.final,), "iddpm": (self.sets.iddpm,)}.get(arm.generated) or self.sets.pro.get(arm.set_key)
         if arm.generated is None or tensors is None:
             return None
-        name = f"{arm.generated}:{arm.measure}"
+        name = f"{arm.generated}:{arm.set_key}"
         if name not in self._digests:
             h = hashlib.sha256()
             for t in tensors:
@@ -288,7 +317,7 @@ class _Runner:
         if arm.generated == "iddpm":
             pick = torch.randperm(len(self.sets.iddpm), generator=torch.Generator().manual_seed(20_000 + seed))[:len(sub.a_positions)]
             return LabelledImages(self.sets.iddpm[pick], _hard_rows(len(pick), self.b, self.k))
-        images, soft = self.sets.pro[arm.measure]
+        images, soft = self.sets.pro[arm.set_key]
         images, soft = images[sub.a_positions].flatten(0, 1), soft[sub.a_positions].flatten()
         if arm.filtered:
             keep = self._keep(images, soft, sub, seed, n_key, epochs)
@@ -311,7 +340,7 @@ class _Runner:
         """Train one classifier; its validation accuracy, and test metrics when ``test`` (else a tuning or
         learning-curve run). A run already in ``memo`` (same arm, recipe, seed, N, budget, settings) is not
         trained again."""
-        key = json.dumps([arm.name, dataclasses.asdict(arm), recipe.to_dict(), seed, n_key, epochs, test, self.config.spec(epochs).to_dict(),
+        key = json.dumps([arm.name, arm.run_fields(), recipe.to_dict(), seed, n_key, epochs, test, self.config.spec(epochs).to_dict(),
                           self.config.filter_margin if arm.filtered else None, self.sets_digest(arm)], sort_keys=True)
         if key in self.memo:
             self.on_run(f"N={n_key} {arm.name} seed {seed}: kept from an earlier run")
@@ -497,8 +526,9 @@ def _check_inputs(splits: dict[str, TileSet], classes: tuple[str, str], sets: Ge
             if c not in splits[split].classes:
                 raise ValueError(f"class {c!r} of the pair is not among the {split} classes {list(splits[split].classes)}")
     for arm in arms:
-        if arm.generated == "pro" and arm.measure not in sets.pro:
-            raise ValueError(f"arm {arm.name!r} needs progressive images made with measure {arm.measure!r}")
+        if arm.generated == "pro" and arm.set_key not in sets.pro:
+            raise ValueError(f"arm {arm.name!r} needs progressive images made with measure {arm.measure!r}"
+                             + ("" if arm.labels == "measure" else f" and their {arm.labels} labels"))
         if arm.generated in ("final", "iddpm") and getattr(sets, arm.generated) is None:
             raise ValueError(f"arm {arm.name!r} needs the {arm.generated!r} generated set")
 
