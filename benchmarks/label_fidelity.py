@@ -12,6 +12,9 @@ images of ``--n`` held-out class-A tiles are generated and compared with the jud
   common one, the LPIPS-share step ratio (max / min mean step from the source through the levels),
   and U-Net evaluations per output.
 
+``--measures preview+margin`` labels the ``preview`` images by the pair's calibrated denoising margin
+(``labels="margin"``) instead of the measure.
+
 Needs the LPIPS weights (``--metric-weights DIR`` or ``$PROGAUG_METRIC_WEIGHTS``).
 
     python benchmarks/label_fidelity.py --metric-weights ../shared/weights
@@ -50,6 +53,8 @@ GOALS = {
     "lpips_steps": "LPIPS-share steps between consecutive levels within 3x of each other",
     "high_label_judged_a": "at most 5 % of images labelled >= 0.5 that the judge calls A",
 }
+MARGIN = "+margin"
+"""Suffix of a variant whose images are labelled by the pair's calibrated denoising margin (``labels="margin"``)."""
 STRIP_SOURCES = 4
 BOOTSTRAP_DRAWS = 1000
 
@@ -66,7 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metric-weights", default=None, help="folder of the LPIPS safetensors (or $PROGAUG_METRIC_WEIGHTS)")
     p.add_argument("--measures", nargs="+", default=None,
                    help="label measures to compare (default: all the generator offers); MEASURE/S decodes with "
-                        "GenerationConfig.decode_stride S (e.g. decoded/2: the same labels, ceil(depth / 2) decode moves)")
+                        "GenerationConfig.decode_stride S (e.g. decoded/2: the same labels, ceil(depth / 2) decode moves); "
+                        f"VARIANT{MARGIN} labels that variant's images by the pair's calibrated denoising margin (labels='margin')")
     p.add_argument("--n", type=int, default=100, help="source tiles of class A (default: 100)")
     p.add_argument("--num-levels", type=int, default=10, help="progressive levels per source (default: 10)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps S (default: 50)")
@@ -91,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _offered(variant: str, offered: tuple[str, ...]) -> bool:
     try:
-        parse_variant(variant, offered)
+        parse_variant(variant.removesuffix(MARGIN), offered)
     except ValueError:
         return False
     return True
@@ -281,6 +287,19 @@ def source_indices(count: int, n: int, seed: int) -> torch.Tensor:
     return order[torch.arange(n) % count]
 
 
+def relabel_by_margin(pair, gen: dict, args) -> dict:
+    """``gen`` (of :func:`generate`) with each image labelled by the pair's calibrated denoising margin, read from
+    the stored 8-bit images (:func:`progaug.evaluation.generated.margin_relabelled`, as the evaluation's margin arms);
+    its cost adds the margin's U-Net evaluations."""
+    from progaug.evaluation.generated import margin_relabelled
+
+    began = time.time()
+    labels = margin_relabelled(pair, gen["images"], device=args.device, max_batch=args.max_batch)
+    timesteps = len(pair.margin_calibration.timesteps)
+    return {**gen, "labels": labels, "evals": gen["evals"] + 2 * timesteps * labels.numel(),
+            "seconds": gen["seconds"] + time.time() - began}
+
+
 def generate(pair, sources: torch.Tensor, variant: str, args) -> dict:
     """Progressive images of uint8 ``sources`` under one label measure (``MEASURE`` or ``MEASURE/stride``):
     uint8 images ``(B, L, 3, S, S)``, labels and depths ``(B, L)``, U-Net evaluations and seconds."""
@@ -318,6 +337,8 @@ def main(argv=None) -> int:
     began = time.time()
     applied, pair, splits = open_benchmark(args)
     a, b = pair.classes
+    if any(m.endswith(MARGIN) for m in args.measures) and pair.margin_calibration is None:
+        raise SystemExit(f"--measures ...{MARGIN}: the pair {args.pair} has no margin_calibration.json (fit one with `progaug calibrate`)")
     train_a, train_b = (splits["train"].of_class(c).images for c in (a, b))
     judge = train_judge(train_a, train_b, steps=args.judge_steps, seed=args.judge_seed, device=args.device)
     held_a, held_b = heldout(splits, a), heldout(splits, b)
@@ -338,8 +359,14 @@ def main(argv=None) -> int:
           f"{'n/a (no val/test tiles)' if judged is None else round(judged['accuracy'], 4)}", flush=True)
     out, strips = Path(args.out), {}
     out.parent.mkdir(parents=True, exist_ok=True)
+    made: dict[str, dict] = {}
     for measure in args.measures:
-        gen = generate(pair, sources, measure, args)
+        base = measure.removesuffix(MARGIN)
+        if base not in made:
+            made[base] = generate(pair, sources, base, args)
+        gen = made[base] if base == measure else relabel_by_margin(pair, made[base], args)
+        if base != measure:
+            res["margin_calibration"] = pair.margin_calibration.to_dict()
         p = judge_p(judge, gen["images"].flatten(0, 1)).view_as(gen["labels"])
         entry = summarise(gen["labels"], p, gen["depths"], lpips_shares(lpips, gen["images"], sources, full), default_levels(args.num_levels))
         entry["overall"]["unet_evals_per_output"] = gen["evals"] / gen["labels"].numel()

@@ -192,3 +192,24 @@ def test_bootstrap_intervals_pair_the_measures(fidelity):
     w = res["measures"]["preview"]["overall"]["high_label_judged_a_minus_paper"]
     assert w["ci95"][1] < 0 and w["mean"] < 0
     assert "spearman_minus_paper" not in res["measures"]["paper"]["overall"] and res["bootstrap"]["draws"] == 200
+
+
+def test_a_margin_variant_relabels_the_same_images(fidelity, weights, tmp_path):
+    from progaug.margin import MarginCalibration, write_calibration
+
+    pair = make_pair_dir(tmp_path / "pair")
+    args = ["--pair", str(pair), "--data", str(split_folders(tmp_path / "data")), "--metric-weights", str(weights), "--n", "2",
+            "--num-levels", "2", "--steps", "6", "--judge-steps", "2", "--threads", "1", "--device", "cpu", "--measures", "paper",
+            "paper+margin", "--out", str(tmp_path / "lf")]
+    with pytest.raises(SystemExit, match="has no margin_calibration.json"):
+        fidelity.main(args)
+    calibration = MarginCalibration(slope=50.0, intercept=0.1, timesteps=(700, 900), seed=3, tiles=(5, 5), auc=0.9, fitted_on="test")
+    write_calibration(pair, calibration)
+    assert fidelity.main(args) == 0
+    res = json.loads((tmp_path / "lf.json").read_text())
+    measured, margin = res["measures"]["paper"], res["measures"]["paper+margin"]
+    assert margin["scatter"]["judge_p"] == measured["scatter"]["judge_p"]  # the same images
+    assert margin["scatter"]["label"] != measured["scatter"]["label"]
+    assert margin["overall"]["unet_evals_per_output"] == pytest.approx(measured["overall"]["unet_evals_per_output"] + 4)
+    assert "spearman_minus_paper" in margin["overall"] and res["margin_calibration"]["fitted_on"] == "test"
+    assert (tmp_path / "lf_strip_paper+margin.png").is_file()
