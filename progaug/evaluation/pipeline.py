@@ -89,7 +89,7 @@ def make_sets(pair, sources: torch.Tensor, arms: Sequence[Arm], settings: Genera
     total = len(sources)
     kinds = {a.generated for a in arms} - {None}
     measures = sorted({a.measure for a in arms if a.generated == "pro"})
-    margin = {a.measure for a in arms if a.generated == "pro" and a.labels == "margin"}
+    margin = {a.measure: a.set_key for a in arms if a.generated == "pro" and a.labels == "margin"}
     if "final" in kinds and not measures:
         measures = [DEFAULT_MEASURE]  # level 1.0 of any measure's set is the full eq. 4 translation
     requested = needed
@@ -110,9 +110,9 @@ def make_sets(pair, sources: torch.Tensor, arms: Sequence[Arm], settings: Genera
             t0 = time.time()
             labels = generated.margin_relabelled(pair, bank["images"], device=device, max_batch=settings.max_batch,
                                                  cache_dir=settings.cache_dir)
-            pro[f"{m}+margin"] = (pro[m][0], _scatter(labels, needed, total))
+            pro[margin[m]] = (pro[m][0], _scatter(labels, needed, total))
             timesteps = len(pair.margin_calibration.timesteps)
-            cost[f"pro:{m}+margin"] = {"seconds": round(time.time() - t0, 1),
+            cost[f"pro:{margin[m]}"] = {"seconds": round(time.time() - t0, 1),
                                        "unet_evals_per_image": bank["evals_per_image"] + 2 * timesteps,
                                        "depth_mean": cost[f"pro:{m}"]["depth_mean"]}
     final = pro[DEFAULT_MEASURE if DEFAULT_MEASURE in pro else measures[0]][0][:, -1] if "final" in kinds else None
