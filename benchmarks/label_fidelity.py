@@ -295,8 +295,7 @@ def relabel_by_margin(pair, gen: dict, args) -> dict:
 
     began = time.time()
     labels = margin_relabelled(pair, gen["images"], device=args.device, max_batch=args.max_batch)
-    timesteps = len(pair.margin_calibration.timesteps)
-    return {**gen, "labels": labels, "evals": gen["evals"] + 2 * timesteps * labels.numel(),
+    return {**gen, "labels": labels, "evals": gen["evals"] + pair.margin_calibration.evaluations_per_image * labels.numel(),
             "seconds": gen["seconds"] + time.time() - began}
 
 

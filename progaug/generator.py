@@ -370,7 +370,7 @@ class ProgressiveGenerator:
         outputs = result.images.flatten(0, 1)
         labels = margin_labels(source, target, training_alpha_bar(self.pair.diffusion), outputs, self.calibration, max_batch=config.max_batch)
         return dataclasses.replace(result, soft_labels=labels.view_as(result.soft_labels).to(result.soft_labels.device),
-                                   label_evaluations=2 * len(self.calibration.timesteps) * outputs.shape[0])
+                                   label_evaluations=self.calibration.evaluations_per_image * outputs.shape[0])
 
 
 def margin_calibration_for(pair: Pair, config: GenerationConfig) -> MarginCalibration | None:

@@ -128,6 +128,11 @@ class MarginCalibration(JsonConfig):
         if not self.timesteps or len(set(self.timesteps)) != len(self.timesteps):
             raise ValueError(f"`timesteps` must hold at least one timestep, each once, got {tuple(self.timesteps)}")
 
+    @property
+    def evaluations_per_image(self) -> int:
+        """U-Net evaluations :func:`margin_labels` spends per image: both models at each timestep."""
+        return 2 * len(self.timesteps)
+
     def probability(self, margins: torch.Tensor) -> torch.Tensor:
         """``(N,)`` margins to ``(N,)`` float32 p(B) in ``(0, 1)``."""
         return torch.sigmoid(self.slope * margins.double() + self.intercept).float()
@@ -217,7 +222,7 @@ def margin_labels(source: EpsModel, target: EpsModel, alpha_bar: np.ndarray, ima
                   max_batch: int = 128) -> torch.Tensor:
     """Calibrated soft labels p(B) of images, read from the images themselves by the pair's margin.
 
-    Costs ``2 * len(calibration.timesteps)`` U-Net evaluations per image. Every image sees the same
+    Costs :attr:`MarginCalibration.evaluations_per_image` (``2 * len(calibration.timesteps)``) U-Net evaluations per image. Every image sees the same
     noise (``shared_noise``), so its label does not depend on the other images it is labelled with.
 
     Args:

@@ -58,15 +58,16 @@ def _cache_path(cache_dir: Path | None, name: str, key: str) -> Path | None:
     return None if cache_dir is None else Path(cache_dir) / f"{name}-{key}.safetensors"
 
 
-def _cached(cache_dir: Path | None, name: str, key: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+def _cached(cache_dir: Path | None, name: str, key: str, make: Callable[[], torch.Tensor], field: str = "images") -> torch.Tensor:
+    """``make()``, or what an earlier call kept in ``cache_dir`` under ``name`` and ``key`` (stored as ``field``)."""
     path = _cache_path(cache_dir, name, key)
     stored = _load(path)
     if stored is not None:
         print(f"reusing {path}", flush=True)
-        return stored["images"]
-    images = make()
-    _store(path, {"images": images})
-    return images
+        return stored[field]
+    made = make()
+    _store(path, {field: made})
+    return made
 
 
 def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str, bf16: bool, batch_size: int = 64,
@@ -196,14 +197,7 @@ def margin_relabelled(pair, images: torch.Tensor, *, device: str, max_batch: int
         return torch.cat(out)
 
     key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), calibration.to_dict(), flat)
-    path = _cache_path(cache_dir, "margin-labels", key)
-    stored = _load(path)
-    if stored is not None:
-        print(f"reusing {path}", flush=True)
-        return stored["labels"].view(images.shape[:-3])
-    labels = make()
-    _store(path, {"labels": labels})
-    return labels.view(images.shape[:-3])
+    return _cached(cache_dir, "margin-labels", key, make, field="labels").view(images.shape[:-3])
 
 
 def _unconditional_key(pair, n: int, steps: int, bf16: bool, seed: int) -> str:

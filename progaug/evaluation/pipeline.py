@@ -111,9 +111,8 @@ def make_sets(pair, sources: torch.Tensor, arms: Sequence[Arm], settings: Genera
             labels = generated.margin_relabelled(pair, bank["images"], device=device, max_batch=settings.max_batch,
                                                  cache_dir=settings.cache_dir)
             pro[margin[m]] = (pro[m][0], _scatter(labels, needed, total))
-            timesteps = len(pair.margin_calibration.timesteps)
             cost[f"pro:{margin[m]}"] = {"seconds": round(time.time() - t0, 1),
-                                       "unet_evals_per_image": bank["evals_per_image"] + 2 * timesteps,
+                                       "unet_evals_per_image": bank["evals_per_image"] + pair.margin_calibration.evaluations_per_image,
                                        "depth_mean": cost[f"pro:{m}"]["depth_mean"]}
     final = pro[DEFAULT_MEASURE if DEFAULT_MEASURE in pro else measures[0]][0][:, -1] if "final" in kinds else None
     iddpm = None
