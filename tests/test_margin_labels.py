@@ -143,6 +143,15 @@ def test_arm_named_takes_margin_labels_on_any_progressive_variant():
             arm_named(bad)
 
 
+@pytest.mark.parametrize("kwargs, match", [({"generated": "pro", "measure": "preview", "labels": "judge"}, r"`labels` must be one of \('measure', 'margin'\), got 'judge'"),
+                                           ({"generated": "final", "labels": "margin"}, r"`labels='margin'` needs progressive images .*got generated='final'")])
+def test_an_arm_refuses_labels_it_cannot_give(kwargs, match):
+    from progaug.evaluation.protocol import Arm
+
+    with pytest.raises(ValueError, match=match):
+        Arm("x", **kwargs)
+
+
 def test_evaluation_margin_arm_has_the_measure_s_images_relabelled_by_the_margin(calibrated_pair, tmp_path, capsys):
     from conftest import random_tiles
     from progaug.evaluation.pipeline import GenerationSettings, make_sets

@@ -41,7 +41,7 @@ from progaug.data.tiles import TileSet
 from progaug.evaluation.classifiers import CLASSIFIERS
 from progaug.evaluation.stats import interval, paired
 from progaug.evaluation.training import LabelledImages, Recipe, TrainSpec, score, train_classifier
-from progaug.generator import parse_variant
+from progaug.generator import LABEL_SOURCES, parse_variant
 from progaug.labels import DEFAULT_MEASURE, MEASURES
 from progaug.losses import soft_label_to_row
 
@@ -146,6 +146,12 @@ class Arm:
     uniform: bool = False
     filtered: bool = False
     labels: str = "measure"
+
+    def __post_init__(self) -> None:
+        if self.labels not in LABEL_SOURCES:
+            raise ValueError(f"`labels` must be one of {LABEL_SOURCES}, got {self.labels!r}")
+        if self.labels != "measure" and self.generated != "pro":
+            raise ValueError(f"`labels={self.labels!r}` needs progressive images (generated='pro'), got generated={self.generated!r}")
 
     def run_fields(self) -> dict:
         """The arm's fields as a run's key records them (``labels`` only where not ``"measure"``: runs logged before
