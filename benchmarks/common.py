@@ -49,6 +49,16 @@ def heldout(splits: dict[str, TileSet], cls: str) -> torch.Tensor | None:
     return torch.cat(parts) if parts else None
 
 
+def spread_heldout(splits: dict[str, TileSet], cls: str, n: int, device: str) -> torch.Tensor:
+    """``min(n, available)`` held-out tiles of ``cls`` (:func:`heldout`), evenly spaced through them, as float
+    images in ``[-1, 1]`` on ``device``: the sources of the benchmarks that compare two ways of generating."""
+    from progaug.data.tiles import to_model_range
+
+    tiles = heldout(splits, cls)
+    pick = torch.linspace(0, len(tiles) - 1, min(n, len(tiles))).round().long()
+    return to_model_range(tiles[pick]).to(device)
+
+
 def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str, bf16: bool, batch_size: int = 64,
                 decode_stride: int = 1) -> torch.Tensor:
     """:func:`progaug.evaluation.generated.final_stage` kept in :data:`CACHE`."""

@@ -24,8 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import command_line, finish_args, heldout, open_benchmark, pair_sha256, pair_training, write_report
-from progaug.data.tiles import to_model_range
+from common import command_line, finish_args, open_benchmark, pair_sha256, pair_training, spread_heldout, write_report
 from progaug.frequency import default_levels
 from progaug.generator import GenerationConfig, ProgressiveGenerator
 from progaug.labels import MEASURES
@@ -109,11 +108,9 @@ def plot(res: dict, path: Path) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     applied, pair, splits = open_benchmark(args)
-    tiles = heldout(splits, pair.classes[0])
-    pick = torch.linspace(0, len(tiles) - 1, min(args.n, len(tiles))).round().long()
-    images = to_model_range(tiles[pick]).to(args.device)
+    images = spread_heldout(splits, pair.classes[0], args.n, args.device)
     res = {"command": command_line("precision.py", argv), "machine": f"{platform.platform()} ({args.device})", "threads": applied["threads"],
-           "native_bf16": native_bf16(args.device), "n": len(pick), "steps": args.steps, "levels": args.num_levels, "pair": str(args.pair),
+           "native_bf16": native_bf16(args.device), "n": len(images), "steps": args.steps, "levels": args.num_levels, "pair": str(args.pair),
            "pair_sha256": pair_sha256(pair), "pair_training": pair_training(pair), "measures": {}}
     for measure in args.measures:
         res["measures"][measure] = compare(pair, images, measure, args)

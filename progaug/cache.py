@@ -167,7 +167,7 @@ def not_resumable(run_file: Path, exc: Exception) -> str:
 
 def read_run_settings(run_file: Path) -> Any:
     """The stored settings of a run's ``run.json`` (``run_file``), a run made before ``measure`` existed read as
-    :data:`progaug.labels.LEGACY_MEASURE`, one made before ``decode_stride`` existed as 1 and before ``labels`` as
+    :data:`progaug.labels.LEGACY_MEASURE`, one made before ``decode_stride`` existed as 1, before ``decode_fine`` as 0 and before ``labels`` as
     ``"measure"`` (what they used). A corrupt
     ``run.json`` beside a ``manifest.json`` is read from the manifest's copy of the settings.
 
@@ -181,6 +181,7 @@ def read_run_settings(run_file: Path) -> Any:
     if isinstance(stored, dict) and isinstance(stored.get("config"), dict):
         stored["config"].setdefault("measure", LEGACY_MEASURE)
         stored["config"].setdefault("decode_stride", 1)
+        stored["config"].setdefault("decode_fine", 0)
         stored["config"].setdefault("labels", "measure")
     return stored
 

@@ -64,6 +64,9 @@ __all__ = ["LABEL_SOURCES", "GenerationConfig", "ProgressiveGenerator", "Progres
 DECODE_STRIDE_HELP = ("States per DDIM move of the decodes: 1 = every state (the paper); s > 1 decodes a depth-d state in "
                       "ceil(d / s) moves (cheaper, other images, same labels)")
 """The command-line help of every ``--decode-stride`` flag (``progaug precompute`` and ``progaug progressive``)."""
+DECODE_FINE_HELP = ("The last F states before the image decoded one per move whatever --decode-stride (0: none): "
+                    "--decode-stride 2 --decode-fine 10 decodes depth 50 in 30 moves (docs/performance.md: how close to stride 1)")
+"""The command-line help of every ``--decode-fine`` flag."""
 
 
 def parse_variant(name: str, measures: Sequence[str] = MEASURES) -> tuple[str, int]:
@@ -104,6 +107,9 @@ class GenerationConfig(JsonConfig):
         decode_stride: States per DDIM move of the decodes (the inversion and the measure keep every
             state): 1 decodes a depth-``d`` state in ``d`` moves, the paper's; ``s > 1`` in ``ceil(d / s)``
             (:func:`progaug.diffusion.sample_from_depths`): cheaper, other images, the same depths and labels.
+        decode_fine: States ``1..decode_fine`` decoded one per move whatever ``decode_stride`` (the stride
+            applies above them, where the state is mostly noise): ``decode_stride=2, decode_fine=10`` decodes depth
+            50 in 30 moves instead of 50. 0: the stride applies everywhere.
         labels: Where the soft labels come from. ``"measure"``: the label measure at the chosen depths
             (eq. 7-9 for ``"paper"``). ``"margin"``: each decoded image's own p(B), the pair's denoising
             margin through its calibration (:func:`progaug.margin.margin_labels`; needs the pair's
@@ -120,6 +126,7 @@ class GenerationConfig(JsonConfig):
               "AVX512-BF16 or AMX)")
     device: str | None = setting(None, "Where the U-Nets run (default: where the images are)")
     decode_stride: int = setting(1, DECODE_STRIDE_HELP)
+    decode_fine: int = setting(0, DECODE_FINE_HELP)
     labels: str = setting("measure", LABELS_HELP)
 
     def __post_init__(self) -> None:
@@ -129,6 +136,7 @@ class GenerationConfig(JsonConfig):
         check_int("max_batch", self.max_batch, allow_none=True)
         check_bf16(self.bf16)
         check_int("decode_stride", self.decode_stride)
+        check_int("decode_fine", self.decode_fine, low=0)
         if self.labels not in LABEL_SOURCES:
             raise ValueError(f"`labels` must be one of {LABEL_SOURCES}, got {self.labels!r}")
         object.__setattr__(self, "radius", float(self.radius))
@@ -165,6 +173,7 @@ class ProgressiveResult:
         num_steps: ``S``.
         measure: The label measure (:data:`progaug.labels.MEASURES`).
         decode_stride: States per DDIM move of the decodes (:attr:`GenerationConfig.decode_stride`).
+        decode_fine: States decoded one per move whatever the stride (:attr:`GenerationConfig.decode_fine`).
         label_evaluations: U-Net evaluations spent on the labels after the decodes (``labels="margin"``).
     """
 
@@ -177,15 +186,17 @@ class ProgressiveResult:
     num_steps: int
     measure: str = DEFAULT_MEASURE
     decode_stride: int = 1
+    decode_fine: int = 0
     label_evaluations: int = 0
 
     @property
     def model_evaluations(self) -> int:
         """U-Net evaluations spent: the inversion and the measure's calls per source image
-        (:func:`progaug.labels.inversion_evaluations`) plus the decodes' moves, ``ceil(depth / decode_stride)``
-        per progressive image, plus :attr:`label_evaluations`."""
+        (:func:`progaug.labels.inversion_evaluations`) plus the decodes' moves (``ceil(depth / decode_stride)``
+        per progressive image without ``decode_fine``, :func:`progaug.diffusion.decode_moves`), plus
+        :attr:`label_evaluations`."""
         return (inversion_evaluations(self.measure, self.num_steps) * self.images.shape[0]
-                + decode_evaluations(self.depths.cpu(), self.decode_stride) + self.label_evaluations)
+                + decode_evaluations(self.depths.cpu(), self.decode_stride, self.decode_fine) + self.label_evaluations)
 
 
 def _model_size(model: EpsModel) -> int | None:
@@ -244,10 +255,10 @@ def generate_progressive(
     del trajectory  # S + 1 states per image: freed before the decodes
     with autocast(images.device, autocast_dtype(config.bf16)):
         decoded = sample_from_depths(target_model, latents.to(images.device), depths.flatten(), schedule, clip=clip, max_batch=max_batch,
-                                     stride=config.decode_stride)
+                                     stride=config.decode_stride, fine=config.decode_fine)
     return ProgressiveResult(images=decoded.reshape(b, n_levels, *images.shape[1:]).float(), soft_labels=labels.gather(1, depths),
                              depths=depths, levels=levels, measured=measured, trajectory_labels=labels, num_steps=schedule.num_steps,
-                             measure=measure, decode_stride=config.decode_stride)
+                             measure=measure, decode_stride=config.decode_stride, decode_fine=config.decode_fine)
 
 
 def _checked_inputs(source_model: EpsModel, images: torch.Tensor, levels, config: GenerationConfig | None,

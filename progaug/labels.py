@@ -38,6 +38,7 @@ from typing import Literal
 
 import torch
 
+from progaug.diffusion import decode_moves
 from progaug.errors import check_int
 from progaug.frequency import DEFAULT_RADIUS, highpass_amplitude, soft_labels, to_grayscale
 
@@ -287,12 +288,13 @@ def inversion_evaluations(measure: str, steps: int) -> int:
     return steps
 
 
-def decode_evaluations(depths: torch.Tensor | list[int], stride: int = 1) -> int:
+def decode_evaluations(depths: torch.Tensor | list[int], stride: int = 1, fine: int = 0) -> int:
     """Target-model evaluations of decoding progressive images from ``depths`` (any shape of ints >= 0) at
-    decode stride ``stride``: ``ceil(depth / stride)`` each (:func:`progaug.diffusion.sample_from_depths`)."""
-    stride = check_int("stride", stride)
-    depths = torch.as_tensor(depths, dtype=torch.long)
-    return int((-(-depths // stride)).sum())
+    decode stride ``stride`` with the last ``fine`` states one per move: ``ceil(depth / stride)`` each when
+    ``fine = 0`` (:func:`progaug.diffusion.sample_from_depths`, :func:`progaug.diffusion.decode_moves`)."""
+    stride, fine = check_int("stride", stride), check_int("fine", fine, low=0)
+    counts = torch.bincount(torch.as_tensor(depths, dtype=torch.long).flatten())
+    return sum(int(c) * decode_moves(d, stride, fine) for d, c in enumerate(counts.tolist()) if c)
 
 
 def labels_from_values(measure: str, values: torch.Tensor) -> torch.Tensor:

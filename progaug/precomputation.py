@@ -37,7 +37,7 @@ from progaug.config import JsonConfig, describe_differences
 from progaug.data.tiles import dihedral
 from progaug.errors import check_int, device_setting
 from progaug.frequency import DEFAULT_RADIUS, default_levels
-from progaug.generator import DECODE_STRIDE_HELP, LABELS_HELP, GenerationConfig, ProgressiveGenerator, margin_calibration_for
+from progaug.generator import DECODE_FINE_HELP, DECODE_STRIDE_HELP, LABELS_HELP, GenerationConfig, ProgressiveGenerator, margin_calibration_for
 from progaug.labels import DEFAULT_MEASURE, MEASURE_HELP, Measure
 from progaug.pair import Pair
 from progaug.runtime import RuntimeConfig, barrier, command_line, torchrun_setup
@@ -70,6 +70,8 @@ class PrecomputeConfig(JsonConfig):
         decode_stride: States per DDIM move of the decodes (:attr:`GenerationConfig.decode_stride`): 1, the
             paper's, decodes depth ``d`` in ``d`` moves; ``s > 1`` in ``ceil(d / s)`` (other images, same
             labels). A run made before the setting existed reads as 1.
+        decode_fine: States decoded one per move whatever the stride (:attr:`GenerationConfig.decode_fine`);
+            a run made before the setting existed reads as 0.
         labels: Where the soft labels come from (:attr:`GenerationConfig.labels`): ``"measure"`` or
             ``"margin"`` (each image's calibrated denoising margin; needs the pair's ``margin_calibration.json``,
             which the run's settings then record). A run made before the setting existed reads as ``"measure"``.
@@ -109,6 +111,7 @@ class PrecomputeConfig(JsonConfig):
         default=0, metadata={"help": "Seed of the source order and of the flips/rotations of repeated sources"}
     )
     decode_stride: int = dataclasses.field(default=1, metadata={"help": DECODE_STRIDE_HELP})
+    decode_fine: int = dataclasses.field(default=0, metadata={"help": DECODE_FINE_HELP})
     labels: str = dataclasses.field(default="measure", metadata={"help": LABELS_HELP})
     device: str | None = dataclasses.field(
         default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda when available; under torchrun the local GPU)"}
@@ -125,11 +128,11 @@ class PrecomputeConfig(JsonConfig):
 
     @property
     def generation(self) -> GenerationConfig:
-        """The generation settings of this set (``steps``, ``measure``, ``radius``, ``max_batch``, ``bf16``, ``decode_stride``, ``labels``),
+        """The generation settings of this set (``steps``, ``measure``, ``radius``, ``max_batch``, ``bf16``, ``decode_stride``, ``decode_fine``, ``labels``),
         the same object the transform and ``progaug progressive`` take; they stay flat fields here because
         they are the ``progaug precompute`` flags and the keys of ``run.json``."""
         return GenerationConfig(steps=self.steps, measure=self.measure, radius=self.radius, max_batch=self.max_batch, bf16=self.bf16,
-                                decode_stride=self.decode_stride, labels=self.labels)
+                                decode_stride=self.decode_stride, decode_fine=self.decode_fine, labels=self.labels)
 
     @property
     def groups(self) -> int:

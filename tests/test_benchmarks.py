@@ -179,6 +179,24 @@ def test_throughput(bench, tiny_pair, tmp_path):
     assert 0 < default["fraction_of_floor"] < 1
 
 
+def test_decode_schedule_keeps_labels_and_measures_what_each_schedule_moves(bench, tiny_pair, tmp_path):
+    schedule = bench("decode_schedule")
+    out = tmp_path / "ds"
+    data = split_folders(tmp_path / "data")
+    assert schedule.main(["--pair", str(tiny_pair), "--data", str(data), "--n", "2", "--steps", "8", "--num-levels", "3",
+                          "--schedules", "2:8", "2:3", "4", "--threads", "1", "--out", str(out)]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    every, mixed, coarse = (res["schedules"][k] for k in ("stride 2, fine 8", "stride 2, fine 3", "stride 4, fine 0"))
+    assert all(r["depths_same"] and r["label_diff_max"] == 0 for r in (every, mixed, coarse))
+    # fine >= S decodes every state: the same images and calls
+    assert every["psnr_db_min"] > 100 and every["evals_per_output"] == res["evals_per_output_every_state"]
+    assert coarse["evals_per_output"] < mixed["evals_per_output"] < every["evals_per_output"]
+    assert coarse["psnr_db_median"] < every["psnr_db_median"]
+    assert "| stride 2, fine 3 | True |" in out.with_suffix(".md").read_text() and out.with_suffix(".png").is_file()
+    with pytest.raises(SystemExit):
+        schedule.main(["--schedules", "0:2"])
+
+
 def test_colour_shift_tells_instance_norms_apart(bench, tmp_path):
     colour_shift = bench("colour_shift")
     data = split_folders(tmp_path / "data")

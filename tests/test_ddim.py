@@ -170,6 +170,31 @@ class TestSampleFromDepths:
         with pytest.raises(ValueError, match="`stride` must be >= 1, got 0"):
             sample(model, latents, sched, stride=0)
 
+    def test_fine_states_are_decoded_one_per_move_below_the_stride(self):
+        from progaug.diffusion import ddim_move, decode_moves
+
+        model = GaussianEps(0.1, 0.5)
+        sched = DDIMSchedule.from_config(steps=12)
+        latents = torch.randn(5, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+        depths = torch.tensor([0, 3, 12, 7, 4])
+        paths = {0: [0], 3: [3, 2, 1, 0], 12: [12, 9, 6, 4, 3, 2, 1, 0], 7: [7, 6, 4, 3, 2, 1, 0], 4: [4, 3, 2, 1, 0]}  # stride 3, fine 4
+        rows = sample_from_depths(model, latents, depths, sched, max_batch=2, stride=3, fine=4)
+        for n, d in enumerate(depths.tolist()):
+            x = latents[n : n + 1].clone()
+            for k, below in zip(paths[d], paths[d][1:]):
+                x = ddim_move(model, x, sched, k, below)
+            torch.testing.assert_close(rows[n : n + 1], x)
+            assert decode_moves(d, 3, 4) == len(paths[d]) - 1
+        torch.testing.assert_close(sample(model, latents[2:3].clone(), sched, start=12, stride=3, fine=4), rows[2:3])
+        # fine 0 is the plain stride; fine >= depth (or stride 1) decodes every state
+        torch.testing.assert_close(sample_from_depths(model, latents, depths, sched, stride=3, fine=0),
+                                   sample_from_depths(model, latents, depths, sched, stride=3))
+        torch.testing.assert_close(sample_from_depths(model, latents, depths, sched, stride=3, fine=12),
+                                   sample_from_depths(model, latents, depths, sched))
+        assert [decode_moves(50, 2, 10), decode_moves(50, 3, 10), decode_moves(50, 2, 0), decode_moves(50, 1, 10)] == [30, 24, 25, 50]
+        with pytest.raises(ValueError, match="`fine` must be >= 0, got -1"):
+            sample_from_depths(model, latents, depths, sched, stride=2, fine=-1)
+
     def test_stride_counts_ceil_depth_over_stride_calls_per_row(self):
         rows = []
 

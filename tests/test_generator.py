@@ -84,6 +84,24 @@ class TestGenerateProgressive:
         full = bridge(*pair, images[:1], sched, depth=12)
         assert float((strided.images[0, 2] - full[0]).abs().max()) > 1e-3
 
+    def test_decode_fine_keeps_depths_and_labels_and_counts_its_moves(self, pair, images):
+        from progaug.diffusion import decode_moves
+
+        every = generate_progressive(*pair, images, [0.3, 0.6, 1.0], GenerationConfig(steps=12, measure="paper", bf16=False))
+        mixed = generate_progressive(*pair, images, [0.3, 0.6, 1.0],
+                                     GenerationConfig(steps=12, measure="paper", bf16=False, decode_stride=3, decode_fine=4))
+        assert torch.equal(mixed.depths, every.depths) and torch.equal(mixed.soft_labels, every.soft_labels)
+        assert mixed.decode_fine == 4
+        moves = sum(decode_moves(d, 3, 4) for d in every.depths.flatten().tolist())
+        assert mixed.model_evaluations == 3 * 12 + moves < every.model_evaluations
+        shallow = every.depths <= 4  # decoded one state per move either way: the same images
+        torch.testing.assert_close(mixed.images[shallow], every.images[shallow])
+        assert not torch.equal(mixed.images[~shallow], every.images[~shallow])
+        with pytest.raises(ValueError, match="`decode_fine` must be >= 0, got -1"):
+            GenerationConfig(decode_fine=-1)
+        config = GenerationConfig(decode_stride=2, decode_fine=10)
+        assert GenerationConfig.from_dict(config.to_dict()) == config
+
     def test_decode_stride_is_checked_and_round_trips(self):
         with pytest.raises(ValueError, match="`decode_stride` must be >= 1, got 0"):
             GenerationConfig(decode_stride=0)

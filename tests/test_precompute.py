@@ -168,9 +168,11 @@ def test_decode_stride_same_labels_other_images_recorded_and_checked_on_resume(p
     assert json.loads((strided / "run.json").read_text())["config"]["decode_stride"] == 2
     with pytest.raises(ValueError, match='config.decode_stride: stored 2, now 1'):
         run(pair_dir, strided, resume=True)
-    run_file = every / "run.json"  # a run made before the setting existed resumes as stride 1
+    with pytest.raises(ValueError, match='config.decode_fine: stored 0, now 3'):
+        run(pair_dir, strided, resume=True, decode_stride=2, decode_fine=3)
+    run_file = every / "run.json"  # a run made before the settings existed resumes as stride 1, fine 0
     stored = json.loads(run_file.read_text())
-    del stored["config"]["decode_stride"]
+    del stored["config"]["decode_stride"], stored["config"]["decode_fine"]
     run_file.write_text(json.dumps(stored))
     (every / "records" / "000001.json").unlink()
     before = files(every)

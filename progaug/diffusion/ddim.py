@@ -19,7 +19,7 @@ import torch
 from progaug.diffusion.schedule import DDIMSchedule
 from progaug.errors import check_int
 
-__all__ = ["EpsModel", "bridge", "ddim_move", "ddim_step", "invert", "sample", "sample_from_depths"]
+__all__ = ["EpsModel", "bridge", "ddim_move", "ddim_step", "decode_moves", "invert", "sample", "sample_from_depths"]
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -117,6 +117,7 @@ def sample(
     start: int | None = None,
     clip: bool = True,
     stride: int = 1,
+    fine: int = 0,
 ) -> torch.Tensor:
     """Deterministic DDIM sampling ``x_start -> x0`` (towards the image), eq. 2 with ``sigma_t = 0``.
 
@@ -129,24 +130,35 @@ def sample(
         stride: States per move after the first, as in :func:`sample_from_depths` (``1``: every state;
             ``s``: to the multiple of ``s`` below ``start``, then ``s`` states per move, ``ceil(start / s)``
             model calls).
+        fine: States ``1..fine`` are decoded one per move whatever ``stride`` (:func:`sample_from_depths`).
 
     Returns:
         ``(B, C, H, W)`` images, in [-1, 1] when ``clip``.
     """
     start = schedule.num_steps if start is None else schedule.check_depth("start", start)
     check_int("stride", stride)
+    check_int("fine", fine, low=0)
     k = start
     while k > 0:
-        below = _state_below(k, stride)
+        below = _state_below(k, stride, fine)
         x = ddim_move(model, x, schedule, k, below, clip=clip)
         k = below
     return x
 
 
-def _state_below(k: int, stride: int) -> int:
+def _state_below(k: int, stride: int, fine: int = 0) -> int:
     """The state a decode at stride ``stride`` moves to from state ``k >= 1``: ``stride * floor((k - 1) / stride)``
-    (``k - 1`` at stride 1)."""
-    return stride * ((k - 1) // stride)
+    (``k - 1`` at stride 1), but never below ``fine``, and ``k - 1`` from states ``k <= fine``."""
+    return k - 1 if k <= fine else max(fine, stride * ((k - 1) // stride))
+
+
+def decode_moves(depth: int, stride: int = 1, fine: int = 0) -> int:
+    """Model calls of a decode ``depth -> 0`` at ``stride`` with the last ``fine`` states one per move
+    (:func:`sample_from_depths`): ``ceil(depth / stride)`` when ``fine = 0``, ``depth`` when ``stride = 1``."""
+    moves, k = 0, int(depth)
+    while k > 0:
+        k, moves = _state_below(k, stride, fine), moves + 1
+    return moves
 
 
 def ddim_move(model: EpsModel, x: torch.Tensor, schedule: DDIMSchedule, k_from: int, k_to: int, *, clip: bool = True) -> torch.Tensor:
@@ -173,6 +185,7 @@ def sample_from_depths(
     clip: bool = True,
     max_batch: int | None = None,
     stride: int = 1,
+    fine: int = 0,
 ) -> torch.Tensor:
     """Decode many latents that sit at different depths, sharing model calls across them.
 
@@ -192,6 +205,10 @@ def sample_from_depths(
         clip: Clamp the predicted x0 in every step.
         max_batch: Largest number of rows per model call (default: all).
         stride: States per move after the first (>= 1).
+        fine: The last ``fine`` states (``fine .. 1``) are decoded one per move whatever ``stride``: a row above
+            ``fine`` moves at ``stride`` down to ``fine`` at most (``50 -> 48 -> ... -> 12 -> 10 -> 9 -> ... -> 0`` at
+            ``stride = 2, fine = 10``), so the coarse moves fall where the state is mostly noise and the last,
+            detail-forming moves are the exact ones (:func:`decode_moves` counts the calls). 0: none.
 
     Returns:
         ``(N, C, H, W)`` decoded images.
@@ -203,6 +220,7 @@ def sample_from_depths(
         raise ValueError(f"`depths` must lie in [0, {schedule.num_steps}], got {depths.tolist()}")
     check_int("max_batch", max_batch, allow_none=True)
     check_int("stride", stride)
+    check_int("fine", fine, low=0)
     x = latents.clone()
     state = depths.clone()
     top = int(depths.max()) if depths.numel() else 0
@@ -210,7 +228,7 @@ def sample_from_depths(
         active = torch.nonzero(state == k).flatten()
         if not active.numel():
             continue
-        below = _state_below(k, stride)
+        below = _state_below(k, stride, fine)
         chunk = max_batch or active.numel()
         for rows in active.to(x.device).split(chunk):
             x[rows] = ddim_move(model, x[rows], schedule, k, below, clip=clip)
