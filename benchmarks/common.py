@@ -60,10 +60,25 @@ def spread_heldout(splits: dict[str, TileSet], cls: str, n: int, device: str) ->
 
 
 def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str, bf16: bool, batch_size: int = 64,
-                decode_stride: int = 1) -> torch.Tensor:
+                decode_stride: int = 1, decode_fine: int = 0) -> torch.Tensor:
     """:func:`progaug.evaluation.generated.final_stage` kept in :data:`CACHE`."""
     return generated.final_stage(pair, sources, n, steps=steps, device=device, bf16=bf16, batch_size=batch_size, cache_dir=CACHE,
-                                 decode_stride=decode_stride)
+                                 decode_stride=decode_stride, decode_fine=decode_fine)
+
+
+def parse_schedule(text: str) -> tuple[int, int]:
+    """A decode schedule ``"STRIDE:FINE"`` (or ``"STRIDE"``: fine 0) as ``(stride, fine)``: ``STRIDE`` states per
+    move, the last ``FINE`` one per move (``GenerationConfig.decode_stride`` and ``decode_fine``).
+
+    Raises:
+        argparse.ArgumentTypeError: Not that form, a stride < 1 or a negative fine.
+    """
+    import argparse
+
+    stride, _, fine = str(text).partition(":")
+    if not stride.isdigit() or int(stride) < 1 or (fine and not fine.isdigit()):
+        raise argparse.ArgumentTypeError(f"a decode schedule is STRIDE or STRIDE:FINE with STRIDE >= 1 and FINE >= 0, got {text!r}")
+    return int(stride), int(fine or 0)
 
 
 def unconditional(pair, n: int, *, steps: int, device: str, bf16: bool, seed: int = 1234, batch_size: int = 64) -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import command_line, finish_args, open_benchmark, pair_sha256, pair_training, spread_heldout, write_report
+from common import command_line, finish_args, open_benchmark, pair_sha256, pair_training, parse_schedule, spread_heldout, write_report
 from progaug.frequency import default_levels
 from progaug.generator import GenerationConfig, ProgressiveGenerator
 from progaug.labels import DEFAULT_MEASURE, MEASURES
@@ -35,14 +35,6 @@ from progaug.metrics import psnr
 from progaug.runtime import CPU_MAX_BATCH
 
 PSNR_FLOOR_DB = 40.0
-
-
-def parse_schedule(text: str) -> tuple[int, int]:
-    """``"STRIDE:FINE"`` (or ``"STRIDE"``, fine 0) as ``(stride, fine)``, stride >= 1 and fine >= 0."""
-    stride, _, fine = text.partition(":")
-    if not stride.isdigit() or int(stride) < 1 or (fine and not fine.isdigit()):
-        raise argparse.ArgumentTypeError(f"a schedule is STRIDE:FINE with STRIDE >= 1 and FINE >= 0, got {text!r}")
-    return int(stride), int(fine or 0)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, bar_panels, command_line, final_stage, heldout, open_benchmark, pair_sha256, pair_training, unconditional
+from common import ROOT, bar_panels, command_line, final_stage, heldout, open_benchmark, pair_sha256, pair_training, parse_schedule, unconditional
 from progaug.cli_args import add_config_arguments
 from progaug.data.tiles import to_model_range
 from progaug.hub import load_pair
@@ -50,8 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64, help="(default: 64)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                    help="generate under bf16 autocast (1.6-2x faster on CPUs; default: on, as in downstream.py, whose sets are reused)")
-    p.add_argument("--decode-strides", type=int, nargs="*", default=[],
-                   help="also the full translations decoded at these strides, as methods 'ADD (decode stride S)' (default: none)")
+    p.add_argument("--decode-strides", type=parse_schedule, nargs="*", default=[],
+                   help="also the full translations decoded at these strides, as methods 'ADD (decode stride S)'; S:F decodes the "
+                        "last F states one per move, 'ADD (decode stride S, fine F)' (default: none)")
     p.add_argument("--iddpm", action=argparse.BooleanOptionalAction, default=True,
                    help="include unconditional samples of model B (default: yes)")
     p.add_argument("--lpips-pairs", type=int, default=1000, help="(default: 1000)")
@@ -59,11 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "generation"))
     add_config_arguments(p, RuntimeConfig, exclude=("channels_last", "compile"))
-    args = p.parse_args(argv)
-    bad = [s for s in args.decode_strides if s < 1]
-    if bad:
-        p.error(f"--decode-strides must be integers >= 1, got {bad}")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
@@ -74,8 +71,9 @@ def main(argv=None) -> int:
     gen = dict(steps=args.steps, device=args.device, bf16=args.bf16, batch_size=args.batch_size)
     tgt_train = splits["train"].of_class(b).images
     sets = {"ADD": final_stage(pair, splits["train"].of_class(a).images, args.n, **gen)}
-    for stride in args.decode_strides:
-        sets[f"ADD (decode stride {stride})"] = final_stage(pair, splits["train"].of_class(a).images, args.n, decode_stride=stride, **gen)
+    for stride, fine in args.decode_strides:
+        name = f"ADD (decode stride {stride})" if fine == 0 else f"ADD (decode stride {stride}, fine {fine})"
+        sets[name] = final_stage(pair, splits["train"].of_class(a).images, args.n, decode_stride=stride, decode_fine=fine, **gen)
     if args.nohas_pair:
         sets["ADD (no HAS)"] = final_stage(load_pair(args.nohas_pair, device=args.device), splits["train"].of_class(a).images, args.n, **gen)
     if args.iddpm:
@@ -88,7 +86,7 @@ def main(argv=None) -> int:
     ref = inception_features(inception, to_model_range(tgt_train))
     sets = {name: to_model_range(images) for name, images in sets.items()}
     res = {"classes": [a, b], "n": args.n, "steps": args.steps, "bf16": args.bf16, "device": args.device, "machine": platform.platform(),
-           "threads": applied["threads"], "reference_tiles": len(tgt_train), "command": command_line("generation.py", argv), "decode_strides": args.decode_strides,
+           "threads": applied["threads"], "reference_tiles": len(tgt_train), "command": command_line("generation.py", argv), "decode_strides": [s if f == 0 else f"{s}:{f}" for s, f in args.decode_strides],
            "pair_training": pair_training(pair), "pair_sha256": pair_sha256(pair),
            "methods": {}}
     equal = min(len(images) for images in sets.values())  # Frechet distances are biased by set size: also compare at one size

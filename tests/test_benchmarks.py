@@ -145,14 +145,17 @@ def test_generation_on_class_folders(bench, tiny_pair, tmp_path):
         assert m["fid"] > 0 and m["sfid"] > 0 and 0 < m["lpips_diversity"] < 1
     # strided full translations beside the full ones (another image set), without the unconditional samples
     assert generation.main(["--pair", str(tiny_pair), "--data", str(data), "--metric-weights", str(WEIGHTS), "--n", "8",
-                            "--steps", "3", "--lpips-pairs", "8", "--threads", "1", "--decode-strides", "2", "--no-iddpm",
+                            "--steps", "3", "--lpips-pairs", "8", "--threads", "1", "--decode-strides", "2", "2:3", "--no-iddpm",
                             "--out", str(out)]) == 0
     strided = json.loads(out.with_suffix(".json").read_text())
-    assert list(strided["methods"]) == ["ADD", "ADD (decode stride 2)", "real held-out"] and strided["decode_strides"] == [2]
-    assert strided["methods"]["ADD"] == res["methods"]["ADD"]
+    assert list(strided["methods"]) == ["ADD", "ADD (decode stride 2)", "ADD (decode stride 2, fine 3)", "real held-out"]
+    assert strided["decode_strides"] == [2, "2:3"] and strided["methods"]["ADD"] == res["methods"]["ADD"]
     assert strided["methods"]["ADD (decode stride 2)"]["fid"] != res["methods"]["ADD"]["fid"]
-    with pytest.raises(SystemExit):
-        generation.parse_args(["--decode-strides", "0"])
+    # fine 3 at S = 3 decodes every state: the full translations again
+    assert strided["methods"]["ADD (decode stride 2, fine 3)"]["fid"] == pytest.approx(res["methods"]["ADD"]["fid"])
+    for bad in ("0", "2:x"):
+        with pytest.raises(SystemExit):
+            generation.parse_args(["--decode-strides", bad])
 
 
 def test_results_name_paths_relative_to_the_repository(bench):

@@ -246,6 +246,7 @@ def bridge(
     depth: int | None = None,
     clip: bool = True,
     stride: int = 1,
+    fine: int = 0,
 ) -> torch.Tensor:
     """Translate images of domain A towards domain B through a shared latent (eq. 4-5).
 
@@ -260,11 +261,13 @@ def bridge(
         depth: Bridge depth ``0..S`` (default ``S``).
         clip: Clamp the predicted x0 in every step of both directions.
         stride: Decode stride of the target model (:func:`sample`); the inversion keeps every state.
+        fine: States decoded one per move whatever ``stride`` (:func:`sample_from_depths`).
 
     Returns:
         ``(B, C, H, W)`` images.
     """
     depth = schedule.num_steps if depth is None else schedule.check_depth("depth", depth)
     check_int("stride", stride)
+    check_int("fine", fine, low=0)
     latent = invert(source_model, x0, schedule, depth=depth, clip=clip)
-    return sample(target_model, latent.clone(), schedule, start=depth, clip=clip, stride=stride)
+    return sample(target_model, latent.clone(), schedule, start=depth, clip=clip, stride=stride, fine=fine)

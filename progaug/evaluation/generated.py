@@ -71,10 +71,11 @@ def _cached(cache_dir: Path | None, name: str, key: str, make: Callable[[], torc
 
 
 def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str, bf16: bool, batch_size: int = 64,
-                cache_dir: Path | None = None, decode_stride: int = 1) -> torch.Tensor:
+                cache_dir: Path | None = None, decode_stride: int = 1, decode_fine: int = 0) -> torch.Tensor:
     """``n`` full-depth ADD translations (eq. 4) of uint8 source tiles (cycled with flips / rotations):
-    ``(n, 3, S, S)`` uint8. ``decode_stride`` > 1 decodes ``decode_stride`` states per target-model call
-    (:func:`progaug.diffusion.sample`); the set's name records it (stride 1 keeps the name it always had)."""
+    ``(n, 3, S, S)`` uint8. ``decode_stride`` > 1 decodes ``decode_stride`` states per target-model call, the last
+    ``decode_fine`` one per call (:func:`progaug.diffusion.sample`); the set's name records them (stride 1 and
+    fine 0 keep the name it always had)."""
 
     @torch.no_grad()
     def make() -> torch.Tensor:
@@ -84,11 +85,12 @@ def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str,
         for i, chunk in enumerate(x.split(batch_size)):
             with autocast(device, autocast_dtype(bf16)):
                 out.append(to_uint8(bridge(pair.source, pair.target, chunk.to(device), sched, clip=pair.diffusion.clip_denoised,
-                                           stride=decode_stride).cpu()))
+                                           stride=decode_stride, fine=decode_fine).cpu()))
             print(f"final-stage ADD: {min((i + 1) * batch_size, n)}/{n}", flush=True)
         return torch.cat(out)
 
     strided = () if decode_stride == 1 else (("decode_stride", decode_stride),)
+    strided += () if decode_fine == 0 else (("decode_fine", decode_fine),)
     key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), n, steps, bf16, sources, *strided)
     return _cached(cache_dir, "final", key, make)
 
