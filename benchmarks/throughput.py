@@ -105,8 +105,8 @@ def run_precompute(pair: str, n: int, device: str, flags: list[str], out: Path, 
     config = manifest["settings"]["config"]
     per_source = inversion_evaluations(config.get("measure", LEGACY_MEASURE), config["steps"])
     groups = [rows[i : i + config["num_levels"]] for i in range(0, len(rows), config["num_levels"])]
-    stride = config.get("decode_stride", 1)  # manifests from before the setting decoded every state
-    evals = sum(per_source + decode_evaluations([int(r["depth"]) for r in g], stride) for g in groups) / len(rows)
+    stride, fine = config.get("decode_stride", 1), config.get("decode_fine", 0)  # manifests from before the settings: every state
+    evals = sum(per_source + decode_evaluations([int(r["depth"]) for r in g], stride, fine) for g in groups) / len(rows)
     return {"flags": flags, "samples": ex["samples_this_run_rank0"], "seconds": ex["seconds_this_run_rank0"],
             "images_per_second": ex["samples_this_run_rank0"] / ex["seconds_this_run_rank0"], "process_wall_s": round(wall, 1),
             "batch_size": ex["batch_size"], "max_batch": ex["max_batch"], "threads": ex["threads"],
