@@ -70,9 +70,7 @@ def compare(ref, t_ref: float, out, t_out: float, lpips=None) -> dict:
         "psnr_db_min": float(db.min()), "psnr_db_p05": float(db.flatten().quantile(0.05)), "psnr_db_median": float(db.median()),
         "psnr_db_median_per_level": [float(v) for v in db.median(0).values],
         "images_below_floor": int((db < PSNR_FLOOR_DB).sum()), "outputs": outputs,
-        "evals_per_output": out.model_evaluations / outputs, "evals_per_output_every_state": ref.model_evaluations / outputs,
-        "s_per_output": t_out / outputs, "s_per_output_every_state": t_ref / outputs, "speedup": t_ref / t_out,
-        "mean_depth_per_level": [float(v) for v in ref.depths.float().mean(0)],
+        "evals_per_output": out.model_evaluations / outputs, "s_per_output": t_out / outputs, "speedup": t_ref / t_out,
     }
     if lpips is not None:
         with torch.no_grad():
@@ -96,10 +94,9 @@ def render_markdown(res: dict) -> str:
         lines.append(f"| {name} | {r['depths_same'] and r['label_diff_max'] == 0} | {r['psnr_db_min']:.1f} / {r['psnr_db_p05']:.1f} / "
                      f"{r['psnr_db_median']:.1f} | {r['images_below_floor']} of {r['outputs']} | {lp} | {r['evals_per_output']:.1f} | "
                      f"{r['s_per_output']:.3f} | {r['speedup']:.2f}x |")
-    first = next(iter(res["schedules"].values()))
     lines += ["", "Median PSNR (dB) per level (mean depth of the level in brackets):", "",
-              "| schedule | " + " | ".join(f"{i + 1} ({d:.1f})" for i, d in enumerate(first["mean_depth_per_level"])) + " |",
-              "| --- " * (len(first["mean_depth_per_level"]) + 1) + "|"]
+              "| schedule | " + " | ".join(f"{i + 1} ({d:.1f})" for i, d in enumerate(res["mean_depth_per_level"])) + " |",
+              "| --- " * (len(res["mean_depth_per_level"]) + 1) + "|"]
     for name, r in res["schedules"].items():
         lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in r["psnr_db_median_per_level"]) + " |")
     return "\n".join(lines) + "\n"
@@ -113,7 +110,7 @@ def plot(res: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     for name, r in res["schedules"].items():
-        axes[0].plot(r["mean_depth_per_level"], r["psnr_db_median_per_level"], marker="o", label=name)
+        axes[0].plot(res["mean_depth_per_level"], r["psnr_db_median_per_level"], marker="o", label=name)
         axes[1].scatter(r["evals_per_output"], r["psnr_db_p05"], label=name)
     axes[0].axhline(PSNR_FLOOR_DB, color="k", ls=":", lw=1)
     axes[0].set(xlabel="mean depth of the level", ylabel="median PSNR vs every state (dB)")
@@ -137,10 +134,12 @@ def main(argv=None) -> int:
         lpips = load_lpips(args.metric_weights)
     _run(pair, images[:1], args, 1, 0)  # warm-up: the first run of a process is slower (allocator, kernels)
     ref, t_ref = _run(pair, images, args, 1, 0)
+    outputs = ref.images.shape[0] * ref.images.shape[1]
     res = {"command": command_line("decode_schedule.py", argv), "machine": f"{platform.platform()} ({args.device})",
            "threads": applied["threads"], "n": len(images), "measure": args.measure, "steps": args.steps, "levels": args.num_levels,
            "pair": str(args.pair), "pair_sha256": pair_sha256(pair), "pair_training": pair_training(pair),
-           "evals_per_output_every_state": ref.model_evaluations / ref.images.shape[0] / ref.images.shape[1], "schedules": {}}
+           "evals_per_output_every_state": ref.model_evaluations / outputs, "s_per_output_every_state": t_ref / outputs,
+           "mean_depth_per_level": [float(v) for v in ref.depths.float().mean(0)], "schedules": {}}
     for stride, fine in args.schedules:
         out, t_out = _run(pair, images, args, stride, fine)
         res["schedules"][_name(stride, fine)] = compare(ref, t_ref, out, t_out, lpips)
