@@ -67,18 +67,19 @@ def final_stage(pair, sources: torch.Tensor, n: int, *, steps: int, device: str,
 
 
 def parse_schedule(text: str) -> tuple[int, int]:
-    """A decode schedule ``"STRIDE:FINE"`` (or ``"STRIDE"``: fine 0) as ``(stride, fine)``: ``STRIDE`` states per
-    move, the last ``FINE`` one per move (``GenerationConfig.decode_stride`` and ``decode_fine``).
+    """:func:`progaug.generator.parse_schedule` as an argparse ``type``: ``"2:10"`` -> ``(2, 10)``.
 
     Raises:
-        argparse.ArgumentTypeError: Not that form, a stride < 1 or a negative fine.
+        argparse.ArgumentTypeError: What :func:`progaug.generator.parse_schedule` refuses, with its message.
     """
     import argparse
 
-    stride, _, fine = str(text).partition(":")
-    if not stride.isdigit() or int(stride) < 1 or (fine and not fine.isdigit()):
-        raise argparse.ArgumentTypeError(f"a decode schedule is STRIDE or STRIDE:FINE with STRIDE >= 1 and FINE >= 0, got {text!r}")
-    return int(stride), int(fine or 0)
+    from progaug.generator import parse_schedule as parse
+
+    try:
+        return parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def unconditional(pair, n: int, *, steps: int, device: str, bf16: bool, seed: int = 1234, batch_size: int = 64) -> torch.Tensor:

@@ -71,7 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metric-weights", default=None, help="folder of the LPIPS safetensors (or $PROGAUG_METRIC_WEIGHTS)")
     p.add_argument("--measures", nargs="+", default=None,
                    help="label measures to compare (default: all the generator offers); MEASURE/S decodes with "
-                        "GenerationConfig.decode_stride S (e.g. decoded/2: the same labels, ceil(depth / 2) decode moves); "
+                        "GenerationConfig.decode_stride S (e.g. decoded/2: the same labels, ceil(depth / 2) decode moves), MEASURE/S:F "
+                        "the last F states one per move (GenerationConfig.decode_fine; e.g. preview/2:10); "
                         f"VARIANT{MARGIN} labels that variant's images by the pair's calibrated denoising margin (labels='margin')")
     p.add_argument("--n", type=int, default=100, help="source tiles of class A (default: 100)")
     p.add_argument("--num-levels", type=int, default=10, help="progressive levels per source (default: 10)")
@@ -300,12 +301,12 @@ def relabel_by_margin(pair, gen: dict, args) -> dict:
 
 
 def generate(pair, sources: torch.Tensor, variant: str, args) -> dict:
-    """Progressive images of uint8 ``sources`` under one label measure (``MEASURE`` or ``MEASURE/stride``):
+    """Progressive images of uint8 ``sources`` under one label measure (``MEASURE``, ``MEASURE/S`` or ``MEASURE/S:F``):
     uint8 images ``(B, L, 3, S, S)``, labels and depths ``(B, L)``, U-Net evaluations and seconds."""
     parts, evals, began = [], 0, time.time()
-    measure, stride = parse_variant(variant, available_measures())
+    measure, stride, fine = parse_variant(variant, available_measures())
     generator = ProgressiveGenerator(pair, GenerationConfig(steps=args.steps, measure=measure, max_batch=args.max_batch, bf16=args.bf16,
-                                                            decode_stride=stride))
+                                                            decode_stride=stride, decode_fine=fine))
     for i, chunk in enumerate(sources.split(args.chunk)):
         r = generator(to_model_range(chunk).to(args.device), default_levels(args.num_levels))
         parts.append((to_uint8(r.images).cpu(), r.soft_labels.float().cpu(), r.depths.cpu()))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -57,8 +57,8 @@ from progaug.runtime import RuntimeConfig, auto_max_batch, autocast, autocast_dt
 if TYPE_CHECKING:
     from progaug.pair import Pair
 
-__all__ = ["LABEL_SOURCES", "GenerationConfig", "ProgressiveGenerator", "ProgressiveResult", "fixed_batch_model", "generate_progressive",
-           "margin_calibration_for", "parse_variant"]
+__all__ = ["LABEL_SOURCES", "GenerationConfig", "ProgressiveGenerator", "ProgressiveResult", "Variant", "fixed_batch_model",
+           "generate_progressive", "margin_calibration_for", "parse_schedule", "parse_variant"]
 
 
 DECODE_STRIDE_HELP = ("States per DDIM move of the decodes: 1 = every state (the paper); s > 1 decodes a depth-d state in "
@@ -69,19 +69,47 @@ DECODE_FINE_HELP = ("The last F states before the image decoded one per move wha
 """The command-line help of every ``--decode-fine`` flag."""
 
 
-def parse_variant(name: str, measures: Sequence[str] = MEASURES) -> tuple[str, int]:
-    """A generation variant named ``MEASURE`` or ``MEASURE/S`` (the benchmarks' and evaluation arms' notation)
-    as ``(measure, decode_stride)``: ``"decoded/2"`` -> ``("decoded", 2)``, ``"paper"`` -> ``("paper", 1)``.
+class Variant(NamedTuple):
+    """A generation variant: label measure and decode schedule (:func:`parse_variant`)."""
+
+    measure: str
+    decode_stride: int = 1
+    decode_fine: int = 0
+
+
+def parse_schedule(text: str) -> tuple[int, int]:
+    """A decode schedule ``"STRIDE"`` or ``"STRIDE:FINE"`` as ``(decode_stride, decode_fine)``: ``"2:10"`` ->
+    ``(2, 10)``, ``"2"`` -> ``(2, 0)`` (:attr:`GenerationConfig.decode_stride` and ``decode_fine``).
+
+    Raises:
+        ValueError: Not that form, a stride < 1 or a negative fine (the message names ``text``).
+    """
+    stride, colon, fine = str(text).partition(":")
+    if not (stride.isdigit() and int(stride) >= 1) or (colon and not fine.isdigit()):
+        raise ValueError(f"a decode schedule is STRIDE or STRIDE:FINE with STRIDE an integer >= 1 and FINE an integer >= 0, "
+                         f"got {text!r}")
+    return int(stride), int(fine) if colon else 0
+
+
+def parse_variant(name: str, measures: Sequence[str] = MEASURES) -> Variant:
+    """A generation variant named ``MEASURE``, ``MEASURE/S`` or ``MEASURE/S:F`` (the benchmarks' and evaluation
+    arms' notation): ``"decoded/2"`` -> ``Variant("decoded", 2, 0)``, ``"preview/2:10"`` -> ``Variant("preview",
+    2, 10)`` (decode stride 2, the last 10 states one per move), ``"paper"`` -> ``Variant("paper", 1, 0)``.
     ``measures``: the measure names accepted (default: :data:`progaug.labels.MEASURES`).
 
     Raises:
-        ValueError: Not one of ``measures``, or a stride that is not an integer >= 1 (the message names ``name``).
+        ValueError: Not one of ``measures``, or a schedule that :func:`parse_schedule` refuses (the message
+            names ``name``).
     """
-    measure, slash, stride = str(name).partition("/")
-    if measure not in measures or (slash and not (stride.isdigit() and int(stride) >= 1)):
-        raise ValueError(f"a generation variant is MEASURE or MEASURE/STRIDE with MEASURE in {list(measures)} and STRIDE an "
-                         f"integer >= 1, got {name!r}")
-    return measure, int(stride) if slash else 1
+    measure, slash, schedule = str(name).partition("/")
+    try:
+        stride, fine = parse_schedule(schedule) if slash else (1, 0)
+    except ValueError:
+        measure = None
+    if measure not in measures:
+        raise ValueError(f"a generation variant is MEASURE, MEASURE/STRIDE or MEASURE/STRIDE:FINE with MEASURE in "
+                         f"{list(measures)}, STRIDE an integer >= 1 and FINE an integer >= 0, got {name!r}")
+    return Variant(measure, stride, fine)
 
 
 LABEL_SOURCES = ("measure", "margin")

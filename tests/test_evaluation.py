@@ -2,6 +2,7 @@
 selective filter and the report's verdicts."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -185,7 +186,9 @@ def test_arm_named_takes_a_decode_stride_variant():
     strided = arm_named("+ADD-Pro[decoded/2]")
     assert (strided.generated, strided.measure, strided.knob) == ("pro", "decoded/2", "replace_prob")
     assert arm_named("+ADD-Pro[paper]") == all_arms()["+ADD-Pro[paper]"]
-    for bad in ("+ADD-Pro[decoded/0]", "+ADD-Pro[nope/2]", "+ADD-Pro[decoded/x]", "+nope", "+ADD-Pro[]"):
+    fine = arm_named("+ADD-Pro[preview/2:10] margin labels")
+    assert (fine.measure, fine.labels, fine.set_key) == ("preview/2:10", "margin", "preview/2:10+margin")
+    for bad in ("+ADD-Pro[decoded/0]", "+ADD-Pro[nope/2]", "+ADD-Pro[decoded/x]", "+nope", "+ADD-Pro[]", "+ADD-Pro[preview/2:]"):
         with pytest.raises(ValueError, match=r"arm '\+.*' unknown; the arms are \['real'"):
             arm_named(bad)
 
@@ -197,9 +200,22 @@ def test_generation_settings_pass_the_variant_stride():
     settings = GenerationSettings(steps=4)
     assert settings.generation("decoded/2", "cpu").decode_stride == 2 and settings.generation("decoded/2", "cpu").measure == "decoded"
     assert settings.generation("paper", "cpu").decode_stride == 1
-    assert parse_variant("preview/3") == ("preview", 3) and parse_variant("paper") == ("paper", 1)
-    with pytest.raises(ValueError, match="MEASURE or MEASURE/STRIDE .* got 'paper/0'"):
-        parse_variant("paper/0")
+    fine = settings.generation("preview/2:10", "cpu")
+    assert (fine.measure, fine.decode_stride, fine.decode_fine) == ("preview", 2, 10)
+    assert parse_variant("preview/3") == ("preview", 3, 0) and parse_variant("paper") == ("paper", 1, 0)
+    assert parse_variant("decoded/2:5").decode_fine == 5
+    for bad in ("paper/0", "paper/2:", "paper/:3", "paper/2:-1", "paper/x", "nope/2"):
+        with pytest.raises(ValueError, match=f"MEASURE/STRIDE:FINE .* got '{re.escape(bad)}'"):
+            parse_variant(bad)
+
+
+def test_parse_schedule_reads_stride_and_fine():
+    from progaug.generator import parse_schedule
+
+    assert parse_schedule("2:10") == (2, 10) and parse_schedule("3") == (3, 0) and parse_schedule("1:0") == (1, 0)
+    for bad in ("0", "0:4", "2:", ":2", "2:x", "-1", ""):
+        with pytest.raises(ValueError, match=f"STRIDE:FINE .* got '{re.escape(bad)}'"):
+            parse_schedule(bad)
 
 
 def test_make_sets_keeps_a_strided_variant_beside_its_measure(tmp_path, capsys):
@@ -209,12 +225,15 @@ def test_make_sets_keeps_a_strided_variant_beside_its_measure(tmp_path, capsys):
 
     pair = load_pair(make_pair_dir(tmp_path / "pair"))
     settings = GenerationSettings(steps=6, num_levels=2, bf16=False, max_batch=8, cache_dir=str(tmp_path / "cache"))
-    sets, cost = make_sets(pair, random_tiles(2), [arm_named("+ADD-Pro[paper]"), arm_named("+ADD-Pro[paper/2]")], settings)
-    (every, labels), (strided, strided_labels) = sets.pro["paper"], sets.pro["paper/2"]
+    arms = [arm_named("+ADD-Pro[paper]"), arm_named("+ADD-Pro[paper/2]"), arm_named("+ADD-Pro[paper/2:3]")]
+    sets, cost = make_sets(pair, random_tiles(2), arms, settings)
+    (every, labels), (strided, strided_labels), (fine, fine_labels) = (sets.pro[k] for k in ("paper", "paper/2", "paper/2:3"))
     assert torch.equal(labels, strided_labels) and not torch.equal(every, strided)  # the same labels, other images
-    assert cost["pro:paper/2"]["unet_evals_per_image"] < cost["pro:paper"]["unet_evals_per_image"]
+    assert torch.equal(labels, fine_labels) and not torch.equal(fine, strided) and not torch.equal(fine, every)
+    evals = {k: cost[f"pro:{k}"]["unet_evals_per_image"] for k in ("paper", "paper/2", "paper/2:3")}
+    assert evals["paper/2"] < evals["paper/2:3"] < evals["paper"]
     assert "progressive [paper/2]: 2/2 sources" in capsys.readouterr().out
-    assert len(list((tmp_path / "cache").iterdir())) == 2  # two sets kept, under two keys
+    assert len(list((tmp_path / "cache").iterdir())) == 3  # three sets kept, under three keys
 
 
 def tiny_splits(size: int = 16) -> dict[str, TileSet]:

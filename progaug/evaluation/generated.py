@@ -148,6 +148,7 @@ def _chunk_path(pair, resolved: GenerationConfig, num_levels: int, part: torch.T
     """Where the chunk of source tiles ``part`` is kept under the resolved ``generation`` (None: nowhere)."""
     precision = "bf16 decodes" if resolved.bf16 else False  # bf16 reaches the decodes only (the inversion and labels stay float32)
     stride = [("decode_stride", resolved.decode_stride)] if resolved.decode_stride != 1 else []  # keys of stride 1 unchanged
+    stride += [("decode_fine", resolved.decode_fine)] if resolved.decode_fine else []  # and of fine 0
     key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), resolved.measure, resolved.steps, num_levels,
                   precision, *stride, part)
     return _cache_path(cache_dir, f"progressive-{resolved.measure}", key)

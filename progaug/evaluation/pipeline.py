@@ -57,10 +57,11 @@ class GenerationSettings(JsonConfig):
 
     def generation(self, variant: str, device: str) -> GenerationConfig:
         """The :class:`progaug.generator.GenerationConfig` of the sets of ``variant`` on ``device``: a label
-        measure, or ``MEASURE/S`` for decodes at stride ``S`` (:func:`progaug.generator.parse_variant`)."""
-        measure, stride = parse_variant(variant)
+        measure, or ``MEASURE/S`` / ``MEASURE/S:F`` for decodes at stride ``S`` with the last ``F`` states one per
+        move (:func:`progaug.generator.parse_variant`)."""
+        measure, stride, fine = parse_variant(variant)
         return GenerationConfig(steps=self.steps, measure=measure, max_batch=self.max_batch, bf16=self.bf16, device=device,
-                                decode_stride=stride)
+                                decode_stride=stride, decode_fine=fine)
 
 
 def _scatter(values: torch.Tensor, needed: torch.Tensor, total: int) -> torch.Tensor:

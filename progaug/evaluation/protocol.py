@@ -125,8 +125,8 @@ class Arm:
         name: Name in the reports.
         generated: ``None``, ``"final"`` (full-depth ADD translations, hard target labels), ``"pro"`` (ADD
             progressive images, soft labels) or ``"iddpm"`` (unconditional target-model samples).
-        measure: Label measure of a ``"pro"`` arm, or ``MEASURE/S`` for its images decoded at stride ``S``
-            (:func:`progaug.generator.parse_variant`).
+        measure: Label measure of a ``"pro"`` arm, or ``MEASURE/S`` for its images decoded at stride ``S``, or
+            ``MEASURE/S:F`` with the last ``F`` states one per move (:func:`progaug.generator.parse_variant`).
         flips: Random flips / quarter turns.
         stain: HED stain jitter (sigma tuned; with generated images: the ``+stain`` arm's sigma).
         mixup: Mixup / CutMix (alpha tuned).
@@ -196,7 +196,8 @@ MARGIN_SUFFIX = " margin labels"
 
 def arm_named(name: str) -> Arm:
     """The arm called ``name``: one of :func:`all_arms`, or ``+ADD-Pro[MEASURE/S]``, progressive images of a
-    label measure decoded at stride ``S`` (:attr:`progaug.generator.GenerationConfig.decode_stride`), or either
+    label measure decoded at stride ``S`` (:attr:`progaug.generator.GenerationConfig.decode_stride`), or
+    ``+ADD-Pro[MEASURE/S:F]``, the last ``F`` states decoded one per move (``decode_fine``), or any
     ``+ADD-Pro[...]`` form followed by ``" margin labels"``: the same images labelled by the pair's calibrated
     denoising margin (the pair needs a ``margin_calibration.json``, from ``progaug calibrate``).
 
@@ -211,8 +212,9 @@ def arm_named(name: str) -> Arm:
     try:
         parse_variant(variant)
     except ValueError:
-        raise ValueError(f"arm {name!r} unknown; the arms are {list(known)}, or '+ADD-Pro[MEASURE/S]' (decode stride S), "
-                         f"either +ADD-Pro form optionally followed by '{MARGIN_SUFFIX}'") from None
+        raise ValueError(f"arm {name!r} unknown; the arms are {list(known)}, or '+ADD-Pro[MEASURE/S]' (decode stride S) or "
+                         f"'+ADD-Pro[MEASURE/S:F]' (the last F states one per move), "
+                         f"any +ADD-Pro form optionally followed by '{MARGIN_SUFFIX}'") from None
     return Arm(name, "pro", variant, labels="margin" if base != name else "measure")
 
 
