@@ -1,6 +1,7 @@
 """progaug.evaluation: statistics, per-draw replacement, classifier training, the protocol's choices, the
 selective filter and the report's verdicts."""
 
+import dataclasses
 import math
 import re
 
@@ -115,6 +116,35 @@ def test_cnn_learns_a_separable_task_and_the_seed_decides_the_run():
     assert val >= 0.9 and score(model, vx, vy)["accuracy"] == val
     again, _ = train_classifier(real, None, Recipe(), spec, seed=0, val=(vx, vy))
     assert score(again, vx, vy)["predictions_sha"] == score(model, vx, vy)["predictions_sha"]
+
+
+@pytest.mark.parametrize("fast", [{"channels_last": True}, {"bf16": True}, {"channels_last": True, "bf16": True}])
+def test_fast_training_settings_learn_the_same_task_and_are_logged_apart(fast):
+    x, y = separable(64)
+    real = LabelledImages(x, torch.nn.functional.one_hot(y, 2).float())
+    vx, vy = separable(32, seed=1)
+    spec = TrainSpec(classifier="cnn", epochs=4, batch_size=16, eval_every=2)
+    plain, _ = train_classifier(real, None, Recipe(), spec, seed=0, val=(vx, vy))
+    model, val = train_classifier(real, None, Recipe(), dataclasses.replace(spec, **fast), seed=0, val=(vx, vy))
+    assert val >= 0.9 and score(model, vx, vy)["accuracy"] == val
+    conv = model.features[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) == fast.get("channels_last", False)
+    assert conv.dtype == torch.float32  # autocast: the weights stay float32
+    first = dict(plain.named_parameters())["features.0.weight"]
+    assert torch.allclose(conv, first, atol=0.1)  # other rounding at most: the same training
+    # a run with a fast setting is another run; the keys of runs without one are what they were before the fields existed
+    assert dataclasses.replace(spec, **fast).run_fields() == {**spec.run_fields(), **fast}
+    assert set(spec.run_fields()) == {"classifier", "epochs", "batch_size", "lr", "weight_decay", "eval_every"}
+
+
+def test_fast_training_settings_are_checked_and_reach_the_spec():
+    with pytest.raises(TypeError, match="`bf16` must be True or False, got 'yes'"):
+        TrainSpec(bf16="yes")
+    with pytest.raises(TypeError, match="`channels_last` must be True or False, got 1"):
+        TrainSpec(channels_last=1)
+    spec = ProtocolConfig(train_channels_last=True, train_bf16=True).spec(20)
+    assert spec.channels_last and spec.bf16 and spec.epochs == 20
+    assert not ProtocolConfig().spec(20).bf16
 
 
 def test_mixup_keeps_soft_rows_soft():
