@@ -300,3 +300,18 @@ def test_memorisation_on_class_folders(bench, tiny_pair, tmp_path):
     assert "| stroma | 5 | 12 |" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
         memorisation.main(["--n", "0"])
+
+
+def test_train_speed_times_every_setting_on_the_same_training(bench, tiny_pair, tmp_path):
+    speed = bench("train_speed")
+    out = tmp_path / "ts"
+    data = split_folders(tmp_path / "data")
+    assert speed.main(["--pair", str(tiny_pair), "--data", str(data), "--n", "2", "--epochs", "2", "--rounds", "2", "--threads", "1",
+                       "--out", str(out)]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert list(res["settings"]) == ["float32", "channels-last", "bf16", "bf16 + channels-last"] and res["real_images"] == 4
+    assert res["settings"]["float32"]["speedup"] == 1.0
+    assert all(len(s["seconds"]) == 2 and 0 <= s["val_accuracy"] <= 1 for s in res["settings"].values())
+    assert res["settings"]["bf16 + channels-last"]["bf16"] and "| channels-last |" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        speed.main(["--rounds", "0"])
