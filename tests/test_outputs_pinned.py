@@ -27,16 +27,17 @@ PINNED_BYTES = {
     # float32 kernels differ in their last bits between instruction sets, which moves a PNG pixel or a
     # printed label digit. AVX512 since the amplitude_* columns were named measured_* (with the old header
     # the bytes hash to the earlier pins 984eb35c... and 9df7e710...); AVX2 (an AMD EPYC) added when the
-    # suite first ran there, after PINNED_VALUES below agreed.
+    # suite first ran there, after PINNED_VALUES below agreed. Session 18: the attention blocks moved to PyTorch's
+    # fused kernel (contiguous q, k, v), a deliberate change of the last bits: "preview" and "transform" re-pinned on
+    # AVX512 (were 0559deeb... and eb3d92e5...; PINNED_VALUES unchanged); their AVX2 pins (were b57abe5c... and
+    # 8af297bc...) are to be made again on the next AVX2 machine, so only their values are checked there until then.
     "AVX512": {
         "paper": "68da79125a3f725897a2362e09328ce22a556952c8ace31cf352d94b205f1a2e",
-        "preview": "0559deeb32239848d4591f621006c86824a94ae2a0632a640fb751789e2ebe07",
-        "transform": "eb3d92e5c794f427241cfe158d8a9ad28309a313bc79d9d70da0b742206e442e",
+        "preview": "62815c9dcf699efa3a73369155d8c1a4ead147b593281487f677bf9bc429e153",
+        "transform": "ad76054c21b09dfe3ed0b20de632461ca29021fbf8dbfe79ab7a9b04e8bf74e1",
     },
     "AVX2": {
         "paper": "cd1e4da3ea04d1a42e2a76bec3b1cf2665570d43cb7c8e1f7441d16d6a9f0f7a",
-        "preview": "b57abe5cf61c9f06850ce93e0383a1d19fbfab0543798f8e5bf7ab2764fbb686",
-        "transform": "8af297bc70867b454b776824b2bff5df5f67d4cdf01e280c24de8480e55a2e03",
     },
 }
 PINNED_VALUES = {
@@ -52,9 +53,9 @@ PINNED_VALUES = {
 
 def _check_bytes(key: str, digest: str) -> None:
     """The byte pin of this machine's instruction set, where one is known (the values are checked everywhere)."""
-    pins = PINNED_BYTES.get(torch.backends.cpu.get_cpu_capability())
-    if pins is not None:
-        assert digest == pins[key]
+    pin = PINNED_BYTES.get(torch.backends.cpu.get_cpu_capability(), {}).get(key)
+    if pin is not None:
+        assert digest == pin
 
 
 def _folder_digest(folder) -> str:

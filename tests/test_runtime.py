@@ -225,3 +225,22 @@ def test_bf16_moves_no_depth_or_label_and_keeps_images_above_40_db_on_the_demo_p
         assert torch.equal(other.depths, ref.depths) and torch.equal(other.soft_labels, ref.soft_labels)
     assert float(psnr(low.images.flatten(0, 1), ref.images.flatten(0, 1)).min()) >= 40.0
     assert not torch.equal(low.images, ref.images)  # the decodes did run in bf16
+
+
+def test_fused_attention_kernel_keeps_the_math_kernels_results_on_the_demo_pair():
+    """docs/performance.md: the attention blocks give PyTorch's fused kernel contiguous q, k, v; the result is the
+    unfused math kernel's within the tolerance of the settings that change only how the U-Nets run (4 held-out
+    stroma tiles, S = 20, the default measure, float32)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from progaug.data.splits import load_splits
+    from progaug.data.tiles import to_model_range
+
+    demo = load_pair("hgsc-demo")
+    x = to_model_range(load_splits("hgsc", demo.image_size)["test"].of_class(demo.classes[0]).images[:4])
+    config, levels = GenerationConfig(steps=20, bf16=False), [0.25, 0.5, 0.75, 1.0]
+    fused = generate_progressive(demo.source, demo.target, x, levels, config, diffusion=demo.diffusion)
+    with sdpa_kernel(SDPBackend.MATH):
+        math = generate_progressive(demo.source, demo.target, x, levels, config, diffusion=demo.diffusion)
+    assert_same_result(fused, math)
+    assert not torch.equal(fused.images, math.images)  # two kernels did run

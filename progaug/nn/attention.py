@@ -79,7 +79,10 @@ class AttentionBlock(nn.Module):
         else:
             # the grouped projection wrote each head's q, k, v next to each other
             q, k, v = qkv.reshape(b, heads, 3 * d, h * w).chunk(3, dim=2)
-        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        # (B, heads, N, d) with the last dim contiguous: PyTorch's fused CPU kernel needs unit stride there and falls
+        # back to the unfused math (3-4x slower at 16 x 16 pixels) for the transposed views (docs/performance.md)
+        q, k, v = (t.transpose(-1, -2).contiguous() for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(-1, -2).reshape(b, c, h * w)
         return x + self.proj_out(out).reshape(b, c, h, w)
 
