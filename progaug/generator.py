@@ -76,6 +76,13 @@ class Variant(NamedTuple):
     decode_stride: int = 1
     decode_fine: int = 0
 
+    @property
+    def name(self) -> str:
+        """The variant as :func:`parse_variant` reads it: ``"preview"``, ``"preview/2"``, ``"preview/2:10"``."""
+        if self.decode_fine:
+            return f"{self.measure}/{self.decode_stride}:{self.decode_fine}"
+        return self.measure if self.decode_stride == 1 else f"{self.measure}/{self.decode_stride}"
+
 
 def parse_schedule(text: str) -> tuple[int, int]:
     """A decode schedule ``"STRIDE"`` or ``"STRIDE:FINE"`` as ``(decode_stride, decode_fine)``: ``"2:10"`` ->

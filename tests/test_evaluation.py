@@ -234,6 +234,8 @@ def test_generation_settings_pass_the_variant_stride():
     assert (fine.measure, fine.decode_stride, fine.decode_fine) == ("preview", 2, 10)
     assert parse_variant("preview/3") == ("preview", 3, 0) and parse_variant("paper") == ("paper", 1, 0)
     assert parse_variant("decoded/2:5").decode_fine == 5
+    for name in ("paper", "decoded/2", "preview/2:10", "preview/1:3"):
+        assert parse_variant(name).name == name  # the name reads back
     for bad in ("paper/0", "paper/2:", "paper/:3", "paper/2:-1", "paper/x", "nope/2"):
         with pytest.raises(ValueError, match=f"MEASURE/STRIDE:FINE .* got '{re.escape(bad)}'"):
             parse_variant(bad)
@@ -262,7 +264,8 @@ def test_make_sets_keeps_a_strided_variant_beside_its_measure(tmp_path, capsys):
     assert torch.equal(labels, fine_labels) and not torch.equal(fine, strided) and not torch.equal(fine, every)
     evals = {k: cost[f"pro:{k}"]["unet_evals_per_image"] for k in ("paper", "paper/2", "paper/2:3")}
     assert evals["paper/2"] < evals["paper/2:3"] < evals["paper"]
-    assert "progressive [paper/2]: 2/2 sources" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "progressive [paper/2]: 2/2 sources" in printed and "progressive [paper/2:3]: 2/2 sources" in printed
     assert len(list((tmp_path / "cache").iterdir())) == 3  # three sets kept, under three keys
 
 

@@ -116,7 +116,7 @@ def progressive_bank(pair, sources: torch.Tensor, generation: GenerationConfig, 
         all)}``; level ``L`` (1.0) is always the full eq. 4 translation.
     """
     from progaug.frequency import default_levels
-    from progaug.generator import ProgressiveGenerator
+    from progaug.generator import ProgressiveGenerator, Variant
 
     device = generation.device or "cpu"
     generator = ProgressiveGenerator(pair, generation)
@@ -133,7 +133,7 @@ def progressive_bank(pair, sources: torch.Tensor, generation: GenerationConfig, 
                      "evals": torch.tensor([r.model_evaluations])}
             _store(path, entry)
             made, evals = made + r.images.shape[0] * r.images.shape[1], evals + r.model_evaluations
-            variant = measure if resolved.decode_stride == 1 else f"{measure}/{resolved.decode_stride}"
+            variant = Variant(measure, resolved.decode_stride, resolved.decode_fine).name
             print(f"progressive [{variant}]: {min(start + chunk, len(sources))}/{len(sources)} sources", flush=True)
         parts.append(entry)
         if progress is not None:
