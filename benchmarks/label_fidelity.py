@@ -373,7 +373,7 @@ def main(argv=None) -> int:
         entry["overall"]["seconds"] = round(gen["seconds"], 1)
         entry["scatter"] = {"label": gen["labels"].flatten().tolist(), "judge_p": p.flatten().tolist()}
         res["measures"][measure] = entry
-        strips[measure] = out.with_name(f"{out.name}_strip_{measure.replace('/', '_stride')}.png")
+        strips[measure] = out.with_name(f"{out.name}_strip_{measure.replace('/', '_stride').replace(':', '_fine')}.png")
         write_strip(sources, gen, strips[measure], pair.classes)
     bootstrap_intervals(res)
     paper = res["measures"].get("paper", {}).get("overall", {}).get("spearman_label_judge")

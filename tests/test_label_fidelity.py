@@ -160,12 +160,13 @@ def test_a_decode_stride_variant_keeps_the_labels_and_costs_less(fidelity, weigh
     out = tmp_path / "lf"
     assert fidelity.main(["--pair", str(make_pair_dir(tmp_path / "pair")), "--data", str(split_folders(tmp_path / "data")),
                           "--metric-weights", str(weights), "--n", "2", "--num-levels", "2", "--steps", "6", "--judge-steps", "2",
-                          "--threads", "1", "--device", "cpu", "--measures", "paper", "paper/2", "--out", str(out)]) == 0
+                          "--threads", "1", "--device", "cpu", "--measures", "paper", "paper/2", "paper/2:1", "--out", str(out)]) == 0
     res = json.loads(out.with_suffix(".json").read_text())
-    every, strided = res["measures"]["paper"], res["measures"]["paper/2"]
-    assert strided["scatter"]["label"] == every["scatter"]["label"]  # same depths and labels, other images
+    every, strided, fine = res["measures"]["paper"], res["measures"]["paper/2"], res["measures"]["paper/2:1"]
+    assert strided["scatter"]["label"] == every["scatter"]["label"] == fine["scatter"]["label"]  # same depths and labels, other images
     assert strided["overall"]["unet_evals_per_output"] < every["overall"]["unet_evals_per_output"]
-    assert (out.parent / "lf_strip_paper_stride2.png").is_file()
+    assert strided["overall"]["unet_evals_per_output"] <= fine["overall"]["unet_evals_per_output"] <= every["overall"]["unet_evals_per_output"]
+    assert (out.parent / "lf_strip_paper_stride2.png").is_file() and (out.parent / "lf_strip_paper_stride2_fine1.png").is_file()
     paired = strided["overall"]["minus_stride_1"]
     assert set(paired) == {"spearman", "high_label_judged_a"} and "minus_stride_1" not in every["overall"]
     assert "Strided decodes against the same measure at stride 1" in out.with_suffix(".md").read_text()
