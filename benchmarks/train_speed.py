@@ -99,7 +99,8 @@ def main(argv=None) -> int:
     val = (splits["val"].images, splits["val"].labels)
     res = {"command": command_line("train_speed.py", argv), "machine": f"{platform.platform()} ({args.device})",
            "threads": applied["threads"], "native_bf16": native_bf16(args.device), "classifier": args.classifier, "n": args.n,
-           "epochs": args.epochs, "rounds": args.rounds, "seed": args.seed, "real_images": len(real)}
+           "epochs": args.epochs, "rounds": args.rounds, "seed": args.seed, "real_images": len(real),
+           "uses_pair": False}  # real tiles only: no generated image, so no pair whose figures these could be
     res["settings"] = measure(real, val, args)
     write_report(res, Path(args.out), render_markdown, plot)
     return 0

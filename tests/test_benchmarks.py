@@ -310,7 +310,7 @@ def test_train_speed_times_every_setting_on_the_same_training(bench, tiny_pair, 
                        "--out", str(out)]) == 0
     res = json.loads(out.with_suffix(".json").read_text())
     assert list(res["settings"]) == ["float32", "channels-last", "bf16", "bf16 + channels-last"] and res["real_images"] == 4
-    assert res["settings"]["float32"]["speedup"] == 1.0
+    assert res["settings"]["float32"]["speedup"] == 1.0 and res["uses_pair"] is False
     assert all(len(s["seconds"]) == 2 and 0 <= s["val_accuracy"] <= 1 for s in res["settings"].values())
     assert res["settings"]["bf16 + channels-last"]["bf16"] and "| channels-last |" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
