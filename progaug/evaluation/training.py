@@ -205,8 +205,8 @@ def train_classifier(real: LabelledImages, generated: LabelledImages | None, rec
     gen = seed_everything(seed)
     k = real.rows.shape[1]
     model = make_classifier(spec.classifier, k, real.images.shape[-1]).to(device)
-    layout = torch.channels_last if spec.channels_last else torch.contiguous_format
-    model = model.to(memory_format=layout)
+    if spec.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     steps = spec.steps(len(real))
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=steps, pct_start=0.1)
@@ -221,8 +221,10 @@ def train_classifier(real: LabelledImages, generated: LabelledImages | None, rec
             inputs, target = normalise(batch).to(device), rows.to(device)
             if mix is not None and len(inputs) > 1:
                 inputs, target = _apply_mixup(mix, inputs, target)
+            if spec.channels_last:  # otherwise the inputs keep their layout, as before the setting existed (stain jitter's
+                inputs = inputs.contiguous(memory_format=torch.channels_last)  # output is not contiguous: other conv kernels)
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=spec.bf16):
-                loss = loss_fn(model(inputs.contiguous(memory_format=layout)), target)
+                loss = loss_fn(model(inputs), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
