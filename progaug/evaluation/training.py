@@ -23,6 +23,7 @@ from progaug.evaluation.classifiers import CLASSIFIERS, make_classifier, normali
 from progaug.evaluation.stain import hed_jitter
 from progaug.losses import SoftLabelCrossEntropy
 from progaug.replacement import check_probability, replace_draws
+from progaug.runtime import autocast, autocast_dtype
 
 __all__ = ["LabelledImages", "Recipe", "TrainSpec", "predict", "score", "seed_everything", "train_classifier"]
 
@@ -223,7 +224,7 @@ def train_classifier(real: LabelledImages, generated: LabelledImages | None, rec
                 inputs, target = _apply_mixup(mix, inputs, target)
             if spec.channels_last:  # otherwise the inputs keep their layout, as before the setting existed (stain jitter's
                 inputs = inputs.contiguous(memory_format=torch.channels_last)  # output is not contiguous: other conv kernels)
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=spec.bf16):
+            with autocast(device, autocast_dtype(spec.bf16)):
                 loss = loss_fn(model(inputs), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
