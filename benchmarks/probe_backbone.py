@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, finish_args, load_splits, write_report
 from progaug.evaluation.classifiers import normalise
 from progaug.evaluation.pretrained import LITE0_SHA256, lite0_weights_path, pretrained_lite0
-from progaug.evaluation.protocol import class_orders
-from progaug.evaluation.training import LabelledImages, Recipe, TrainSpec, train_classifier
+from progaug.evaluation.protocol import real_subset
+from progaug.evaluation.training import Recipe, TrainSpec, train_classifier
 
 PHOTOS = {  # scikit-image data file -> ImageNet descriptions that count as right
     "chelsea.png": ("Egyptian cat", "tabby, tabby cat", "tiger cat"),
@@ -126,9 +126,7 @@ def lr_check(splits, args) -> list[dict]:
         for lr in args.lr_grid:
             accs = []
             for seed in args.tune_seeds:
-                order = class_orders(train, seed)
-                index = torch.cat([o if n_key == "all" else o[: int(n_key)] for o in order.values()])
-                real = LabelledImages(train.images[index], F.one_hot(train.labels[index], len(train.classes)).float())
+                real, _ = real_subset(train, seed, None if n_key == "all" else int(n_key))
                 spec = TrainSpec(classifier="probe", epochs=args.epochs, lr=lr)
                 _, acc = train_classifier(real, None, Recipe(), spec, seed, val)
                 accs.append(acc)

@@ -23,14 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import bar_plot, command_line, finish_args, open_benchmark, write_report
 from progaug.evaluation.classifiers import CLASSIFIERS
-from progaug.evaluation.protocol import LR, class_orders
+from progaug.evaluation.protocol import LR, real_subset
 from progaug.evaluation.training import LabelledImages, Recipe, TrainSpec, train_classifier
 from progaug.runtime import native_bf16
 
@@ -49,12 +46,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="trainings per setting, taking turns (default: 3)")
     p.add_argument("--seed", type=int, default=0, help="subset and training seed (default: 0)")
     return finish_args(p, argv, "train_speed", ("n", "epochs", "rounds"))
-
-
-def real_subset(train, n: int, seed: int) -> LabelledImages:
-    """The first ``n`` tiles of each class in the protocol's order for ``seed``, with one-hot rows."""
-    index = torch.cat([order[:n] for order in class_orders(train, seed).values()])
-    return LabelledImages(train.images[index], F.one_hot(train.labels[index], len(train.classes)).float())
 
 
 def measure(real: LabelledImages, val, args) -> dict:
@@ -95,7 +86,7 @@ def plot(res: dict, path: Path) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     applied, _, splits = open_benchmark(args)
-    real = real_subset(splits["train"], args.n, args.seed)
+    real, _ = real_subset(splits["train"], args.seed, args.n)
     val = (splits["val"].images, splits["val"].labels)
     res = {"command": command_line("train_speed.py", argv), "machine": f"{platform.platform()} ({args.device})",
            "threads": applied["threads"], "native_bf16": native_bf16(args.device), "classifier": args.classifier, "n": args.n,

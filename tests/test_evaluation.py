@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from progaug.data.tiles import TileSet
-from progaug.evaluation.protocol import (Arm, GeneratedSets, ProtocolConfig, all_arms, arm_named, class_orders, needed_positions, planned_runs,
+from progaug.evaluation.protocol import (Arm, GeneratedSets, ProtocolConfig, all_arms, arm_named, class_orders, needed_positions, planned_runs, real_subset,
                                          plateau, run_protocol, sanity)
 from progaug.evaluation.report import judge, render_markdown
 from progaug.evaluation.stats import interval, paired, verdict
@@ -283,6 +283,18 @@ def test_needed_positions_cover_every_subset():
     a_all = torch.nonzero(train.labels == 0).flatten()
     expected = {int((a_all == g).nonzero()) for s in (0, 1) for g in class_orders(train, s)["a"][:2]}
     assert set(needed_positions(train, "a", cfg).tolist()) == expected
+
+
+def test_real_subset_takes_the_first_n_of_each_class_in_the_seeds_order_with_one_hot_rows():
+    train = tiny_splits()["train"]
+    real, chosen = real_subset(train, 3, 2)
+    orders = class_orders(train, 3)
+    assert [c for c in chosen] == ["a", "b"] and all(torch.equal(chosen[c], orders[c][:2]) for c in chosen)
+    index = torch.cat([orders["a"][:2], orders["b"][:2]])
+    assert torch.equal(real.images, train.images[index])
+    assert real.rows.tolist() == [[1.0, 0.0]] * 2 + [[0.0, 1.0]] * 2
+    everything, _ = real_subset(train, 3, None)
+    assert len(everything) == len(train.labels) and not torch.equal(real_subset(train, 4, 2)[1]["a"], chosen["a"])
 
 
 def test_protocol_runs_every_planned_training_and_pairs_by_seed():

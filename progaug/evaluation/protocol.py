@@ -45,7 +45,7 @@ from progaug.generator import LABEL_SOURCES, parse_variant
 from progaug.labels import DEFAULT_MEASURE, MEASURES
 from progaug.losses import soft_label_to_row
 
-__all__ = ["MARGIN_SUFFIX", "PLATEAU_PICKS", "Arm", "GeneratedSets", "ProtocolConfig", "all_arms", "arm_named", "class_orders", "needed_positions", "parse_n", "planned_runs", "plateau", "run_protocol", "sanity"]
+__all__ = ["MARGIN_SUFFIX", "PLATEAU_PICKS", "Arm", "GeneratedSets", "ProtocolConfig", "all_arms", "arm_named", "class_orders", "needed_positions", "parse_n", "planned_runs", "plateau", "real_subset", "run_protocol", "sanity"]
 
 PLATEAU_PICKS = ("longest", "shortest")
 """How :func:`plateau` picks among the budgets within tolerance of the best validation accuracy."""
@@ -273,15 +273,28 @@ def needed_positions(train: TileSet, a_class: str, config: ProtocolConfig) -> to
     return torch.tensor(sorted(used), dtype=torch.long)
 
 
-def _subset(train: TileSet, seed: int, n: int | None, a_class: str) -> _Subset:
-    orders = class_orders(train, seed)
-    chosen = {c: (o if n is None else o[:n]) for c, o in orders.items()}
+def real_subset(train: TileSet, seed: int, n: int | None) -> tuple[LabelledImages, dict[str, torch.Tensor]]:
+    """The real training tiles of one seed and N: the first ``n`` of each class in :func:`class_orders`'s order.
+
+    Args:
+        train: The training split.
+        seed: The evaluation or tuning seed (it fixes the order).
+        n: Tiles per class (None: every tile).
+
+    Returns:
+        ``(tiles with one-hot rows, {class: chosen indices into train})``, the classes in ``train.classes`` order.
+    """
+    chosen = {c: (o if n is None else o[:n]) for c, o in class_orders(train, seed).items()}
     index = torch.cat(list(chosen.values()))
+    return LabelledImages(train.images[index], F.one_hot(train.labels[index], len(train.classes)).float()), chosen
+
+
+def _subset(train: TileSet, seed: int, n: int | None, a_class: str) -> _Subset:
+    real, chosen = real_subset(train, seed, n)
     a_all = torch.nonzero(train.labels == train.classes.index(a_class)).flatten()
     position = {int(g): i for i, g in enumerate(a_all)}
     a_pos = torch.tensor([position[int(g)] for g in chosen[a_class]], dtype=torch.long)
-    labels = train.labels[index]
-    return _Subset(LabelledImages(train.images[index], F.one_hot(labels, len(train.classes)).float()), labels, a_pos)
+    return _Subset(real, train.labels[torch.cat(list(chosen.values()))], a_pos)
 
 
 def _hard_rows(count: int, index: int, k: int) -> torch.Tensor:
