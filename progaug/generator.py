@@ -111,9 +111,10 @@ def parse_variant(name: str, measures: Sequence[str] = MEASURES) -> Variant:
     measure, slash, schedule = str(name).partition("/")
     try:
         stride, fine = parse_schedule(schedule) if slash else (1, 0)
+        valid = measure in measures
     except ValueError:
-        measure = None
-    if measure not in measures:
+        valid = False
+    if not valid:
         raise ValueError(f"a generation variant is MEASURE, MEASURE/STRIDE or MEASURE/STRIDE:FINE with MEASURE in "
                          f"{list(measures)}, STRIDE an integer >= 1 and FINE an integer >= 0, got {name!r}")
     return Variant(measure, stride, fine)
