@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 
 from progaug.errors import check_int, check_number
 
-__all__ = ["AttentionPriority", "DiffusionConfig", "JsonConfig", "UNetConfig", "config_from_dict", "config_to_dict", "describe_differences", "setting"]
+__all__ = ["AttentionPriority", "DiffusionConfig", "JsonConfig", "UNetConfig", "config_from_dict", "config_to_dict", "config_to_dict_without_defaults", "describe_differences", "setting"]
 
 AttentionPriority = Literal["global", "local"]
 ATTENTION_PRIORITIES: tuple[str, ...] = ("global", "local")
@@ -34,6 +34,25 @@ def setting(default: Any, help: str) -> Any:
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Return a JSON-ready dict of a config dataclass (tuples become lists)."""
     return {f.name: _jsonable(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def config_to_dict_without_defaults(config: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """:func:`config_to_dict` less each field of ``names`` that holds its default value.
+
+    For fields added to a config after records keyed by its dict were written (the evaluation's run log): at
+    their default the old records keep their keys, any other value makes a new key.
+
+    Raises:
+        ValueError: A name that is not a field of ``config``.
+    """
+    fields = config_to_dict(config)
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    for name in names:
+        if name not in defaults:
+            raise ValueError(f"`names`: {name!r} is not a field of {type(config).__name__}")
+        if getattr(config, name) == defaults[name]:
+            del fields[name]
+    return fields
 
 
 def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:

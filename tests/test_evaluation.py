@@ -137,6 +137,21 @@ def test_fast_training_settings_learn_the_same_task_and_are_logged_apart(fast):
     assert set(spec.run_fields()) == {"classifier", "epochs", "batch_size", "lr", "weight_decay", "eval_every"}
 
 
+def test_run_keys_of_the_log_are_the_ones_written_before_the_added_fields_existed():
+    # the run log is keyed by these exact strings: a change here orphans every logged training
+    import json
+
+    from progaug.config import config_to_dict_without_defaults
+
+    assert json.dumps(TrainSpec().run_fields()) == ('{"classifier": "cnn", "epochs": 100, "batch_size": 32, "lr": 0.002, '
+                                                    '"weight_decay": 0.05, "eval_every": 5}')
+    assert json.dumps(arm_named("+stain").run_fields()) == ('{"name": "+stain", "generated": null, "measure": null, "flips": true, '
+                                                            '"stain": true, "mixup": false, "uniform": false, "filtered": false}')
+    assert json.dumps(TrainSpec(bf16=True).run_fields()).endswith('"eval_every": 5, "bf16": true}')
+    with pytest.raises(ValueError, match="'bf17' is not a field of TrainSpec"):
+        config_to_dict_without_defaults(TrainSpec(), ("bf17",))
+
+
 def test_fast_training_settings_are_checked_and_reach_the_spec():
     with pytest.raises(TypeError, match="`bf16` must be True or False, got 'yes'"):
         TrainSpec(bf16="yes")

@@ -35,7 +35,7 @@ from collections.abc import Callable, MutableMapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from progaug.config import JsonConfig, setting
+from progaug.config import JsonConfig, config_to_dict_without_defaults, setting
 from progaug.errors import device_setting
 from progaug.data.tiles import TileSet
 from progaug.evaluation.classifiers import CLASSIFIERS
@@ -161,10 +161,7 @@ class Arm:
     def run_fields(self) -> dict:
         """The arm's fields as a run's key records them (``labels`` only where not ``"measure"``: runs logged before
         the field existed keep their keys)."""
-        fields = dataclasses.asdict(self)
-        if self.labels == "measure":
-            del fields["labels"]
-        return fields
+        return config_to_dict_without_defaults(self, ("labels",))
 
     @property
     def set_key(self) -> str | None:

@@ -17,7 +17,7 @@ import random
 import numpy as np
 import torch
 
-from progaug.config import JsonConfig, setting
+from progaug.config import JsonConfig, config_to_dict_without_defaults, setting
 from progaug.data.tiles import dihedral
 from progaug.evaluation.classifiers import CLASSIFIERS, make_classifier, normalise
 from progaug.evaluation.stain import hed_jitter
@@ -114,11 +114,7 @@ class TrainSpec(JsonConfig):
 
     def run_fields(self) -> dict:
         """The settings as a run's key records them: ``channels_last`` and ``bf16`` only when on."""
-        fields = self.to_dict()
-        for name in ("channels_last", "bf16"):
-            if not fields[name]:
-                del fields[name]
-        return fields
+        return config_to_dict_without_defaults(self, ("channels_last", "bf16"))
 
     def steps(self, num_real: int) -> int:
         """Optimiser steps for ``num_real`` real tiles: ``epochs * ceil(num_real / batch_size)``."""
