@@ -291,7 +291,7 @@ def _subset(train: TileSet, seed: int, n: int | None, a_class: str) -> _Subset:
     a_all = torch.nonzero(train.labels == train.classes.index(a_class)).flatten()
     position = {int(g): i for i, g in enumerate(a_all)}
     a_pos = torch.tensor([position[int(g)] for g in chosen[a_class]], dtype=torch.long)
-    return _Subset(real, train.labels[torch.cat(list(chosen.values()))], a_pos)
+    return _Subset(real, real.rows.argmax(-1), a_pos)  # one-hot rows: their argmax is each tile's class index
 
 
 def _hard_rows(count: int, index: int, k: int) -> torch.Tensor:
