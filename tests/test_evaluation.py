@@ -233,7 +233,12 @@ def test_arm_named_takes_a_decode_stride_variant():
     assert arm_named("+ADD-Pro[paper]") == all_arms()["+ADD-Pro[paper]"]
     fine = arm_named("+ADD-Pro[preview/2:10] margin labels")
     assert (fine.measure, fine.labels, fine.set_key) == ("preview/2:10", "margin", "preview/2:10+margin")
-    for bad in ("+ADD-Pro[decoded/0]", "+ADD-Pro[nope/2]", "+ADD-Pro[decoded/x]", "+nope", "+ADD-Pro[]", "+ADD-Pro[preview/2:]"):
+    both = arm_named("+ADD-Pro[preview]+stain margin labels")
+    assert (both.measure, both.stain, both.labels, both.set_key, both.knob) == ("preview", True, "margin", "preview+margin", "replace_prob")
+    assert arm_named("+ADD-Pro[paper/2]+stain") == Arm("+ADD-Pro[paper/2]+stain", "pro", "paper/2", stain=True)
+    assert not arm_named("+ADD-Pro[preview] margin labels").stain
+    for bad in ("+ADD-Pro[decoded/0]", "+ADD-Pro[nope/2]", "+ADD-Pro[decoded/x]", "+nope", "+ADD-Pro[]", "+ADD-Pro[preview/2:]",
+                "+stain margin labels", "+ADD-Pro[preview] margin labels+stain"):
         with pytest.raises(ValueError, match=r"arm '\+.*' unknown; the arms are \['real'"):
             arm_named(bad)
 

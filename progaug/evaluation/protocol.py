@@ -194,14 +194,17 @@ def all_arms(default: str = DEFAULT_MEASURE) -> dict[str, Arm]:
 
 MARGIN_SUFFIX = " margin labels"
 """Suffix of an arm name whose progressive images take calibrated margin labels (``labels="margin"``)."""
+STAIN_SUFFIX = "+stain"
+"""Suffix of a ``+ADD-Pro[...]`` arm name (before any margin suffix) whose batches also take stain jitter."""
 
 
 def arm_named(name: str) -> Arm:
     """The arm called ``name``: one of :func:`all_arms`, or ``+ADD-Pro[MEASURE/S]``, progressive images of a
     label measure decoded at stride ``S`` (:attr:`progaug.generator.GenerationConfig.decode_stride`), or
     ``+ADD-Pro[MEASURE/S:F]``, the last ``F`` states decoded one per move (``decode_fine``), or any
-    ``+ADD-Pro[...]`` form followed by ``" margin labels"``: the same images labelled by the pair's calibrated
-    denoising margin (the pair needs a ``margin_calibration.json``, from ``progaug calibrate``).
+    ``+ADD-Pro[...]`` form followed by ``"+stain"`` (stain jitter on every batch, at the ``+stain`` arm's sigma)
+    and/or ``" margin labels"``: the same images labelled by the pair's calibrated denoising margin (the pair needs a
+    ``margin_calibration.json``, from ``progaug calibrate``), e.g. ``+ADD-Pro[preview]+stain margin labels``.
 
     Raises:
         ValueError: None of these (the message lists the arms).
@@ -210,14 +213,16 @@ def arm_named(name: str) -> Arm:
     if name in known:
         return known[name]
     base = name[: -len(MARGIN_SUFFIX)] if name.endswith(MARGIN_SUFFIX) else name
-    variant = base[len("+ADD-Pro[") : -1] if base.startswith("+ADD-Pro[") and base.endswith("]") else ""
+    stain = base.endswith(STAIN_SUFFIX)
+    images = base[: -len(STAIN_SUFFIX)] if stain else base
+    variant = images[len("+ADD-Pro[") : -1] if images.startswith("+ADD-Pro[") and images.endswith("]") else ""
     try:
         parse_variant(variant)
     except ValueError:
         raise ValueError(f"arm {name!r} unknown; the arms are {list(known)}, or '+ADD-Pro[MEASURE/S]' (decode stride S) or "
                          f"'+ADD-Pro[MEASURE/S:F]' (the last F states one per move), "
-                         f"any +ADD-Pro form optionally followed by '{MARGIN_SUFFIX}'") from None
-    return Arm(name, "pro", variant, labels="margin" if base != name else "measure")
+                         f"any +ADD-Pro form optionally followed by '{STAIN_SUFFIX}' and/or '{MARGIN_SUFFIX}'") from None
+    return Arm(name, "pro", variant, stain=stain, labels="margin" if base != name else "measure")
 
 
 @dataclasses.dataclass(frozen=True)
