@@ -12,7 +12,6 @@ from PIL import Image
 from progaug.cache import ProgressiveCache
 from progaug.cli import build_parser, main
 
-from conftest import random_tiles
 
 TINY = ["--tile-size", "32", "--model-channels", "16", "--channel-mult", "1", "2", "--attention-resolutions", "16",
         "--num-heads", "2", "--num-res-blocks", "1"]

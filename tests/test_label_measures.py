@@ -33,7 +33,7 @@ from progaug.labels import (
 )
 from progaug.precomputation import PrecomputeConfig, precompute
 
-from conftest import random_tiles, tiny_unet
+from conftest import random_tiles
 
 UNKNOWN = r"`measure` must be one of 'paper', 'reference', 'preview', 'decoded'; got 'noise'"
 
