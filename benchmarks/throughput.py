@@ -84,6 +84,7 @@ def variants(device: str) -> dict[str, list[str]]:
     out = {
         "first release": ["--batch-size", "8", "--max-batch", "32", "--no-malloc-tuning"],
         "default": [],
+        "measure labels": ["--labels", "measure"],  # the default until session 20: no margin evaluations
         "bf16": ["--bf16"],
         "bf16 + channels-last": ["--bf16", "--channels-last"],
     }
@@ -107,6 +108,8 @@ def run_precompute(pair: str, n: int, device: str, flags: list[str], out: Path, 
     groups = [rows[i : i + config["num_levels"]] for i in range(0, len(rows), config["num_levels"])]
     stride, fine = config.get("decode_stride", 1), config.get("decode_fine", 0)  # manifests from before the settings: every state
     evals = sum(per_source + decode_evaluations([int(r["depth"]) for r in g], stride, fine) for g in groups) / len(rows)
+    calibration = manifest["settings"].get("margin_calibration")  # margin labels: both models at each timestep, per image
+    evals += 2 * len(calibration["timesteps"]) if calibration else 0
     return {"flags": flags, "samples": ex["samples_this_run_rank0"], "seconds": ex["seconds_this_run_rank0"],
             "images_per_second": ex["samples_this_run_rank0"] / ex["seconds_this_run_rank0"], "process_wall_s": round(wall, 1),
             "batch_size": ex["batch_size"], "max_batch": ex["max_batch"], "threads": ex["threads"],

@@ -159,8 +159,10 @@ def _run_progressive(args: argparse.Namespace) -> int:
     pick = torch.linspace(0, len(tiles) - 1, min(args.count, len(tiles))).round().long()
     images = to_model_range(tiles[pick]).to(args.device)
     generation = config_from_args(GenerationConfig, args, device=args.device)
-    result = ProgressiveGenerator(pair, generation, runtime=runtime)(images, default_levels(args.num_levels))
+    generator = ProgressiveGenerator(pair, generation, runtime=runtime)
+    result = generator(images, default_levels(args.num_levels))
     progressive_strip(images, result.images, result.soft_labels, args.out, classes=pair.classes)
+    print(f"soft labels from the {generator.resolved(args.device).labels} (labels={generation.labels})")
     for b in range(images.shape[0]):
         labels = ", ".join(f"{v:.2f}" for v in result.soft_labels[b].tolist())
         print(f"source {b}: depths {result.depths[b].tolist()} soft labels [{labels}]")

@@ -120,10 +120,19 @@ def parse_variant(name: str, measures: Sequence[str] = MEASURES) -> Variant:
     return Variant(measure, stride, fine)
 
 
-LABEL_SOURCES = ("measure", "margin")
+LABEL_SOURCES = ("auto", "measure", "margin")
 """Values of :attr:`GenerationConfig.labels`."""
-LABELS_HELP = ("where the soft labels come from: measure (the label measure at the chosen depths) or margin (each decoded image's "
+LABELS_HELP = ("where the soft labels come from: auto (margin where the pair carries a margin_calibration.json, as the embedded "
+               "pair does, else measure), measure (the label measure at the chosen depths) or margin (each decoded image's "
                "calibrated denoising margin, p(B); needs the pair's margin_calibration.json, from `progaug calibrate`)")
+
+
+def resolve_labels(labels: str, pair_or_model: Any) -> str:
+    """``labels`` made concrete: ``"auto"`` is ``"margin"`` where ``pair_or_model`` carries a margin calibration
+    (a :class:`progaug.pair.Pair` with a ``margin_calibration.json``), else ``"measure"``; the others stay."""
+    if labels != "auto":
+        return labels
+    return "margin" if getattr(pair_or_model, "margin_calibration", None) is not None else "measure"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +158,9 @@ class GenerationConfig(JsonConfig):
         labels: Where the soft labels come from. ``"measure"``: the label measure at the chosen depths
             (eq. 7-9 for ``"paper"``). ``"margin"``: each decoded image's own p(B), the pair's denoising
             margin through its calibration (:func:`progaug.margin.margin_labels`; needs the pair's
-            ``margin_calibration.json``, costs 2 U-Net evaluations per margin timestep per image). The
+            ``margin_calibration.json``, costs 2 U-Net evaluations per margin timestep per image). ``"auto"``
+            (default): ``"margin"`` where the pair carries a calibration (the embedded pair does), else
+            ``"measure"`` (:func:`resolve_labels`; docs/method.md "Which labels are the default"). The
             depths, and so the images, come from the measure either way.
     """
 
@@ -163,7 +174,7 @@ class GenerationConfig(JsonConfig):
     device: str | None = setting(None, "Where the U-Nets run (default: where the images are)")
     decode_stride: int = setting(1, DECODE_STRIDE_HELP)
     decode_fine: int = setting(0, DECODE_FINE_HELP)
-    labels: str = setting("measure", LABELS_HELP)
+    labels: str = setting("auto", LABELS_HELP)
 
     def __post_init__(self) -> None:
         check_int("steps", self.steps, allow_none=True)
@@ -181,7 +192,8 @@ class GenerationConfig(JsonConfig):
     def resolved(self, pair_or_model: Any, device: torch.device | str, diffusion: DiffusionConfig | None = None) -> GenerationConfig:
         """The config with every automatic setting made concrete for ``device``: ``steps`` from
         ``diffusion`` (default: the pair's), ``bf16`` from the device, ``max_batch`` from the source model
-        (a :class:`progaug.pair.Pair` or an epsilon model with a ``config``)."""
+        (a :class:`progaug.pair.Pair` or an epsilon model with a ``config``), ``labels`` from the pair's
+        calibration (:func:`resolve_labels`; ``"measure"`` for a bare model)."""
         source = getattr(pair_or_model, "source", pair_or_model)
         diffusion = diffusion or getattr(pair_or_model, "diffusion", None) or DiffusionConfig()
         bf16 = resolve_bf16(self.bf16, device)
@@ -190,7 +202,7 @@ class GenerationConfig(JsonConfig):
             size = _model_size(source) or 64
             max_batch = auto_max_batch(source, size, device, autocast_dtype=autocast_dtype(bf16))
         steps = diffusion.sampling_steps if self.steps is None else self.steps
-        return dataclasses.replace(self, steps=steps, bf16=bf16, max_batch=int(max_batch))
+        return dataclasses.replace(self, steps=steps, bf16=bf16, max_batch=int(max_batch), labels=resolve_labels(self.labels, pair_or_model))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,7 +326,7 @@ def _checked_inputs(source_model: EpsModel, images: torch.Tensor, levels, config
     # array) takes other convolution kernels on some CPUs (AVX2) and moved pixels by one grey level
     if fixed_batch and config.max_batch is None:
         raise ValueError("`fixed_batch` needs `config.max_batch`, the fixed number of rows per U-Net call")
-    if config.labels != "measure":
+    if config.labels == "margin":
         raise ValueError(f"`config.labels` {config.labels!r} needs the pair's calibration, which generate_progressive does not "
                          f"have: use ProgressiveGenerator(pair, config)")
     config = config.resolved(source_model, images.device, diffusion)
@@ -421,13 +433,13 @@ class ProgressiveGenerator:
 
 
 def margin_calibration_for(pair: Pair, config: GenerationConfig) -> MarginCalibration | None:
-    """The pair's margin calibration when ``config.labels == "margin"``, else None (what :class:`ProgressiveGenerator`
-    labels with; ``progaug precompute`` records it in the run's settings).
+    """The pair's margin calibration when ``config.labels`` is ``"margin"``, or ``"auto"`` and the pair carries one,
+    else None (what :class:`ProgressiveGenerator` labels with; ``progaug precompute`` records it in the run's settings).
 
     Raises:
         ValueError: ``labels="margin"`` and the pair has no calibration (the message says how to fit one).
     """
-    if config.labels != "margin":
+    if resolve_labels(config.labels, pair) != "margin":
         return None
     calibration = pair.margin_calibration
     if calibration is None:

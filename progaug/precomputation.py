@@ -37,7 +37,7 @@ from progaug.config import JsonConfig, describe_differences
 from progaug.data.tiles import dihedral
 from progaug.errors import check_int, device_setting
 from progaug.frequency import DEFAULT_RADIUS, default_levels
-from progaug.generator import DECODE_FINE_HELP, DECODE_STRIDE_HELP, LABELS_HELP, GenerationConfig, ProgressiveGenerator, margin_calibration_for
+from progaug.generator import DECODE_FINE_HELP, DECODE_STRIDE_HELP, LABELS_HELP, GenerationConfig, ProgressiveGenerator, margin_calibration_for, resolve_labels
 from progaug.labels import DEFAULT_MEASURE, MEASURE_HELP, Measure
 from progaug.pair import Pair
 from progaug.runtime import RuntimeConfig, barrier, command_line, torchrun_setup
@@ -72,9 +72,11 @@ class PrecomputeConfig(JsonConfig):
             labels). A run made before the setting existed reads as 1.
         decode_fine: States decoded one per move whatever the stride (:attr:`GenerationConfig.decode_fine`);
             a run made before the setting existed reads as 0.
-        labels: Where the soft labels come from (:attr:`GenerationConfig.labels`): ``"measure"`` or
-            ``"margin"`` (each image's calibrated denoising margin; needs the pair's ``margin_calibration.json``,
-            which the run's settings then record). A run made before the setting existed reads as ``"measure"``.
+        labels: Where the soft labels come from (:attr:`GenerationConfig.labels`): ``"auto"`` (default:
+            ``"margin"`` where the pair carries a ``margin_calibration.json``, else ``"measure"``; the run records
+            the one it used), ``"measure"`` or ``"margin"`` (each image's calibrated denoising margin; needs the pair's
+            ``margin_calibration.json``, which the run's settings then record). A run made before the setting
+            existed reads as ``"measure"``.
         device: Where the U-Nets run: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ... (default: CUDA when available;
             under ``torchrun`` each rank takes its local GPU). Not part of a run's identity: a resume may
             move to another device.
@@ -112,7 +114,7 @@ class PrecomputeConfig(JsonConfig):
     )
     decode_stride: int = dataclasses.field(default=1, metadata={"help": DECODE_STRIDE_HELP})
     decode_fine: int = dataclasses.field(default=0, metadata={"help": DECODE_FINE_HELP})
-    labels: str = dataclasses.field(default="measure", metadata={"help": LABELS_HELP})
+    labels: str = dataclasses.field(default="auto", metadata={"help": LABELS_HELP})
     device: str | None = dataclasses.field(
         default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda when available; under torchrun the local GPU)"}
     )
@@ -209,6 +211,7 @@ def precompute(
     rank, world, device = torchrun_setup(config.device)
     pair.to(device)
     config = _resolve_batches(config, out, pair, device, resume)
+    config = dataclasses.replace(config, labels=resolve_labels(config.labels, pair))  # run.json records what labelled
     settings = {
         "config": {k: v for k, v in config.to_dict().items() if k not in ("batch_size", "device")},
         "pair": {role: pair.card[role].get("sha256") for role in ("source", "target")},

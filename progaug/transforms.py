@@ -97,8 +97,10 @@ class ProgressiveDiffusionAugment(v2.Transform):
         normalize: ``(mean, std)``, 3 values each, of floating batches that arrive normalised (undone
             before and redone after); uint8 images are 0..255 and never normalised.
         generation: Steps (default: the pair's ``diffusion.sampling_steps``), label measure, radius, rows
-            per U-Net call (default automatic), bf16 (default: where the device computes it natively) and
-            the device the U-Nets run on (default: the batch's), as a :class:`progaug.generator.GenerationConfig`.
+            per U-Net call (default automatic), bf16 (default: where the device computes it natively),
+            the device the U-Nets run on (default: the batch's) and where the soft labels come from (default
+            ``labels="auto"``: the pair's calibrated margin where it carries one, as the embedded pair does,
+            else the measure), as a :class:`progaug.generator.GenerationConfig`.
 
     Raises:
         TypeError, ValueError: A bad argument (the message names it).

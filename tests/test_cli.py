@@ -41,7 +41,9 @@ def test_train_precompute_progressive(folder, tmp_path, capsys):
     assert main(["progressive", "--pair", str(pair), "--source", str(folder / "normal"), "--count", "2",
                  "--num-levels", "2", "--steps", "4", "--out", str(png)]) == 0
     assert Image.open(png).size[0] > 3 * 64
-    assert "soft labels" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "soft labels [" in out and "soft labels from the measure (labels=auto)" in out  # a fresh pair has no calibration
+    assert json.loads((cache / "run.json").read_text())["config"]["labels"] == "measure"
 
 
 def test_errors_exit_2_with_message(tmp_path, capsys):

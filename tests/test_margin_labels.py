@@ -29,7 +29,7 @@ def images():
 
 def test_margin_labels_are_each_output_s_calibrated_margin_and_the_images_do_not_change(calibrated_pair, images):
     levels = [0.5, 1.0]
-    by_measure = ProgressiveGenerator(calibrated_pair, GenerationConfig(steps=8, bf16=False))(images, levels)
+    by_measure = ProgressiveGenerator(calibrated_pair, GenerationConfig(steps=8, bf16=False, labels="measure"))(images, levels)
     by_margin = ProgressiveGenerator(calibrated_pair, GenerationConfig(steps=8, bf16=False, labels="margin"))(images, levels)
     assert torch.equal(by_margin.images, by_measure.images) and torch.equal(by_margin.depths, by_measure.depths)
     outputs = by_margin.images.flatten(0, 1)
@@ -52,7 +52,7 @@ def test_an_output_s_margin_label_does_not_depend_on_its_batch(calibrated_pair, 
 def test_margin_labels_need_a_calibration_and_say_how_to_fit_one(pair_dir):
     with pytest.raises(ValueError, match=r"`labels='margin'` needs the pair's margin calibration.*`progaug calibrate --pair PAIR --data ROOT`"):
         ProgressiveGenerator(load_pair(pair_dir), GenerationConfig(labels="margin"))
-    with pytest.raises(ValueError, match=r"`labels` must be one of \('measure', 'margin'\), got 'judge'"):
+    with pytest.raises(ValueError, match=r"`labels` must be one of \('auto', 'measure', 'margin'\), got 'judge'"):
         GenerationConfig(labels="judge")
     config = GenerationConfig(labels="margin")
     assert GenerationConfig.from_json(config.to_json()) == config
@@ -129,6 +129,32 @@ def test_precompute_with_margin_labels_records_the_calibration_and_refuses_a_pai
     write_calibration(calibrated_pair.path, MarginCalibration(slope=60.0, timesteps=(700, 900), seed=3))  # a refit
     with pytest.raises(ValueError, match=r"--resume: .* was made with other settings: .*margin_calibration.slope: stored 50.0, now 60.0"):
         precompute(calibrated_pair, sources, ["a.png", "b.png"], out, config, resume=True)
+
+
+def test_auto_labels_are_the_margin_where_the_pair_carries_a_calibration_else_the_measure(tmp_path, calibrated_pair, images):
+    from progaug.generator import generate_progressive, resolve_labels
+    from progaug.precomputation import PrecomputeConfig, precompute
+
+    bare = load_pair(make_pair_dir(tmp_path / "bare"))
+    assert GenerationConfig().labels == "auto" and PrecomputeConfig().labels == "auto"
+    assert (resolve_labels("auto", calibrated_pair), resolve_labels("auto", bare), resolve_labels("auto", bare.source)) == ("margin", "measure", "measure")
+    assert resolve_labels("measure", calibrated_pair) == "measure" and resolve_labels("margin", bare) == "margin"
+    levels = [0.5, 1.0]
+    auto = ProgressiveGenerator(calibrated_pair, GenerationConfig(steps=8, bf16=False))
+    margin = ProgressiveGenerator(calibrated_pair, GenerationConfig(steps=8, bf16=False, labels="margin"))(images, levels)
+    assert auto.resolved("cpu").labels == "margin" and auto.calibration == CALIBRATION
+    torch.testing.assert_close(auto(images, levels).soft_labels, margin.soft_labels, rtol=0, atol=0)
+    plain = GenerationConfig(steps=8, bf16=False)
+    on_bare = ProgressiveGenerator(bare, plain)
+    assert on_bare.calibration is None and on_bare.resolved("cpu").labels == "measure"
+    by_measure = generate_progressive(bare.source, bare.target, images, levels, plain)  # a bare model: the measure
+    torch.testing.assert_close(on_bare(images, levels).soft_labels, by_measure.soft_labels, rtol=0, atol=0)
+    # precompute records the labels it used, not "auto"
+    sources = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    config = PrecomputeConfig(n=2, num_levels=1, steps=4, max_batch=4, bf16=False, device="cpu")
+    for pair, name, expected in ((calibrated_pair, "from-calibrated", "margin"), (bare, "from-bare", "measure")):
+        run = json.loads((precompute(pair, sources, ["a.png", "b.png"], tmp_path / name, config) / "run.json").read_text())
+        assert run["config"]["labels"] == expected and ("margin_calibration" in run) == (expected == "margin")
 
 
 def test_arm_named_takes_margin_labels_on_any_progressive_variant():

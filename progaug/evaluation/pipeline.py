@@ -61,7 +61,7 @@ class GenerationSettings(JsonConfig):
         move (:func:`progaug.generator.parse_variant`)."""
         measure, stride, fine = parse_variant(variant)
         return GenerationConfig(steps=self.steps, measure=measure, max_batch=self.max_batch, bf16=self.bf16, device=device,
-                                decode_stride=stride, decode_fine=fine)
+                                decode_stride=stride, decode_fine=fine, labels="measure")
 
 
 def _scatter(values: torch.Tensor, needed: torch.Tensor, total: int) -> torch.Tensor:

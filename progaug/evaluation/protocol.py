@@ -41,7 +41,7 @@ from progaug.data.tiles import TileSet
 from progaug.evaluation.classifiers import CLASSIFIERS
 from progaug.evaluation.stats import interval, paired
 from progaug.evaluation.training import LabelledImages, Recipe, TrainSpec, score, train_classifier
-from progaug.generator import LABEL_SOURCES, parse_variant
+from progaug.generator import parse_variant
 from progaug.labels import DEFAULT_MEASURE, MEASURES
 from progaug.losses import soft_label_to_row
 
@@ -122,6 +122,10 @@ def parse_n(value: str) -> int | None:
     return int(value)
 
 
+ARM_LABEL_SOURCES = ("measure", "margin")
+"""Values of :attr:`Arm.labels` (an arm names its labels: no ``"auto"``)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Arm:
     """One way of training the classifier.
@@ -153,8 +157,8 @@ class Arm:
     labels: str = "measure"
 
     def __post_init__(self) -> None:
-        if self.labels not in LABEL_SOURCES:
-            raise ValueError(f"`labels` must be one of {LABEL_SOURCES}, got {self.labels!r}")
+        if self.labels not in ARM_LABEL_SOURCES:
+            raise ValueError(f"`labels` must be one of {ARM_LABEL_SOURCES}, got {self.labels!r}")
         if self.labels != "measure" and self.generated != "pro":
             raise ValueError(f"`labels={self.labels!r}` needs progressive images (generated='pro'), got generated={self.generated!r}")
 
