@@ -315,3 +315,33 @@ def test_train_speed_times_every_setting_on_the_same_training(bench, tiny_pair, 
     assert res["settings"]["bf16 + channels-last"]["bf16"] and "| channels-last |" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
         speed.main(["--rounds", "0"])
+
+
+def test_calibration_splits_scores_each_split_with_the_pairs_own_calibration(bench, tiny_pair, tmp_path):
+    import shutil
+
+    from progaug.data.splits import load_splits
+    from progaug.data.tiles import to_model_range
+    from progaug.hub import load_pair
+    from progaug.margin import MarginCalibration, pair_margin, write_calibration
+
+    splits_bench = bench("calibration_splits")
+    pair_dir = tmp_path / "pair"
+    shutil.copytree(tiny_pair, pair_dir)
+    data = split_folders(tmp_path / "data", per_class=3)
+    args = ["--pair", str(pair_dir), "--data", str(data), "--threads", "1", "--out", str(tmp_path / "cs")]
+    with pytest.raises(SystemExit, match="has no margin_calibration.json"):
+        splits_bench.main(args)
+    cal = MarginCalibration(slope=50.0, intercept=0.1, timesteps=(500, 900), seed=3, fitted_on="test tiles")
+    write_calibration(pair_dir, cal)
+    assert splits_bench.main(args) == 0
+    res = json.loads((tmp_path / "cs.json").read_text())
+    assert list(res["splits"]) == ["train", "val", "test"] and res["calibration"]["seed"] == 3
+    # the figures are the calibration applied to the margins of exactly those tiles, with its timesteps and seed
+    pair = load_pair(str(pair_dir))
+    tiles = load_splits(str(data), pair.image_size)["val"].of_class("stroma").images
+    expected = cal.probability(pair_margin(pair, to_model_range(tiles), timesteps=(500, 900), seed=3))
+    assert res["splits"]["val"]["a"]["tiles"] == 3
+    assert res["splits"]["val"]["a"]["mean_p"] == pytest.approx(float(expected.mean()), abs=1e-6)
+    assert all(0 <= s["auc"] <= 1 and 0 < s["b"]["mean_p"] < 1 for s in res["splits"].values())
+    assert "| val | 3 |" in (tmp_path / "cs.md").read_text() and (tmp_path / "cs.png").is_file()
