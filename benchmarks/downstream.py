@@ -76,7 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         except ValueError as exc:
             p.error(f"--arms: {exc}")
     try:
-        args.protocol = config_from_args(ProtocolConfig, args)
+        # float32 classifiers unless asked: every committed result is float32, and its command must find its runs in the log
+        args.protocol = config_from_args(ProtocolConfig, args, base=ProtocolConfig(train_channels_last=False, train_bf16=False))
         args.generation = config_from_args(GenerationSettings, args, base=GenerationSettings(cache_dir=str(CACHE)))
     except ValueError as exc:
         p.error(str(exc))

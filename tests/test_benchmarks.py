@@ -68,6 +68,7 @@ def test_downstream_on_class_folders(bench, tiny_pair, tmp_path):
     assert res["curve"]["all"]["leak"].startswith("unknown")  # the tiny pair's card names no data
     text = out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").is_file() and text.index("## Sanity") < text.index("## N = 2 real tiles per class")
+    assert "Classifiers trained in float32." in text and not res["config"]["train_bf16"]  # the benchmark's committed numerics
     # the generated sets are kept and a second run makes none
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert {n.split("-")[1] for n in cached if n.startswith("progressive-")} == {"paper", DEFAULT_MEASURE}

@@ -32,6 +32,25 @@ def test_evaluate_writes_the_report_and_resumes(pair, tmp_path, capsys):
     assert json.loads((out / "report.json").read_text())["curve"] == res["curve"]
 
 
+def test_evaluate_adds_the_margin_labelled_arm_for_a_calibrated_pair(pair, tmp_path):
+    import shutil
+
+    from progaug.margin import MarginCalibration, write_calibration
+
+    calibrated = tmp_path / "pair"
+    shutil.copytree(pair, calibrated)
+    write_calibration(calibrated, MarginCalibration(slope=50.0, intercept=0.0, timesteps=(500, 900), fitted_on="test tiles"))
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--data", str(split_folders(tmp_path / "data")), "--pair", str(calibrated), "--out", str(out), *SMALL]
+    assert main(argv) == 0
+    res = json.loads((out / "report.json").read_text())
+    assert list(res["curve"]["2"]["arms"])[-1] == "+ADD-Pro[preview] margin labels"
+    runs = res["curve"]["2"]["arms"]["+ADD-Pro[preview] margin labels"]["runs"]
+    assert runs and all(r["generated_images"] == 2 * 2 for r in runs)  # N = 2 sources x 2 levels
+    report = (out / "report.md").read_text()
+    assert ("Classifiers trained with" in report) == bool(res["config"]["train_bf16"] or res["config"]["train_channels_last"])
+
+
 @pytest.mark.parametrize("extra, match", [(["--arms", "+nope"], r"--arms: arm '\+nope' unknown"),
                                           (["--device", "gpu"], "`device` must name a torch device such as .cpu."),
                                           (["--seeds", "3"], "`tune_seeds` .* must differ from `seeds`")])

@@ -159,7 +159,21 @@ def test_fast_training_settings_are_checked_and_reach_the_spec():
         TrainSpec(channels_last=1)
     spec = ProtocolConfig(train_channels_last=True, train_bf16=True).spec(20)
     assert spec.channels_last and spec.bf16 and spec.epochs == 20
-    assert not ProtocolConfig().spec(20).bf16
+    assert not ProtocolConfig(train_bf16=False).spec(20).bf16
+    with pytest.raises(TypeError, match="`train_bf16` must be True, False or None \\(automatic\\), got 'yes'"):
+        ProtocolConfig(train_bf16="yes")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_fast_training_settings_default_to_the_cnn_on_native_bf16(monkeypatch, native):
+    import progaug.runtime
+
+    monkeypatch.setattr(progaug.runtime, "native_bf16", lambda device: native)
+    cnn, vit = ProtocolConfig(), ProtocolConfig(classifier="vit")
+    assert (cnn.train_bf16, cnn.train_channels_last) == (native, True)
+    assert (vit.train_bf16, vit.train_channels_last) == (False, False)
+    assert not {"bf16", "channels_last"} & set(ProtocolConfig(train_bf16=False, train_channels_last=False).spec(20).run_fields())
+    assert ProtocolConfig.from_json(cnn.to_json()) == cnn  # the JSON holds what ran, not "automatic"
 
 
 def test_mixup_keeps_soft_rows_soft():

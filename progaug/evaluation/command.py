@@ -17,10 +17,19 @@ from pathlib import Path
 from progaug.cli_args import add_config_arguments, config_from_args
 from progaug.labels import DEFAULT_MEASURE
 
-__all__ = ["DEFAULT_ARMS", "add_evaluate", "run_evaluate"]
+__all__ = ["DEFAULT_ARMS", "MARGIN_ARM", "add_evaluate", "default_arms", "run_evaluate"]
 
 DEFAULT_ARMS = ("real", "+stain", "+Mixup/CutMix", "+ADD-final", f"+ADD-Pro[{DEFAULT_MEASURE}]", f"+ADD-Pro[{DEFAULT_MEASURE}] filtered")
 """What a user checks first: the standard augmentations and the ways of adding the pair's images."""
+
+MARGIN_ARM = f"+ADD-Pro[{DEFAULT_MEASURE}] margin labels"
+"""Added to :data:`DEFAULT_ARMS` for a pair that carries a margin calibration: the images that ``progaug
+precompute`` makes by default with such a pair (``labels="auto"``)."""
+
+
+def default_arms(pair) -> list[str]:
+    """:data:`DEFAULT_ARMS`, plus :data:`MARGIN_ARM` where ``pair`` carries a margin calibration."""
+    return [*DEFAULT_ARMS, *([MARGIN_ARM] if getattr(pair, "margin_calibration", None) is not None else [])]
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -33,8 +42,9 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="hgsc", help="'hgsc' (the demo split) or ROOT with {train,val,test}/<class>/ images (default: hgsc)")
     p.add_argument("--pair", default="hgsc-demo", help="registry name, pair folder or URL (default: hgsc-demo)")
-    p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS),
-                   help=f"arms to run, or 'all' (default: {' '.join(repr(a) for a in DEFAULT_ARMS)}); the arms are {list(all_arms())}")
+    p.add_argument("--arms", nargs="+", default=None,
+                   help=f"arms to run, or 'all' (default: {' '.join(repr(a) for a in DEFAULT_ARMS)}, and {MARGIN_ARM!r} where the pair "
+                        f"carries a margin calibration); the arms are {list(all_arms())}")
     p.add_argument("--out", default="progaug-evaluation", help="output folder: report.{json,md,png}, runs.jsonl, generated/ (default: %(default)s)")
     add_config_arguments(p, ProtocolConfig)
     add_config_arguments(p, GenerationSettings)
@@ -80,9 +90,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         settings = config_from_args(GenerationSettings, args, base=GenerationSettings(cache_dir=str(Path(args.out) / "generated")))
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"progaug: error: {exc}") from None
-    arms = _arms(args.arms)
+    arms = None if args.arms is None else _arms(args.arms)
     apply_runtime(config_from_args(RuntimeConfig, args), config.device)
     pair = load_pair(args.pair, device=config.device)
+    arms = _arms(default_arms(pair)) if arms is None else arms
     data = EvaluationData.load(args.data, pair.image_size)
     out = Path(args.out)
     bars = {"generate": tqdm(total=_tiles_to_generate(data.splits, pair.classes[0], config, arms), desc="generating (source tiles)", unit="tile"),

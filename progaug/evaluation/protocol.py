@@ -75,10 +75,12 @@ class ProtocolConfig(JsonConfig):
     mixup_grid: tuple[float, ...] = setting((0.2, 0.5, 1.0), "Mixup alphas tried (CutMix alpha 1.25x)")
     stain_grid: tuple[float, ...] = setting((0.02, 0.05, 0.1), "HED stain jitter sigmas tried")
     filter_margin: float = setting(0.5, "filtered arm: keep images whose teacher p(B) is within this of the soft label")
-    train_channels_last: bool = setting(False, "classifiers and their training inputs channels-last (CNN on CPU: about 1.4x "
-                                               "faster; other float rounding, so these runs are logged apart)")
-    train_bf16: bool = setting(False, "bf16 autocast of the classifiers' training passes (use where the device computes bf16 "
-                                      "natively: about 2x with --train-channels-last on an AVX512-BF16 CPU; logged apart)")
+    train_channels_last: bool | None = setting(None, "classifiers and their training inputs channels-last (CNN on CPU: about 1.4x "
+                                                      "faster; other float rounding, so these runs are logged apart). Default: on "
+                                                      "for the CNN")
+    train_bf16: bool | None = setting(None, "bf16 autocast of the classifiers' training passes (about 2x with channels-last on an "
+                                             "AVX512-BF16 CPU; logged apart). Default: on for the CNN where the device computes bf16 "
+                                             "natively (checked against float32 on 20 seeds, docs/benchmarks.md)")
     budget_doublings: int = setting(2, "times the budget may double at an N where a standard regulariser loses at the curve's budget")
     device: str = setting("cpu", "where the classifiers train and the generated sets are made: cpu, cuda, cuda:1 ...")
 
@@ -102,11 +104,34 @@ class ProtocolConfig(JsonConfig):
         if self.budget_doublings < 0:
             raise ValueError(f"`budget_doublings` must be >= 0, got {self.budget_doublings}")
         object.__setattr__(self, "device", device_setting("device", self.device, required=True))
+        object.__setattr__(self, "train_channels_last", self.resolved_channels_last())
+        object.__setattr__(self, "train_bf16", self.resolved_bf16())
+
+    def resolved_channels_last(self) -> bool:
+        """``train_channels_last`` made concrete: None means on for the CNN (its convolutions gain; the ViT's
+        one patch convolution does not)."""
+        return self.classifier == "cnn" if self.train_channels_last is None else _checked_bool("train_channels_last", self.train_channels_last)
+
+    def resolved_bf16(self) -> bool:
+        """``train_bf16`` made concrete: None means on for the CNN where ``device`` computes bf16 natively
+        (:func:`progaug.runtime.native_bf16`); the ViT and the probe were never checked under it, so they stay float32."""
+        if self.train_bf16 is None:
+            from progaug.runtime import native_bf16
+
+            return self.classifier == "cnn" and native_bf16(self.device)
+        return _checked_bool("train_bf16", self.train_bf16)
 
     def spec(self, epochs: int) -> TrainSpec:
         """The optimisation of every arm at ``epochs``."""
         return TrainSpec(classifier=self.classifier, epochs=epochs, batch_size=self.batch_size, lr=LR[self.classifier],
                          channels_last=self.train_channels_last, bf16=self.train_bf16)
+
+
+def _checked_bool(name: str, value: object) -> bool:
+    """``value`` if it is True or False, else a TypeError naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True, False or None (automatic), got {value!r}")
+    return value
 
 
 def parse_n(value: str) -> int | None:

@@ -40,6 +40,12 @@ def _diff(d: dict | None) -> str:
     return f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
 
 
+def _training_numerics(cfg: dict) -> str:
+    """How the classifiers computed: float32, or bf16 autocast and/or channels-last (the config's resolved settings)."""
+    used = [name for key, name in (("train_bf16", "bf16 autocast"), ("train_channels_last", "channels-last")) if cfg.get(key)]
+    return f"Classifiers trained with {' and '.join(used)}." if used else "Classifiers trained in float32."
+
+
 def _sanity_lines(res: dict) -> list[str]:
     s = res["sanity"]
     lines = [f"## Sanity: {s['message']}", "", "| N | check | paired accuracy difference (points) [95 % CI] | verdict |",
@@ -99,7 +105,7 @@ def render_markdown(res: dict) -> str:
               f"each chosen by mean validation accuracy over tuning seeds {cfg['tune_seeds']}; the test split is scored once per "
               f"evaluation seed with the validation-chosen checkpoint. Paired differences per seed; a generated arm *helps* when "
               f"accuracy and macro-F1 both gain >= {100 * GAIN:.0f} points with intervals above 0 and it is not worse than the better "
-              f"of stain and Mixup/CutMix.", ""]
+              f"of stain and Mixup/CutMix. {_training_numerics(cfg)}", ""]
     lines += _sanity_lines(res)
     for key, entry in res["curve"].items():
         lines += [f"## N = {key} real tiles per class", ""]
