@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import command_line, finish_args, open_benchmark, pair_sha256, repo_relative, write_report
+from common import command_line, finish_args, margin_calibration_of, open_benchmark, pair_sha256, repo_relative, save_figure, write_report
 from progaug.data.tiles import to_model_range
 from progaug.margin import margin_auc, pair_margin
 
@@ -58,9 +58,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     began = time.time()
     applied, pair, splits = open_benchmark(args)
-    cal = pair.margin_calibration
-    if cal is None:
-        raise SystemExit(f"{args.pair} has no margin_calibration.json: fit one with `progaug calibrate` first")
+    cal = margin_calibration_of(pair, args.pair)
     a, b = pair.classes
     res = {"classes": [a, b], "pair": repo_relative(args.pair), "pair_sha256": pair_sha256(pair), "data": repo_relative(args.data),
            "command": command_line("calibration_splits.py", argv), "machine": platform.platform(), "threads": applied["threads"],
@@ -110,9 +108,7 @@ def plot(res: dict, path: Path) -> None:
     ax.set_ylabel(f"mean margin label p({b})")
     ax.set_title("the pair's calibrated margin on real tiles, per split", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("PROGAUG_BENCH_CACHE", ROOT / "benchmarks" / "cache"))
 """Where generated sets are kept (``$PROGAUG_BENCH_CACHE`` overrides; the tests use a temporary folder)."""
 
-__all__ = ["CACHE", "ROOT", "bar_panels", "bar_plot", "command_line", "dihedral_cycle", "final_stage", "finish_args", "heldout", "load_splits", "open_benchmark", "pair_sha256", "pair_training",
+__all__ = ["CACHE", "ROOT", "bar_panels", "bar_plot", "command_line", "dihedral_cycle", "final_stage", "finish_args", "heldout", "load_splits", "margin_calibration_of", "open_benchmark", "pair_sha256", "pair_training", "save_figure",
            "repo_relative", "require_positive", "unconditional", "write_report"]
 
 
@@ -85,6 +85,23 @@ def parse_schedule(text: str) -> tuple[int, int]:
 def unconditional(pair, n: int, *, steps: int, device: str, bf16: bool, seed: int = 1234, batch_size: int = 64) -> torch.Tensor:
     """:func:`progaug.evaluation.generated.unconditional` kept in :data:`CACHE`."""
     return generated.unconditional(pair, n, steps=steps, device=device, bf16=bf16, seed=seed, batch_size=batch_size, cache_dir=CACHE)
+
+
+def margin_calibration_of(pair, name: str):
+    """``pair``'s margin calibration, or SystemExit naming ``name`` when it has none."""
+    cal = pair.margin_calibration
+    if cal is None:
+        raise SystemExit(f"{name} has no margin_calibration.json: fit one with `progaug calibrate` first")
+    return cal
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> None:
+    """Lay out ``fig``, write it to ``path`` as PNG and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
 
 
 def bar_plot(path: Path, names: list[str], series: dict[str, tuple[list[float], list[float] | None]], *, ylabel: str, title: str,
