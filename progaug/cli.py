@@ -117,7 +117,8 @@ def _run_train(args: argparse.Namespace) -> int:
                     diffusion=config_from_args(DiffusionConfig, args))
     out = train_pair(tiles, args.out, spec, config_from_args(TrainConfig, args), resume=args.resume, device=args.device,
                      provenance={"data": info, "command": command_line(["progaug", *_argv(args)])})
-    print(f"pair written to {out}")
+    print(f"pair written to {out}; for margin labels (the default of a pair that carries a calibration) fit one on tiles it never "
+          f"saw: progaug calibrate --pair {out} --data ROOT")
     return 0
 
 
@@ -209,8 +210,18 @@ def _run_precompute(args: argparse.Namespace) -> int:
     pair = load_pair(args.pair)
     tiles, names = source_tiles(args.source, pair)
     out = precompute(pair, tiles, names, args.out, config, resume=args.resume, runtime=runtime)
-    print(f"{config.n} samples in {out} (labels.csv, manifest.json, preview.png)")
+    print(f"{config.n} samples in {out} (labels.csv, manifest.json, preview.png); {_labels_used(config.labels, pair, args.pair)}")
     return 0
+
+
+def _labels_used(labels: str, pair, name: str) -> str:
+    """Which labels a run wrote, and, where ``auto`` fell back to the measure, how to get margin labels."""
+    from progaug.generator import resolve_labels
+
+    used = resolve_labels(labels, pair)
+    hint = (f" ({name} has no margin_calibration.json; `progaug calibrate --pair {name} --data ROOT` fits one on tiles it never "
+            f"saw, and margin labels follow)") if labels == "auto" and used == "measure" else ""
+    return f"soft labels from the {used}{hint}"
 
 
 # ------------------------------------------------------------------------------------------ calibrate

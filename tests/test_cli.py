@@ -43,7 +43,16 @@ def test_train_precompute_progressive(folder, tmp_path, capsys):
     assert Image.open(png).size[0] > 3 * 64
     out = capsys.readouterr().out
     assert "soft labels [" in out and "soft labels from the measure (labels=auto)" in out  # a fresh pair has no calibration
+    assert f"progaug calibrate --pair {pair} --data ROOT" in out.split("pair written to")[1].splitlines()[0]
+    assert f"4 samples in {cache} (labels.csv, manifest.json, preview.png); soft labels from the measure ({pair} has no margin_calibration.json" in out
     assert json.loads((cache / "run.json").read_text())["config"]["labels"] == "measure"
+
+    from progaug.margin import MarginCalibration, write_calibration
+
+    write_calibration(pair, MarginCalibration(slope=1e3, intercept=0.0, timesteps=(500, 900)))
+    assert main(["precompute", "--pair", str(pair), "--source", str(folder / "normal"), "--n", "2", "--num-levels", "2",
+                 "--steps", "4", "--max-batch", "4", "--out", str(tmp_path / "cache2"), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip().endswith("preview.png); soft labels from the margin")
 
 
 def test_errors_exit_2_with_message(tmp_path, capsys):
