@@ -2,7 +2,8 @@
 
 Per sample: ``(image, label) -> (image, soft_row)``. With probability ``p`` an image of the source
 class becomes a progressive image towards the target class and gets the row ``[1 - L, L]`` (source,
-target) with ``L`` the soft label reached (eq. 9); other images pass through with their one-hot row.
+target) with ``L`` its soft label (the pair's calibrated margin where it carries one, ``labels="auto"``;
+else the measure's level reached, eq. 9); other images pass through with their one-hot row.
 Batch form (like timm's ``Mixup`` and torchvision's ``MixUp``): ``(B, C, H, W), (B,) or (B, K) ->
 (B, C, H, W), (B, K)``, one generator call for all chosen images of the batch.
 
