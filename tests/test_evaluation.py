@@ -358,6 +358,42 @@ def test_protocol_runs_every_planned_training_and_pairs_by_seed():
     assert "## Sanity: " in render_markdown(res) and set(res["sanity"]["per_n"]) == {"2", "all"}
 
 
+def test_workers_train_side_by_side_and_give_the_same_figures(monkeypatch):
+    splits = tiny_splits()
+    gen = torch.Generator().manual_seed(0)
+    sets = GeneratedSets(pro={"preview": (torch.randint(0, 256, (8, 2, 3, 16, 16), dtype=torch.uint8, generator=gen), torch.rand(8, 2, generator=gen))})
+    arms = [all_arms("preview")[n] for n in ("real", "+stain", "+ADD-Pro[preview] filtered")]
+    base = dict(n=("2",), seeds=(0, 1), tune_seeds=(5,), curve_epochs=(1, 2), batch_size=8, p_grid=(0.2, 0.5), stain_grid=(0.05,))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers take threads // workers = 1, as the single process does here
+    try:
+        results, seen, memo = [], [], {}
+        for workers in (1, 2):
+            seen.append([])
+            results.append(run_protocol(splits, ("a", "b"), sets, arms, ProtocolConfig(**base, workers=workers), on_run=seen[-1].append,
+                                        memo=memo if workers == 2 else None))
+        kept = []
+        run_protocol(splits, ("a", "b"), sets, arms, ProtocolConfig(**base, workers=2), memo=memo, on_run=kept.append)
+    finally:
+        torch.set_num_threads(threads)
+    cfg = ProtocolConfig(**base)
+    assert len(seen[0]) == len(seen[1]) == planned_runs(cfg, arms)  # teachers' lines come back from the workers too
+    assert sorted(seen[0]) == sorted(seen[1]) and any("teacher" in line for line in seen[1])
+
+    def figures(res):
+        entry = res["curve"]["2"]
+        return entry["budget"]["epochs"], entry["tuning"], {a: [{k: v for k, v in r.items() if k != "seconds"} for r in e["runs"]]
+                                                              for a, e in entry["arms"].items()}
+
+    assert figures(results[0]) == figures(results[1])
+    teachers = sum(line.startswith("teacher ") for line in seen[0])
+    assert teachers == 3 and len(kept) == planned_runs(cfg, arms) - teachers  # a resumed run trains no teacher
+    assert all("kept from an earlier run" in line for line in kept)
+    assert results[1]["config"]["workers"] == 2
+    with pytest.raises(ValueError, match="`workers` must be an integer >= 1, got 0"):
+        ProtocolConfig(workers=0)
+
+
 def test_budget_doubles_while_a_standard_regulariser_loses(monkeypatch):
     from progaug.evaluation import protocol
 

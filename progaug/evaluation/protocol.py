@@ -83,6 +83,9 @@ class ProtocolConfig(JsonConfig):
                                              "natively (checked against float32 on 20 seeds, docs/benchmarks.md)")
     budget_doublings: int = setting(2, "times the budget may double at an N where a standard regulariser loses at the curve's budget")
     device: str = setting("cpu", "where the classifiers train and the generated sets are made: cpu, cuda, cuda:1 ...")
+    workers: int = setting(1, "processes that train classifiers side by side, each with threads // workers threads: for "
+                              "machines with more cores than one small training can fill (on a 2-core CPU 1.1x, measured); "
+                              "the same figures, not part of a run's identity")
 
     def __post_init__(self) -> None:
         if self.classifier not in CLASSIFIERS:
@@ -103,6 +106,8 @@ class ProtocolConfig(JsonConfig):
             raise ValueError(f"`plateau_pick` must be one of {PLATEAU_PICKS}, got {self.plateau_pick!r}")
         if self.budget_doublings < 0:
             raise ValueError(f"`budget_doublings` must be >= 0, got {self.budget_doublings}")
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
+            raise ValueError(f"`workers` must be an integer >= 1, got {self.workers!r}")
         object.__setattr__(self, "device", device_setting("device", self.device, required=True))
         object.__setattr__(self, "train_channels_last", self.resolved_channels_last())
         object.__setattr__(self, "train_bf16", self.resolved_bf16())
@@ -335,6 +340,10 @@ def _hard_rows(count: int, index: int, k: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------ the runner
 
 
+_TEACHER_LINE = "teacher "
+"""How a teacher's progress line starts (:meth:`_Runner._keep`)."""
+
+
 class _Runner:
     """Holds the data of one protocol run and trains its classifiers."""
 
@@ -350,6 +359,9 @@ class _Runner:
         self._teachers: dict[tuple, torch.Tensor] = {}
         self.memo = {} if memo is None else memo
         self._digests: dict[str, str] = {}
+        self._runner_args = (splits, classes, sets, config, device)
+        self._pool = None
+        self._teacher_lines: set[str] = set()
 
     def sets_digest(self, arm: Arm) -> str | None:
         """sha256 (16 hex) of the generated images ``arm`` draws from (None for real-only arms)."""
@@ -390,15 +402,61 @@ class _Runner:
             self._teachers[key] = teacher_probability(teacher, images, self.b, self.device)
         keep = agreement_mask(soft, self._teachers[key], self.config.filter_margin)
         if new:
-            self.on_run(f"N={n_key} teacher seed {seed}: keeps {int(keep.sum())} of {len(soft)} generated images")
+            self.on_run(f"{_TEACHER_LINE}N={n_key} seed {seed}: keeps {int(keep.sum())} of {len(soft)} generated images")
         return keep
+
+    def key(self, arm: Arm, recipe: Recipe, seed: int, n_key: str, epochs: int, test: bool) -> str:
+        """What decides a training's result (its entry in ``memo`` and the run log)."""
+        return json.dumps([arm.name, arm.run_fields(), recipe.to_dict(), seed, n_key, epochs, test, self.config.spec(epochs).run_fields(),
+                           self.config.filter_margin if arm.filtered else None, self.sets_digest(arm)], sort_keys=True)
+
+    def fit_all(self, requests: Sequence[tuple]) -> list[dict]:
+        """:meth:`fit` for each request (its arguments), in order; with ``config.workers > 1`` the trainings not
+        in ``memo`` run side by side in worker processes (:mod:`progaug.evaluation.workers`), their progress lines
+        reported as each finishes."""
+        if self.config.workers == 1:
+            return [self.fit(*r) for r in requests]
+        keys = [self.key(arm, recipe, seed, n_key, epochs, test) for arm, recipe, seed, _, n_key, epochs, test in requests]
+        todo = {}
+        for request, key in zip(requests, keys):
+            if key in self.memo:
+                self.on_run(f"N={request[4]} {request[0].name} seed {request[2]}: kept from an earlier run")
+            elif key not in todo:
+                todo[key] = request
+        if todo:
+            from concurrent.futures import as_completed
+
+            from progaug.evaluation.workers import fit_in_worker
+
+            running = {self._workers().submit(fit_in_worker, request): key for key, request in todo.items()}
+            for done in as_completed(running):
+                out, messages = done.result()
+                self.memo[running[done]] = out
+                for message in messages:
+                    if message.startswith(_TEACHER_LINE) and message in self._teacher_lines:
+                        continue  # another worker trained the same (seeded) teacher: reported once, as in one process
+                    self._teacher_lines.add(message)
+                    self.on_run(message)
+        return [dict(self.memo[key]) for key in keys]
+
+    def _workers(self):
+        if self._pool is None:
+            from progaug.evaluation.workers import start_pool, threads_per_worker
+
+            self._pool = start_pool(self.config.workers, self._runner_args, threads_per_worker(self.config.workers))
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the worker processes (if any were started)."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
     def fit(self, arm: Arm, recipe: Recipe, seed: int, n: int | None, n_key: str, epochs: int, test: bool) -> dict:
         """Train one classifier; its validation accuracy, and test metrics when ``test`` (else a tuning or
         learning-curve run). A run already in ``memo`` (same arm, recipe, seed, N, budget, settings) is not
         trained again."""
-        key = json.dumps([arm.name, arm.run_fields(), recipe.to_dict(), seed, n_key, epochs, test, self.config.spec(epochs).run_fields(),
-                          self.config.filter_margin if arm.filtered else None, self.sets_digest(arm)], sort_keys=True)
+        key = self.key(arm, recipe, seed, n_key, epochs, test)
         if key in self.memo:
             self.on_run(f"N={n_key} {arm.name} seed {seed}: kept from an earlier run")
             return dict(self.memo[key])
@@ -452,10 +510,8 @@ def _budget(runner: _Runner, config: ProtocolConfig, n: int | None, n_key: str) 
     """The real-only validation learning curve at one N and the budget read from it."""
     if config.epochs is not None:
         return {"epochs": config.epochs, "curve": None}
-    curve = {}
-    for epochs in config.curve_epochs:
-        vals = [runner.fit(Arm("real"), Recipe(), s, n, n_key, epochs, test=False)["val_accuracy"] for s in config.tune_seeds]
-        curve[str(epochs)] = interval(vals)
+    runs = iter(runner.fit_all([(Arm("real"), Recipe(), s, n, n_key, epochs, False) for epochs in config.curve_epochs for s in config.tune_seeds]))
+    curve = {str(epochs): interval([next(runs)["val_accuracy"] for _ in config.tune_seeds]) for epochs in config.curve_epochs}
     means = {int(e): c["mean"] for e, c in curve.items()}
     return {"epochs": plateau(means, config.plateau_tolerance, config.plateau_pick), "curve": curve, "pick": config.plateau_pick}
 
@@ -486,11 +542,9 @@ def _tune(runner: _Runner, arm: Arm, config: ProtocolConfig, n: int | None, n_ke
     """Each value of the arm's grid on the tuning seeds; the one with the best mean validation accuracy."""
     if arm.knob is None:
         return {"knob": None, "chosen": None, "values": {}}
-    values = {}
-    for value in _grid(arm, config):
-        recipe = _recipe(arm, value, stain_sigma)
-        vals = [runner.fit(arm, recipe, s, n, n_key, epochs, test=False)["val_accuracy"] for s in config.tune_seeds]
-        values[str(value)] = sum(vals) / len(vals)
+    grid = _grid(arm, config)
+    runs = iter(runner.fit_all([(arm, _recipe(arm, value, stain_sigma), s, n, n_key, epochs, False) for value in grid for s in config.tune_seeds]))
+    values = {str(value): sum(next(runs)["val_accuracy"] for _ in config.tune_seeds) / len(config.tune_seeds) for value in grid}
     chosen = max(values, key=lambda v: values[v])  # ties: the first (smallest) value
     return {"knob": arm.knob, "chosen": float(chosen), "values": values}
 
@@ -528,6 +582,15 @@ def run_protocol(splits: dict[str, TileSet], classes: tuple[str, str], sets: Gen
     _check_inputs(splits, classes, sets, arms)
     arms = list(arms) if any(a.name == "real" for a in arms) else [Arm("real"), *arms]
     runner = _Runner(splits, classes, sets, config, config.device, on_run, memo)
+    try:
+        return _run_ns(runner, splits, classes, arms, config, on_n, on_plan)
+    finally:
+        runner.close()
+
+
+def _run_ns(runner: _Runner, splits: dict[str, TileSet], classes: tuple[str, str], arms: list[Arm], config: ProtocolConfig,
+            on_n: Callable[[dict], None] | None, on_plan: Callable[[int], None] | None) -> dict:
+    """The body of :func:`run_protocol`: every N in turn."""
     out = {"config": config.to_dict(), "classes": list(splits["train"].classes), "direction": list(classes),
            "arms": {a.name: dataclasses.asdict(a) for a in arms}, "curve": {}}
     for n_key in config.n:
@@ -569,7 +632,7 @@ def _run_arms(runner: _Runner, arms: Sequence[Arm], config: ProtocolConfig, n: i
             stain_sigma = tuning["chosen"]
         entry["tuning"][arm.name] = tuning
         recipe = _recipe(arm, tuning["chosen"], stain_sigma)
-        runs = [runner.fit(arm, recipe, s, n, n_key, epochs, test=True) for s in config.seeds]
+        runs = runner.fit_all([(arm, recipe, s, n, n_key, epochs, True) for s in config.seeds])
         entry["arms"][arm.name] = {**_summarise(runs), "recipe": recipe.to_dict()}
     return stain_sigma
 

@@ -1,0 +1,51 @@
+"""Worker processes that train the protocol's classifiers side by side.
+
+A small classifier on 64-px tiles cannot fill many cores, so ``progaug evaluate --workers W`` trains W of them
+at once, each in its own process with ``max(1, threads // W)`` threads (on a 2-core CPU, where one training
+already uses both cores, the gain is 1.1x: docs/benchmarks.md). The workers are started with ``spawn`` (no fork of a process whose OpenMP
+and CUDA state is already initialised; see ../shared/PITFALLS.md on forked workers), receive the run's data
+once, and return each training's result with the progress lines it wrote. A training's result depends on its
+key only (seeded data order, initialisation and draws), so the same trainings give the same figures with any
+number of workers at the same threads per training.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import Any
+
+import torch
+
+__all__ = ["start_pool", "threads_per_worker"]
+
+_RUNNER: Any = None
+_MESSAGES: list[str] = []
+
+
+def threads_per_worker(workers: int, threads: int | None = None) -> int:
+    """Threads each of ``workers`` processes takes: ``max(1, threads // workers)`` (``threads``: this process's)."""
+    return max(1, (torch.get_num_threads() if threads is None else threads) // workers)
+
+
+def start_pool(workers: int, runner_args: tuple, threads: int) -> Executor:
+    """``workers`` spawned processes, each holding a runner built from ``runner_args`` (the arguments of
+    :class:`progaug.evaluation.protocol._Runner` without ``on_run`` and ``memo``) and ``threads`` torch threads."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init,
+                               initargs=(runner_args, threads))
+
+
+def _init(runner_args: tuple, threads: int) -> None:
+    global _RUNNER
+    from progaug.evaluation.protocol import _Runner
+
+    torch.set_num_threads(threads)
+    _RUNNER = _Runner(*runner_args, on_run=_MESSAGES.append, memo={})
+
+
+def fit_in_worker(request: tuple) -> tuple[dict, list[str]]:
+    """Train one classifier in a worker: ``request`` is :meth:`_Runner.fit`'s arguments; returns its result and
+    the progress lines it wrote (a teacher's, then the training's)."""
+    _MESSAGES.clear()
+    out = _RUNNER.fit(*request)
+    return out, list(_MESSAGES)
