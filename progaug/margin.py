@@ -33,7 +33,7 @@ from progaug.diffusion.schedule import training_alpha_bar
 from progaug.fileio import atomic_write_bytes, read_format_json
 
 __all__ = ["CALIBRATION_FILE", "CALIBRATION_FORMAT", "DEFAULT_MARGIN_TIMESTEPS", "MarginCalibration", "denoising_margin",
-           "fit_margin_calibration", "fit_pair_calibration", "margin_auc", "margin_labels", "pair_margin", "read_calibration",
+           "fit_margin_calibration", "fit_pair_calibration", "margin_auc", "margin_labels", "pair_margin", "read_calibration", "weights_sha256",
            "write_calibration"]
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -119,14 +119,26 @@ class MarginCalibration(JsonConfig):
     tiles: tuple[int, int] = setting((0, 0), "real tiles of class A and of class B it was fitted on")
     auc: float | None = setting(None, "the margin's AUC for A vs B on those tiles")
     fitted_on: str = setting("", "which tiles (they must be tiles the pair never saw)")
+    weights_sha256: tuple[str, str] | None = setting(None, "sha256 of the source and target weights it was fitted with "
+                                                           "(None: not recorded, as in calibrations made before session 21)")
 
     def __post_init__(self) -> None:
+        if self.weights_sha256 is not None:
+            shas = tuple(self.weights_sha256)
+            if len(shas) != 2 or not all(isinstance(h, str) and len(h) == 64 for h in shas):
+                raise ValueError(f"`weights_sha256` must be two sha256 hex strings (source, target), got {self.weights_sha256!r}")
+            object.__setattr__(self, "weights_sha256", shas)
         if not (math.isfinite(self.slope) and self.slope > 0):
             raise ValueError(f"`slope` must be a finite number > 0 (the margin grows towards class B), got {self.slope}")
         if not math.isfinite(self.intercept):
             raise ValueError(f"`intercept` must be finite, got {self.intercept}")
         if not self.timesteps or len(set(self.timesteps)) != len(self.timesteps):
             raise ValueError(f"`timesteps` must hold at least one timestep, each once, got {tuple(self.timesteps)}")
+
+    def identity(self) -> dict:
+        """:meth:`to_dict` without ``weights_sha256``: what decides the labels, for cache keys and run settings (the
+        weights are keyed apart, and a calibration that only gained the record of its weights stays the same)."""
+        return {k: v for k, v in self.to_dict().items() if k != "weights_sha256"}
 
     @property
     def evaluations_per_image(self) -> int:
@@ -265,4 +277,12 @@ def fit_pair_calibration(pair, images_a: torch.Tensor, images_b: torch.Tensor, *
         ValueError: See :func:`fit_margin_calibration`.
     """
     a, b = (pair_margin(pair, x, timesteps=timesteps, seed=seed, max_batch=max_batch) for x in (images_a, images_b))
-    return fit_margin_calibration(a, b, timesteps=timesteps, seed=seed, fitted_on=fitted_on)
+    calibration = fit_margin_calibration(a, b, timesteps=timesteps, seed=seed, fitted_on=fitted_on)
+    return dataclasses.replace(calibration, weights_sha256=weights_sha256(pair))
+
+
+def weights_sha256(pair) -> tuple[str, str] | None:
+    """The sha256 of a :class:`progaug.pair.Pair`'s source and target weights as its card records them (None
+    when the card lacks one)."""
+    shas = tuple((pair.card.get(role) or {}).get("sha256") for role in ("source", "target"))
+    return shas if all(isinstance(h, str) and len(h) == 64 for h in shas) else None

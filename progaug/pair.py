@@ -22,7 +22,7 @@ import torch
 from progaug.checkpoint import load_unet
 from progaug.fileio import atomic_write_bytes, sha256_file
 from progaug.config import DiffusionConfig
-from progaug.margin import MarginCalibration, read_calibration
+from progaug.margin import MarginCalibration, read_calibration, weights_sha256
 from progaug.nn.unet import UNet
 
 __all__ = ["CARD_FORMAT", "ROLES", "Pair", "check_card", "load_pair_dir", "parse_card", "read_card", "write_card"]
@@ -83,9 +83,20 @@ class Pair:
         written by ``progaug calibrate``), or None when the folder has none or the pair has no folder.
 
         Raises:
-            ValueError: The file is there but bad (:func:`progaug.margin.read_calibration`).
+            ValueError: The file is there but bad (:func:`progaug.margin.read_calibration`), or it was fitted
+                with other weights than the card's (a pair trained further after ``progaug calibrate``): its
+                margins are on another scale, so it is refused rather than used.
         """
-        return read_calibration(self.path) if self.path is not None else None
+        calibration = read_calibration(self.path) if self.path is not None else None
+        if calibration is None or calibration.weights_sha256 is None:
+            return calibration
+        now = weights_sha256(self)
+        if now is not None and now != calibration.weights_sha256:
+            raise ValueError(f"{Path(self.path) / 'margin_calibration.json'} was fitted with other weights of this pair (source sha256 "
+                             f"{calibration.weights_sha256[0][:12]}, target {calibration.weights_sha256[1][:12]}; the card now names "
+                             f"{now[0][:12]}, {now[1][:12]}): fit it again with `progaug calibrate --pair {self.path} --data ROOT`, "
+                             f"or delete it to label by the measure")
+        return calibration
 
     def to(self, device: torch.device | str) -> Pair:
         """Move both models to ``device`` (in place) and return self."""

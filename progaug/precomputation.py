@@ -221,7 +221,7 @@ def precompute(
     }
     calibration = margin_calibration_for(pair, config.generation)  # raises before anything is written when it is missing
     if calibration is not None:  # the labels depend on it: a resume with another calibration is another run
-        settings["margin_calibration"] = calibration.to_dict()
+        settings["margin_calibration"] = calibration.identity()
     plan = _group_plan(config, sources.shape[0])
     context = _Context(pair, sources, tuple(source_names), plan, config, out)
     with contextlib.ExitStack() as stack:

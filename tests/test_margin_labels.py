@@ -64,8 +64,38 @@ def test_margin_labels_need_a_calibration_and_say_how_to_fit_one(pair_dir):
 
 
 def test_the_embedded_pair_ships_a_calibration_fitted_on_validation_tiles():
-    cal = load_pair("hgsc-demo").margin_calibration
+    pair = load_pair("hgsc-demo")
+    cal = pair.margin_calibration
     assert cal is not None and cal.fitted_on.startswith("hgsc val split") and cal.auc > 0.75 and cal.slope > 0
+    assert cal.weights_sha256 == (pair.card["source"]["sha256"], pair.card["target"]["sha256"])
+
+
+def test_a_calibration_of_other_weights_is_refused_and_an_unbound_one_kept(tmp_path):
+    import dataclasses
+
+    from progaug.margin import MarginCalibration, write_calibration
+    from progaug.precomputation import PrecomputeConfig, precompute
+
+    folder = make_pair_dir(tmp_path / "pair")
+    legacy = MarginCalibration(slope=1e3, timesteps=(500, 900))  # written before calibrations recorded their weights
+    write_calibration(folder, legacy)
+    assert load_pair(folder).margin_calibration == legacy
+    card = json.loads((folder / "card.json").read_text())
+    bound = dataclasses.replace(legacy, weights_sha256=(card["source"]["sha256"], card["target"]["sha256"]))
+    write_calibration(folder, bound)
+    assert load_pair(folder).margin_calibration == bound
+    write_calibration(folder, dataclasses.replace(legacy, weights_sha256=("0" * 64, card["target"]["sha256"])))  # trained further since
+    pair = load_pair(folder)
+    with pytest.raises(ValueError, match=r"margin_calibration.json was fitted with other weights of this pair \(source sha256 000000000000"
+                                         r".*fit it again with `progaug calibrate --pair .* or delete it"):
+        pair.margin_calibration
+    sources = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="was fitted with other weights"):  # labels="auto" does not fall back silently
+        precompute(pair, sources, ["a.png"], tmp_path / "cache", PrecomputeConfig(n=1, num_levels=1, steps=4, device="cpu"))
+    assert not (tmp_path / "cache").exists()
+    with pytest.raises(ValueError, match=r"`weights_sha256` must be two sha256 hex strings \(source, target\), got \('abc',\)"):
+        MarginCalibration(weights_sha256=("abc",))
+    assert MarginCalibration.from_json(bound.to_json()) == bound and "weights_sha256" not in bound.identity()
 
 
 @pytest.mark.parametrize("sign", [1, -1])
@@ -86,6 +116,8 @@ def test_progaug_calibrate_fits_on_the_validation_split_and_writes_beside_the_ca
         assert cal.timesteps == (500, 900) and cal.tiles == (4, 4) and cal.auc == 1.0 and f"{data / 'val'}" in cal.fitted_on
         assert f"wrote {folder / 'margin_calibration.json'}" in out
         assert load_pair(folder).margin_calibration == cal
+        card = json.loads((folder / "card.json").read_text())
+        assert cal.weights_sha256 == (card["source"]["sha256"], card["target"]["sha256"])  # bound to the weights it read
     else:
         assert rc != 0 and "does not rise towards class B on these tiles (AUC 0.000)" in err
         assert not (folder / "margin_calibration.json").exists()
@@ -120,7 +152,7 @@ def test_precompute_with_margin_labels_records_the_calibration_and_refuses_a_pai
     config = PrecomputeConfig(n=4, num_levels=2, steps=4, max_batch=4, bf16=False, labels="margin", device="cpu")
     out = precompute(calibrated_pair, sources, ["a.png", "b.png"], tmp_path / "cache", config)
     run = json.loads((out / "run.json").read_text())
-    assert run["config"]["labels"] == "margin" and run["margin_calibration"] == json.loads(CALIBRATION.to_json())
+    assert run["config"]["labels"] == "margin" and run["margin_calibration"] == CALIBRATION.identity()  # the weights are keyed apart
     labels = [float(row["soft_label"]) for row in csv.DictReader((out / "labels.csv").open())]
     assert len(labels) == 4 and all(0 < v < 1 for v in labels)
     with pytest.raises(ValueError, match="needs the pair's margin calibration"):

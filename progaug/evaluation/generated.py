@@ -199,7 +199,7 @@ def margin_relabelled(pair, images: torch.Tensor, *, device: str, max_batch: int
             print(f"margin labels: {min((i + 1) * max_batch * 8, len(flat))}/{len(flat)}", flush=True)
         return torch.cat(out)
 
-    key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), calibration.to_dict(), flat)
+    key = _digest(pair.card["source"].get("sha256"), pair.card["target"].get("sha256"), calibration.identity(), flat)
     return _cached(cache_dir, "margin-labels", key, make, field="labels").view(images.shape[:-3])
 
 
