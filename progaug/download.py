@@ -47,7 +47,12 @@ _SHUT_GRACE_S = 0.25  # the deadline's timer fires this much later, so a read ti
 
 
 class DownloadError(OSError):
-    """A file could not be downloaded; the message is ``could not download <url>: <why>``."""
+    """A file could not be downloaded; the message is ``could not download <url>: <why>``; ``status`` is the
+    HTTP status when the server answered with an error (404: it has no such file), else None."""
+
+    def __init__(self, *args: object, status: int | None = None) -> None:
+        super().__init__(*args)
+        self.status = status
 
 
 class DownloadTimeout(DownloadError, TimeoutError):
@@ -311,7 +316,7 @@ def _stream(url: str, out: BinaryIO, *, timeout: float, deadline: float, label: 
     try:
         with watchdog, _session() as session, session.get(url, stream=True, timeout=(connect, wait)) as response:
             if response.status_code >= 400:
-                raise DownloadError(f"could not download {url}: HTTP {response.status_code} {response.reason}")
+                raise DownloadError(f"could not download {url}: HTTP {response.status_code} {response.reason}", status=response.status_code)
             total = _body_length(response)
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=False,
                       disable=None if label else True, dynamic_ncols=True) as bar:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
-    "LOCK_NAME", "OutputLocked", "atomic_write_bytes", "atomic_writer", "file_lock", "lock_folder", "read_format_json",
+    "LOCK_NAME", "OutputLocked", "atomic_write_bytes", "atomic_writer", "file_lock", "lock_folder", "parse_format_json", "read_format_json",
     "remove_temporary_files", "safetensors_bytes", "sha256_file",
 ]
 
@@ -120,13 +120,18 @@ def read_format_json(path: Path, expected_format: str, what: str) -> dict:
     Raises:
         ValueError: Not valid JSON, or another format; the message names the file and ``what``.
     """
+    return parse_format_json(Path(path).read_bytes(), str(path), expected_format, what)
+
+
+def parse_format_json(body: bytes, where: str, expected_format: str, what: str) -> dict:
+    """:func:`read_format_json` of bytes that came from ``where`` (a file or a URL, named in the errors)."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(body.decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        raise ValueError(f"{where} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict) or data.get("format") != expected_format:
         got = data.get("format") if isinstance(data, dict) else None
-        raise ValueError(f"{path} is not a progaug {what} (format {got!r}, expected {expected_format!r})")
+        raise ValueError(f"{where} is not a progaug {what} (format {got!r}, expected {expected_format!r})")
     return data
 
 

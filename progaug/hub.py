@@ -4,7 +4,8 @@
   files installed inside the package.
 - Files are downloaded by :func:`progaug.download.download` (pinned sha256, time limits, a lock and
   per-process temporary files; every network failure is a :class:`DownloadError`, an ``OSError``).
-- A pair published at a URL is ``BASE/card.json`` plus the weight files it names. Online, every load
+- A pair published at a URL is ``BASE/card.json`` plus the weight files it names, and optionally
+  ``BASE/margin_calibration.json`` (fetched with the card, so that its margin labels are the default too). Online, every load
   fetches the card again (it is small) and downloads the files whose sha256 changed, so a pair replaced
   on the server is never loaded stale; if the server cannot be reached, a valid cached pair is used with
   a warning. A cached card that fails validation is fetched again.
@@ -26,6 +27,7 @@ import torch
 
 from progaug.download import ENV_OFFLINE, DownloadError, DownloadTimeout, download, download_deadline, fetch_bytes, offline
 from progaug.fileio import atomic_write_bytes
+from progaug.margin import CALIBRATION_FILE, parse_calibration
 from progaug.pair import ROLES, Pair, load_pair_dir, parse_card, read_card
 
 __all__ = [
@@ -145,9 +147,30 @@ def _pair_from_url(base: str) -> Path:
             card = parse_card(fresh, card_url)
     for role in ROLES:
         download(f"{base}/{card[role]['file']}", folder / card[role]["file"], card[role]["sha256"])
-    if fresh is not None and (not card_path.is_file() or card_path.read_bytes() != fresh):
-        atomic_write_bytes(card_path, fresh)
+    if fresh is not None:
+        _fetch_calibration(base, folder)
+        if not card_path.is_file() or card_path.read_bytes() != fresh:
+            atomic_write_bytes(card_path, fresh)
     return folder
+
+
+def _fetch_calibration(base: str, folder: Path) -> None:
+    """The pair's published ``margin_calibration.json`` (optional) into ``folder``, so that ``labels="auto"`` gives
+    margin labels as with a local pair: fetched with the card, checked as a calibration before it is written
+    (whether it fits the weights is checked on use, :attr:`progaug.pair.Pair.margin_calibration`); a 404 removes
+    a cached one (the publisher withdrew it); another failure keeps the cached one with a warning."""
+    url, path = f"{base}/{CALIBRATION_FILE}", folder / CALIBRATION_FILE
+    try:
+        body = fetch_bytes(url, max_bytes=CARD_MAX_BYTES)
+    except DownloadError as exc:
+        if exc.status == 404:
+            path.unlink(missing_ok=True)
+        elif path.is_file():
+            warnings.warn(f"{exc}; using the cached {path}, which may be out of date", stacklevel=4)
+        return
+    parse_calibration(body, url)
+    if not path.is_file() or path.read_bytes() != body:
+        atomic_write_bytes(path, body)
 
 
 def load_pair(name_or_path: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> Pair:

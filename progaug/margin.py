@@ -30,10 +30,10 @@ import torch
 
 from progaug.config import JsonConfig, setting
 from progaug.diffusion.schedule import training_alpha_bar
-from progaug.fileio import atomic_write_bytes, read_format_json
+from progaug.fileio import atomic_write_bytes, parse_format_json
 
 __all__ = ["CALIBRATION_FILE", "CALIBRATION_FORMAT", "DEFAULT_MARGIN_TIMESTEPS", "MarginCalibration", "denoising_margin",
-           "fit_margin_calibration", "fit_pair_calibration", "margin_auc", "margin_labels", "pair_margin", "read_calibration", "weights_sha256",
+           "fit_margin_calibration", "fit_pair_calibration", "margin_auc", "margin_labels", "pair_margin", "parse_calibration", "read_calibration", "weights_sha256",
            "write_calibration"]
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -220,14 +220,21 @@ def read_calibration(folder: str | os.PathLike[str]) -> MarginCalibration | None
         ValueError: The file is not JSON, not a calibration, or holds bad values; the message names it.
     """
     path = Path(folder) / CALIBRATION_FILE
-    if not path.is_file():
-        return None
-    data = read_format_json(path, CALIBRATION_FORMAT, "margin calibration")
+    return parse_calibration(path.read_bytes(), str(path)) if path.is_file() else None
+
+
+def parse_calibration(body: bytes, where: str) -> MarginCalibration:
+    """A :class:`MarginCalibration` from the bytes of a ``margin_calibration.json`` that came from ``where``.
+
+    Raises:
+        ValueError: Not JSON, not a calibration, or bad values; the message names ``where``.
+    """
+    data = parse_format_json(body, where, CALIBRATION_FORMAT, "margin calibration")
     data.pop("format")
     try:
         return MarginCalibration.from_dict(data)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {exc}") from exc
 
 
 def margin_labels(source: EpsModel, target: EpsModel, alpha_bar: np.ndarray, images: torch.Tensor, calibration: MarginCalibration, *,

@@ -146,6 +146,30 @@ class TestLoadPair:
         assert pair.classes == ("a", "b") and pair.target.config.attention == "local"
         assert str(pair.path).startswith(str(tmp_path / "home"))
 
+    def test_a_published_calibration_comes_with_the_pair_and_goes_when_withdrawn(self, tmp_path):
+        import dataclasses
+        import json
+
+        from progaug.margin import MarginCalibration, write_calibration
+
+        files = _pair_files(tmp_path)
+        card = json.loads(files["p/card.json"])
+        cal = MarginCalibration(slope=1e3, timesteps=(500, 900), weights_sha256=(card["source"]["sha256"], card["target"]["sha256"]))
+        write_calibration(tmp_path / "published", cal)
+        files["p/margin_calibration.json"] = (tmp_path / "published" / "margin_calibration.json").read_bytes()
+        with Server(files) as s:
+            assert hub.load_pair(f"{s.url}/p").margin_calibration == cal  # labels="auto" gives margin labels
+            del files["p/margin_calibration.json"]  # the publisher withdraws it: the cached copy goes too
+            assert hub.load_pair(f"{s.url}/p").margin_calibration is None
+            files["p/margin_calibration.json"] = b'{"format": "progaug.margin_calibration/1", "slope": -1}'
+            with pytest.raises(ValueError, match=r"/p/margin_calibration.json: `slope` must be a finite number > 0"):
+                hub.load_pair(f"{s.url}/p")
+            write_calibration(tmp_path / "published", dataclasses.replace(cal, weights_sha256=("0" * 64, "1" * 64)))
+            files["p/margin_calibration.json"] = (tmp_path / "published" / "margin_calibration.json").read_bytes()
+            pair = hub.load_pair(f"{s.url}/p")  # the pair loads; its calibration of other weights is refused on use
+            with pytest.raises(ValueError, match="was fitted with other weights of this pair"):
+                pair.margin_calibration
+
     def test_tampered_weights_refused(self, tmp_path):
         files = _pair_files(tmp_path)
         files["p/target.safetensors"] = files["p/target.safetensors"][:-4] + b"\x00\x00\x00\x00"

@@ -126,7 +126,8 @@ class TestCardRefresh:
             pair = hub.load_pair(f"{s.url}/p")
         assert pair.card["target"]["sha256"] == sha(v2["p/target.safetensors"])
         assert (pair.path / "target.safetensors").read_bytes() == v2["p/target.safetensors"]
-        assert sorted(s.hits) == ["/p/card.json", "/p/target.safetensors"]  # the unchanged source is kept
+        # the unchanged source is kept; the card and the optional calibration are asked for on every load
+        assert sorted(s.hits) == ["/p/card.json", "/p/margin_calibration.json", "/p/target.safetensors"]
 
     def test_corrected_card_replaces_a_failing_one(self, tmp_path):
         good = publish(tmp_path / "pub")
