@@ -517,3 +517,19 @@ def test_make_sets_reads_the_whole_set_when_every_tile_is_kept(tmp_path, capsys)
     assert sum(counted) == 2  # progress counts the needed tiles, as the caller's bar does, not the 5 read
     assert torch.equal(again.pro["paper"][0], full.pro["paper"][0]) and torch.equal(again.iddpm, full.iddpm)
     assert (again.pro["paper"][0].flatten(1).amax(dim=1) > 0).all()  # every tile's row, not only the needed ones
+
+
+def test_run_logs_shared_by_two_processes_see_each_others_trainings_and_survive_a_torn_line(tmp_path):
+    from progaug.evaluation.pipeline import RunLog
+
+    path = tmp_path / "runs.jsonl"
+    first, second = RunLog(path, "s"), RunLog(path, "s")
+    first["tuning"] = {"val_accuracy": 0.5}
+    assert "tuning" in second and second["tuning"] == {"val_accuracy": 0.5}  # read since, not trained again
+    assert "missing" not in second and "tuning" not in RunLog(path, "other scope")
+    with path.open("a") as f:  # a process killed in the middle of a line, then another one's whole line
+        f.write('{"scope": "s", "key": "half", "res')
+    assert "half" not in second
+    first["after"] = {"val_accuracy": 0.7}
+    assert "after" in second and "half" not in second
+    assert set(RunLog(path, "s")) == {"tuning", "after"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -168,26 +169,53 @@ class RunLog(dict):
     where it stopped (the memo of :func:`progaug.evaluation.protocol.run_protocol`).
 
     Every line holds ``{"scope", "key", "result"}``; lines of another scope (other data, pair or generation
-    settings) are ignored, and a torn last line (a killed run) is skipped.
+    settings) are ignored, and a torn last line (a killed run) is skipped. A key not found is looked up again in
+    the lines appended since the last read, so processes that share a log (split by seeds) reuse each other's
+    trainings, such as the tuning runs, instead of repeating them.
     """
 
     def __init__(self, path: Path, scope: str) -> None:
         super().__init__()
-        self.path, self.scope = Path(path), scope
-        if self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(entry, dict) and entry.get("scope") == scope and "key" in entry:
-                    super().__setitem__(entry["key"], entry["result"])
+        self.path, self.scope, self._read = Path(path), scope, 0
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Take in the complete lines appended to the file since the last read (a line still being written waits)."""
+        if not self.path.is_file():
+            return
+        with self.path.open("rb") as f:
+            f.seek(self._read)
+            new = f.read()
+        complete = new[: new.rfind(b"\n") + 1]
+        self._read += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict) and entry.get("scope") == self.scope and "key" in entry:
+                super().__setitem__(entry["key"], entry["result"])
+
+    def __contains__(self, key: object) -> bool:
+        if super().__contains__(key):
+            return True
+        self._refresh()
+        return super().__contains__(key)
 
     def __setitem__(self, key: str, value: dict) -> None:
         super().__setitem__(key, value)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps({"scope": self.scope, "key": key, "result": value}) + "\n")
+        line = json.dumps({"scope": self.scope, "key": key, "result": value}) + "\n"
+        with self.path.open("ab") as f:
+            if f.tell() and _last_byte(self.path) != b"\n":
+                line = "\n" + line  # after a torn line of a killed run: this one stays whole
+            f.write(line.encode())
+
+
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
 
 
 def scope_of(pair, data: str, splits: dict[str, TileSet]) -> str:
