@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     began = time.time()
     applied, pair, splits = open_benchmark(args)
-    cal = margin_calibration_of(pair, args.pair)
+    cal = margin_calibration_of(pair)
     stored = read_scatter(Path(args.scatter), args.measure, pair)
     if tuple(stored["timesteps"]) != tuple(cal.timesteps) or stored["margin_seed"] != cal.seed:
         raise SystemExit(f"{args.scatter}: its margins (timesteps {stored['timesteps']}, seed {stored['margin_seed']}) are not the "

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     began = time.time()
     applied, pair, splits = open_benchmark(args)
-    cal = margin_calibration_of(pair, args.pair)
+    cal = margin_calibration_of(pair)
     a, b = pair.classes
     res = {"classes": [a, b], "pair": repo_relative(args.pair), "pair_sha256": pair_sha256(pair), "data": repo_relative(args.data),
            "command": command_line("calibration_splits.py", argv), "machine": platform.platform(), "threads": applied["threads"],

@@ -87,12 +87,15 @@ def unconditional(pair, n: int, *, steps: int, device: str, bf16: bool, seed: in
     return generated.unconditional(pair, n, steps=steps, device=device, bf16=bf16, seed=seed, batch_size=batch_size, cache_dir=CACHE)
 
 
-def margin_calibration_of(pair, name: str):
-    """``pair``'s margin calibration, or SystemExit naming ``name`` when it has none."""
-    cal = pair.margin_calibration
-    if cal is None:
-        raise SystemExit(f"{name} has no margin_calibration.json: fit one with `progaug calibrate` first")
-    return cal
+def margin_calibration_of(pair):
+    """``pair``'s margin calibration (:func:`progaug.generator.margin_calibration_for`), or SystemExit with its
+    message when the pair has none or one of other weights."""
+    from progaug.generator import GenerationConfig, margin_calibration_for
+
+    try:
+        return margin_calibration_for(pair, GenerationConfig(labels="margin"))
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def save_figure(fig, path: Path, dpi: int = 120) -> None:
@@ -125,9 +128,7 @@ def bar_plot(path: Path, names: list[str], series: dict[str, tuple[list[float], 
     ax.grid(axis="y", alpha=0.3)
     if len(series) > 1:
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def bar_panels(path: Path, names: list[str], panels: dict[str, list[float]]) -> None:
@@ -142,9 +143,7 @@ def bar_panels(path: Path, names: list[str], panels: dict[str, list[float]]) -> 
         ax.bar(names, values, color="tab:blue")
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=20)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def require_positive(parser, args, names) -> None:

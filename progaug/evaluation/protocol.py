@@ -420,7 +420,7 @@ class _Runner:
         todo = {}
         for request, key in zip(requests, keys):
             if key in self.memo:
-                self.on_run(f"N={request[4]} {request[0].name} seed {request[2]}: kept from an earlier run")
+                self.fit(*request)  # reports it as kept, as in one process
             elif key not in todo:
                 todo[key] = request
         if todo:
