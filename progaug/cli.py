@@ -39,6 +39,10 @@ def _load_data(args: argparse.Namespace, split: str = "train"):
     if not 32 <= args.tile_size <= 256:  # before any image is read
         raise ValueError(f"--tile-size must be in [32, 256] (the U-Nets' image_size), got {args.tile_size}")
     if args.data == "hgsc":
+        if args.tile_size > TileSpec().block_size:
+            raise ValueError(f"--tile-size {args.tile_size}: the bundled demo tiles (--data hgsc) are cut from "
+                             f"{TileSpec().block_size}-px blocks of one image; for larger tiles pass --data ROOT "
+                             f"(root/<class>/*.png)")
         spec = TileSpec(tile_size=args.tile_size, stride=args.tile_size // 2)
         tiles = hgsc_tiles(split, spec)
         info = {"name": "hgsc", "split": split, "spec": spec.to_dict(), "counts": tiles.counts()}
@@ -112,7 +116,10 @@ def _run_train(args: argparse.Namespace) -> int:
     _check_device(args)
     _apply_runtime(args, args.device or default_device())
     tiles, source, target, info = _load_data(args)
-    base = config_from_args(UNetConfig, args, image_size=args.tile_size, attention=args.source_attention)
+    layout = {}
+    if args.attention_resolutions is None:  # the two coarsest feature maps, (16, 8) at the default 64 px
+        layout["attention_resolutions"] = UNetConfig.coarsest_sides(args.tile_size, tuple(args.channel_mult or UNetConfig.channel_mult))
+    base = config_from_args(UNetConfig, args, image_size=args.tile_size, attention=args.source_attention, **layout)
     spec = PairSpec(source, target, source_model=base, target_model=dataclasses.replace(base, attention=args.target_attention),
                     diffusion=config_from_args(DiffusionConfig, args))
     out = train_pair(tiles, args.out, spec, config_from_args(TrainConfig, args), resume=args.resume, device=args.device,

@@ -36,7 +36,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, prefix: 
     """Add one flag per field of dataclass ``cls``; defaults are None so only given flags override.
 
     ``int``/``float``/``str`` fields take one value, ``bool`` fields get ``--x/--no-x``, ``Literal`` fields
-    get ``choices``, ``tuple[int, ...]`` fields take several values.
+    get ``choices``, ``tuple[int, ...]`` fields take several values. A field's ``metadata["aliases"]`` adds
+    other spellings of its flag (``--num-samples`` for ``--n``, which ``torchrun``'s parser would take).
     """
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(cls.__name__)
@@ -57,7 +58,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, prefix: 
             kwargs.update(nargs="+", type=args[0])
         else:
             kwargs["type"] = kind
-        group.add_argument(_flag(prefix, field.name), help=help_text(field), **kwargs)
+        aliases = tuple(field.metadata.get("aliases", ()))
+        group.add_argument(_flag(prefix, field.name), *aliases, help=help_text(field), **kwargs)
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace, *, prefix: str = "", base: C | None = None, **overrides: Any) -> C:

@@ -159,7 +159,11 @@ class UNetConfig(JsonConfig):
     model_channels: int = setting(32, "Width of the first level")
     channel_mult: tuple[int, ...] = setting((1, 2, 2, 2), "Width multiplier per resolution level (one level per entry)")
     num_res_blocks: int = setting(2, "Residual blocks per level on the way down (one more on the way up)")
-    attention_resolutions: tuple[int, ...] = setting((16, 8), "Feature-map sides (pixels) that get an attention block")
+    attention_resolutions: tuple[int, ...] = setting(
+        (16, 8),
+        "Feature-map sides (pixels) that get an attention block (progaug train without this flag: the two coarsest "
+        "sides of the U-Net, which are 16 and 8 at 64 px)",
+    )
     num_heads: int = setting(4, "Attention heads, used when head_channels is None")
     head_channels: int | None = setting(None, "Channels per head; overrides num_heads when set (default: None, num_heads heads)")
     attention: AttentionPriority = setting(
@@ -220,6 +224,18 @@ class UNetConfig(JsonConfig):
                         f"attention width {ch} is not divisible into {heads} heads "
                         f"(num_heads={self.num_heads}, head_channels={self.head_channels})"
                     )
+
+    @staticmethod
+    def coarsest_sides(image_size: int, channel_mult: tuple[int, ...], count: int = 2) -> tuple[int, ...]:
+        """The ``count`` smallest feature-map sides of a U-Net, largest first: where ``progaug train`` puts
+        attention when ``--attention-resolutions`` is not given.
+
+        At the default 64 px and ``channel_mult`` (1, 2, 2, 2) the sides are 64, 32, 16, 8 and this gives the
+        default (16, 8); at ``--tile-size 256`` it gives (64, 32), where the fixed (16, 8) would name sides
+        the network does not have.
+        """
+        sides = [image_size // 2**i for i in range(len(channel_mult))]
+        return tuple(sides[-count:])
 
     @property
     def downsample_factor(self) -> int:

@@ -82,7 +82,14 @@ class PrecomputeConfig(JsonConfig):
             move to another device.
     """
 
-    n: int = dataclasses.field(default=5000, metadata={"help": "Number of progressive samples (n / num_levels source groups, rounded up)"})
+    n: int = dataclasses.field(
+        default=5000,
+        metadata={
+            "help": "Number of progressive samples (n / num_levels source groups, rounded up); under torchrun write "
+            "--num-samples (torchrun's own parser reads --n as an abbreviation of its flags and stops)",
+            "aliases": ("--num-samples",),
+        },
+    )
     num_levels: int = dataclasses.field(
         default=10, metadata={"help": "Soft-label levels per source image, evenly spaced in (0, 1] (adaptive depth)"}
     )

@@ -150,3 +150,55 @@ def test_defaults_come_from_the_configs():
 def test_python_dash_m():
     proc = subprocess.run([sys.executable, "-m", "progaug", "--version"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("progaug ")
+
+
+def test_every_flag_survives_torchrun():
+    """torchrun parses the whole command line with its own parser, abbreviations allowed: a progaug flag that
+    is a prefix of one of torchrun's flags (``--n`` of ``--nnodes``) stops the launch before progaug starts."""
+    from torch.distributed.run import get_args_parser
+
+    launcher = get_args_parser()
+    launcher.exit_on_error = False
+    taken = set()
+    for command, action in _flags(build_parser()):
+        for flag in action.option_strings:
+            if flag in ("-h", "--help"):
+                continue
+            argv = ["--nproc-per-node", "2", "-m", "progaug", command, flag, "1"]
+            try:
+                got = launcher.parse_args(argv).training_script_args
+            except (SystemExit, argparse.ArgumentError):
+                taken.add(flag)
+                continue
+            assert got == [command, flag, "1"], (command, flag, got)
+    assert taken == {"--n"}  # precompute's --n has the spelling --num-samples for torchrun
+
+
+def test_num_samples_is_n(tmp_path):
+    args = build_parser().parse_args(["precompute", "--num-samples", "7", "--out", str(tmp_path)])
+    assert args.n == 7
+
+
+def test_attention_defaults_follow_the_tile_size(tmp_path, monkeypatch):
+    from progaug.config import UNetConfig
+
+    assert UNetConfig.coarsest_sides(64, UNetConfig.channel_mult) == UNetConfig.attention_resolutions
+    for cls in ("a", "b"):
+        (tmp_path / "d" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (256, 256), (40 * i, 90, 200)).save(tmp_path / "d" / cls / f"{i}.png")
+    specs = []
+    monkeypatch.setattr("progaug.train.train_pair", lambda tiles, out, spec, *a, **k: specs.append(spec) or out)
+    common = ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--tile-size", "256"]
+    assert main(common) == 0
+    assert specs[-1].source_model.attention_resolutions == (64, 32)
+    assert specs[-1].target_model.attention_resolutions == (64, 32)
+    assert main([*common, "--channel-mult", "1", "1", "2", "2", "4", "4"]) == 0
+    assert specs[-1].source_model.attention_resolutions == (16, 8)
+    assert main([*common, "--attention-resolutions", "128"]) == 0  # a given flag wins
+    assert specs[-1].source_model.attention_resolutions == (128,)
+
+
+def test_demo_tiles_refuse_a_larger_tile_size(tmp_path, capsys):
+    assert main(["train", "--tile-size", "256", "--out", str(tmp_path / "o")]) == 2
+    assert "--tile-size 256: the bundled demo tiles (--data hgsc) are cut from 250-px blocks" in capsys.readouterr().err
