@@ -340,10 +340,6 @@ def _hard_rows(count: int, index: int, k: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------ the runner
 
 
-_TEACHER_LINE = "teacher "
-"""How a teacher's progress line starts (:meth:`_Runner._keep`)."""
-
-
 class _Runner:
     """Holds the data of one protocol run and trains its classifiers."""
 
@@ -356,12 +352,14 @@ class _Runner:
         self.a, self.b = (self.train.classes.index(c) for c in classes)
         self.a_class = classes[0]
         self.on_run = on_run or (lambda _: None)
+        self.on_teacher: Callable[[tuple, str], None] = self._report_teacher
+        """Called with a teacher's key and progress line when one is trained (a worker collects them instead)."""
         self._teachers: dict[tuple, torch.Tensor] = {}
         self.memo = {} if memo is None else memo
         self._digests: dict[str, str] = {}
         self._runner_args = (splits, classes, sets, config, device)
         self._pool = None
-        self._teacher_lines: set[str] = set()
+        self._teachers_reported: set[tuple] = set()
 
     def sets_digest(self, arm: Arm) -> str | None:
         """sha256 (16 hex) of the generated images ``arm`` draws from (None for real-only arms)."""
@@ -402,7 +400,7 @@ class _Runner:
             self._teachers[key] = teacher_probability(teacher, images, self.b, self.device)
         keep = agreement_mask(soft, self._teachers[key], self.config.filter_margin)
         if new:
-            self.on_run(f"{_TEACHER_LINE}N={n_key} seed {seed}: keeps {int(keep.sum())} of {len(soft)} generated images")
+            self.on_teacher(key, f"teacher N={n_key} seed {seed}: keeps {int(keep.sum())} of {len(soft)} generated images")
         return keep
 
     def key(self, arm: Arm, recipe: Recipe, seed: int, n_key: str, epochs: int, test: bool) -> str:
@@ -430,14 +428,19 @@ class _Runner:
 
             running = {self._workers().submit(fit_in_worker, request): key for key, request in todo.items()}
             for done in as_completed(running):
-                out, messages = done.result()
+                out, teachers, messages = done.result()
                 self.memo[running[done]] = out
+                for key, message in teachers:  # another worker may have trained the same (seeded) teacher
+                    self._report_teacher(tuple(key), message)
                 for message in messages:
-                    if message.startswith(_TEACHER_LINE) and message in self._teacher_lines:
-                        continue  # another worker trained the same (seeded) teacher: reported once, as in one process
-                    self._teacher_lines.add(message)
                     self.on_run(message)
         return [dict(self.memo[key]) for key in keys]
+
+    def _report_teacher(self, key: tuple, message: str) -> None:
+        """Report a trained teacher once per key, as one process trains each once."""
+        if key not in self._teachers_reported:
+            self._teachers_reported.add(key)
+            self.on_run(message)
 
     def _workers(self):
         if self._pool is None:

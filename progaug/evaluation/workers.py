@@ -21,6 +21,7 @@ __all__ = ["start_pool", "threads_per_worker"]
 
 _RUNNER: Any = None
 _MESSAGES: list[str] = []
+_TEACHERS: list[tuple[tuple, str]] = []
 
 
 def threads_per_worker(workers: int, threads: int | None = None) -> int:
@@ -41,11 +42,14 @@ def _init(runner_args: tuple, threads: int) -> None:
 
     torch.set_num_threads(threads)
     _RUNNER = _Runner(*runner_args, on_run=_MESSAGES.append, memo={})
+    _RUNNER.on_teacher = lambda key, message: _TEACHERS.append((key, message))
 
 
-def fit_in_worker(request: tuple) -> tuple[dict, list[str]]:
-    """Train one classifier in a worker: ``request`` is :meth:`_Runner.fit`'s arguments; returns its result and
-    the progress lines it wrote (a teacher's, then the training's)."""
+def fit_in_worker(request: tuple) -> tuple[dict, list[tuple[tuple, str]], list[str]]:
+    """Train one classifier in a worker: ``request`` is :meth:`_Runner.fit`'s arguments; returns its result, the
+    teachers it trained (key and progress line: the parent reports each key once, as one process would) and
+    the training's progress lines."""
     _MESSAGES.clear()
+    _TEACHERS.clear()
     out = _RUNNER.fit(*request)
-    return out, list(_MESSAGES)
+    return out, list(_TEACHERS), list(_MESSAGES)
