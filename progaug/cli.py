@@ -117,8 +117,8 @@ def _run_train(args: argparse.Namespace) -> int:
     _apply_runtime(args, args.device or default_device())
     tiles, source, target, info = _load_data(args)
     layout = {}
-    if args.attention_resolutions is None:  # the two coarsest feature maps, (16, 8) at the default 64 px
-        layout["attention_resolutions"] = UNetConfig.coarsest_sides(args.tile_size, tuple(args.channel_mult or UNetConfig.channel_mult))
+    if args.attention_resolutions is None:  # (16, 8) where the U-Net has those sides, else its two coarsest
+        layout["attention_resolutions"] = UNetConfig.attention_sides_for(args.tile_size, tuple(args.channel_mult or UNetConfig.channel_mult))
     base = config_from_args(UNetConfig, args, image_size=args.tile_size, attention=args.source_attention, **layout)
     spec = PairSpec(source, target, source_model=base, target_model=dataclasses.replace(base, attention=args.target_attention),
                     diffusion=config_from_args(DiffusionConfig, args))

@@ -161,8 +161,8 @@ class UNetConfig(JsonConfig):
     num_res_blocks: int = setting(2, "Residual blocks per level on the way down (one more on the way up)")
     attention_resolutions: tuple[int, ...] = setting(
         (16, 8),
-        "Feature-map sides (pixels) that get an attention block (progaug train without this flag: the two coarsest "
-        "sides of the U-Net, which are 16 and 8 at 64 px)",
+        "Feature-map sides (pixels) that get an attention block (progaug train without this flag: 16 and 8 where "
+        "the U-Net has those sides, else its two coarsest)",
     )
     num_heads: int = setting(4, "Attention heads, used when head_channels is None")
     head_channels: int | None = setting(None, "Channels per head; overrides num_heads when set (default: None, num_heads heads)")
@@ -225,17 +225,18 @@ class UNetConfig(JsonConfig):
                         f"(num_heads={self.num_heads}, head_channels={self.head_channels})"
                     )
 
-    @staticmethod
-    def coarsest_sides(image_size: int, channel_mult: tuple[int, ...], count: int = 2) -> tuple[int, ...]:
-        """The ``count`` smallest feature-map sides of a U-Net, largest first: where ``progaug train`` puts
-        attention when ``--attention-resolutions`` is not given.
+    @classmethod
+    def attention_sides_for(cls, image_size: int, channel_mult: tuple[int, ...]) -> tuple[int, ...]:
+        """Where ``progaug train`` puts attention when ``--attention-resolutions`` is not given: the default
+        sides (16, 8) where the U-Net has them (every earlier pair, and 32 or 64 px with the default
+        ``channel_mult``), else its two coarsest feature-map sides, largest first.
 
-        At the default 64 px and ``channel_mult`` (1, 2, 2, 2) the sides are 64, 32, 16, 8 and this gives the
-        default (16, 8); at ``--tile-size 256`` it gives (64, 32), where the fixed (16, 8) would name sides
-        the network does not have.
+        At ``--tile-size 256`` with the default multipliers (sides 256, 128, 64, 32) this gives (64, 32), where
+        (16, 8) would name sides the network does not have.
         """
         sides = [image_size // 2**i for i in range(len(channel_mult))]
-        return tuple(sides[-count:])
+        default = cls.__dataclass_fields__["attention_resolutions"].default
+        return default if set(default) <= set(sides) else tuple(sides[-2:])
 
     @property
     def downsample_factor(self) -> int:

@@ -182,7 +182,9 @@ def test_num_samples_is_n(tmp_path):
 def test_attention_defaults_follow_the_tile_size(tmp_path, monkeypatch):
     from progaug.config import UNetConfig
 
-    assert UNetConfig.coarsest_sides(64, UNetConfig.channel_mult) == UNetConfig.attention_resolutions
+    for size in (32, 64):  # where the fixed default fits, it stays (a resume of an earlier pair is not refused)
+        assert UNetConfig.attention_sides_for(size, UNetConfig.channel_mult) == UNetConfig.attention_resolutions == (16, 8)
+    assert UNetConfig.attention_sides_for(128, UNetConfig.channel_mult) == (32, 16)
     for cls in ("a", "b"):
         (tmp_path / "d" / cls).mkdir(parents=True)
         for i in range(2):
