@@ -41,7 +41,7 @@ train)
     fi
     mkdir -p runs/hgsc-demo && cp training/hgsc-demo/checkpoint.safetensors runs/hgsc-demo/
     timeout "${TRAIN_SECONDS:-420}" python3 -m progaug train --data hgsc --out runs/hgsc-demo --num-res-blocks 1 \
-        --checkpoint-every 1000 --train-steps 30000 --resume --device cuda 2>&1 | tr '\r' '\n' | grep -v 'it/s\]$' | tail -20
+        --checkpoint-every 250 --train-steps 30000 --resume --device cuda 2>&1 | tr '\r' '\n' | grep -v 'it/s\]$' | tail -20
     # a timeout kill leaves the last checkpoint readable (written to a temporary file, then renamed)
     cp runs/hgsc-demo/source.safetensors runs/hgsc-demo/target.safetensors runs/hgsc-demo/card.json "$OUT/"
     split -b 15M -d runs/hgsc-demo/checkpoint.safetensors "$OUT/checkpoint.part-"
@@ -60,7 +60,7 @@ all)
         python3 training/hgsc-demo/rename_settings.py training/hgsc-demo/checkpoint.safetensors
         mkdir -p runs/hgsc-demo && cp training/hgsc-demo/checkpoint.safetensors runs/hgsc-demo/
         timeout "${TRAIN_SECONDS:-190}" python3 -m progaug train --data hgsc --out runs/hgsc-demo --num-res-blocks 1 \
-            --checkpoint-every 1000 --train-steps 30000 --resume --device cuda 2>&1 | tr '\r' '\n' \
+            --checkpoint-every 250 --train-steps 30000 --resume --device cuda 2>&1 | tr '\r' '\n' \
             | grep -v 'it/s\]$' | tee "$OUT/r/train.log" | tail -8
         cp runs/hgsc-demo/source.safetensors runs/hgsc-demo/target.safetensors runs/hgsc-demo/card.json "$OUT/r/" 2>/dev/null
         split -b 15M -d runs/hgsc-demo/checkpoint.safetensors "$OUT/checkpoint.part-"
