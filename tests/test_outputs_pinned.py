@@ -23,21 +23,28 @@ from progaug.precomputation import PrecomputeConfig, precompute
 from progaug.transforms import ProgressiveDiffusionAugment
 
 PINNED_BYTES = {
-    # sha256 of the files / the batch, per CPU instruction set (torch.backends.cpu.get_cpu_capability()):
-    # float32 kernels differ in their last bits between instruction sets, which moves a PNG pixel or a
-    # printed label digit. AVX512 since the amplitude_* columns were named measured_* (with the old header
-    # the bytes hash to the earlier pins 984eb35c... and 9df7e710...); AVX2 (an AMD EPYC) added when the
+    # sha256 of the files / the batch, per kind of CPU (:func:`_machine`: torch's instruction set, the vendor and
+    # whether the CPU has AMX): float32 kernels differ in their last bits between them, which moves a PNG pixel or
+    # a printed label digit. AMD AVX512 since the amplitude_* columns were named measured_* (with the old header
+    # the bytes hash to the earlier pins 984eb35c... and 9df7e710...); AMD AVX2 (an EPYC) added when the
     # suite first ran there, after PINNED_VALUES below agreed. Session 18: the attention blocks moved to PyTorch's
     # fused kernel (contiguous q, k, v), a deliberate change of the last bits: "preview" and "transform" re-pinned on
-    # AVX512 (were 0559deeb... and eb3d92e5...; PINNED_VALUES unchanged); their AVX2 pins (were b57abe5c... and
+    # AMD AVX512 (were 0559deeb... and eb3d92e5...; PINNED_VALUES unchanged); their AVX2 pins (were b57abe5c... and
     # 8af297bc...) are to be made again on the next AVX2 machine, so only their values are checked there until then.
-    "AVX512": {
+    # Session 22: an Intel Xeon with AMX, which torch also calls AVX512, gave other bytes with the same values (its
+    # "paper" bytes are the AMD AVX2 machine's): pinned as its own kind, from this commit's unchanged code.
+    "AVX512/AuthenticAMD": {
         "paper": "68da79125a3f725897a2362e09328ce22a556952c8ace31cf352d94b205f1a2e",
         "preview": "62815c9dcf699efa3a73369155d8c1a4ead147b593281487f677bf9bc429e153",
         "transform": "ad76054c21b09dfe3ed0b20de632461ca29021fbf8dbfe79ab7a9b04e8bf74e1",
     },
-    "AVX2": {
+    "AVX2/AuthenticAMD": {
         "paper": "cd1e4da3ea04d1a42e2a76bec3b1cf2665570d43cb7c8e1f7441d16d6a9f0f7a",
+    },
+    "AVX512/GenuineIntel+AMX": {
+        "paper": "cd1e4da3ea04d1a42e2a76bec3b1cf2665570d43cb7c8e1f7441d16d6a9f0f7a",
+        "preview": "bec22323de2743983c0a7a23dae1f162479491ca217bd9d940e0c9092b852e8b",
+        "transform": "016b9f16a3b54571b14cf374a5c690f48a4094b60106f21e618c162d45fb075f",
     },
 }
 PINNED_VALUES = {
@@ -51,9 +58,25 @@ PINNED_VALUES = {
 }
 
 
+def _machine() -> str:
+    """The kind of CPU the byte pins are kept per: torch's instruction set, the vendor, ``+AMX`` where the CPU
+    has AMX (``/proc/cpuinfo``; elsewhere the vendor is unknown and only the values are checked)."""
+    vendor, amx = "unknown", False
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("vendor_id"):
+                vendor = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                amx = "amx_bf16" in line.split()
+                break
+    except OSError:
+        pass
+    return f"{torch.backends.cpu.get_cpu_capability()}/{vendor}{'+AMX' if amx else ''}"
+
+
 def _check_bytes(key: str, digest: str) -> None:
-    """The byte pin of this machine's instruction set, where one is known (the values are checked everywhere)."""
-    pin = PINNED_BYTES.get(torch.backends.cpu.get_cpu_capability(), {}).get(key)
+    """The byte pin of this kind of CPU, where one is known (the values are checked everywhere)."""
+    pin = PINNED_BYTES.get(_machine(), {}).get(key)
     if pin is not None:
         assert digest == pin
 
