@@ -39,9 +39,10 @@ def _load_data(args: argparse.Namespace, split: str = "train"):
     if not 32 <= args.tile_size <= 256:  # before any image is read
         raise ValueError(f"--tile-size must be in [32, 256] (the U-Nets' image_size), got {args.tile_size}")
     if args.data == "hgsc":
-        if args.tile_size > TileSpec().block_size:
+        block = TileSpec().block_size
+        if args.tile_size > block:
             raise ValueError(f"--tile-size {args.tile_size}: the bundled demo tiles (--data hgsc) are cut from "
-                             f"{TileSpec().block_size}-px blocks of one image; for larger tiles pass --data ROOT "
+                             f"{block}-px blocks of one image; for larger tiles pass --data ROOT "
                              f"(root/<class>/*.png)")
         spec = TileSpec(tile_size=args.tile_size, stride=args.tile_size // 2)
         tiles = hgsc_tiles(split, spec)

@@ -235,8 +235,7 @@ class UNetConfig(JsonConfig):
         (16, 8) would name sides the network does not have.
         """
         sides = [image_size // 2**i for i in range(len(channel_mult))]
-        default = cls.__dataclass_fields__["attention_resolutions"].default
-        return default if set(default) <= set(sides) else tuple(sides[-2:])
+        return cls.attention_resolutions if set(cls.attention_resolutions) <= set(sides) else tuple(sides[-2:])
 
     @property
     def downsample_factor(self) -> int:

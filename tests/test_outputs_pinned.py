@@ -59,19 +59,16 @@ PINNED_VALUES = {
 
 
 def _machine() -> str:
-    """The kind of CPU the byte pins are kept per: torch's instruction set, the vendor, ``+AMX`` where the CPU
-    has AMX (``/proc/cpuinfo``; elsewhere the vendor is unknown and only the values are checked)."""
-    vendor, amx = "unknown", False
+    """The kind of CPU the byte pins are kept per: torch's instruction set, the vendor (``/proc/cpuinfo``;
+    elsewhere unknown, and only the values are checked) and ``+AMX`` where torch sees AMX tiles (the test
+    :func:`progaug.runtime.native_bf16` makes)."""
+    vendor = "unknown"
     try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("vendor_id"):
-                vendor = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                amx = "amx_bf16" in line.split()
-                break
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            vendor = next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), vendor)
     except OSError:
         pass
-    return f"{torch.backends.cpu.get_cpu_capability()}/{vendor}{'+AMX' if amx else ''}"
+    return f"{torch.backends.cpu.get_cpu_capability()}/{vendor}{'+AMX' if torch.cpu._is_amx_tile_supported() else ''}"
 
 
 def _check_bytes(key: str, digest: str) -> None:
