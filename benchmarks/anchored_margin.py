@@ -31,7 +31,6 @@ Writes ``benchmarks/results/anchored_margin.{json,md,png}``.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ from label_fidelity import pick_sources, spearman
 from margin_calibration import judged_b_share, read_scatter, source_splits
 from progaug.data.tiles import to_model_range
 from progaug.margin import pair_margin
+from progaug.runtime import machine_description
 
 LABELS = ("measure", "margin", "shifted", "linear", "relative")
 
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
               **anchored_labels(margins, source_margins, cal.slope, cal.intercept, margin_a, margin_b)}
     test = torch.tensor([s == "test" for s in source_splits(splits, a, n, args.source_seed)])
     res = {"classes": [a, b], "pair": repo_relative(args.pair), "pair_sha256": pair_sha256(pair), "data": repo_relative(args.data),
-           "command": command_line("anchored_margin.py", argv), "machine": platform.platform(), "threads": applied["threads"],
+           "command": command_line("anchored_margin.py", argv), "machine": machine_description(args.device), "threads": applied["threads"],
            "scatter": repo_relative(args.scatter), "measure": args.measure, "calibration": cal.to_dict(),
            "typical_margin": {"a": margin_a, "b": margin_b}, "sources": {"all": n, "test": int(test.sum())},
            "source_p_mean": float(torch.sigmoid(cal.slope * source_margins.double() + cal.intercept).mean()),

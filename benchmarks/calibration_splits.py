@@ -18,7 +18,6 @@ and class (default: all).
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, finish_args, margin_calibration_of, open_benchmark, pair_sha256, repo_relative, save_figure, write_report
 from progaug.data.tiles import to_model_range
 from progaug.margin import margin_auc, pair_margin
+from progaug.runtime import machine_description
 
 SPLITS = ("train", "val", "test")
 
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     cal = margin_calibration_of(pair)
     a, b = pair.classes
     res = {"classes": [a, b], "pair": repo_relative(args.pair), "pair_sha256": pair_sha256(pair), "data": repo_relative(args.data),
-           "command": command_line("calibration_splits.py", argv), "machine": platform.platform(), "threads": applied["threads"],
+           "command": command_line("calibration_splits.py", argv), "machine": machine_description(args.device), "threads": applied["threads"],
            "calibration": cal.to_dict(), "splits": {}}
     for split in SPLITS:
         margins = []

@@ -18,7 +18,6 @@ Writes ``benchmarks/results/decode_schedule.{json,md,png}``.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from progaug.frequency import default_levels
 from progaug.generator import GenerationConfig, ProgressiveGenerator
 from progaug.labels import DEFAULT_MEASURE, MEASURES
 from progaug.metrics import psnr
-from progaug.runtime import CPU_MAX_BATCH
+from progaug.runtime import CPU_MAX_BATCH, machine_description
 
 PSNR_FLOOR_DB = 40.0
 
@@ -135,7 +134,7 @@ def main(argv=None) -> int:
     _run(pair, images[:1], args, 1, 0)  # warm-up: the first run of a process is slower (allocator, kernels)
     ref, t_ref = _run(pair, images, args, 1, 0)
     outputs = ref.images.shape[0] * ref.images.shape[1]
-    res = {"command": command_line("decode_schedule.py", argv), "machine": f"{platform.platform()} ({args.device})",
+    res = {"command": command_line("decode_schedule.py", argv), "machine": machine_description(args.device),
            "threads": applied["threads"], "n": len(images), "measure": args.measure, "steps": args.steps, "levels": args.num_levels,
            "pair": str(args.pair), "pair_sha256": pair_sha256(pair), "pair_training": pair_training(pair),
            "evals_per_output_every_state": ref.model_evaluations / outputs, "s_per_output_every_state": t_ref / outputs,

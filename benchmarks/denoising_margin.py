@@ -23,7 +23,6 @@ Writes ``benchmarks/results/denoising_margin.{json,md,png}`` (the PNG: judge p a
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from label_fidelity import generate, judge_p, pick_sources, spearman, train_judg
 from progaug.data.tiles import to_model_range
 from progaug.diffusion.schedule import training_alpha_bar
 from progaug.margin import DEFAULT_MARGIN_TIMESTEPS, denoising_margin, margin_auc
+from progaug.runtime import machine_description
 
 BOOTSTRAP_DRAWS = 1000
 
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     judges = {s: train_judge(train_a, train_b, steps=args.judge_steps, seed=s, device=args.device) for s in args.judge_seeds}
     sources, split = pick_sources(splits, a, args.n, args.seed)
     res = {"classes": [a, b], "pair": repo_relative(args.pair), "pair_sha256": pair_sha256(pair), "pair_training": pair_training(pair),
-           "command": command_line("denoising_margin.py", argv), "machine": platform.platform(), "threads": applied["threads"],
+           "command": command_line("denoising_margin.py", argv), "machine": machine_description(args.device), "threads": applied["threads"],
            "n": len(sources), "sources_split": split, "timesteps": args.timesteps, "margin_seed": args.margin_seed, "shared_noise": args.shared_noise,
            "judge_seeds": args.judge_seeds, "steps": args.steps, "levels": args.num_levels, "bf16": args.bf16,
            "real_auc": real, "measures": {}}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from progaug.cli_args import add_config_arguments
 from progaug.data.tiles import to_model_range
 from progaug.hub import load_pair
 from progaug.metrics import frechet_distance, inception_features, load_inception, load_lpips, lpips_diversity
-from progaug.runtime import RuntimeConfig
+from progaug.runtime import machine_description, RuntimeConfig
 
 PAPER = {  # Table 1 of the paper (ROSE / pRCC), for comparison in spirit only
     "ADD": {"ROSE": (67.83, 70.29, 0.6267), "pRCC": (58.31, 81.26, 0.6078)},
@@ -85,7 +84,7 @@ def main(argv=None) -> int:
     lpips = load_lpips(args.metric_weights, device=args.device)
     ref = inception_features(inception, to_model_range(tgt_train))
     sets = {name: to_model_range(images) for name, images in sets.items()}
-    res = {"classes": [a, b], "n": args.n, "steps": args.steps, "bf16": args.bf16, "device": args.device, "machine": platform.platform(),
+    res = {"classes": [a, b], "n": args.n, "steps": args.steps, "bf16": args.bf16, "device": args.device, "machine": machine_description(args.device),
            "threads": applied["threads"], "reference_tiles": len(tgt_train), "command": command_line("generation.py", argv), "decode_strides": [s if f == 0 else f"{s}:{f}" for s, f in args.decode_strides],
            "pair_training": pair_training(pair), "pair_sha256": pair_sha256(pair),
            "methods": {}}

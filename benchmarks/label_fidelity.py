@@ -28,7 +28,6 @@ import argparse
 import collections
 import importlib
 import math
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -45,7 +44,7 @@ from progaug.data.tiles import dihedral, to_model_range, to_uint8
 from progaug.frequency import default_levels
 from progaug.generator import GenerationConfig, ProgressiveGenerator, parse_variant
 from progaug.metrics import load_lpips
-from progaug.runtime import CPU_MAX_BATCH, RuntimeConfig, default_device
+from progaug.runtime import CPU_MAX_BATCH, default_device, machine_description, RuntimeConfig
 
 GOALS = {
     "depths_differ": "depths differ between images (share of sources off the most common depth list > 0)",
@@ -348,7 +347,7 @@ def main(argv=None) -> int:
     lpips = load_lpips(args.metric_weights, device=args.device)
     res = {"classes": [a, b], "pair": repo_relative(str(pair.path) if pair.path else args.pair),
            "pair_sha256": pair_sha256(pair), "pair_training": pair_training(pair),
-           "command": command_line("label_fidelity.py", argv), "machine": platform.platform(), "device": args.device,
+           "command": command_line("label_fidelity.py", argv), "machine": machine_description(args.device), "device": args.device,
            "threads": applied["threads"], "n": len(sources), "sources_split": split, "levels": args.num_levels, "steps": args.steps,
            "bf16": args.bf16, "seed": args.seed, "measures_available": list(available_measures()),
            "judge": {"train_tiles": len(train_a) + len(train_b), "train_per_class": {a: len(train_a), b: len(train_b)},

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -49,6 +48,7 @@ from denoising_margin import judged_a_share
 from label_fidelity import source_indices, spearman
 from progaug.data.tiles import to_model_range
 from progaug.margin import MarginCalibration, fit_pair_calibration, margin_auc, pair_margin, write_calibration
+from progaug.runtime import machine_description
 
 BOOTSTRAP_DRAWS = 2000
 BINS = 10
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     keep = torch.tensor([s == "test" for s in from_split])
     labels, calibrated = labels[keep], cal.probability(margins[keep].flatten()).view(-1, levels)
     res = {"classes": [a, b], "pair": repo_relative(args.pair), "pair_sha256": pair_sha256(pair), "data": args.data,
-           "command": command_line("margin_calibration.py", argv), "machine": platform.platform(), "threads": applied["threads"],
+           "command": command_line("margin_calibration.py", argv), "machine": machine_description(args.device), "threads": applied["threads"],
            "scatter": repo_relative(args.scatter), "scatter_command": stored["command"], "measure": args.measure,
            "calibration": cal.to_dict(), "sources": {"test": int(keep.sum()), "val_left_out": int((~keep).sum())},
            "levels": levels, "real_test_tiles": test_real, "judges": {}}

@@ -22,7 +22,6 @@ Writes ``benchmarks/results/memorisation.{json,md,png}`` (``--out``). Needs no m
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, finish_args, heldout, open_benchmark, pair_sha256, pair_training, repo_relative, write_report
 from pair_quality import unconditional
 from progaug.data.tiles import dihedral
+from progaug.runtime import machine_description
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     _, pair, splits = open_benchmark(args)
     res = {"pair": repo_relative(str(pair.path)), "pair_sha256": pair_sha256(pair), "pair_training": pair_training(pair),
            "n_samples": args.n, "sample_steps": args.steps, "bf16": args.bf16, "seed": args.seed,
-           "machine": platform.machine(), "device": args.device, "torch_threads": torch.get_num_threads(),
+           "machine": machine_description(args.device), "device": args.device, "torch_threads": torch.get_num_threads(),
            "distance": "RMSE of [0, 1] pixels to the nearest training tile under 8 flips / rotations", "per_class": {}}
     pictures = []
     for role, cls in zip(("source", "target"), pair.classes):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from progaug.data.tiles import to_model_range
 from progaug.diffusion import DDIMSchedule, invert, sample
 from progaug.hub import load_pair
 from progaug.metrics import frechet_distance, inception_features, load_inception, psnr
-from progaug.runtime import autocast, autocast_dtype
+from progaug.runtime import autocast, autocast_dtype, machine_description
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -99,7 +98,7 @@ def main(argv=None) -> int:
     real = real_tiles(args.data, pair.image_size, classes)
     net = load_inception(args.metric_weights, device=args.device)
     result = {"pair": repo_relative(str(pair.path)), "pair_sha256": pair_sha256(pair), "card_training": pair.card.get("training", {}), "classes": list(classes),
-              "n_samples": args.n, "sample_steps": args.steps, "bf16": args.bf16, "machine": platform.machine(),
+              "n_samples": args.n, "sample_steps": args.steps, "bf16": args.bf16, "machine": machine_description(args.device),
               "device": args.device, "torch_threads": torch.get_num_threads(), "per_class": {}}
     grid_rows, train_features = [], {}
     for role, cls in zip(("source", "target"), classes):

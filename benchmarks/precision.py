@@ -15,7 +15,6 @@ Writes ``benchmarks/results/precision.{json,md,png}``.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from progaug.frequency import default_levels
 from progaug.generator import GenerationConfig, ProgressiveGenerator
 from progaug.labels import MEASURES
 from progaug.metrics import psnr
-from progaug.runtime import CPU_MAX_BATCH, native_bf16
+from progaug.runtime import CPU_MAX_BATCH, machine_description, native_bf16
 
 LABEL_TOLERANCE, PSNR_FLOOR_DB = 0.01, 40.0
 
@@ -109,7 +108,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     applied, pair, splits = open_benchmark(args)
     images = spread_heldout(splits, pair.classes[0], args.n, args.device)
-    res = {"command": command_line("precision.py", argv), "machine": f"{platform.platform()} ({args.device})", "threads": applied["threads"],
+    res = {"command": command_line("precision.py", argv), "machine": machine_description(args.device), "threads": applied["threads"],
            "native_bf16": native_bf16(args.device), "n": len(images), "steps": args.steps, "levels": args.num_levels, "pair": str(args.pair),
            "pair_sha256": pair_sha256(pair), "pair_training": pair_training(pair), "measures": {}}
     for measure in args.measures:

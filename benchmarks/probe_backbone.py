@@ -21,7 +21,6 @@ Writes ``benchmarks/results/probe_backbone.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from progaug.evaluation.classifiers import normalise
 from progaug.evaluation.pretrained import LITE0_SHA256, lite0_weights_path, pretrained_lite0
 from progaug.evaluation.protocol import real_subset
 from progaug.evaluation.training import Recipe, TrainSpec, train_classifier
+from progaug.runtime import machine_description
 
 PHOTOS = {  # scikit-image data file -> ImageNet descriptions that count as right
     "chelsea.png": ("Egyptian cat", "tabby, tabby cat", "tiger cat"),
@@ -161,7 +161,7 @@ def main(argv=None) -> dict:
     apply_runtime(config_from_args(RuntimeConfig, args), args.device)
     start = time.time()
     splits = load_splits(args.data, args.size)
-    res = {"uses_pair": False, "command": command_line("probe_backbone.py", argv), "machine": platform.platform(), "threads": torch.get_num_threads(),
+    res = {"uses_pair": False, "command": command_line("probe_backbone.py", argv), "machine": machine_description(args.device), "threads": torch.get_num_threads(),
            "weights": str(lite0_weights_path().name), "sha256": LITE0_SHA256, "epochs": args.epochs,
            "imagenet": imagenet_check(), "features": feature_check(splits), "lr": lr_check(splits, args)}
     res["seconds"] = time.time() - start

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import sys
 import threading
 import time
@@ -40,7 +39,7 @@ from progaug.frequency import adaptive_depths, default_levels, highpass_amplitud
 from progaug.generator import GenerationConfig, generate_progressive
 from progaug.hub import load_pair
 from progaug.metrics import psnr
-from progaug.runtime import RuntimeConfig, apply_runtime, auto_max_batch, autocast, autocast_dtype, prepare_model
+from progaug.runtime import apply_runtime, auto_max_batch, autocast, autocast_dtype, machine_description, prepare_model, RuntimeConfig
 
 
 
@@ -166,7 +165,7 @@ def main(argv=None) -> int:
     x = to_model_range(tiles.images[pick]).to(device)
     levels = default_levels(args.num_levels)
     outputs = args.images * args.num_levels
-    res = {"machine": platform.platform(), "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "pair_training": pair_training(pair), "pair_sha256": pair_sha256(pair),
+    res = {"machine": machine_description(args.device), "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "pair_training": pair_training(pair), "pair_sha256": pair_sha256(pair),
            "images": args.images, "levels": args.num_levels, "outputs": outputs, "ref_steps": args.ref_steps, "steps": args.steps,
            "max_batch": max_batch, "bf16": args.bf16, "runtime": runtime.to_dict(), "applied": applied, "paramsA": sum(p.numel() for p in pair.source.parameters()),
            "image_size": pair.image_size, "command": command_line("speed.py", argv)}

@@ -27,7 +27,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, bar_plot, command_line, pair_sha256, repo_relative
 from progaug.config import DiffusionConfig, UNetConfig
 from progaug.labels import LEGACY_MEASURE, decode_evaluations, inversion_evaluations
+from progaug.runtime import machine_description
 
 PEAK_BF16_DENSE_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "RTX 4090": 165.2}
 """Dense bf16 tensor-core peaks from the vendors' data sheets (SXM parts), TFLOP/s."""
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
 
     pair = load_pair(args.pair)
     gpu, peak = gpu_peak(args)
-    res = {"machine": platform.platform(), "device": args.device, "torch": torch.__version__, "n": args.n, "gpu_for_floor": gpu,
+    res = {"machine": machine_description(args.device), "device": args.device, "torch": torch.__version__, "n": args.n, "gpu_for_floor": gpu,
            "peak_bf16_tflops": peak, "command": command_line("throughput.py", argv),
            "pair_sha256": pair_sha256(pair), "pairs": {}}
     targets = {repo_relative(args.pair): (args.pair, pair.source.config, args.n)}

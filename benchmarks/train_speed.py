@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ from common import bar_plot, command_line, finish_args, open_benchmark, write_re
 from progaug.evaluation.classifiers import CLASSIFIERS
 from progaug.evaluation.protocol import LR, real_subset
 from progaug.evaluation.training import LabelledImages, Recipe, TrainSpec, train_classifier
-from progaug.runtime import native_bf16
+from progaug.runtime import machine_description, native_bf16
 
 SETTINGS = {"float32": {}, "channels-last": {"channels_last": True}, "bf16": {"bf16": True},
             "bf16 + channels-last": {"channels_last": True, "bf16": True}}
@@ -88,7 +87,7 @@ def main(argv=None) -> int:
     applied, _, splits = open_benchmark(args)
     real, _ = real_subset(splits["train"], args.seed, args.n)
     val = (splits["val"].images, splits["val"].labels)
-    res = {"command": command_line("train_speed.py", argv), "machine": f"{platform.platform()} ({args.device})",
+    res = {"command": command_line("train_speed.py", argv), "machine": machine_description(args.device),
            "threads": applied["threads"], "native_bf16": native_bf16(args.device), "classifier": args.classifier, "n": args.n,
            "epochs": args.epochs, "rounds": args.rounds, "seed": args.seed, "real_images": len(real),
            "uses_pair": False}  # real tiles only: no generated image, so no pair whose figures these could be

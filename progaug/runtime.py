@@ -13,6 +13,7 @@ import ctypes
 import dataclasses
 import math
 import os
+import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ __all__ = [
     "default_device",
     "default_threads",
     "env_int",
+    "machine_description",
     "native_bf16",
     "resolve_bf16",
     "prepare_model",
@@ -112,6 +114,45 @@ def native_bf16(device: torch.device | str) -> bool:
         except AttributeError:  # a torch without these probes: stay in float32
             return False
     return False
+
+
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model name (``model name`` of ``cpuinfo`` on Linux), else what :mod:`platform` knows."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_description(device: torch.device | str = "cpu", *, cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """What a timed result must name to be compared: OS, CPU model, usable CPUs, torch's CPU instruction set,
+    whether the device computes bf16 natively, and the GPU's name when ``device`` is CUDA.
+
+    Timings of the same command differed 2-3x between two 2-core development CPUs (``docs/performance.md``),
+    so every benchmark records this string as ``machine``.
+    """
+    device = torch.device(device)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    capability = torch.backends.cpu.get_cpu_capability()
+    text = f"{platform.platform()}, {cpu_model(cpuinfo)}, {cpus} CPUs ({capability}"
+    text += f"{', AMX' if _has_amx() else ''}{', native bf16' if native_bf16('cpu') else ''})"
+    if device.type == "cuda" and torch.cuda.is_available():
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        text += f", {torch.cuda.get_device_name(index)}{' (native bf16)' if native_bf16(device) else ''}"
+    return text
+
+
+def _has_amx() -> bool:
+    """Whether torch sees AMX tiles on this CPU (False on a torch without the probe)."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
 
 
 def check_bf16(bf16: object) -> bool | None:

@@ -17,7 +17,9 @@ from progaug.runtime import (
     autocast,
     autocast_dtype,
     default_device,
+    cpu_model,
     default_threads,
+    machine_description,
     native_bf16,
     prepare_model,
     resolve_bf16,
@@ -244,3 +246,28 @@ def test_fused_attention_kernel_keeps_the_math_kernels_results_on_the_demo_pair(
         math = generate_progressive(demo.source, demo.target, x, levels, config, diffusion=demo.diffusion)
     assert_same_result(fused, math)
     assert not torch.equal(fused.images, math.images)  # two kernels did run
+
+
+class TestMachineDescription:
+    """Timed results name the machine: the same command ran 2-3x apart on two 2-core CPUs."""
+
+    def test_cpu_model_is_read_from_cpuinfo(self, tmp_path):
+        info = tmp_path / "cpuinfo"
+        info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Test CPU @ 2.0GHz\nflags\t: fpu\n")
+        assert cpu_model(info) == "Test CPU @ 2.0GHz"
+
+    def test_cpu_model_falls_back_without_cpuinfo(self, tmp_path):
+        empty = tmp_path / "empty"
+        empty.write_text("processor\t: 0\n")
+        assert cpu_model(tmp_path / "missing") == cpu_model(empty) != ""
+
+    def test_description_names_cpu_threads_and_bf16(self, tmp_path, monkeypatch):
+        import progaug.runtime
+
+        info = tmp_path / "cpuinfo"
+        info.write_text("model name\t: Test CPU\n")
+        monkeypatch.setattr(progaug.runtime, "native_bf16", lambda device: True)
+        text = machine_description("cpu", cpuinfo=info)
+        assert "Test CPU" in text and "native bf16" in text and torch.backends.cpu.get_cpu_capability() in text
+        monkeypatch.setattr(progaug.runtime, "native_bf16", lambda device: False)
+        assert "native bf16" not in machine_description("cpu", cpuinfo=info)

@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from progaug.evaluation import generated
 from progaug.generator import GenerationConfig, parse_variant
 from progaug.evaluation.protocol import Arm, GeneratedSets, ProtocolConfig, needed_positions, parse_n, run_protocol
 from progaug.labels import DEFAULT_MEASURE
-from progaug.runtime import CPU_MAX_BATCH, check_bf16, resolve_bf16
+from progaug.runtime import CPU_MAX_BATCH, check_bf16, machine_description, resolve_bf16
 
 CHUNK = 32
 """Needed source tiles per generated chunk (the unit kept on disk)."""
@@ -292,7 +291,7 @@ def evaluate_pair(pair, data: EvaluationData, arms: Sequence[Arm], config: Proto
             entry["leak"] = leak(pair, data.name, parse_n(key), counts)
         res.update(counts={s: splits[s].counts() for s in splits}, generation=cost,
                    generation_settings={k: v for k, v in settings.to_dict().items() if k != "cache_dir"},
-                   seconds_generation=seconds_generation, seconds=round(time.time() - began, 1), machine=platform.platform(),
+                   seconds_generation=seconds_generation, seconds=round(time.time() - began, 1), machine=machine_description(device),
                    pair_sha256=pair_sha256(pair), pair_training=pair_training(pair),
                    pair_data=pair.card.get("data"), threads=torch.get_num_threads(), complete=len(res["curve"]) == len(config.n))
         return res
