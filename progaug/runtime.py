@@ -40,6 +40,7 @@ __all__ = [
     "prepare_model",
     "rows_that_fit",
     "tune_malloc",
+    "usable_cpus",
 ]
 
 CPU_MAX_BATCH = 32
@@ -109,10 +110,7 @@ def native_bf16(device: torch.device | str) -> bool:
     if device.type == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if device.type == "cpu":
-        try:
-            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-        except AttributeError:  # a torch without these probes: stay in float32
-            return False
+        return _cpu_has("avx512_bf16") or _cpu_has("amx_tile")
     return False
 
 
@@ -137,20 +135,20 @@ def machine_description(device: torch.device | str = "cpu", *, cpuinfo: str | Pa
     so every benchmark records this string as ``machine``.
     """
     device = torch.device(device)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = usable_cpus()
     capability = torch.backends.cpu.get_cpu_capability()
     text = f"{platform.platform()}, {cpu_model(cpuinfo)}, {cpus} CPUs ({capability}"
-    text += f"{', AMX' if _has_amx() else ''}{', native bf16' if native_bf16('cpu') else ''})"
+    text += f"{', AMX' if _cpu_has('amx_tile') else ''}{', native bf16' if native_bf16('cpu') else ''})"
     if device.type == "cuda" and torch.cuda.is_available():
         index = device.index if device.index is not None else torch.cuda.current_device()
         text += f", {torch.cuda.get_device_name(index)}{' (native bf16)' if native_bf16(device) else ''}"
     return text
 
 
-def _has_amx() -> bool:
-    """Whether torch sees AMX tiles on this CPU (False on a torch without the probe)."""
+def _cpu_has(feature: str) -> bool:
+    """torch's probe ``torch.cpu._is_<feature>_supported()`` (False on a torch without it: stay in float32)."""
     try:
-        return bool(torch.cpu._is_amx_tile_supported())
+        return bool(getattr(torch.cpu, f"_is_{feature}_supported")())
     except AttributeError:
         return False
 
@@ -216,12 +214,17 @@ def env_int(name: str, default: int, *, low: int = 0) -> int:
     return int(text)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity on Linux, else all)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def default_threads() -> int:
     """CPU threads for one process: usable CPUs divided by the ``torchrun`` processes on this node."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     local = env_int("LOCAL_WORLD_SIZE", 1, low=1)
     return max(1, cpus // max(1, local))
 
