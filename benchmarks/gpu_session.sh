@@ -85,8 +85,23 @@ for c in 'ab':
     tar -C "$OUT" -czf "$OUT/results.tgz" r && rm -rf "$OUT/r"
     ls -la "$OUT"
     ;;
+vit)
+    # The paper's ViT at N = 100 and all, where a 2-core CPU cannot afford many seeds (one 640-epoch training at
+    # N = all is about 12,000 optimiser steps). The same protocol as on the CPU (benchmarks/downstream.py, ViT
+    # curve 20-640 epochs as at N = 25 and 50), on the CPU's preview set and margin labels: copy
+    # benchmarks/cache/progressive-preview-* and margin-labels-* into .gpucache/ (ignored) and carry it, so the
+    # trainings' keys match a CPU run's and the log can be read here. Trainings run side by side in spawned
+    # workers; the log is written under $OUT as each one finishes, so a run stopped by the limit keeps them.
+    #   run(command="VIT_SECONDS=470 bash benchmarks/gpu_session.sh vit", timeout_s=540, carry=[".gpucache", ".whl"])
+    (sleep 120; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader | sed 's/^/at 120 s: /' >> "$OUT/gpu.txt") &
+    timeout "${VIT_SECONDS:-470}" python3 benchmarks/downstream.py --classifier vit --device cuda --workers "${VIT_WORKERS:-12}" \
+        --threads 16 --n ${VIT_N:-100 all} --seeds $(seq -s ' ' 0 $((${VIT_SEEDS:-20} - 1))) --curve-epochs 20 40 80 160 320 640 \
+        --no-bf16 --cache-dir .gpucache --arms +stain "+ADD-Pro[preview] margin labels" --out "$OUT/downstream_vit_gpu" \
+        --log "$OUT/downstream_vit_gpu.runs.jsonl" > "$OUT/vit.log" 2>&1
+    echo "rc $? after $SECONDS s"; grep -v '^\s*$' "$OUT/vit.log" | tail -30
+    ;;
 *)
-    echo "usage: bash benchmarks/gpu_session.sh train|measure|all" >&2
+    echo "usage: bash benchmarks/gpu_session.sh train|measure|all|vit" >&2
     exit 2
     ;;
 esac
