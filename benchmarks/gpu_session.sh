@@ -12,6 +12,8 @@
 #   run(command="bash benchmarks/gpu_session.sh train", timeout_s=560,
 #       carry=["training/hgsc-demo/checkpoint.safetensors"])             # ~8 min: continue the demo pair
 #   run(command="bash benchmarks/gpu_session.sh measure", timeout_s=500)  # ~6 min: GPU figures
+#   run(command="VIT_SECONDS=470 bash benchmarks/gpu_session.sh vit", timeout_s=540, carry=[".gpucache", ".whl"])
+#       # the paper's ViT downstream (session 24: N = 100; next: VIT_N=all), see `vit)` below
 #
 # train:   resumes the embedded pair's training state (training/hgsc-demo/checkpoint.safetensors: not in the
 #          tree, restored from git history and carried, see above and training/hgsc-demo/README.md) on the GPU for

@@ -148,15 +148,39 @@ def summarise(labels, judge_p, depths, shares, levels) -> dict:
              "judge_p_mean": float(judge_p[:, j].mean()), "lpips_share_mean": float(shares[:, j].mean())}
             for j in range(labels.shape[1])]
     high = labels.flatten() >= 0.5
+    bands = {f"{t:g}": judged_a_at_or_above(labels, judge_p, t) for t in LABEL_BANDS}
     differ, distinct = depth_lists_differ(depths)
     steps, ratio = lpips_steps([r["lpips_share_mean"] for r in rows])
     overall = {"spearman_label_judge": spearman(labels.flatten(), judge_p.flatten()),
                "mean_abs_label_minus_judge": float((labels - judge_p).abs().mean()),
                "high_label_count": int(high.sum()),
                "high_label_judged_a": float((judge_p.flatten()[high] < 0.5).double().mean()) if high.any() else None,
+               "judged_a_by_label": bands,
                "depth_lists_differ": differ, "distinct_depth_lists": distinct,
                "lpips_steps": steps, "lpips_step_ratio": ratio}
     return {"per_level": rows, "overall": overall}
+
+
+LABEL_BANDS = (0.5, 0.7, 0.9)  # the goal's threshold and two stricter ones
+
+
+def judged_a_at_or_above(labels: torch.Tensor, judge_p: torch.Tensor, threshold: float) -> dict:
+    """Of the images labelled >= ``threshold``: how many, and the share the judge calls A (p(B) < 0.5).
+
+    A label of 0.55 read as a probability says the image is nearly as likely A as B, so the goal's share at
+    0.5 mixes such images with confident ones; the stricter thresholds show where the disagreement lies.
+
+    Args:
+        labels: ``(B, L)`` soft labels in [0, 1].
+        judge_p: ``(B, L)`` the judge's p(B) of the same images.
+        threshold: Lowest label counted.
+
+    Returns:
+        ``{"count": int, "judged_a": share in [0, 1] or None when no image is labelled that high}``.
+    """
+    high = labels.flatten() >= threshold
+    share = float((judge_p.flatten()[high] < 0.5).double().mean()) if high.any() else None
+    return {"count": int(high.sum()), "judged_a": share}
 
 
 def bootstrap_intervals(res: dict, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> None:
@@ -403,6 +427,20 @@ def _mark(ok) -> str:
     return "n/a" if ok is None else "met" if ok else "NOT met"
 
 
+def _band_lines(res: dict) -> list[str]:
+    """The judged-A share by label threshold, beside the judge's own miss rate on held-out real B tiles."""
+    held = res["judge"]["heldout"]
+    floor = "n/a (no val/test tiles)" if held is None else f"{_fmt(1 - held['accuracy_b'])} of the held-out real {res['classes'][1]} tiles"
+    head = " | ".join(f"labelled >= {t:g}: judged A (of)" for t in LABEL_BANDS)
+    lines = ["", f"Judged A by how high the label is (the judge itself calls A {floor}):", "",
+             f"| measure | {head} |", "| --- | " + "--- | " * len(LABEL_BANDS)]
+    for m, e in res["measures"].items():
+        bands = e["overall"].get("judged_a_by_label", {})
+        cells = [f"{_fmt(b['judged_a'])} ({b['count']})" if (b := bands.get(f"{t:g}")) else "-" for t in LABEL_BANDS]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(res: dict) -> str:
     j = res["judge"]
     held = j["heldout"]
@@ -420,6 +458,7 @@ def render_markdown(res: dict) -> str:
                      f"{_fmt(o['high_label_judged_a'])} of {o['high_label_count']} images ({_mark(g['high_label_judged_a'])}) | "
                      f"{_fmt(o['depth_lists_differ'])}, {o['distinct_depth_lists']} distinct ({_mark(g['depths_differ'])}) | "
                      f"{_fmt(o['lpips_step_ratio'], 2)} ({_mark(g['lpips_steps'])}) | {_fmt(o['unet_evals_per_output'], 1)} |")
+    lines += _band_lines(res)
     if res.get("bootstrap"):
         lines += ["", f"95 % bootstrap intervals ({res['bootstrap']['draws']} draws over source tiles, the same draws for every measure):", "",
                   "| measure | Spearman [95 %] | minus paper's [95 %] | minus preview's [95 %] | labelled >= 0.5 judged A [95 %] | "

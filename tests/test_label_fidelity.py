@@ -73,6 +73,14 @@ class TestFigures:
         assert steps == pytest.approx([0.2, 0.2, 0.6]) and ratio == pytest.approx(3.0)
         assert fidelity.lpips_steps([0.3, 0.2, 1.0])[1] is None  # a step backwards: no ratio
 
+    def test_judged_a_share_counts_only_labels_at_or_above_the_threshold(self, fidelity):
+        labels = torch.tensor([[0.5, 0.6, 0.95], [0.2, 0.9, 1.0]])
+        judge_p = torch.tensor([[0.4, 0.3, 0.8], [0.1, 0.49, 0.5]])  # p(B) < 0.5 is "judged A"; 0.5 is not
+        assert fidelity.judged_a_at_or_above(labels, judge_p, 0.5) == {"count": 5, "judged_a": pytest.approx(3 / 5)}
+        assert fidelity.judged_a_at_or_above(labels, judge_p, 0.9) == {"count": 3, "judged_a": pytest.approx(1 / 3)}
+        assert fidelity.judged_a_at_or_above(labels, judge_p, 1.0) == {"count": 1, "judged_a": 0.0}
+        assert fidelity.judged_a_at_or_above(labels * 0, judge_p, 0.5) == {"count": 0, "judged_a": None}
+
     def test_goals(self, fidelity):
         overall = {"spearman_label_judge": 0.85, "lpips_step_ratio": 2.0, "high_label_judged_a": 0.0, "depth_lists_differ": 0.5}
         assert set(fidelity.goals(overall, 0.9, False).values()) == {True, False}  # Spearman below the paper's
@@ -117,12 +125,17 @@ def test_end_to_end_on_class_folders(fidelity, weights, tmp_path):
         for share in ("high_label_judged_a", "depth_lists_differ"):
             assert o[share] is None or 0 <= o[share] <= 1
         assert 0 <= o["mean_abs_label_minus_judge"] <= 1 and len(o["lpips_steps"]) == levels
+        bands = o["judged_a_by_label"]
+        assert list(bands) == ["0.5", "0.7", "0.9"] and bands["0.5"]["count"] == o["high_label_count"]
+        assert bands["0.5"]["judged_a"] == o["high_label_judged_a"]
+        assert bands["0.5"]["count"] >= bands["0.7"]["count"] >= bands["0.9"]["count"]
         assert o["spearman_label_judge"] is None or -1 <= o["spearman_label_judge"] <= 1
         if name == "paper":  # S / L for the inversion, plus one decode of depth 1..S per output
             assert 4 / levels < o["unet_evals_per_output"] <= 4 + 4 / levels
         assert len(m["scatter"]["label"]) == 5 * levels and set(m["goals_met"]) == set(res["goals"])
         assert (out.parent / f"label_fidelity_strip_{name}.png").is_file()
     assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()
+    assert "Judged A by how high the label is (the judge itself calls A" in out.with_suffix(".md").read_text()
 
 
 def test_every_measure_offered_is_passed_to_the_generator(fidelity, weights, tmp_path, monkeypatch):
