@@ -346,3 +346,17 @@ def test_calibration_splits_scores_each_split_with_the_pairs_own_calibration(ben
     assert res["splits"]["val"]["a"]["mean_p"] == pytest.approx(float(expected.mean()), abs=1e-6)
     assert all(0 <= s["auc"] <= 1 and 0 < s["b"]["mean_p"] < 1 for s in res["splits"].values())
     assert "| val | 3 |" in (tmp_path / "cs.md").read_text() and (tmp_path / "cs.png").is_file()
+
+
+def test_gpu_session_script_parses_and_names_each_mode_in_its_usage(tmp_path):
+    """benchmarks/gpu_session.sh cannot be run here (no GPU); it must at least parse, and its usage line
+    must offer every mode it has, so a lease is not spent on a typo."""
+    import subprocess
+
+    script = BENCH / "gpu_session.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    modes = re.findall(r"^(\w+)\)$", text, flags=re.MULTILINE)
+    assert {"train", "measure", "all", "vit"} <= set(modes)
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True, env={"OUT": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert usage.returncode == 2 and f"usage: bash benchmarks/gpu_session.sh {'|'.join(modes)}" in usage.stderr
