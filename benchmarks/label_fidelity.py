@@ -328,8 +328,10 @@ def generate(pair, sources: torch.Tensor, variant: str, args) -> dict:
     uint8 images ``(B, L, 3, S, S)``, labels and depths ``(B, L)``, U-Net evaluations and seconds."""
     parts, evals, began = [], 0, time.time()
     measure, stride, fine = parse_variant(variant, available_measures())
+    # labels="measure": a variant reports its measure's labels even where the pair carries a margin calibration
+    # (labels="auto" would label by the margin; VARIANT+margin does that, from the stored images, at its own cost)
     generator = ProgressiveGenerator(pair, GenerationConfig(steps=args.steps, measure=measure, max_batch=args.max_batch, bf16=args.bf16,
-                                                            decode_stride=stride, decode_fine=fine))
+                                                            decode_stride=stride, decode_fine=fine, labels="measure"))
     for i, chunk in enumerate(sources.split(args.chunk)):
         r = generator(to_model_range(chunk).to(args.device), default_levels(args.num_levels))
         parts.append((to_uint8(r.images).cpu(), r.soft_labels.float().cpu(), r.depths.cpu()))

@@ -225,5 +225,18 @@ def test_a_margin_variant_relabels_the_same_images(fidelity, weights, tmp_path):
     assert margin["scatter"]["judge_p"] == measured["scatter"]["judge_p"]  # the same images
     assert margin["scatter"]["label"] != measured["scatter"]["label"]
     assert margin["overall"]["unet_evals_per_output"] == pytest.approx(measured["overall"]["unet_evals_per_output"] + 4)
+    # the plain variant keeps its measure's labels and cost although the pair now carries a calibration
+    # (labels="auto", the generator's default, would label by the margin and count its evaluations twice)
+    from progaug.frequency import default_levels
+    from progaug.data.tiles import to_model_range
+    from progaug.generator import GenerationConfig, ProgressiveGenerator
+    from progaug.pair import load_pair_dir
+
+    loaded, sources = load_pair_dir(pair), torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    run_args = fidelity.parse_args(args)
+    got = fidelity.generate(loaded, sources, "paper", run_args)
+    want = ProgressiveGenerator(loaded, GenerationConfig(steps=6, measure="paper", max_batch=run_args.max_batch, bf16=run_args.bf16,
+                                                         labels="measure"))(to_model_range(sources), default_levels(2))
+    assert torch.equal(got["labels"], want.soft_labels.float()) and got["evals"] == want.model_evaluations
     assert "spearman_minus_paper" in margin["overall"] and res["margin_calibration"]["fitted_on"] == "test"
     assert (tmp_path / "lf_strip_paper+margin.png").is_file()
