@@ -141,27 +141,26 @@ def lpips_steps(share_means: list[float]) -> tuple[list[float], float | None]:
     return steps, (max(steps) / min(steps) if min(steps) > 0 else None)
 
 
+LABEL_BANDS = (0.5, 0.7, 0.9)  # the goal's threshold and two stricter ones
+
+
 def summarise(labels, judge_p, depths, shares, levels) -> dict:
     """Per-level rows and overall figures of one measure; all inputs ``(B, L)`` tensors except ``levels``."""
     rows = [{"level": round(float(levels[j]), 6), "label_mean": float(labels[:, j].mean()),
              "label_std": float(labels[:, j].std(unbiased=False)), "depth_mean": float(depths[:, j].double().mean()),
              "judge_p_mean": float(judge_p[:, j].mean()), "lpips_share_mean": float(shares[:, j].mean())}
             for j in range(labels.shape[1])]
-    high = labels.flatten() >= 0.5
-    bands = {f"{t:g}": judged_a_at_or_above(labels, judge_p, t) for t in LABEL_BANDS}
+    bands = {f"{t:g}": judged_a_at_or_above(labels, judge_p, t) for t in LABEL_BANDS}  # "0.5": the goal's share
     differ, distinct = depth_lists_differ(depths)
     steps, ratio = lpips_steps([r["lpips_share_mean"] for r in rows])
     overall = {"spearman_label_judge": spearman(labels.flatten(), judge_p.flatten()),
                "mean_abs_label_minus_judge": float((labels - judge_p).abs().mean()),
-               "high_label_count": int(high.sum()),
-               "high_label_judged_a": float((judge_p.flatten()[high] < 0.5).double().mean()) if high.any() else None,
+               "high_label_count": bands["0.5"]["count"],
+               "high_label_judged_a": bands["0.5"]["judged_a"],
                "judged_a_by_label": bands,
                "depth_lists_differ": differ, "distinct_depth_lists": distinct,
                "lpips_steps": steps, "lpips_step_ratio": ratio}
     return {"per_level": rows, "overall": overall}
-
-
-LABEL_BANDS = (0.5, 0.7, 0.9)  # the goal's threshold and two stricter ones
 
 
 def judged_a_at_or_above(labels: torch.Tensor, judge_p: torch.Tensor, threshold: float) -> dict:

@@ -126,9 +126,8 @@ def test_end_to_end_on_class_folders(fidelity, weights, tmp_path):
             assert o[share] is None or 0 <= o[share] <= 1
         assert 0 <= o["mean_abs_label_minus_judge"] <= 1 and len(o["lpips_steps"]) == levels
         bands = o["judged_a_by_label"]
-        assert list(bands) == ["0.5", "0.7", "0.9"] and bands["0.5"]["count"] == o["high_label_count"]
-        assert bands["0.5"]["judged_a"] == o["high_label_judged_a"]
-        assert bands["0.5"]["count"] >= bands["0.7"]["count"] >= bands["0.9"]["count"]
+        assert list(bands) == ["0.5", "0.7", "0.9"] and bands["0.5"]["count"] >= bands["0.7"]["count"] >= bands["0.9"]["count"]
+        assert (bands["0.5"]["count"], bands["0.5"]["judged_a"]) == (o["high_label_count"], o["high_label_judged_a"])
         assert o["spearman_label_judge"] is None or -1 <= o["spearman_label_judge"] <= 1
         if name == "paper":  # S / L for the inversion, plus one decode of depth 1..S per output
             assert 4 / levels < o["unet_evals_per_output"] <= 4 + 4 / levels
@@ -227,8 +226,8 @@ def test_a_margin_variant_relabels_the_same_images(fidelity, weights, tmp_path):
     assert margin["overall"]["unet_evals_per_output"] == pytest.approx(measured["overall"]["unet_evals_per_output"] + 4)
     # the plain variant keeps its measure's labels and cost although the pair now carries a calibration
     # (labels="auto", the generator's default, would label by the margin and count its evaluations twice)
-    from progaug.frequency import default_levels
     from progaug.data.tiles import to_model_range
+    from progaug.frequency import default_levels
     from progaug.generator import GenerationConfig, ProgressiveGenerator
     from progaug.pair import load_pair_dir
 
