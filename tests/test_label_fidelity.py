@@ -234,8 +234,8 @@ def test_a_margin_variant_relabels_the_same_images(fidelity, weights, tmp_path):
     loaded, sources = load_pair_dir(pair), torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     run_args = fidelity.parse_args(args)
     got = fidelity.generate(loaded, sources, "paper", run_args)
-    want = ProgressiveGenerator(loaded, GenerationConfig(steps=6, measure="paper", max_batch=run_args.max_batch, bf16=run_args.bf16,
-                                                         labels="measure"))(to_model_range(sources), default_levels(2))
+    want = ProgressiveGenerator(loaded, GenerationConfig(steps=run_args.steps, measure="paper", max_batch=run_args.max_batch, bf16=run_args.bf16,
+                                                         labels="measure"))(to_model_range(sources), default_levels(run_args.num_levels))
     assert torch.equal(got["labels"], want.soft_labels.float()) and got["evals"] == want.model_evaluations
     assert "spearman_minus_paper" in margin["overall"] and res["margin_calibration"]["fitted_on"] == "test"
     assert (tmp_path / "lf_strip_paper+margin.png").is_file()
