@@ -13,7 +13,9 @@
 #       carry=["training/hgsc-demo/checkpoint.safetensors"])             # ~8 min: continue the demo pair
 #   run(command="bash benchmarks/gpu_session.sh measure", timeout_s=500)  # ~6 min: GPU figures
 #   run(command="VIT_SECONDS=470 bash benchmarks/gpu_session.sh vit", timeout_s=540, carry=[".gpucache", ".whl"])
-#       # the paper's ViT downstream (session 24: N = 100; next: VIT_N=all), see `vit)` below
+#       # the paper's ViT downstream (session 24: N = 100), see `vit)` below; next, N = all from the CPU's log:
+#   cp benchmarks/results/downstream_vit_nall.runs.jsonl .gpucache/
+#   run(command="VIT_N=all VIT_SEEDS=20 VIT_LOG=.gpucache/downstream_vit_nall.runs.jsonl VIT_ARMS='+stain;+Mixup/CutMix;+ADD-Pro[preview] margin labels' VIT_SECONDS=470 bash benchmarks/gpu_session.sh vit", timeout_s=540, carry=[".gpucache", ".whl"])
 #
 # train:   resumes the embedded pair's training state (training/hgsc-demo/checkpoint.safetensors: not in the
 #          tree, restored from git history and carried, see above and training/hgsc-demo/README.md) on the GPU for
@@ -95,12 +97,19 @@ vit)
     # trainings' keys match a CPU run's and the log can be read here. Trainings run side by side in spawned
     # workers; the log is written under $OUT as each one finishes, so a run stopped by the limit keeps them.
     #   run(command="VIT_SECONDS=470 bash benchmarks/gpu_session.sh vit", timeout_s=540, carry=[".gpucache", ".whl"])
-    (sleep 120; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader | sed 's/^/at 120 s: /' >> "$OUT/gpu.txt") &
+    # VIT_ARMS: arms separated by ';' (default: +stain and the margin arm). VIT_LOG: a run log to continue (a CPU
+    # run's, carried in .gpucache/): copied to $OUT first, so its curve, tuning and trainings are not run again and
+    # the log that comes back holds them all (session 25: N = all, 5 seeds on the CPU, to be continued here).
+    IFS=';' read -r -a arms <<< "${VIT_ARMS:-+stain;+ADD-Pro[preview] margin labels}"
+    if [ -n "${VIT_LOG:-}" ]; then cp "$VIT_LOG" "$OUT/downstream_vit_gpu.runs.jsonl" || exit 2; fi
+    (sleep 120; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader | sed 's/^/at 120 s: /' >> "$OUT/gpu.txt") >/dev/null 2>&1 &
+    monitor=$!
     timeout "${VIT_SECONDS:-470}" python3 benchmarks/downstream.py --classifier vit --device cuda --workers "${VIT_WORKERS:-12}" \
         --threads 16 --n ${VIT_N:-100 all} --seeds $(seq -s ' ' 0 $((${VIT_SEEDS:-20} - 1))) --curve-epochs 20 40 80 160 320 640 \
-        --no-bf16 --cache-dir .gpucache --arms +stain "+ADD-Pro[preview] margin labels" --out "$OUT/downstream_vit_gpu" \
+        --no-bf16 --cache-dir .gpucache --arms "${arms[@]}" --out "$OUT/downstream_vit_gpu" \
         --log "$OUT/downstream_vit_gpu.runs.jsonl" > "$OUT/vit.log" 2>&1
     echo "rc $? after $SECONDS s"; grep -v '^\s*$' "$OUT/vit.log" | tail -30
+    kill "$monitor" 2>/dev/null; true
     ;;
 *)
     echo "usage: bash benchmarks/gpu_session.sh train|measure|all|vit" >&2

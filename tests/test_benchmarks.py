@@ -360,3 +360,34 @@ def test_gpu_session_script_parses_and_names_each_mode_in_its_usage(tmp_path):
     assert {"train", "measure", "all", "vit"} <= set(modes)
     usage = subprocess.run(["bash", str(script)], capture_output=True, text=True, env={"OUT": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert usage.returncode == 2 and f"usage: bash benchmarks/gpu_session.sh {'|'.join(modes)}" in usage.stderr
+
+
+def test_gpu_session_vit_passes_each_arm_whole_and_continues_a_given_log(tmp_path):
+    """The vit mode with stand-ins for python3 and nvidia-smi: arms given as VIT_ARMS reach downstream.py one
+    argument each (names with spaces intact), and VIT_LOG is the run log it continues under $OUT."""
+    import shlex
+    import subprocess
+
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    (stubs / "nvidia-smi").write_text("#!/bin/sh\necho fake-gpu\n")
+    (stubs / "python3").write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > "$OUT/argv"\necho trained\n')
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    log = tmp_path / "cpu.runs.jsonl"
+    log.write_text('{"key": "from the cpu"}\n')
+    out = tmp_path / "out"
+    env = {"OUT": str(out), "PATH": f"{stubs}:/usr/bin:/bin", "VIT_N": "all", "VIT_SEEDS": "3", "VIT_LOG": str(log),
+           "VIT_ARMS": "+stain;+ADD-Pro[preview] margin labels"}
+    run = subprocess.run(["bash", str(BENCH / "gpu_session.sh"), "vit"], capture_output=True, text=True, env=env,
+                         cwd=BENCH.parent)
+    assert run.returncode == 0, run.stderr
+    argv = (out / "argv").read_text().splitlines()
+    arms = argv[argv.index("--arms") + 1:argv.index("--out")]
+    assert arms == ["+stain", "+ADD-Pro[preview] margin labels"], shlex.join(argv)
+    assert argv[argv.index("--seeds") + 1:argv.index("--curve-epochs")] == ["0", "1", "2"]
+    assert argv[argv.index("--log") + 1] == str(out / "downstream_vit_gpu.runs.jsonl")
+    assert (out / "downstream_vit_gpu.runs.jsonl").read_text() == log.read_text()
+    env["VIT_LOG"] = str(tmp_path / "missing.jsonl")
+    assert subprocess.run(["bash", str(BENCH / "gpu_session.sh"), "vit"], capture_output=True, env=env,
+                          cwd=BENCH.parent).returncode == 2
