@@ -454,6 +454,26 @@ def test_sanity_calls_a_losing_regulariser_under_training():
     assert fine["converged"]
 
 
+def test_sanity_without_a_standard_arm_says_it_checked_nothing():
+    """A run of real and a generated arm only must not call itself converged (session 25's N = all ViT run did)."""
+    from progaug.evaluation.report import _arm_table
+
+    bare = _fake_entry({"+ADD": [0.03, 0.04, 0.035, 0.03, 0.04]})
+    s = sanity({"curve": {"all": bare}})
+    assert s["converged"] is None and s["converged_n"] == {"all": None} and s["message"].startswith("NOT CHECKED: no standard arm")
+    mixed = sanity({"curve": {"25": _fake_entry({"+stain": [0.01, -0.01, 0.0, 0.02, -0.02]}), "all": bare}})
+    assert mixed["converged"] is None and mixed["converged_n"] == {"25": True, "all": None}
+    assert mixed["message"] == "converged where checked; NOT CHECKED at N = all (no standard arm there)"
+    losing = sanity({"curve": {"25": _fake_entry({"+stain": [-0.05, -0.06, -0.04, -0.05, -0.07]}), "all": bare}})
+    assert losing["converged"] is False and losing["message"].startswith("UNDER-TRAINED at N = 25")
+    for name, arm in bare["arms"].items():
+        arm["runs"] = [dict(r, real_images=10, generated_images=5 * (name != "real"), errors=1) for r in arm["runs"]]
+        arm.update(accuracy={"mean": 0.8, "low": 0.7, "high": 0.9}, f1_macro={"mean": 0.8, "low": 0.7, "high": 0.9})
+    bare["tuning"] = {name: {"knob": None} for name in bare["arms"]}
+    rows = _arm_table(bare, 10, None)
+    assert "| helps (sanity not checked at this N) |" in rows[3] and "under-trained" not in "".join(rows)
+
+
 def test_judge_needs_two_points_on_accuracy_and_f1_with_intervals_above_zero():
     entry = _fake_entry({"big": [0.03, 0.04, 0.035, 0.03, 0.04], "small": [0.01, 0.012, 0.011, 0.01, 0.012],
                          "bad": [-0.03, -0.04, -0.035, -0.03, -0.04], "noisy": [0.1, -0.08, 0.05, -0.02, 0.0]})

@@ -680,16 +680,28 @@ def _add_paired(entry: dict) -> None:
 def sanity(res: dict) -> dict:
     """Do the standard regularisers hold their own at each N? (flips/rotations vs none; Mixup/CutMix and
     stain vs real only). One that loses beyond its interval means the budget is too short for regularised
-    training at that N: the generated arms are not judged there. ``n`` names the largest N."""
+    training at that N: the generated arms are not judged there. ``n`` names the largest N.
+
+    An N where none of the standard arms ran (``real, no flips``, ``+stain``, ``+Mixup/CutMix``) is *unchecked*:
+    ``converged_n`` is None there, and ``converged`` is None unless some checked N loses (then False)."""
     per_n = {key: _sanity_checks(entry["arms"]) for key, entry in res["curve"].items()}
     key = "all" if "all" in per_n else list(per_n)[-1]
     losing = {k: _losing(checks) for k, checks in per_n.items()}
     failed = {k: v for k, v in losing.items() if v}
-    message = ("converged: no standard regulariser loses beyond its interval at any N" if not failed else
-               "UNDER-TRAINED at " + "; ".join(f"N = {k} ({', '.join(v)} loses beyond its interval)" for k, v in failed.items())
-               + ": grow the budget there before judging ADD")
-    return {"n": key, "checks": per_n[key], "per_n": per_n, "converged": not failed,
-            "converged_n": {k: not v for k, v in losing.items()}, "message": message}
+    unchecked = [k for k, checks in per_n.items() if not checks]
+    if failed:
+        message = ("UNDER-TRAINED at " + "; ".join(f"N = {k} ({', '.join(v)} loses beyond its interval)" for k, v in failed.items())
+                   + ": grow the budget there before judging ADD")
+    elif len(unchecked) == len(per_n):
+        message = ("NOT CHECKED: no standard arm (real, no flips; +stain; +Mixup/CutMix) in this run, so it does not show "
+                   "that the budget suits regularised training; run one beside the generated arms before judging ADD")
+    elif unchecked:
+        message = (f"converged where checked; NOT CHECKED at N = {', '.join(unchecked)} (no standard arm there)")
+    else:
+        message = "converged: no standard regulariser loses beyond its interval at any N"
+    converged_n = {k: None if k in unchecked else not v for k, v in losing.items()}
+    return {"n": key, "checks": per_n[key], "per_n": per_n, "converged": False if failed else (None if unchecked else True),
+            "converged_n": converged_n, "message": message}
 
 
 def _losing(checks: dict) -> list[str]:

@@ -70,7 +70,9 @@ def _budget_lines(key: str, budget: dict) -> list[str]:
     return [" ".join(lines), ""]
 
 
-def _arm_table(entry: dict, n_test: int, res_converged: bool = True) -> list[str]:
+def _arm_table(entry: dict, n_test: int, res_converged: bool | None = True) -> list[str]:
+    """The arm table of one N; a verdict is marked where the sanity block found that N under-trained
+    (``res_converged`` False) or did not check it (None)."""
     lines = ["| arm | tuned | real + generated | accuracy % | macro-F1 % | vs real: accuracy | vs real: macro-F1 | "
              f"vs {entry.get('best_standard') or 'best standard'}: accuracy | verdict | test errors per seed (of {n_test}) |",
              "| --- " * 10 + "|"]
@@ -79,8 +81,10 @@ def _arm_table(entry: dict, n_test: int, res_converged: bool = True) -> list[str
         tuned = "-" if tuning["knob"] is None else f"{tuning['knob'].split('_')[0]} {tuning['chosen']:g}"
         r0 = arm["runs"][0]
         verdict = judge(entry, name) if arm["runs"][0]["generated_images"] else "-"
-        if verdict != "-" and not res_converged:
+        if verdict != "-" and res_converged is False:
             verdict += " (not judged: under-trained at this N)"
+        elif verdict != "-" and res_converged is None:
+            verdict += " (sanity not checked at this N)"
         errors = ", ".join(str(r["errors"]) for r in arm["runs"])
         lines.append(f"| {name} | {tuned} | {r0['real_images']} + {r0['generated_images']} | {_pct(arm['accuracy'])} | "
                      f"{_pct(arm['f1_macro'])} | {_diff(arm['paired'].get('real'))} | {_diff(arm['paired_f1'].get('real'))} | "
