@@ -34,7 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, command_line, repo_relative, save_figure, write_report  # noqa: E402
-from label_fidelity import BOOTSTRAP_DRAWS, spearman  # noqa: E402
+from denoising_margin import paired_spearman_ci  # noqa: E402
+from label_fidelity import BOOTSTRAP_DRAWS, judged_a_at_or_above, spearman  # noqa: E402
 from progaug.labels import decode_evaluations, inversion_evaluations  # noqa: E402
 from progaug.margin import DEFAULT_MARGIN_TIMESTEPS  # noqa: E402
 
@@ -93,33 +94,20 @@ def half_margin_labels(labels: torch.Tensor) -> torch.Tensor:
     return half
 
 
-def judged_a(labels: torch.Tensor, judge: torch.Tensor) -> float | None:
-    """Share of images labelled >= 0.5 whose judge p(B) is < 0.5."""
-    high = labels >= 0.5
-    return float((judge[high] < 0.5).double().mean()) if high.any() else None
-
-
-def compare_half(labels: torch.Tensor, judge: torch.Tensor, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> dict:
+def compare_half(labels: torch.Tensor, judge: torch.Tensor, seed: int = 0) -> dict:
     """Half-margin labels against the full ones, on ``(B, L)`` labels and judge p: Spearman of each with the
     judge, their paired difference with a 95 % bootstrap interval over sources, judged-A shares and the label
     change (mean, 95th percentile, max of ``|half - full|``)."""
     half = half_margin_labels(labels)
-    gen = torch.Generator().manual_seed(seed)
-    diffs = []
-    for _ in range(draws):
-        pick = torch.randint(0, labels.shape[0], (labels.shape[0],), generator=gen)
-        j = judge[pick].flatten()
-        diffs.append(spearman(half[pick].flatten(), j) - spearman(labels[pick].flatten(), j))
-    d = torch.tensor(diffs, dtype=torch.float64)
     change = (half - labels).abs().flatten().double()
     full_rho, half_rho = spearman(labels.flatten(), judge.flatten()), spearman(half.flatten(), judge.flatten())
     return {"spearman_full": full_rho, "spearman_half": half_rho,
-            "spearman_half_minus_full": {"mean": half_rho - full_rho,
-                                         "ci95": [float(d.quantile(0.025)), float(d.quantile(0.975))]},
-            "judged_a_full": judged_a(labels, judge), "judged_a_half": judged_a(half, judge),
+            "spearman_half_minus_full": paired_spearman_ci(labels, half, judge, seed=seed),
+            "judged_a_full": judged_a_at_or_above(labels, judge, 0.5)["judged_a"],
+            "judged_a_half": judged_a_at_or_above(half, judge, 0.5)["judged_a"],
             "label_change": {"mean": float(change.mean()), "p95": float(change.quantile(0.95)), "max": float(change.max())},
             "margin_evaluations_per_output": {"full": MARGIN_EVALUATIONS, "half": MARGIN_EVALUATIONS / 2},
-            "bootstrap": {"draws": draws, "seed": seed, "unit": "source tile"}}
+            "bootstrap": {"draws": BOOTSTRAP_DRAWS, "seed": seed, "unit": "source tile"}}
 
 
 def markdown(res: dict) -> str:

@@ -10,7 +10,7 @@ from progaug.diffusion import decode_moves
 
 @pytest.fixture
 def floor(load_benchmark):
-    return load_benchmark("label_cost_floor", "label_fidelity")
+    return load_benchmark("label_cost_floor", "denoising_margin", "label_fidelity")
 
 
 def test_cost_floor_counts_each_part_per_output(floor):
