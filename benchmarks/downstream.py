@@ -12,7 +12,9 @@ Mixup/CutMix and stain against real only at the largest N).
 
 Arms: real; real, no flips (sanity); +stain; +Mixup/CutMix; +ADD-final; +ADD-Pro[paper];
 +ADD-Pro[<default>]; +ADD-Pro[<default>] filtered (teacher CNN on the same real tiles, progaug.selection);
-+ADD-Pro[<default>] uniform (the old protocol); +IDDPM-style; +ADD-Pro[<default>]+stain.
++ADD-Pro[<default>] uniform (the old protocol); +IDDPM-style; +ADD-Pro[<default>]+stain. Named with --arms:
+any +ADD-Pro[...] form followed by +stain or +Mixup/CutMix (at that standard arm's tuned setting) and/or
+" margin labels".
 
 Generated images are made once for each class-A training tile some subset of the run uses (at N = 25, 142 of
 288) and kept in ``benchmarks/cache/`` under the pair's sha256 and the tiles, so a second run with the same N and

@@ -257,6 +257,42 @@ def test_arm_named_takes_a_decode_stride_variant():
             arm_named(bad)
 
 
+def test_arm_named_takes_mixup_on_top_of_generated_images():
+    arm = arm_named("+ADD-Pro[preview]+Mixup/CutMix margin labels")
+    assert (arm.measure, arm.mixup, arm.stain, arm.labels, arm.knob) == ("preview", True, False, "margin", "replace_prob")
+    assert arm_named("+ADD-Pro[paper]+Mixup/CutMix") == Arm("+ADD-Pro[paper]+Mixup/CutMix", "pro", "paper", mixup=True)
+    with pytest.raises(ValueError, match=r"arm '\+Mixup/CutMix margin labels' unknown"):
+        arm_named("+Mixup/CutMix margin labels")
+
+
+def test_generated_arms_take_the_standard_arms_tuned_stain_and_mixup():
+    """The +stain / +Mixup/CutMix arms' choices (not the grid's middle) reach the generated arms that add them."""
+    from progaug.evaluation import protocol
+
+    class Runner:
+        def __init__(self):
+            self.recipes = []
+
+        def fit_all(self, jobs):
+            out = []
+            for arm, recipe, seed, *_ in jobs:
+                self.recipes.append((arm.name, recipe))
+                best = {"+stain": recipe.stain_sigma == 0.1, "+Mixup/CutMix": recipe.mixup_alpha == 0.2}.get(arm.name, False)
+                out.append({"val_accuracy": 0.9 if best else 0.5, "accuracy": 0.7, "f1_macro": 0.7, "balanced_accuracy": 0.7})
+            return out
+
+    config = ProtocolConfig(seeds=(0, 1), tune_seeds=(100,), n=("all",))
+    runner, entry = Runner(), {"tuning": {}, "arms": {}}
+    carried = protocol._run_arms(runner, [all_arms()["+stain"], all_arms()["+Mixup/CutMix"]], config, None, "all", 10,
+                                 dict(protocol.CARRIED_DEFAULTS), entry)
+    assert carried == {"stain_sigma": 0.1, "mixup_alpha": 0.2}
+    both = [arm_named("+ADD-Pro[preview]+Mixup/CutMix"), arm_named("+ADD-Pro[preview]+stain")]
+    protocol._run_arms(runner, both, config, None, "all", 10, carried, entry)
+    used = {(name, r.mixup_alpha, r.stain_sigma) for name, r in runner.recipes if name.startswith("+ADD")}
+    assert used == {("+ADD-Pro[preview]+Mixup/CutMix", 0.2, 0.0), ("+ADD-Pro[preview]+stain", 0.0, 0.1)}
+    assert entry["arms"]["+ADD-Pro[preview]+Mixup/CutMix"]["recipe"]["mixup_alpha"] == 0.2
+
+
 def test_generation_settings_pass_the_variant_stride():
     from progaug.evaluation.pipeline import GenerationSettings
     from progaug.generator import parse_variant

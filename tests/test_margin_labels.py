@@ -197,7 +197,7 @@ def test_arm_named_takes_margin_labels_on_any_progressive_variant():
     assert arm_named("+ADD-Pro[decoded/2] margin labels").set_key == "decoded/2+margin"
     assert arm_named("+ADD-Pro[preview]").set_key == "preview" and arm_named("+stain").set_key is None
     for bad in ("+stain margin labels", "+ADD-Pro[nope] margin labels", " margin labels"):
-        with pytest.raises(ValueError, match=r"unknown; .*optionally followed by '\+stain' and/or ' margin labels'"):
+        with pytest.raises(ValueError, match=r"unknown; .*optionally followed by '\+stain' or '\+Mixup/CutMix' and/or ' margin labels'"):
             arm_named(bad)
 
 

@@ -228,6 +228,8 @@ def all_arms(default: str = DEFAULT_MEASURE) -> dict[str, Arm]:
 
 MARGIN_SUFFIX = " margin labels"
 """Suffix of an arm name whose progressive images take calibrated margin labels (``labels="margin"``)."""
+MIXUP_SUFFIX = "+Mixup/CutMix"
+"""Suffix of a ``+ADD-Pro[...]`` arm name (before any margin suffix) whose batches also take Mixup/CutMix."""
 STAIN_SUFFIX = "+stain"
 """Suffix of a ``+ADD-Pro[...]`` arm name (before any margin suffix) whose batches also take stain jitter."""
 
@@ -237,7 +239,7 @@ def arm_named(name: str) -> Arm:
     label measure decoded at stride ``S`` (:attr:`progaug.generator.GenerationConfig.decode_stride`), or
     ``+ADD-Pro[MEASURE/S:F]``, the last ``F`` states decoded one per move (``decode_fine``), or any
     ``+ADD-Pro[...]`` form followed by ``"+stain"`` (stain jitter on every batch, at the ``+stain`` arm's sigma)
-    and/or ``" margin labels"``: the same images labelled by the pair's calibrated denoising margin (the pair needs a
+    or ``"+Mixup/CutMix"`` (Mixup/CutMix on every batch, at the ``+Mixup/CutMix`` arm's alpha), and/or ``" margin labels"``: the same images labelled by the pair's calibrated denoising margin (the pair needs a
     ``margin_calibration.json``, from ``progaug calibrate``), e.g. ``+ADD-Pro[preview]+stain margin labels``.
 
     Raises:
@@ -248,15 +250,17 @@ def arm_named(name: str) -> Arm:
         return known[name]
     base = name[: -len(MARGIN_SUFFIX)] if name.endswith(MARGIN_SUFFIX) else name
     stain = base.endswith(STAIN_SUFFIX)
-    images = base[: -len(STAIN_SUFFIX)] if stain else base
+    mixup = base.endswith(MIXUP_SUFFIX)
+    images = base[: -len(STAIN_SUFFIX)] if stain else base[: -len(MIXUP_SUFFIX)] if mixup else base
     variant = images[len("+ADD-Pro[") : -1] if images.startswith("+ADD-Pro[") and images.endswith("]") else ""
     try:
         parse_variant(variant)
     except ValueError:
         raise ValueError(f"arm {name!r} unknown; the arms are {list(known)}, or '+ADD-Pro[MEASURE/S]' (decode stride S) or "
                          f"'+ADD-Pro[MEASURE/S:F]' (the last F states one per move), "
-                         f"any +ADD-Pro form optionally followed by '{STAIN_SUFFIX}' and/or '{MARGIN_SUFFIX}'") from None
-    return Arm(name, "pro", variant, stain=stain, labels="margin" if base != name else "measure")
+                         f"any +ADD-Pro form optionally followed by '{STAIN_SUFFIX}' or '{MIXUP_SUFFIX}' and/or "
+                         f"'{MARGIN_SUFFIX}'") from None
+    return Arm(name, "pro", variant, stain=stain, mixup=mixup, labels="margin" if base != name else "measure")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -482,10 +486,17 @@ def _show(recipe: Recipe) -> str:
     return ", ".join(f"{k} {v}" for k, v in changed.items()) or "defaults"
 
 
-def _recipe(arm: Arm, value: float | None, stain_sigma: float) -> Recipe:
+CARRIED_DEFAULTS = {"stain_sigma": 0.05, "mixup_alpha": 0.5}
+"""Settings a generated arm with stain or Mixup/CutMix on top takes where the run has no ``+stain`` /
+``+Mixup/CutMix`` arm to tune them (each its grid's middle value); with that arm, its tuned choice."""
+
+
+def _recipe(arm: Arm, value: float | None, carried: dict[str, float]) -> Recipe:
     settings = {"flips": arm.flips, "uniform": arm.uniform}
     if arm.generated is not None and arm.stain:
-        settings["stain_sigma"] = stain_sigma
+        settings["stain_sigma"] = carried["stain_sigma"]
+    if arm.generated is not None and arm.mixup:
+        settings["mixup_alpha"] = carried["mixup_alpha"]
     if arm.knob is not None:
         settings[arm.knob] = value
     return Recipe(**settings)
@@ -541,12 +552,12 @@ def plateau(means: dict[int, float], tolerance: float, pick: str = "longest") ->
     return max(on_plateau) if pick == "longest" else min(on_plateau)
 
 
-def _tune(runner: _Runner, arm: Arm, config: ProtocolConfig, n: int | None, n_key: str, epochs: int, stain_sigma: float) -> dict:
+def _tune(runner: _Runner, arm: Arm, config: ProtocolConfig, n: int | None, n_key: str, epochs: int, carried: dict[str, float]) -> dict:
     """Each value of the arm's grid on the tuning seeds; the one with the best mean validation accuracy."""
     if arm.knob is None:
         return {"knob": None, "chosen": None, "values": {}}
     grid = _grid(arm, config)
-    runs = iter(runner.fit_all([(arm, _recipe(arm, value, stain_sigma), s, n, n_key, epochs, False) for value in grid for s in config.tune_seeds]))
+    runs = iter(runner.fit_all([(arm, _recipe(arm, value, carried), s, n, n_key, epochs, False) for value in grid for s in config.tune_seeds]))
     values = {str(value): sum(next(runs)["val_accuracy"] for _ in config.tune_seeds) / len(config.tune_seeds) for value in grid}
     chosen = max(values, key=lambda v: values[v])  # ties: the first (smallest) value
     return {"knob": arm.knob, "chosen": float(chosen), "values": values}
@@ -605,7 +616,7 @@ def _run_ns(runner: _Runner, splits: dict[str, TileSet], classes: tuple[str, str
         for doubling in range(config.budget_doublings + 1):
             epochs = budget["epochs"] * 2 ** doubling
             entry.update(tuning={}, arms={})
-            stain_sigma = _run_arms(runner, standard, config, n, n_key, epochs, 0.05, entry)
+            carried = _run_arms(runner, standard, config, n, n_key, epochs, dict(CARRIED_DEFAULTS), entry)
             _add_paired(entry)
             losing = _losing(_sanity_checks(entry["arms"]))
             growth.append({"epochs": epochs, "losing": losing})
@@ -614,7 +625,7 @@ def _run_ns(runner: _Runner, splits: dict[str, TileSet], classes: tuple[str, str
             if on_plan is not None:
                 on_plan(sum(_arm_runs(arm, config) for arm in standard))
         budget.update(epochs=epochs, growth=growth)
-        _run_arms(runner, [a for a in arms if a.generated is not None], config, n, n_key, epochs, stain_sigma, entry)
+        _run_arms(runner, [a for a in arms if a.generated is not None], config, n, n_key, epochs, carried, entry)
         entry["arms"] = {a.name: entry["arms"][a.name] for a in arms}
         entry["tuning"] = {a.name: entry["tuning"][a.name] for a in arms}
         _add_paired(entry)
@@ -626,18 +637,20 @@ def _run_ns(runner: _Runner, splits: dict[str, TileSet], classes: tuple[str, str
 
 
 def _run_arms(runner: _Runner, arms: Sequence[Arm], config: ProtocolConfig, n: int | None, n_key: str, epochs: int,
-              stain_sigma: float, entry: dict) -> float:
-    """Tune and evaluate ``arms`` at one N and budget into ``entry``; returns the stain sigma (the ``+stain``
-    arm's choice once it has run, used by the arms that add stain to generated images)."""
+              carried: dict[str, float], entry: dict) -> dict[str, float]:
+    """Tune and evaluate ``arms`` at one N and budget into ``entry``; returns ``carried`` (the stain sigma and
+    Mixup alpha: the ``+stain`` / ``+Mixup/CutMix`` arm's choice once it has run, used by the generated arms that
+    add stain or Mixup/CutMix on top)."""
+    carried = dict(carried)
     for arm in arms:
-        tuning = _tune(runner, arm, config, n, n_key, epochs, stain_sigma)
-        if arm.knob == "stain_sigma":
-            stain_sigma = tuning["chosen"]
+        tuning = _tune(runner, arm, config, n, n_key, epochs, carried)
+        if arm.generated is None and arm.knob in carried:
+            carried[arm.knob] = tuning["chosen"]
         entry["tuning"][arm.name] = tuning
-        recipe = _recipe(arm, tuning["chosen"], stain_sigma)
+        recipe = _recipe(arm, tuning["chosen"], carried)
         runs = runner.fit_all([(arm, recipe, s, n, n_key, epochs, True) for s in config.seeds])
         entry["arms"][arm.name] = {**_summarise(runs), "recipe": recipe.to_dict()}
-    return stain_sigma
+    return carried
 
 
 def _check_inputs(splits: dict[str, TileSet], classes: tuple[str, str], sets: GeneratedSets, arms: Sequence[Arm]) -> None:
