@@ -284,8 +284,9 @@ def test_generated_arms_take_the_standard_arms_tuned_stain_and_mixup():
     config = ProtocolConfig(seeds=(0, 1), tune_seeds=(100,), n=("all",))
     runner, entry = Runner(), {"tuning": {}, "arms": {}}
     carried = protocol._run_arms(runner, [all_arms()["+stain"], all_arms()["+Mixup/CutMix"]], config, None, "all", 10,
-                                 dict(protocol.CARRIED_DEFAULTS), entry)
+                                 protocol.CARRIED_DEFAULTS, entry)
     assert carried == {"stain_sigma": 0.1, "mixup_alpha": 0.2}
+    assert protocol.CARRIED_DEFAULTS == {"stain_sigma": 0.05, "mixup_alpha": 0.5}  # the shared defaults stay as they were
     both = [arm_named("+ADD-Pro[preview]+Mixup/CutMix"), arm_named("+ADD-Pro[preview]+stain")]
     protocol._run_arms(runner, both, config, None, "all", 10, carried, entry)
     used = {(name, r.mixup_alpha, r.stain_sigma) for name, r in runner.recipes if name.startswith("+ADD")}

@@ -239,7 +239,8 @@ def arm_named(name: str) -> Arm:
     label measure decoded at stride ``S`` (:attr:`progaug.generator.GenerationConfig.decode_stride`), or
     ``+ADD-Pro[MEASURE/S:F]``, the last ``F`` states decoded one per move (``decode_fine``), or any
     ``+ADD-Pro[...]`` form followed by ``"+stain"`` (stain jitter on every batch, at the ``+stain`` arm's sigma)
-    or ``"+Mixup/CutMix"`` (Mixup/CutMix on every batch, at the ``+Mixup/CutMix`` arm's alpha), and/or ``" margin labels"``: the same images labelled by the pair's calibrated denoising margin (the pair needs a
+    or ``"+Mixup/CutMix"`` (Mixup/CutMix on every batch, at the ``+Mixup/CutMix`` arm's alpha), and/or
+    ``" margin labels"``: the same images labelled by the pair's calibrated denoising margin (the pair needs a
     ``margin_calibration.json``, from ``progaug calibrate``), e.g. ``+ADD-Pro[preview]+stain margin labels``.
 
     Raises:
@@ -249,9 +250,8 @@ def arm_named(name: str) -> Arm:
     if name in known:
         return known[name]
     base = name[: -len(MARGIN_SUFFIX)] if name.endswith(MARGIN_SUFFIX) else name
-    stain = base.endswith(STAIN_SUFFIX)
-    mixup = base.endswith(MIXUP_SUFFIX)
-    images = base[: -len(STAIN_SUFFIX)] if stain else base[: -len(MIXUP_SUFFIX)] if mixup else base
+    on_top = next((suffix for suffix in (STAIN_SUFFIX, MIXUP_SUFFIX) if base.endswith(suffix)), "")
+    images = base.removesuffix(on_top)
     variant = images[len("+ADD-Pro[") : -1] if images.startswith("+ADD-Pro[") and images.endswith("]") else ""
     try:
         parse_variant(variant)
@@ -260,7 +260,7 @@ def arm_named(name: str) -> Arm:
                          f"'+ADD-Pro[MEASURE/S:F]' (the last F states one per move), "
                          f"any +ADD-Pro form optionally followed by '{STAIN_SUFFIX}' or '{MIXUP_SUFFIX}' and/or "
                          f"'{MARGIN_SUFFIX}'") from None
-    return Arm(name, "pro", variant, stain=stain, mixup=mixup, labels="margin" if base != name else "measure")
+    return Arm(name, "pro", variant, stain=on_top == STAIN_SUFFIX, mixup=on_top == MIXUP_SUFFIX, labels="margin" if base != name else "measure")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -488,7 +488,8 @@ def _show(recipe: Recipe) -> str:
 
 CARRIED_DEFAULTS = {"stain_sigma": 0.05, "mixup_alpha": 0.5}
 """Settings a generated arm with stain or Mixup/CutMix on top takes where the run has no ``+stain`` /
-``+Mixup/CutMix`` arm to tune them (each its grid's middle value); with that arm, its tuned choice."""
+``+Mixup/CutMix`` arm to tune them (the middle values of the default ``stain_grid`` and ``mixup_grid``, fixed
+whatever grids a run passes); with that arm, its tuned choice."""
 
 
 def _recipe(arm: Arm, value: float | None, carried: dict[str, float]) -> Recipe:
@@ -616,7 +617,7 @@ def _run_ns(runner: _Runner, splits: dict[str, TileSet], classes: tuple[str, str
         for doubling in range(config.budget_doublings + 1):
             epochs = budget["epochs"] * 2 ** doubling
             entry.update(tuning={}, arms={})
-            carried = _run_arms(runner, standard, config, n, n_key, epochs, dict(CARRIED_DEFAULTS), entry)
+            carried = _run_arms(runner, standard, config, n, n_key, epochs, CARRIED_DEFAULTS, entry)
             _add_paired(entry)
             losing = _losing(_sanity_checks(entry["arms"]))
             growth.append({"epochs": epochs, "losing": losing})
@@ -640,7 +641,7 @@ def _run_arms(runner: _Runner, arms: Sequence[Arm], config: ProtocolConfig, n: i
               carried: dict[str, float], entry: dict) -> dict[str, float]:
     """Tune and evaluate ``arms`` at one N and budget into ``entry``; returns ``carried`` (the stain sigma and
     Mixup alpha: the ``+stain`` / ``+Mixup/CutMix`` arm's choice once it has run, used by the generated arms that
-    add stain or Mixup/CutMix on top)."""
+    add stain or Mixup/CutMix on top; a new dict, ``carried`` itself is not changed)."""
     carried = dict(carried)
     for arm in arms:
         tuning = _tune(runner, arm, config, n, n_key, epochs, carried)
