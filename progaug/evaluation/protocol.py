@@ -249,7 +249,7 @@ def arm_named(name: str) -> Arm:
     known = all_arms()
     if name in known:
         return known[name]
-    base = name[: -len(MARGIN_SUFFIX)] if name.endswith(MARGIN_SUFFIX) else name
+    base = name.removesuffix(MARGIN_SUFFIX)
     on_top = next((suffix for suffix in (STAIN_SUFFIX, MIXUP_SUFFIX) if base.endswith(suffix)), "")
     images = base.removesuffix(on_top)
     variant = images[len("+ADD-Pro[") : -1] if images.startswith("+ADD-Pro[") and images.endswith("]") else ""
