@@ -145,7 +145,6 @@ def plot(res: dict, path: Path) -> None:
         ax.set_xlabel("labelled real tiles per class")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
     for j, key in enumerate(keys):
         curve = res["curve"][key]["budget"]["curve"]
         if curve:
@@ -159,7 +158,10 @@ def plot(res: dict, path: Path) -> None:
     if any(res["curve"][k]["budget"]["curve"] for k in keys):
         axes[2].legend(fontsize=7)
     fig.suptitle(f"Downstream {res['config']['classifier'].upper()}: mean and 95 % interval over seeds {res['config']['seeds']}")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()  # below the panels: inside one, it hides bars
+    ncol = min(len(labels), 4)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8)
+    fig.tight_layout(rect=(0, 0.05 * -(-len(labels) // ncol), 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
