@@ -140,6 +140,8 @@ def plot(res: dict, path: Path) -> None:
             diff = [res["curve"][k]["arms"][name]["paired"]["real"] for k in keys]
             axes[1].errorbar(xs, [100 * d["mean"] for d in diff], yerr=[100 * d["half_width"] for d in diff], **style)
     axes[1].axhline(0, color="grey", lw=1)
+    low, high = axes[0].get_ylim()  # t-intervals of few seeds can pass 0 or 100 %; accuracy cannot
+    axes[0].set_ylim(max(low, 0.0), min(high, 100.0))
     for ax, ylabel in zip(axes[:2], ("test accuracy (%)", "paired difference to real only (points)")):
         ax.set_xticks(np.arange(len(keys)), [f"N={k}" for k in keys])
         ax.set_xlabel("labelled real tiles per class")
