@@ -119,7 +119,9 @@ class ProtocolConfig(JsonConfig):
 
     def resolved_bf16(self) -> bool:
         """``train_bf16`` made concrete: None means on for the CNN where ``device`` computes bf16 natively
-        (:func:`progaug.runtime.native_bf16`); the ViT and the probe were never checked under it, so they stay float32."""
+        (:func:`progaug.runtime.native_bf16`). The ViT stays float32: bf16 made its training 1.5x *slower* on a CPU
+        with AMX (``benchmarks/results/train_speed_vit_amx.md``); the probe gains 1.6x with both settings there, but its
+        verdicts were never checked under them, so it stays float32 too."""
         if self.train_bf16 is None:
             from progaug.runtime import native_bf16
 
