@@ -368,6 +368,45 @@ def test_real_subset_takes_the_first_n_of_each_class_in_the_seeds_order_with_one
     assert len(everything) == len(train.labels) and not torch.equal(real_subset(train, 4, 2)[1]["a"], chosen["a"])
 
 
+def test_a_fixed_subset_seed_trains_every_run_on_that_subset_and_is_logged_apart(monkeypatch):
+    from progaug.evaluation import protocol
+
+    splits = tiny_splits()
+    train = splits["train"]
+    gen = torch.Generator().manual_seed(0)
+    sets = GeneratedSets(pro={"preview": (torch.randint(0, 256, (8, 2, 3, 16, 16), dtype=torch.uint8, generator=gen), torch.rand(8, 2, generator=gen))})
+    base = dict(n=("2",), seeds=(0, 1), tune_seeds=(5,), curve_epochs=(1,), batch_size=8, p_grid=(0.5,))
+    cfg = ProtocolConfig(**base, subset_seed=3)
+    a_all = torch.nonzero(train.labels == 0).flatten()
+    assert needed_positions(train, "a", cfg).tolist() == sorted(int((a_all == g).nonzero()) for g in class_orders(train, 3)["a"][:2])
+    assert len(needed_positions(train, "a", ProtocolConfig(**base))) > 2  # seeds 0, 1, 5 draw their own subsets
+    trained = []
+    real_train = protocol.train_classifier
+
+    def recording(real, generated, *args, **kwargs):
+        trained.append((real.images.clone(), None if generated is None else generated.images.clone()))
+        return real_train(real, generated, *args, **kwargs)
+
+    monkeypatch.setattr(protocol, "train_classifier", recording)
+    arms = [all_arms("preview")[n] for n in ("real", "+ADD-Pro[preview]")]
+    memo = {}
+    res = run_protocol(splits, ("a", "b"), sets, arms, cfg, memo=memo)
+    expected, chosen = real_subset(train, 3, 2)
+    assert len(trained) == planned_runs(cfg, arms) and all(torch.equal(images, expected.images) for images, _ in trained)
+    a_pos = [int((a_all == g).nonzero()) for g in chosen["a"]]
+    made = sets.pro["preview"][0][a_pos].flatten(0, 1)
+    assert all(torch.equal(g, made) for _, g in trained if g is not None)  # generated only from the fixed subset's A tiles
+    assert all('{"subset_seed": 3}' in key for key in memo)
+    assert "Real subset: every run trains on seed 3's subset" in render_markdown(res)
+    other = {}
+    run_protocol(splits, ("a", "b"), sets, arms[:1], ProtocolConfig(**base), memo=other)
+    assert not set(other) & set(memo) and not any("subset_seed" in key for key in other)  # per-seed runs keep their keys
+    with pytest.raises(ValueError, match="`subset_seed` must be None or an integer >= 0, got -1"):
+        ProtocolConfig(subset_seed=-1)
+    with pytest.raises(ValueError, match="`subset_seed` must be None or an integer >= 0, got True"):
+        ProtocolConfig(subset_seed=True)
+
+
 def test_protocol_runs_every_planned_training_and_pairs_by_seed():
     splits = tiny_splits()
     a = 8  # class-A training tiles

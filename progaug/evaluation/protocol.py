@@ -4,7 +4,10 @@ classes than the augmentations pathology users already use?
 The same for every arm, seed and N (docs/benchmarks.md, "The downstream protocol"):
 
 1. **Subsets.** For each seed a fixed random order of each class's training tiles; N tiles per class =
-   the first N (nested). Generated images come only from the N class-A tiles of that subset.
+   the first N (nested). Generated images come only from the N class-A tiles of that subset. With
+   ``subset_seed`` every run trains on that one seed's subset (the seeds vary initialisation and batch
+   order only): the design for a pair trained on exactly those tiles, whose images then hold no
+   information from tiles the real arms never see.
 2. **Budget.** In epochs over the real tiles, chosen per N at the plateau of a real-only validation
    learning curve (by default the *longest* budget within ``plateau_tolerance`` of the best mean
    validation accuracy: train as long as validation does not get worse, since a small validation split
@@ -66,6 +69,9 @@ class ProtocolConfig(JsonConfig):
     n: tuple[str, ...] = setting(("25", "50", "100", "all"), "labelled real tiles per class ('all' or integers)")
     seeds: tuple[int, ...] = setting((0, 1, 2, 3, 4), "evaluation seeds (subset, initialisation, batch order)")
     tune_seeds: tuple[int, ...] = setting((100, 101), "seeds of the tuning runs and of the learning curve (scored on validation only)")
+    subset_seed: int | None = setting(None, "one real subset for every run: this seed's first N tiles per class (the seeds then "
+                                            "vary initialisation and batch order only), for a pair trained on exactly those tiles "
+                                            "(no leak). Default: each seed draws its own subset")
     epochs: int | None = setting(None, "fixed budget in real-image epochs (default: chosen per N from the learning curve)")
     curve_epochs: tuple[int, ...] = setting((20, 40, 80, 160), "budgets of the real-only learning curve")
     plateau_tolerance: float = setting(0.01, "budget = a curve budget within this of the best mean validation accuracy")
@@ -100,6 +106,8 @@ class ProtocolConfig(JsonConfig):
             raise ValueError(f"`tune_seeds` {self.tune_seeds} must differ from `seeds` {self.seeds}")
         if any(not 0 < p <= 1 for p in self.p_grid):
             raise ValueError(f"`p_grid` values must lie in (0, 1], got {self.p_grid}")
+        if self.subset_seed is not None and (not isinstance(self.subset_seed, int) or isinstance(self.subset_seed, bool) or self.subset_seed < 0):
+            raise ValueError(f"`subset_seed` must be None or an integer >= 0, got {self.subset_seed!r}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"`epochs` must be >= 1, got {self.epochs}")
         if self.plateau_pick not in PLATEAU_PICKS:
@@ -127,6 +135,10 @@ class ProtocolConfig(JsonConfig):
 
             return self.classifier == "cnn" and native_bf16(self.device)
         return _checked_bool("train_bf16", self.train_bf16)
+
+    def subset_of(self, seed: int) -> int:
+        """The seed whose real subset a run of ``seed`` trains on: ``subset_seed`` where set, else ``seed``."""
+        return seed if self.subset_seed is None else self.subset_seed
 
     def spec(self, epochs: int) -> TrainSpec:
         """The optimisation of every arm at ``epochs``."""
@@ -307,7 +319,7 @@ def needed_positions(train: TileSet, a_class: str, config: ProtocolConfig) -> to
     a_all = torch.nonzero(train.labels == train.classes.index(a_class)).flatten()
     position = {int(g): i for i, g in enumerate(a_all)}
     used = set()
-    for seed in (*config.seeds, *config.tune_seeds):
+    for seed in {config.subset_of(s) for s in (*config.seeds, *config.tune_seeds)}:
         order = class_orders(train, seed)[a_class]
         for key in config.n:
             n = parse_n(key)
@@ -410,9 +422,13 @@ class _Runner:
         return keep
 
     def key(self, arm: Arm, recipe: Recipe, seed: int, n_key: str, epochs: int, test: bool) -> str:
-        """What decides a training's result (its entry in ``memo`` and the run log)."""
-        return json.dumps([arm.name, arm.run_fields(), recipe.to_dict(), seed, n_key, epochs, test, self.config.spec(epochs).run_fields(),
-                           self.config.filter_margin if arm.filtered else None, self.sets_digest(arm)], sort_keys=True)
+        """What decides a training's result (its entry in ``memo`` and the run log); a fixed ``subset_seed`` is
+        appended, so keys of runs that draw a subset per seed stay as they were."""
+        fields = [arm.name, arm.run_fields(), recipe.to_dict(), seed, n_key, epochs, test, self.config.spec(epochs).run_fields(),
+                  self.config.filter_margin if arm.filtered else None, self.sets_digest(arm)]
+        if self.config.subset_seed is not None:
+            fields.append({"subset_seed": self.config.subset_seed})
+        return json.dumps(fields, sort_keys=True)
 
     def fit_all(self, requests: Sequence[tuple]) -> list[dict]:
         """:meth:`fit` for each request (its arguments), in order; with ``config.workers > 1`` the trainings not
@@ -470,7 +486,7 @@ class _Runner:
             self.on_run(f"N={n_key} {arm.name} seed {seed}: kept from an earlier run")
             return dict(self.memo[key])
         began = time.time()
-        sub = _subset(self.train, seed, n, self.a_class)
+        sub = _subset(self.train, self.config.subset_of(seed), n, self.a_class)
         gen = self.generated(arm, sub, seed, n_key, epochs)
         model, val = train_classifier(sub.real, gen, recipe, self.config.spec(epochs), seed, self.val, self.device)
         out = {"seed": seed, "epochs": epochs, "val_accuracy": val, "real_images": len(sub.real), "generated_images": 0 if gen is None else len(gen)}

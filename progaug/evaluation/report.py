@@ -110,6 +110,9 @@ def render_markdown(res: dict) -> str:
               f"evaluation seed with the validation-chosen checkpoint. Paired differences per seed; a generated arm *helps* when "
               f"accuracy and macro-F1 both gain >= {100 * GAIN:.0f} points with intervals above 0 and it is not worse than the better "
               f"of stain and Mixup/CutMix. {_training_numerics(cfg)}", ""]
+    if cfg.get("subset_seed") is not None:
+        lines += [f"Real subset: every run trains on seed {cfg['subset_seed']}'s subset (one fixed set of N tiles per class); the "
+                  f"seeds vary initialisation and batch order only, so the figures speak for this subset, not for a draw of one.", ""]
     lines += _sanity_lines(res)
     for key, entry in res["curve"].items():
         lines += [f"## N = {key} real tiles per class", ""]
