@@ -368,6 +368,19 @@ def test_real_subset_takes_the_first_n_of_each_class_in_the_seeds_order_with_one
     assert len(everything) == len(train.labels) and not torch.equal(real_subset(train, 4, 2)[1]["a"], chosen["a"])
 
 
+def test_write_subset_writes_the_runs_tiles_that_read_back_unchanged(tmp_path):
+    from progaug.data.folder import folder_tiles
+    from progaug.evaluation.protocol import write_subset
+
+    train = tiny_splits()["train"]
+    assert write_subset(train, 3, 2, tmp_path / "sub") == {"a": 2, "b": 2}
+    back = folder_tiles(tmp_path / "sub", tile_size=16, classes=["a", "b"])
+    real, _ = real_subset(train, 3, 2)
+    assert torch.equal(back.images, real.images) and back.labels.tolist() == [0, 0, 1, 1]
+    with pytest.raises(FileExistsError, match="sub/a already exists"):
+        write_subset(train, 3, 2, tmp_path / "sub")
+
+
 def test_a_fixed_subset_seed_trains_every_run_on_that_subset_and_is_logged_apart(monkeypatch):
     from progaug.evaluation import protocol
 

@@ -31,8 +31,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
+import os
 import time
+from pathlib import Path
 from collections.abc import Callable, MutableMapping, Sequence
 
 import torch
@@ -48,7 +51,7 @@ from progaug.generator import parse_variant
 from progaug.labels import DEFAULT_MEASURE, MEASURES
 from progaug.losses import soft_label_to_row
 
-__all__ = ["MARGIN_SUFFIX", "PLATEAU_PICKS", "Arm", "GeneratedSets", "ProtocolConfig", "all_arms", "arm_named", "class_orders", "needed_positions", "parse_n", "planned_runs", "plateau", "real_subset", "run_protocol", "sanity"]
+__all__ = ["MARGIN_SUFFIX", "PLATEAU_PICKS", "Arm", "GeneratedSets", "ProtocolConfig", "all_arms", "arm_named", "class_orders", "needed_positions", "parse_n", "planned_runs", "plateau", "real_subset", "run_protocol", "sanity", "write_subset"]
 
 PLATEAU_PICKS = ("longest", "shortest")
 """How :func:`plateau` picks among the budgets within tolerance of the best validation accuracy."""
@@ -341,6 +344,40 @@ def real_subset(train: TileSet, seed: int, n: int | None) -> tuple[LabelledImage
     chosen = {c: (o if n is None else o[:n]) for c, o in class_orders(train, seed).items()}
     index = torch.cat(list(chosen.values()))
     return LabelledImages(train.images[index], F.one_hot(train.labels[index], len(train.classes)).float()), chosen
+
+
+def write_subset(train: TileSet, seed: int, n: int | None, folder: str | os.PathLike[str]) -> dict[str, int]:
+    """Write :func:`real_subset`'s tiles as ``folder/<class>/NNNN.png``, in the subset's order: the data to train a
+    pair on exactly the tiles that runs with ``subset_seed=seed`` train on (``progaug train --data folder``).
+
+    Args:
+        train: The training split (uint8 ``(M, 3, S, S)`` tiles).
+        seed: The subset's seed.
+        n: Tiles per class (None: every tile).
+        folder: Where to write; must not hold any of the class folders yet.
+
+    Returns:
+        Tiles written per class.
+
+    Raises:
+        FileExistsError: A class folder already exists (nothing is overwritten; the message names it).
+    """
+    from PIL import Image
+
+    from progaug.fileio import atomic_write_bytes
+
+    _, chosen = real_subset(train, seed, n)
+    root = Path(folder)
+    for name in chosen:
+        if (root / name).exists():
+            raise FileExistsError(f"{root / name} already exists; write_subset writes into new class folders only")
+    for name, index in chosen.items():
+        (root / name).mkdir(parents=True)
+        for j, g in enumerate(index.tolist()):
+            buf = io.BytesIO()
+            Image.fromarray(train.images[g].permute(1, 2, 0).numpy()).save(buf, format="PNG")
+            atomic_write_bytes(root / name / f"{j:04d}.png", buf.getvalue())
+    return {name: len(index) for name, index in chosen.items()}
 
 
 def _subset(train: TileSet, seed: int, n: int | None, a_class: str) -> _Subset:
