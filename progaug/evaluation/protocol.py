@@ -35,8 +35,8 @@ import io
 import json
 import os
 import time
-from pathlib import Path
 from collections.abc import Callable, MutableMapping, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
