@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from progaug.config import JsonConfig, config_to_dict_without_defaults, setting
-from progaug.errors import device_setting
+from progaug.errors import check_int, device_setting
 from progaug.data.tiles import TileSet
 from progaug.evaluation.classifiers import CLASSIFIERS
 from progaug.evaluation.stats import interval, paired
@@ -109,8 +109,7 @@ class ProtocolConfig(JsonConfig):
             raise ValueError(f"`tune_seeds` {self.tune_seeds} must differ from `seeds` {self.seeds}")
         if any(not 0 < p <= 1 for p in self.p_grid):
             raise ValueError(f"`p_grid` values must lie in (0, 1], got {self.p_grid}")
-        if self.subset_seed is not None and (not isinstance(self.subset_seed, int) or isinstance(self.subset_seed, bool) or self.subset_seed < 0):
-            raise ValueError(f"`subset_seed` must be None or an integer >= 0, got {self.subset_seed!r}")
+        check_int("subset_seed", self.subset_seed, low=0, allow_none=True)
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"`epochs` must be >= 1, got {self.epochs}")
         if self.plateau_pick not in PLATEAU_PICKS:
