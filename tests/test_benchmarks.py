@@ -248,9 +248,17 @@ def test_stale_results_finds_figures_of_another_pair(bench, tiny_pair, tmp_path,
     (tmp_path / "res" / "b.json").write_text(json.dumps({"pair_sha256": {**shipped, "target": "0" * 64}}))
     (tmp_path / "res" / "c.json").write_text(json.dumps({"figures": 1}))
     (tmp_path / "res" / "d.json").write_text(json.dumps({"uses_pair": False}))
-    assert stale.main(["--pair", str(tiny_pair), "--results", str(tmp_path / "res")]) == 1
+    assert stale.main(["--pair", str(tiny_pair), "--results", str(tmp_path / "res"), "--pairs", str(tmp_path / "none")]) == 1
     lines = capsys.readouterr().out.splitlines()[-4:]
     assert [line.split()[0] for line in lines] == ["current", "STALE", "UNKNOWN", "current"]
+    # b.json measured a committed benchmark pair (by design): named, and not stale
+    other = tmp_path / "pairs" / "nolk"
+    other.mkdir(parents=True)
+    (other / "card.json").write_text(json.dumps({r: {"sha256": sha} for r, sha in {**shipped, "target": "0" * 64}.items()}))
+    (tmp_path / "res" / "c.json").unlink()
+    assert stale.main(["--pair", str(tiny_pair), "--results", str(tmp_path / "res"), "--pairs", str(tmp_path / "pairs")]) == 0
+    lines = capsys.readouterr().out.splitlines()[-3:]
+    assert [line.split()[0] for line in lines] == ["current", "pair:nolk", "current"]
 
 
 def test_every_committed_result_names_its_pair():
@@ -391,3 +399,61 @@ def test_gpu_session_vit_passes_each_arm_whole_and_continues_a_given_log(tmp_pat
     env["VIT_LOG"] = str(tmp_path / "missing.jsonl")
     assert subprocess.run(["bash", str(BENCH / "gpu_session.sh"), "vit"], capture_output=True, env=env,
                           cwd=BENCH.parent).returncode == 2
+
+
+def _report(arm_acc: dict[str, list[float]], real_sha: list[str], pair: str = "p") -> dict:
+    """A minimal downstream report at N = 100: per arm, one run per seed (macro-F1 = accuracy - 0.01)."""
+    def runs(name, accs):
+        return [{"seed": s, "accuracy": a, "f1_macro": a - 0.01,
+                 **({"predictions_sha": real_sha[s]} if name == "real" else {})} for s, a in enumerate(accs)]
+    return {"pair": pair, "pair_sha256": {"source": pair, "target": pair},
+            "curve": {"100": {"arms": {name: {"runs": runs(name, accs)} for name, accs in arm_acc.items()}}}}
+
+
+def test_compare_reports_pairs_an_arm_across_reports_per_seed(bench, tmp_path):
+    cmp = bench("compare_reports")
+    real = [0.70, 0.72, 0.68, 0.71]
+    shas = ["a", "b", "c", "d"]
+    one = _report({"real": real, "+ADD": [r + d for r, d in zip(real, (0.05, 0.04, 0.06, 0.05))]}, shas, "shipped")
+    two = _report({"real": real, "+ADD": [r + d for r, d in zip(real, (0.01, -0.01, 0.0, 0.02))]}, shas, "other")
+    reports = [("shipped", one, Path("one.json")), ("other", two, Path("two.json"))]
+    res = cmp.compare(reports, "100", "+ADD")
+    assert res["seeds"] == [0, 1, 2, 3]
+    assert res["arms"]["shipped"]["accuracy"]["mean"] == pytest.approx(0.05)
+    assert res["arms"]["shipped"]["verdict"] == "helps" and res["arms"]["other"]["verdict"] == "not told apart"
+    versus = res["versus_first"]["other"]["accuracy"]
+    assert versus["per_seed"] == pytest.approx([-0.04, -0.05, -0.06, -0.03]) and versus["verdict"] == "worse"
+    assert res["means"]["real"]["accuracy"] == pytest.approx(sum(real) / 4)
+    # only the seeds every report has are paired
+    two["curve"]["100"]["arms"]["+ADD"]["runs"].pop()
+    assert cmp.compare(reports, "100", "+ADD")["seeds"] == [0, 1, 2]
+    # real runs that are not the same runs cannot be paired across reports
+    two["curve"]["100"]["arms"]["real"]["runs"][1]["predictions_sha"] = "z"
+    with pytest.raises(ValueError, match="differ on seed 1"):
+        cmp.compare(reports, "100", "+ADD")
+    with pytest.raises(ValueError, match=r"one.json: no arm '\+Mixup'"):
+        cmp.compare(reports, "100", "+Mixup")
+    with pytest.raises(ValueError, match=r"no N = '25'"):
+        cmp.compare(reports, "25", "+ADD")
+
+
+def test_compare_reports_writes_its_report_and_refuses_bad_arguments(bench, tmp_path, capsys):
+    cmp = bench("compare_reports")
+    real, shas = [0.70, 0.72, 0.68], ["a", "b", "c"]
+    for name, gain in (("one", 0.03), ("two", 0.0)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(_report({"real": real, "+ADD": [r + gain for r in real]}, shas, name)))
+    out = tmp_path / "res" / "cmp"
+    argv = ["--n", "100", "--arm", "+ADD", "--report", f"a={tmp_path / 'one.json'}", "--report", f"b={tmp_path / 'two.json'}"]
+    assert cmp.main([*argv, "--out", str(out)]) == 0
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["pair_sha256"] == {"source": "one", "target": "one"}
+    assert saved["comparison"]["versus_first"]["b"]["accuracy"]["mean"] == pytest.approx(-0.03)
+    text = out.with_suffix(".md").read_text()
+    assert "| b - a | -3.0 [-3.0, -3.0]" in text and out.with_suffix(".png").stat().st_size > 0
+    for bad, match in ((["--report", "nolabel"], "LABEL=PATH"), (argv[:6], "two or more"),
+                       ([*argv[:6], "--report", f"a={tmp_path / 'two.json'}"], "labels must differ")):
+        with pytest.raises(SystemExit):
+            cmp.parse_args(["--n", "100", "--arm", "x", *bad] if bad[0] == "--report" and len(bad) == 2 else bad)
+        assert match in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="cannot read a report JSON"):
+        cmp.main(["--n", "100", "--arm", "+ADD", "--report", f"a={tmp_path / 'one.json'}", "--report", f"b={tmp_path / 'none.json'}"])

@@ -1,0 +1,201 @@
+"""One arm of several downstream reports side by side, paired per seed: e.g. the same arm with two pairs.
+
+Two reports of ``benchmarks/downstream.py`` (or ``progaug evaluate``) that share their real-only runs (same
+log, same subset, same seeds; checked: the real arm's test predictions must be identical per seed) can be
+compared seed by seed. For each report's arm this prints its paired difference to real only (the report's
+own figure, with its verdict by :func:`progaug.evaluation.report.judge`'s rule), and for each later report
+the paired difference to the first one's arm (``later - first``):
+
+    python benchmarks/compare_reports.py --n 100 --arm "+ADD-Pro[preview] margin labels" \\
+        --report shipped=benchmarks/results/downstream_vit_n100_subset0_shipped.json \\
+        --report no-leak=benchmarks/results/downstream_vit_n100_subset0_nolk.json \\
+        --out benchmarks/results/downstream_vit_n100_subset0_leak
+
+Accuracy and macro-F1, 95 % t-intervals (:func:`progaug.evaluation.stats.paired`). Writes ``--out`` as
+JSON, Markdown and a PNG of the per-seed differences. Reads only the reports: nothing is trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import command_line, repo_relative, write_report
+from progaug.evaluation.report import judge
+from progaug.evaluation.stats import paired
+
+METRICS = ("accuracy", "f1_macro")
+
+
+def labelled_report(text: str) -> tuple[str, Path]:
+    """``LABEL=PATH`` as ``(label, path)`` (argparse type)."""
+    label, sep, path = text.partition("=")
+    if not sep or not label or not path:
+        raise argparse.ArgumentTypeError(f"--report must be LABEL=PATH, got {text!r}")
+    return label, Path(path)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--report", type=labelled_report, action="append", required=True, metavar="LABEL=PATH",
+                   help="a downstream report JSON and its label; two or more, the first is the reference")
+    p.add_argument("--arm", required=True, help="the arm to compare (its name in every report)")
+    p.add_argument("--n", required=True, help="the N (tiles per class) to compare, as the reports name it ('100', 'all')")
+    p.add_argument("--baseline", default="real", help="the arm every report shares (default: real)")
+    p.add_argument("--out", default=None, help="write OUT.json, OUT.md and OUT.png (default: print only)")
+    args = p.parse_args(argv)
+    if len(args.report) < 2:
+        p.error(f"--report: give two or more reports to compare, got {len(args.report)}")
+    if len({label for label, _ in args.report}) != len(args.report):
+        p.error(f"--report: labels must differ, got {[label for label, _ in args.report]}")
+    return args
+
+
+def runs_by_seed(res: dict, n: str, arm: str, path: Path) -> dict[int, dict]:
+    """The evaluation runs of ``arm`` at ``n`` in one report, by seed.
+
+    Raises:
+        ValueError: The report has no such N or arm (the message names the file and what it has).
+    """
+    curve = res.get("curve", {})
+    if n not in curve:
+        raise ValueError(f"{path}: no N = {n!r} in this report (it has {sorted(curve)})")
+    arms = curve[n]["arms"]
+    if arm not in arms:
+        raise ValueError(f"{path}: no arm {arm!r} at N = {n} (it has {sorted(arms)})")
+    return {int(r["seed"]): r for r in arms[arm]["runs"]}
+
+
+def check_shared_baseline(baselines: dict[str, dict[int, dict]], seeds: list[int]) -> None:
+    """Raise ValueError unless every report's baseline run has the same test predictions on every seed:
+    otherwise the reports did not share their real-only runs and a per-seed pairing across them is void."""
+    first_label, first = next(iter(baselines.items()))
+    for label, runs in baselines.items():
+        for seed in seeds:
+            a, b = first[seed].get("predictions_sha"), runs[seed].get("predictions_sha")
+            if a is None or a != b:
+                raise ValueError(f"the baseline runs of {first_label!r} and {label!r} differ on seed {seed} (test predictions "
+                                 f"{a} vs {b}): the reports do not share their real-only runs, so they cannot be paired per seed")
+
+
+def compare(reports: list[tuple[str, dict, Path]], n: str, arm: str, baseline: str = "real") -> dict:
+    """Per-seed comparison of ``arm`` across reports (see the module docstring).
+
+    Args:
+        reports: ``(label, report dict, path)``; the first is the reference.
+        n: The N key of the reports (``"100"``).
+        arm: The arm's name in every report.
+        baseline: The arm all reports share.
+
+    Returns:
+        ``{"seeds", "arms": {label: {metric: paired-difference vs baseline, "verdict"}},
+        "versus_first": {label: {metric: paired difference label - first}}, "means": {label: {metric: mean}}}``.
+
+    Raises:
+        ValueError: No seed common to all reports, a missing N/arm, or baselines that differ.
+    """
+    arm_runs = {label: runs_by_seed(res, n, arm, path) for label, res, path in reports}
+    base_runs = {label: runs_by_seed(res, n, baseline, path) for label, res, path in reports}
+    seeds = sorted(set.intersection(*(set(r) for r in [*arm_runs.values(), *base_runs.values()])))
+    if not seeds:
+        raise ValueError(f"the reports share no seed with both {arm!r} and {baseline!r} at N = {n}")
+    check_shared_baseline(base_runs, seeds)
+    first = reports[0][0]
+    out = {"n": n, "arm": arm, "baseline": baseline, "seeds": seeds, "arms": {}, "versus_first": {}, "means": {}}
+    for label, res, _ in reports:
+        runs = arm_runs[label]
+        diffs = {m: paired([runs[s][m] for s in seeds], [base_runs[label][s][m] for s in seeds]) for m in METRICS}
+        entry = {"arms": {arm: {"paired": {"real": diffs["accuracy"]}, "paired_f1": {"real": diffs["f1_macro"]}}}}
+        out["arms"][label] = {**diffs, "verdict": judge(entry, arm)}
+        out["means"][label] = {m: sum(runs[s][m] for s in seeds) / len(seeds) for m in METRICS}
+        if label != first:
+            out["versus_first"][label] = {m: paired([runs[s][m] for s in seeds], [arm_runs[first][s][m] for s in seeds])
+                                          for m in METRICS}
+    out["means"][baseline] = {m: sum(base_runs[first][s][m] for s in seeds) / len(seeds) for m in METRICS}
+    return out
+
+
+def _diff(d: dict) -> str:
+    return f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+
+
+def render_markdown(res: dict) -> str:
+    cmp = res["comparison"]
+    first = res["reports"][0]["label"]
+    lines = [f"# {cmp['arm']} across reports at N = {cmp['n']}", "",
+             f"Seeds {cmp['seeds']} ({len(cmp['seeds'])}), paired per seed; the `{cmp['baseline']}` runs are the same in every "
+             "report (test predictions checked seed by seed). Points of accuracy / macro-F1, mean [95 % t-interval]. "
+             "*helps*: both gains >= 2 points with intervals above 0 (the downstream report's rule).", "",
+             "| report | pair | accuracy (%) | vs real: accuracy | vs real: macro-F1 | verdict |", "| --- | --- | --- | --- | --- | --- |",
+             f"| {cmp['baseline']} | - | {100 * cmp['means'][cmp['baseline']]['accuracy']:.1f} | | | |"]
+    for rep in res["reports"]:
+        a = cmp["arms"][rep["label"]]
+        lines.append(f"| {rep['label']} | {rep['pair']} | {100 * cmp['means'][rep['label']]['accuracy']:.1f} | "
+                     f"{_diff(a['accuracy'])} | {_diff(a['f1_macro'])} | {a['verdict']} |")
+    if cmp["versus_first"]:
+        lines += ["", f"Against `{first}` (later minus first, paired per seed):", "",
+                  "| report | accuracy | macro-F1 | seeds better / worse (accuracy) |", "| --- | --- | --- | --- |"]
+        for label, d in cmp["versus_first"].items():
+            per = d["accuracy"]["per_seed"]
+            lines.append(f"| {label} - {first} | {_diff(d['accuracy'])} | {_diff(d['f1_macro'])} | "
+                         f"{sum(v > 0 for v in per)} / {sum(v < 0 for v in per)} |")
+    lines += ["", "Reports: " + "; ".join(f"`{r['label']}` = {r['path']}" for r in res["reports"]), "",
+              f"Command: `{res['command']}`", ""]
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: Path) -> None:
+    """Per-seed accuracy differences (dots) with mean and 95 % interval, one column per comparison."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cmp = res["comparison"]
+    first = res["reports"][0]["label"]
+    columns = [(f"{label} - {cmp['baseline']}", d["accuracy"]) for label, d in cmp["arms"].items()]
+    columns += [(f"{label} - {first}", d["accuracy"]) for label, d in cmp["versus_first"].items()]
+    fig, ax = plt.subplots(figsize=(2.2 + 1.8 * len(columns), 4.5))
+    for i, (name, d) in enumerate(columns):
+        ax.scatter([i] * len(d["per_seed"]), [100 * v for v in d["per_seed"]], color=f"C{i}", alpha=0.5, s=18)
+        ax.errorbar(i + 0.15, 100 * d["mean"], yerr=100 * d["half_width"], fmt="s", color=f"C{i}", capsize=4)
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_xticks(range(len(columns)), [name for name, _ in columns], rotation=15, fontsize=8)
+    ax.set_ylabel("paired accuracy difference (points)")
+    ax.set_title(f"{cmp['arm']}, N = {cmp['n']}: per seed (dots), mean and 95 % interval", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    reports = []
+    for label, path in args.report:
+        try:
+            reports.append((label, json.loads(path.read_text()), path))
+        except (OSError, json.JSONDecodeError) as err:
+            raise SystemExit(f"--report {label}={path}: cannot read a report JSON there ({err})") from None
+    try:
+        cmp = compare(reports, str(args.n), args.arm, args.baseline)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    res = {"comparison": cmp, "command": command_line("compare_reports.py", argv),
+           "reports": [{"label": label, "path": repo_relative(str(path.resolve())), "pair": rep.get("pair"),
+                        "pair_sha256": rep.get("pair_sha256")} for label, rep, path in reports],
+           # the reference report's pair, so that benchmarks/stale_results.py can place this result
+           "pair_sha256": reports[0][1].get("pair_sha256")}
+    if args.out:
+        write_report(res, Path(args.out), render_markdown, plot)
+    else:
+        print(render_markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
