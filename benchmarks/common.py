@@ -8,6 +8,7 @@ that holds everything they depend on (pair sha256, count, steps, bf16, seed, sou
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -28,8 +29,8 @@ __all__ = ["CACHE", "ROOT", "bar_panels", "bar_plot", "command_line", "dihedral_
 
 
 def command_line(script: str, argv) -> str:
-    """The command that produced a result, for the reports."""
-    return " ".join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
+    """The command that produced a result, for the reports (shell-quoted: it can be pasted back)."""
+    return shlex.join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
 
 
 def repo_relative(value):

@@ -14,6 +14,7 @@ import dataclasses
 import math
 import os
 import platform
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,10 @@ class RuntimeConfig(JsonConfig):
 
 def command_line(argv: list[str] | None = None) -> str:
     """The command a run records in its provenance: the program's file name and its arguments
-    (default: ``sys.argv``), space-separated, e.g. ``"progaug precompute --n 10 --out cache"``."""
+    (default: ``sys.argv``), shell-quoted so that it can be pasted back, e.g. ``"progaug precompute --n 10
+    --out cache"`` or ``"progaug evaluate --arms '+ADD-Pro[preview] margin labels'"``."""
     args = sys.argv if argv is None else argv
-    return " ".join([Path(args[0]).name, *args[1:]]) if args else ""
+    return shlex.join([Path(args[0]).name, *args[1:]]) if args else ""
 
 
 def default_device() -> str:

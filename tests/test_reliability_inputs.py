@@ -5,6 +5,7 @@ bad label rows accepted, uint8 scale guessed from the values, a bad device accep
 """
 
 import dataclasses
+import shlex
 
 import numpy as np
 import pytest
@@ -262,6 +263,11 @@ def test_command_line_names_the_program_and_its_arguments():
 
     assert command_line(["/venv/bin/progaug", "precompute", "--n", "10"]) == "progaug precompute --n 10"
     assert command_line([]) == ""
+    # an argument with spaces or shell characters is quoted, so the recorded command can be pasted back
+    argv = ["progaug", "evaluate", "--arms", "+ADD-Pro[preview] margin labels", "--out", "a b"]
+    recorded = command_line(argv)
+    assert recorded == "progaug evaluate --arms '+ADD-Pro[preview] margin labels' --out 'a b'"
+    assert shlex.split(recorded) == argv
 
 
 # ------------------------------------------------------------------------------ constructor arguments
