@@ -106,7 +106,7 @@ def compare(reports: list[tuple[str, dict, Path]], n: str, arm: str, baseline: s
     check_shared_baseline(base_runs, seeds)
     first = reports[0][0]
     out = {"n": n, "arm": arm, "baseline": baseline, "seeds": seeds, "arms": {}, "versus_first": {}, "means": {}}
-    for label, res, _ in reports:
+    for label, _, _ in reports:
         runs = arm_runs[label]
         diffs = {m: paired([runs[s][m] for s in seeds], [base_runs[label][s][m] for s in seeds]) for m in METRICS}
         entry = {"arms": {arm: {"paired": {"real": diffs["accuracy"]}, "paired_f1": {"real": diffs["f1_macro"]}}}}
