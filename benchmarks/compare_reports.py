@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import command_line, repo_relative, write_report
-from progaug.evaluation.report import judge
+from progaug.evaluation.report import format_diff, judge
 from progaug.evaluation.stats import paired
 
 METRICS = ("accuracy", "f1_macro")
@@ -119,10 +119,6 @@ def compare(reports: list[tuple[str, dict, Path]], n: str, arm: str, baseline: s
     return out
 
 
-def _diff(d: dict) -> str:
-    return f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
-
-
 def render_markdown(res: dict) -> str:
     cmp = res["comparison"]
     first = res["reports"][0]["label"]
@@ -135,13 +131,13 @@ def render_markdown(res: dict) -> str:
     for rep in res["reports"]:
         a = cmp["arms"][rep["label"]]
         lines.append(f"| {rep['label']} | {rep['pair']} | {100 * cmp['means'][rep['label']]['accuracy']:.1f} | "
-                     f"{_diff(a['accuracy'])} | {_diff(a['f1_macro'])} | {a['verdict']} |")
+                     f"{format_diff(a['accuracy'])} | {format_diff(a['f1_macro'])} | {a['verdict']} |")
     if cmp["versus_first"]:
         lines += ["", f"Against `{first}` (later minus first, paired per seed):", "",
                   "| report | accuracy | macro-F1 | seeds better / worse (accuracy) |", "| --- | --- | --- | --- |"]
         for label, d in cmp["versus_first"].items():
             per = d["accuracy"]["per_seed"]
-            lines.append(f"| {label} - {first} | {_diff(d['accuracy'])} | {_diff(d['f1_macro'])} | "
+            lines.append(f"| {label} - {first} | {format_diff(d['accuracy'])} | {format_diff(d['f1_macro'])} | "
                          f"{sum(v > 0 for v in per)} / {sum(v < 0 for v in per)} |")
     lines += ["", "Reports: " + "; ".join(f"`{r['label']}` = {r['path']}" for r in res["reports"]), "",
               f"Command: `{res['command']}`", ""]

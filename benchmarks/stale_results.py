@@ -36,10 +36,12 @@ def status(result: dict, shipped: dict, others: dict[str, dict] | None = None) -
     recorded = result.get("pair_sha256")
     if not isinstance(recorded, dict) or not {"source", "target"} <= set(recorded):
         return "UNKNOWN"
-    for name, sha in {"": shipped, **(others or {})}.items():
-        if all(recorded[r] == sha[r] for r in ("source", "target")):
-            return f"pair:{name}" if name else "current"
-    return "STALE"
+    def measured(sha: dict) -> bool:
+        return all(recorded[r] == sha[r] for r in ("source", "target"))
+
+    if measured(shipped):
+        return "current"
+    return next((f"pair:{name}" for name, sha in (others or {}).items() if measured(sha)), "STALE")
 
 
 def main(argv=None) -> int:

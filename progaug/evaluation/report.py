@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["GAIN", "judge", "render_markdown", "plot", "write_report"]
+__all__ = ["GAIN", "format_diff", "judge", "render_markdown", "plot", "write_report"]
 
 GAIN = 0.02
 """A generated arm *helps* at an N when its paired accuracy and macro-F1 gains over real only are both
@@ -34,7 +34,9 @@ def _pct(d: dict) -> str:
     return f"{100 * d['mean']:.1f} [{100 * d['low']:.1f}, {100 * d['high']:.1f}]"
 
 
-def _diff(d: dict | None) -> str:
+def format_diff(d: dict | None) -> str:
+    """A paired difference (:func:`progaug.evaluation.stats.paired`) as signed points with its interval,
+    ``"+4.0 [+1.9, +6.1]"``; ``"-"`` for None."""
     if d is None:
         return "-"
     return f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
@@ -51,7 +53,7 @@ def _sanity_lines(res: dict) -> list[str]:
     lines = [f"## Sanity: {s['message']}", "", "| N | check | paired accuracy difference (points) [95 % CI] | verdict |",
              "| --- | --- | --- | --- |"]
     for key, checks in s.get("per_n", {s["n"]: s["checks"]}).items():
-        lines += [f"| {key} | {name} | {_diff(d)} | {d['verdict']} |" for name, d in checks.items()]
+        lines += [f"| {key} | {name} | {format_diff(d)} | {d['verdict']} |" for name, d in checks.items()]
     return [*lines, ""]
 
 
@@ -87,8 +89,8 @@ def _arm_table(entry: dict, n_test: int, res_converged: bool | None = True) -> l
             verdict += " (sanity not checked at this N)"
         errors = ", ".join(str(r["errors"]) for r in arm["runs"])
         lines.append(f"| {name} | {tuned} | {r0['real_images']} + {r0['generated_images']} | {_pct(arm['accuracy'])} | "
-                     f"{_pct(arm['f1_macro'])} | {_diff(arm['paired'].get('real'))} | {_diff(arm['paired_f1'].get('real'))} | "
-                     f"{_diff(arm['paired'].get('best standard'))} | {verdict} | {errors} |")
+                     f"{_pct(arm['f1_macro'])} | {format_diff(arm['paired'].get('real'))} | {format_diff(arm['paired_f1'].get('real'))} | "
+                     f"{format_diff(arm['paired'].get('best standard'))} | {verdict} | {errors} |")
     return [*lines, ""]
 
 
