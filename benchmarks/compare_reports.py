@@ -13,6 +13,15 @@ the paired difference to the first one's arm (``later - first``):
 
 Accuracy and macro-F1, 95 % t-intervals (:func:`progaug.evaluation.stats.paired`). Writes ``--out`` as
 JSON, Markdown and a PNG of the per-seed differences. Reads only the reports: nothing is trained.
+
+Reports whose real-only runs differ (the same protocol run again on another device, where single trainings
+come out differently) cannot be paired across: ``--unpaired`` still pairs each arm with its own report's real
+runs, then compares the later reports' per-seed gains with the first one's by Welch's interval
+(:func:`progaug.evaluation.stats.welch`), and counts the seeds whose real runs agree (same test predictions):
+
+    python benchmarks/compare_reports.py --unpaired --n 100 --arm "+ADD-Pro[preview] margin labels" \\
+        --report gpu=benchmarks/results/downstream_vit_n100_30seeds.json \\
+        --report cpu=benchmarks/results/downstream_vit_n100_cpu.json --out benchmarks/results/downstream_vit_n100_devices
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import command_line, repo_relative, write_report
 from progaug.evaluation.report import format_diff, judge
-from progaug.evaluation.stats import paired
+from progaug.evaluation.stats import paired, welch
 
 METRICS = ("accuracy", "f1_macro")
 
@@ -46,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arm", required=True, help="the arm to compare (its name in every report)")
     p.add_argument("--n", required=True, help="the N (tiles per class) to compare, as the reports name it ('100', 'all')")
     p.add_argument("--baseline", default="real", help="the arm every report shares (default: real)")
+    p.add_argument("--unpaired", action="store_true",
+                   help="the reports' real runs differ (e.g. another device): compare their gains by Welch's interval, not per seed")
     p.add_argument("--out", default=None, help="write OUT.json, OUT.md and OUT.png (default: print only)")
     args = p.parse_args(argv)
     if len(args.report) < 2:
@@ -82,57 +93,88 @@ def check_shared_baseline(baselines: dict[str, dict[int, dict]], seeds: list[int
                                  f"{a} vs {b}): the reports do not share their real-only runs, so they cannot be paired per seed")
 
 
-def compare(reports: list[tuple[str, dict, Path]], n: str, arm: str, baseline: str = "real") -> dict:
-    """Per-seed comparison of ``arm`` across reports (see the module docstring).
+def compare(reports: list[tuple[str, dict, Path]], n: str, arm: str, baseline: str = "real", unpaired: bool = False) -> dict:
+    """Comparison of ``arm`` across reports (see the module docstring).
 
     Args:
         reports: ``(label, report dict, path)``; the first is the reference.
         n: The N key of the reports (``"100"``).
         arm: The arm's name in every report.
-        baseline: The arm all reports share.
+        baseline: The arm all reports share (``unpaired``: the arm each report has, its runs may differ).
+        unpaired: Compare the later reports' gains (arm minus baseline, paired within each report) with the
+            first's by Welch's interval instead of per seed; the baselines need not be the same runs.
 
     Returns:
-        ``{"seeds", "arms": {label: {metric: paired-difference vs baseline, "verdict"}},
-        "versus_first": {label: {metric: paired difference label - first}}, "means": {label: {metric: mean}}}``.
+        ``{"seeds", "unpaired", "arms": {label: {metric: paired-difference vs baseline, "verdict"}},
+        "versus_first": {label: {metric: label - first, paired per seed or Welch's}}, "means": {label: {metric: mean}},
+        "same_baseline": {label: seeds whose baseline test predictions equal the first report's}}``; with
+        ``unpaired``, ``means`` holds each report's baseline mean under ``"<baseline> (<label>)"``.
 
     Raises:
-        ValueError: No seed common to all reports, a missing N/arm, or baselines that differ.
+        ValueError: No seed common to all reports, a missing N/arm, or (paired) baselines that differ.
     """
     arm_runs = {label: runs_by_seed(res, n, arm, path) for label, res, path in reports}
     base_runs = {label: runs_by_seed(res, n, baseline, path) for label, res, path in reports}
     seeds = sorted(set.intersection(*(set(r) for r in [*arm_runs.values(), *base_runs.values()])))
     if not seeds:
         raise ValueError(f"the reports share no seed with both {arm!r} and {baseline!r} at N = {n}")
-    check_shared_baseline(base_runs, seeds)
+    if not unpaired:
+        check_shared_baseline(base_runs, seeds)
     first = reports[0][0]
-    out = {"n": n, "arm": arm, "baseline": baseline, "seeds": seeds, "arms": {}, "versus_first": {}, "means": {}}
+    out = {"n": n, "arm": arm, "baseline": baseline, "seeds": seeds, "unpaired": unpaired, "arms": {}, "versus_first": {},
+           "means": {}, "same_baseline": {}}
+    mean = lambda runs, m: sum(runs[s][m] for s in seeds) / len(seeds)  # noqa: E731
     for label, _, _ in reports:
         runs = arm_runs[label]
         diffs = {m: paired([runs[s][m] for s in seeds], [base_runs[label][s][m] for s in seeds]) for m in METRICS}
         entry = {"arms": {arm: {"paired": {"real": diffs["accuracy"]}, "paired_f1": {"real": diffs["f1_macro"]}}}}
         out["arms"][label] = {**diffs, "verdict": judge(entry, arm)}
-        out["means"][label] = {m: sum(runs[s][m] for s in seeds) / len(seeds) for m in METRICS}
-        if label != first:
+        out["means"][label] = {m: mean(runs, m) for m in METRICS}
+        out["same_baseline"][label] = [s for s in seeds if base_runs[label][s].get("predictions_sha") is not None
+                                       and base_runs[label][s].get("predictions_sha") == base_runs[first][s].get("predictions_sha")]
+        if label == first:
+            continue
+        if unpaired:
+            out["versus_first"][label] = {m: welch(diffs[m]["per_seed"], out["arms"][first][m]["per_seed"]) for m in METRICS}
+        else:
             out["versus_first"][label] = {m: paired([runs[s][m] for s in seeds], [arm_runs[first][s][m] for s in seeds])
                                           for m in METRICS}
-    out["means"][baseline] = {m: sum(base_runs[first][s][m] for s in seeds) / len(seeds) for m in METRICS}
+    if unpaired:
+        for label, _, _ in reports:
+            out["means"][f"{baseline} ({label})"] = {m: mean(base_runs[label], m) for m in METRICS}
+    else:
+        out["means"][baseline] = {m: mean(base_runs[first], m) for m in METRICS}
     return out
 
 
 def render_markdown(res: dict) -> str:
     cmp = res["comparison"]
     first = res["reports"][0]["label"]
+    unpaired = cmp.get("unpaired", False)
+    n_seeds = len(cmp["seeds"])
+    if unpaired:
+        same = ", ".join(f"`{label}` {len(s)} of {n_seeds}" for label, s in cmp["same_baseline"].items() if label != first)
+        how = (f"each report's `{cmp['baseline']}` runs are its own (seeds whose test predictions equal `{first}`'s: {same}), so "
+               "each arm is paired with its own report's real runs and the reports' gains are compared unpaired (Welch).")
+    else:
+        how = f"paired per seed; the `{cmp['baseline']}` runs are the same in every report (test predictions checked seed by seed)."
     lines = [f"# {cmp['arm']} across reports at N = {cmp['n']}", "",
-             f"Seeds {cmp['seeds']} ({len(cmp['seeds'])}), paired per seed; the `{cmp['baseline']}` runs are the same in every "
-             "report (test predictions checked seed by seed). Points of accuracy / macro-F1, mean [95 % t-interval]. "
+             f"Seeds {cmp['seeds']} ({n_seeds}), {how} Points of accuracy / macro-F1, mean [95 % t-interval]. "
              "*helps*: both gains >= 2 points with intervals above 0 (the downstream report's rule).", "",
-             "| report | pair | accuracy (%) | vs real: accuracy | vs real: macro-F1 | verdict |", "| --- | --- | --- | --- | --- | --- |",
-             f"| {cmp['baseline']} | - | {100 * cmp['means'][cmp['baseline']]['accuracy']:.1f} | | | |"]
+             f"| report | pair | {cmp['baseline']} accuracy (%) | arm accuracy (%) | vs real: accuracy | vs real: macro-F1 | verdict |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for rep in res["reports"]:
-        a = cmp["arms"][rep["label"]]
-        lines.append(f"| {rep['label']} | {rep['pair']} | {100 * cmp['means'][rep['label']]['accuracy']:.1f} | "
+        label = rep["label"]
+        a = cmp["arms"][label]
+        base = cmp["means"][f"{cmp['baseline']} ({label})" if unpaired else cmp["baseline"]]
+        lines.append(f"| {label} | {rep['pair']} | {100 * base['accuracy']:.1f} | {100 * cmp['means'][label]['accuracy']:.1f} | "
                      f"{format_diff(a['accuracy'])} | {format_diff(a['f1_macro'])} | {a['verdict']} |")
-    if cmp["versus_first"]:
+    if cmp["versus_first"] and unpaired:
+        lines += ["", f"Gains against `{first}`'s (later minus first, Welch's unequal-variance interval, unpaired):", "",
+                  "| report | accuracy gain | macro-F1 gain | Welch df (accuracy) |", "| --- | --- | --- | --- |"]
+        for label, d in cmp["versus_first"].items():
+            lines.append(f"| {label} - {first} | {format_diff(d['accuracy'])} | {format_diff(d['f1_macro'])} | {d['accuracy']['df']:.1f} |")
+    elif cmp["versus_first"]:
         lines += ["", f"Against `{first}` (later minus first, paired per seed):", "",
                   "| report | accuracy | macro-F1 | seeds better / worse (accuracy) |", "| --- | --- | --- | --- |"]
         for label, d in cmp["versus_first"].items():
@@ -157,11 +199,12 @@ def plot(res: dict, path: Path) -> None:
     columns += [(f"{label} - {first}", d["accuracy"]) for label, d in cmp["versus_first"].items()]
     fig, ax = plt.subplots(figsize=(2.2 + 1.8 * len(columns), 4.5))
     for i, (name, d) in enumerate(columns):
-        ax.scatter([i] * len(d["per_seed"]), [100 * v for v in d["per_seed"]], color=f"C{i}", alpha=0.5, s=18)
+        per_seed = d.get("per_seed", [])  # none for a Welch comparison
+        ax.scatter([i] * len(per_seed), [100 * v for v in per_seed], color=f"C{i}", alpha=0.5, s=18)
         ax.errorbar(i + 0.15, 100 * d["mean"], yerr=100 * d["half_width"], fmt="s", color=f"C{i}", capsize=4)
     ax.axhline(0, color="grey", lw=1)
     ax.set_xticks(range(len(columns)), [name for name, _ in columns], rotation=15, fontsize=8)
-    ax.set_ylabel("paired accuracy difference (points)")
+    ax.set_ylabel("accuracy difference (points)" + ("; gains compared unpaired" if cmp.get("unpaired") else ", paired"))
     ax.set_title(f"{cmp['arm']}, N = {cmp['n']}: per seed (dots), mean and 95 % interval", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -178,7 +221,7 @@ def main(argv=None) -> int:
         except (OSError, json.JSONDecodeError) as err:
             raise SystemExit(f"--report {label}={path}: cannot read a report JSON there ({err})") from None
     try:
-        cmp = compare(reports, str(args.n), args.arm, args.baseline)
+        cmp = compare(reports, str(args.n), args.arm, args.baseline, unpaired=args.unpaired)
     except ValueError as err:
         raise SystemExit(str(err)) from None
     res = {"comparison": cmp, "command": command_line("compare_reports.py", argv),

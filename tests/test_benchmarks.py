@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from conftest import BENCH, make_pair_dir, split_folders
+from progaug.evaluation.report import format_diff
+from progaug.evaluation.stats import welch
 from progaug.labels import DEFAULT_MEASURE
 
 WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
@@ -435,6 +437,28 @@ def test_compare_reports_pairs_an_arm_across_reports_per_seed(bench, tmp_path):
         cmp.compare(reports, "100", "+Mixup")
     with pytest.raises(ValueError, match=r"no N = '25'"):
         cmp.compare(reports, "25", "+ADD")
+
+
+def test_compare_reports_unpaired_compares_gains_of_reports_whose_real_runs_differ(bench, tmp_path):
+    cmp = bench("compare_reports")
+    gains_one, gains_two = (0.05, 0.03, 0.06, 0.04), (0.0, -0.01, 0.01, 0.0)
+    real_one, real_two = [0.70, 0.72, 0.68, 0.71], [0.74, 0.72, 0.69, 0.70]
+    one = _report({"real": real_one, "+ADD": [r + g for r, g in zip(real_one, gains_one)]}, ["a", "b", "c", "d"], "gpu")
+    two = _report({"real": real_two, "+ADD": [r + g for r, g in zip(real_two, gains_two)]}, ["x", "b", "y", "z"], "cpu")
+    reports = [("gpu", one, Path("one.json")), ("cpu", two, Path("two.json"))]
+    with pytest.raises(ValueError, match="differ on seed 0"):
+        cmp.compare(reports, "100", "+ADD")
+    res = cmp.compare(reports, "100", "+ADD", unpaired=True)
+    assert res["unpaired"] and res["same_baseline"] == {"gpu": [0, 1, 2, 3], "cpu": [1]}
+    # each arm against its own report's real runs
+    assert res["arms"]["cpu"]["accuracy"]["per_seed"] == pytest.approx(list(gains_two))
+    versus = res["versus_first"]["cpu"]["accuracy"]
+    assert versus == pytest.approx(welch(list(gains_two), list(gains_one)))
+    assert versus["mean"] == pytest.approx(0.0 - 0.045) and versus["verdict"] == "worse" and "per_seed" not in versus
+    assert res["means"]["real (cpu)"]["accuracy"] == pytest.approx(sum(real_two) / 4)
+    text = cmp.render_markdown({"comparison": res, "command": "c", "reports": [
+        {"label": "gpu", "path": "one.json", "pair": "p"}, {"label": "cpu", "path": "two.json", "pair": "p"}]})
+    assert "`cpu` 1 of 4" in text and "Welch" in text and f"| cpu - gpu | {format_diff(versus)}" in text
 
 
 def test_compare_reports_writes_its_report_and_refuses_bad_arguments(bench, tmp_path, capsys):

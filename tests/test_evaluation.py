@@ -12,7 +12,7 @@ from progaug.data.tiles import TileSet
 from progaug.evaluation.protocol import (Arm, GeneratedSets, ProtocolConfig, all_arms, arm_named, class_orders, needed_positions, planned_runs, real_subset,
                                          plateau, run_protocol, sanity)
 from progaug.evaluation.report import judge, render_markdown
-from progaug.evaluation.stats import interval, paired, verdict
+from progaug.evaluation.stats import interval, paired, verdict, welch
 from progaug.evaluation.training import LabelledImages, Recipe, TrainSpec, _apply_mixup, _batches, score, train_classifier
 from progaug.replacement import check_probability, replace_draws, replacement_index
 from progaug.selection import agreement_mask, calibrated_labels
@@ -36,6 +36,24 @@ def test_paired_differences_and_verdicts():
     assert verdict(interval([0.05, -0.04, 0.01])) == "not told apart"
     with pytest.raises(ValueError, match="one value per seed"):
         paired([0.1, 0.2], [0.1])
+
+
+def test_welch_golden_values_and_refusals():
+    d = welch([1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 2.0])
+    # s1^2/n1 = 1.6667/4, s2^2/n2 = 0.3333/3; df = 4.349 -> 4, t = 2.776
+    se = math.sqrt(5 / 12 + 1 / 9)
+    assert d["mean"] == pytest.approx(2.5 - 4 / 3) and d["df"] == pytest.approx(4.3494, abs=1e-3)
+    assert d["half_width"] == pytest.approx(2.776 * se) and d["verdict"] == "not told apart"
+    assert (d["n"], d["n_other"]) == (4, 3)
+    # far apart with little spread: told apart, either sign
+    assert welch([0.9, 0.91, 0.92], [0.80, 0.82, 0.81])["verdict"] == "better"
+    assert welch([0.80, 0.82, 0.81], [0.9, 0.91, 0.92])["verdict"] == "worse"
+    # one constant side: the other's spread alone, its own degrees of freedom
+    assert welch([1.0, 2.0, 3.0], [5.0, 5.0])["df"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="two or more values on each side"):
+        welch([0.1], [0.2, 0.3])
+    with pytest.raises(ValueError, match="both sides are constant"):
+        welch([0.1, 0.1], [0.2, 0.2])
 
 
 # --------------------------------------------------------------------------------------- replacement

@@ -2,7 +2,8 @@
 
 A paired difference compares two arms on the same seed (same real subset, same initialisation, same
 batch order), so the seed-to-seed spread of the subsets cancels; ``better`` / ``worse`` is said only when
-its 95 % interval excludes 0.
+its 95 % interval excludes 0. Values that cannot be paired (two runs of a protocol on different devices,
+whose trainings differ seed by seed) are compared with Welch's unequal-variance interval (:func:`welch`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["T975", "interval", "paired", "t_quantile", "verdict"]
+__all__ = ["T975", "interval", "paired", "t_quantile", "verdict", "welch"]
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179,
         13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000}
@@ -65,3 +66,35 @@ def paired(values: Sequence[float], others: Sequence[float]) -> dict:
     diffs = [a - b for a, b in zip(values, others)]
     d = interval(diffs)
     return {**d, "per_seed": diffs, "verdict": verdict(d)}
+
+
+def welch(values: Sequence[float], others: Sequence[float]) -> dict:
+    """Unpaired difference of means ``mean(values) - mean(others)`` with Welch's 95 % interval.
+
+    The standard error is ``sqrt(s1^2 / n1 + s2^2 / n2)``; the degrees of freedom are Welch-Satterthwaite's,
+    rounded down (a slightly wider interval, as :func:`t_quantile` between its table keys).
+
+    Returns:
+        ``{"mean", "low", "high", "half_width", "n", "n_other", "df", "verdict"}``.
+
+    Raises:
+        ValueError: Fewer than two values on a side, a non-finite value, or no spread on either side.
+    """
+    a, b = interval(values), interval(others)
+    if a["n"] < 2 or b["n"] < 2:
+        raise ValueError(f"Welch's interval needs two or more values on each side, got {a['n']} and {b['n']}")
+    va, vb = _variance(values) / a["n"], _variance(others) / b["n"]  # squared standard errors of the two means
+    if va + vb == 0:
+        raise ValueError("Welch's interval needs some spread: both sides are constant")
+    df = (va + vb) ** 2 / (va ** 2 / (a["n"] - 1) + vb ** 2 / (b["n"] - 1))
+    mean = a["mean"] - b["mean"]
+    half = t_quantile(max(1, math.floor(df))) * math.sqrt(va + vb)
+    d = {"mean": mean, "low": mean - half, "high": mean + half, "half_width": half, "n": a["n"], "n_other": b["n"], "df": df}
+    return {**d, "verdict": verdict(d)}
+
+
+def _variance(values: Sequence[float]) -> float:
+    """Sample variance (n - 1 in the denominator) of two or more values."""
+    x = [float(v) for v in values]
+    mean = sum(x) / len(x)
+    return sum((v - mean) ** 2 for v in x) / (len(x) - 1)
