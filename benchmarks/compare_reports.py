@@ -198,7 +198,7 @@ def plot(res: dict, path: Path) -> None:
     columns = [(f"{label} - {cmp['baseline']}", d["accuracy"]) for label, d in cmp["arms"].items()]
     columns += [(f"{label} - {first}", d["accuracy"]) for label, d in cmp["versus_first"].items()]
     fig, ax = plt.subplots(figsize=(2.2 + 1.8 * len(columns), 4.5))
-    for i, (name, d) in enumerate(columns):
+    for i, (_, d) in enumerate(columns):
         per_seed = d.get("per_seed", [])  # none for a Welch comparison
         ax.scatter([i] * len(per_seed), [100 * v for v in per_seed], color=f"C{i}", alpha=0.5, s=18)
         ax.errorbar(i + 0.15, 100 * d["mean"], yerr=100 * d["half_width"], fmt="s", color=f"C{i}", capsize=4)

@@ -293,7 +293,7 @@ def test_generated_arms_take_the_standard_arms_tuned_stain_and_mixup():
 
         def fit_all(self, jobs):
             out = []
-            for arm, recipe, seed, *_ in jobs:
+            for arm, recipe, *_ in jobs:
                 self.recipes.append((arm.name, recipe))
                 best = {"+stain": recipe.stain_sigma == 0.1, "+Mixup/CutMix": recipe.mixup_alpha == 0.2}.get(arm.name, False)
                 out.append({"val_accuracy": 0.9 if best else 0.5, "accuracy": 0.7, "f1_macro": 0.7, "balanced_accuracy": 0.7})

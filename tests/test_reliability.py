@@ -21,7 +21,7 @@ from progaug.cli import main
 from progaug.data.images import load_rgb
 from progaug.fileio import OutputLocked, lock_folder, safetensors_bytes, sha256_file
 
-from conftest import random_tiles, tiny_unet
+from conftest import tiny_unet
 from test_precompute import files, run as precompute_run
 from test_train import run as train_run
 

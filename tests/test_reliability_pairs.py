@@ -18,7 +18,7 @@ from progaug.fileio import safetensors_bytes
 from progaug.hub import load_pair
 from progaug.pair import load_pair_dir, write_card
 
-from conftest import make_pair_dir, random_tiles, tiny_unet
+from conftest import make_pair_dir, tiny_unet
 from test_precompute import run as precompute_run
 from test_train import run as train_run
 

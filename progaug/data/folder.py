@@ -60,7 +60,7 @@ def folder_tiles(
     """
     per_class = list_class_folders(root, classes)
     images, labels, sources = [], [], []
-    for label, (name, files) in enumerate(per_class.items()):
+    for label, files in enumerate(per_class.values()):
         for path in files:
             array = np.asarray(load_rgb(path, min_size=tile_size))
             for y in range(0, array.shape[0] - tile_size + 1, tile_size):
