@@ -107,8 +107,10 @@ def compare(reports: list[tuple[str, dict, Path]], n: str, arm: str, baseline: s
     Returns:
         ``{"seeds", "unpaired", "arms": {label: {metric: paired-difference vs baseline, "verdict"}},
         "versus_first": {label: {metric: label - first, paired per seed or Welch's}}, "means": {label: {metric: mean}},
-        "same_baseline": {label: seeds whose baseline test predictions equal the first report's}}``; with
-        ``unpaired``, ``means`` holds each report's baseline mean under ``"<baseline> (<label>)"``.
+        "same_baseline": {label: seeds whose baseline test predictions equal the first report's},
+        "baseline_versus_first": {label: {metric: the baselines' paired difference, label - first}}}``; with
+        ``unpaired``, ``means`` holds each report's baseline mean under ``"<baseline> (<label>)"`` and
+        ``baseline_versus_first`` is filled (empty otherwise: the baselines are the same runs).
 
     Raises:
         ValueError: No seed common to all reports, a missing N/arm, or (paired) baselines that differ.
@@ -122,7 +124,7 @@ def compare(reports: list[tuple[str, dict, Path]], n: str, arm: str, baseline: s
         check_shared_baseline(base_runs, seeds)
     first = reports[0][0]
     out = {"n": n, "arm": arm, "baseline": baseline, "seeds": seeds, "unpaired": unpaired, "arms": {}, "versus_first": {},
-           "means": {}, "same_baseline": {}}
+           "means": {}, "same_baseline": {}, "baseline_versus_first": {}}
     mean = lambda runs, m: sum(runs[s][m] for s in seeds) / len(seeds)  # noqa: E731
     for label, _, _ in reports:
         runs = arm_runs[label]
@@ -136,6 +138,9 @@ def compare(reports: list[tuple[str, dict, Path]], n: str, arm: str, baseline: s
             continue
         if unpaired:
             out["versus_first"][label] = {m: welch(diffs[m]["per_seed"], out["arms"][first][m]["per_seed"]) for m in METRICS}
+            # the baselines themselves, seed by seed: same subsets and initialisation seeds, other trainings
+            out["baseline_versus_first"][label] = {m: paired([base_runs[label][s][m] for s in seeds],
+                                                             [base_runs[first][s][m] for s in seeds]) for m in METRICS}
         else:
             out["versus_first"][label] = {m: paired([runs[s][m] for s in seeds], [arm_runs[first][s][m] for s in seeds])
                                           for m in METRICS}
@@ -174,6 +179,13 @@ def render_markdown(res: dict) -> str:
                   "| report | accuracy gain | macro-F1 gain | Welch df (accuracy) |", "| --- | --- | --- | --- |"]
         for label, d in cmp["versus_first"].items():
             lines.append(f"| {label} - {first} | {format_diff(d['accuracy'])} | {format_diff(d['f1_macro'])} | {d['accuracy']['df']:.1f} |")
+        lines += ["", f"The `{cmp['baseline']}` runs themselves, later minus first, paired per seed (the same subsets and "
+                  "initialisation seeds, other trainings):", "",
+                  "| report | accuracy | macro-F1 | seeds higher / lower (accuracy) |", "| --- | --- | --- | --- |"]
+        for label, d in cmp["baseline_versus_first"].items():
+            per = d["accuracy"]["per_seed"]
+            lines.append(f"| {label} - {first} | {format_diff(d['accuracy'])} | {format_diff(d['f1_macro'])} | "
+                         f"{sum(v > 0 for v in per)} / {sum(v < 0 for v in per)} |")
     elif cmp["versus_first"]:
         lines += ["", f"Against `{first}` (later minus first, paired per seed):", "",
                   "| report | accuracy | macro-F1 | seeds better / worse (accuracy) |", "| --- | --- | --- | --- |"]

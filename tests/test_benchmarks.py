@@ -456,9 +456,13 @@ def test_compare_reports_unpaired_compares_gains_of_reports_whose_real_runs_diff
     assert versus == pytest.approx(welch(list(gains_two), list(gains_one)))
     assert versus["mean"] == pytest.approx(0.0 - 0.045) and versus["verdict"] == "worse" and "per_seed" not in versus
     assert res["means"]["real (cpu)"]["accuracy"] == pytest.approx(sum(real_two) / 4)
+    base = res["baseline_versus_first"]["cpu"]["accuracy"]
+    assert base["per_seed"] == pytest.approx([0.04, 0.0, 0.01, -0.01]) and base["verdict"] == "not told apart"
+    assert cmp.compare(reports[:1] + [("gpu2", one, Path("one.json"))], "100", "+ADD")["baseline_versus_first"] == {}
     text = cmp.render_markdown({"comparison": res, "command": "c", "reports": [
         {"label": "gpu", "path": "one.json", "pair": "p"}, {"label": "cpu", "path": "two.json", "pair": "p"}]})
     assert "`cpu` 1 of 4" in text and "Welch" in text and f"| cpu - gpu | {format_diff(versus)}" in text
+    assert f"| cpu - gpu | {format_diff(base)} | {format_diff(res['baseline_versus_first']['cpu']['f1_macro'])} | 2 / 1 |" in text
 
 
 def test_compare_reports_writes_its_report_and_refuses_bad_arguments(bench, tmp_path, capsys):
