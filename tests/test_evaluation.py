@@ -399,6 +399,17 @@ def test_write_subset_writes_the_runs_tiles_that_read_back_unchanged(tmp_path):
         write_subset(train, 3, 2, tmp_path / "sub")
 
 
+def test_run_keys_name_a_device_other_than_the_cpu():
+    from progaug.evaluation.protocol import Recipe, _Runner
+
+    splits, cfg = tiny_splits(), ProtocolConfig(n=("2",), seeds=(0,), tune_seeds=(5,), curve_epochs=(1,))
+    keys = {device: _Runner(splits, ("a", "b"), GeneratedSets(pro={}), cfg, device, None).key(Arm("real"), Recipe(), 0, "2", 4, True)
+            for device in ("cpu", "cuda", "cuda:1", "mps")}
+    assert "device" not in keys["cpu"]  # CPU keys as before: existing CPU logs are still reused
+    assert keys["cuda"] == keys["cuda:1"] and '{"device": "cuda"}' in keys["cuda"] and '{"device": "mps"}' in keys["mps"]
+    assert len({keys["cpu"], keys["cuda"], keys["mps"]}) == 3
+
+
 def test_a_fixed_subset_seed_trains_every_run_on_that_subset_and_is_logged_apart(monkeypatch):
     from progaug.evaluation import protocol
 

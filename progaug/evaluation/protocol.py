@@ -458,12 +458,19 @@ class _Runner:
         return keep
 
     def key(self, arm: Arm, recipe: Recipe, seed: int, n_key: str, epochs: int, test: bool) -> str:
-        """What decides a training's result (its entry in ``memo`` and the run log); a fixed ``subset_seed`` is
-        appended, so keys of runs that draw a subset per seed stay as they were."""
+        """What decides a training's result (its entry in ``memo`` and the run log); a fixed ``subset_seed`` and a
+        device other than the CPU are appended, so keys of CPU runs that draw a subset per seed stay as they were.
+
+        The device is part of the key because the same seed trains differently on another device (the ViT at
+        N = 100: up to 19 test errors of 183 apart, docs/benchmarks.md, session 31): a log shared between a GPU
+        and a CPU run must not pair one device's real runs with the other's generated arms."""
         fields = [arm.name, arm.run_fields(), recipe.to_dict(), seed, n_key, epochs, test, self.config.spec(epochs).run_fields(),
                   self.config.filter_margin if arm.filtered else None, self.sets_digest(arm)]
         if self.config.subset_seed is not None:
             fields.append({"subset_seed": self.config.subset_seed})
+        device_type = torch.device(self.device).type
+        if device_type != "cpu":
+            fields.append({"device": device_type})
         return json.dumps(fields, sort_keys=True)
 
     def fit_all(self, requests: Sequence[tuple]) -> list[dict]:
