@@ -100,12 +100,19 @@ vit)
     # VIT_ARMS: arms separated by ';' (default: +stain and the margin arm). VIT_LOG: a run log to continue (a CPU
     # run's, carried in .gpucache/): copied to $OUT first, so its curve, tuning and trainings are not run again and
     # the log that comes back holds them all (session 25: N = all, 5 seeds on the CPU, to be continued here).
+    # VIT_EPOCHS: a fixed budget (--epochs) instead of the curve. Next, the CPU replication of session 31 run again
+    # on the GPU (same command, every training on the device: separates the device from chance, docs/benchmarks.md
+    # "The ViT at N = 100 again"; run keys name the device, so nothing of the CPU's log is reused). Carry the nine
+    # progressive-preview-* chunks written 13:13-13:45 UTC of session 31 and margin-labels-4379ecfead30958a (35 MB)
+    # in .gpucache/, and move benchmarks/results and benchmarks/pairs out of the checkout for the call (64 MiB):
+    #   run(command="VIT_N=100 VIT_SEEDS=30 VIT_EPOCHS=320 VIT_ARMS='+ADD-Pro[preview] margin labels' VIT_SECONDS=470 bash benchmarks/gpu_session.sh vit", timeout_s=540, carry=[".gpucache", ".whl"])
     IFS=';' read -r -a arms <<< "${VIT_ARMS:-+stain;+ADD-Pro[preview] margin labels}"
     if [ -n "${VIT_LOG:-}" ]; then cp "$VIT_LOG" "$OUT/downstream_vit_gpu.runs.jsonl" || exit 2; fi
     (sleep 120; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader | sed 's/^/at 120 s: /' >> "$OUT/gpu.txt") >/dev/null 2>&1 &
     monitor=$!
+    if [ -n "${VIT_EPOCHS:-}" ]; then budget=(--epochs "$VIT_EPOCHS"); else budget=(--curve-epochs 20 40 80 160 320 640); fi
     timeout "${VIT_SECONDS:-470}" python3 benchmarks/downstream.py --classifier vit --device cuda --workers "${VIT_WORKERS:-12}" \
-        --threads 16 --n ${VIT_N:-100 all} --seeds $(seq -s ' ' 0 $((${VIT_SEEDS:-20} - 1))) --curve-epochs 20 40 80 160 320 640 \
+        --threads 16 --n ${VIT_N:-100 all} --seeds $(seq -s ' ' 0 $((${VIT_SEEDS:-20} - 1))) "${budget[@]}" \
         --no-bf16 --cache-dir .gpucache --arms "${arms[@]}" --out "$OUT/downstream_vit_gpu" \
         --log "$OUT/downstream_vit_gpu.runs.jsonl" > "$OUT/vit.log" 2>&1
     echo "rc $? after $SECONDS s"; grep -v '^\s*$' "$OUT/vit.log" | tail -30

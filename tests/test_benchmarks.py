@@ -398,6 +398,13 @@ def test_gpu_session_vit_passes_each_arm_whole_and_continues_a_given_log(tmp_pat
     assert argv[argv.index("--seeds") + 1:argv.index("--curve-epochs")] == ["0", "1", "2"]
     assert argv[argv.index("--log") + 1] == str(out / "downstream_vit_gpu.runs.jsonl")
     assert (out / "downstream_vit_gpu.runs.jsonl").read_text() == log.read_text()
+    assert "--epochs" not in argv and argv[argv.index("--curve-epochs") + 1:argv.index("--no-bf16")] == ["20", "40", "80", "160", "320", "640"]
+    # VIT_EPOCHS: a fixed budget instead of the curve (the GPU rerun of session 31's CPU replication)
+    run = subprocess.run(["bash", str(BENCH / "gpu_session.sh"), "vit"], capture_output=True, text=True,
+                         env={**env, "VIT_EPOCHS": "320"}, cwd=BENCH.parent)
+    assert run.returncode == 0, run.stderr
+    argv = (out / "argv").read_text().splitlines()
+    assert "--curve-epochs" not in argv and argv[argv.index("--epochs") + 1] == "320"
     env["VIT_LOG"] = str(tmp_path / "missing.jsonl")
     assert subprocess.run(["bash", str(BENCH / "gpu_session.sh"), "vit"], capture_output=True, env=env,
                           cwd=BENCH.parent).returncode == 2
