@@ -125,7 +125,10 @@ def compare(reports: list[tuple[str, dict, Path]], n: str, arm: str, baseline: s
     first = reports[0][0]
     out = {"n": n, "arm": arm, "baseline": baseline, "seeds": seeds, "unpaired": unpaired, "arms": {}, "versus_first": {},
            "means": {}, "same_baseline": {}, "baseline_versus_first": {}}
-    mean = lambda runs, m: sum(runs[s][m] for s in seeds) / len(seeds)  # noqa: E731
+
+    def mean(runs: dict[int, dict], metric: str) -> float:
+        return sum(runs[s][metric] for s in seeds) / len(seeds)
+
     for label, _, _ in reports:
         runs = arm_runs[label]
         diffs = {m: paired([runs[s][m] for s in seeds], [base_runs[label][s][m] for s in seeds]) for m in METRICS}

@@ -29,8 +29,8 @@ Writes ``benchmarks/results/downstream_<classifier>.{json,md,png}`` after each N
 every N is in); JSON keys in docs/benchmarks.md. Finished trainings are logged beside them in
 ``downstream_<classifier>.runs.jsonl`` (committed with the results): a stopped run, started again with the
 same command, skips them, in a later session too (the log names the data, pair and generated images it
-belongs to, and the device kind when it is not the CPU; images regenerated on another CPU can differ in their last bits, and their arms are then trained
-again rather than mixed with the old set's runs). Runs that split the arms between processes share one ``--log``; a last run with every arm then
+belongs to, and the device kind when it is not the CPU; images regenerated on another CPU can differ in their
+last bits, and their arms are then trained again rather than mixed with the old set's runs). Runs that split the arms between processes share one ``--log``; a last run with every arm then
 writes the whole report from the log.
 """
 

@@ -41,7 +41,7 @@ def interval(values: Sequence[float]) -> dict:
     mean = sum(x) / len(x)
     if len(x) < 2:
         return {"mean": mean, "low": mean, "high": mean, "half_width": 0.0, "n": 1}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in x) / (len(x) - 1))
+    sd = math.sqrt(_variance(x))
     half = t_quantile(len(x) - 1) * sd / math.sqrt(len(x))
     return {"mean": mean, "low": mean - half, "high": mean + half, "half_width": half, "n": len(x)}
 
