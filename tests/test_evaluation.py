@@ -3,7 +3,10 @@ selective filter and the report's verdicts."""
 
 import dataclasses
 import math
+import os
 import re
+import signal
+import sys
 
 import pytest
 import torch
@@ -510,6 +513,53 @@ def test_workers_train_side_by_side_and_give_the_same_figures(monkeypatch):
     assert results[1]["config"]["workers"] == 2
     with pytest.raises(ValueError, match="`workers` must be an integer >= 1, got 0"):
         ProtocolConfig(workers=0)
+
+
+_ORPHAN_SCRIPT = """
+import os, signal, sys, time
+import torch
+from progaug.data.tiles import TileSet
+from progaug.evaluation.protocol import GeneratedSets, ProtocolConfig
+from progaug.evaluation.workers import start_pool
+
+if __name__ == "__main__":
+    tiles = TileSet(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 0, 1, 1]), ("a", "b"), tuple("0123"))
+    pool = start_pool(1, ({"train": tiles, "val": tiles, "test": tiles}, ("a", "b"), GeneratedSets(pro={}), ProtocolConfig(), "cpu"), 1)
+    print(pool.submit(os.getpid).result(), flush=True)
+    pool.submit(time.sleep, 120)  # a training the worker holds
+    time.sleep(float(sys.argv[1]))
+    os.kill(os.getpid(), signal.SIGKILL)  # the run is killed: no cleanup, no shutdown of the pool
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_runs_workers_end_with_it(tmp_path):
+    import subprocess
+    import time
+
+    script = tmp_path / "killed_run.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    out = tmp_path / "out.txt"
+    with open(out, "w") as f:  # a file, not a pipe: an orphaned worker would hold a pipe open
+        code = subprocess.run([sys.executable, str(script), "1"], stdout=f, stderr=subprocess.STDOUT, timeout=120,
+                              check=False).returncode
+    assert code == -signal.SIGKILL, out.read_text()
+    worker = int(out.read_text().split()[0])
+    deadline = time.monotonic() + 20
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = _alive(worker)
+    if alive:
+        os.kill(worker, signal.SIGKILL)
+    assert not alive, "the worker outlived its killed parent"
 
 
 def test_budget_doubles_while_a_standard_regulariser_loses(monkeypatch):

@@ -6,18 +6,22 @@ already uses both cores, the gain is 1.1x: docs/benchmarks.md). The workers are 
 and CUDA state is already initialised; see ../shared/PITFALLS.md on forked workers), receive the run's data
 once, and return each training's result with the progress lines it wrote. A training's result depends on its
 key only (seeded data order, initialisation and draws), so the same trainings give the same figures with any
-number of workers at the same threads per training.
+number of workers at the same threads per training. A worker ends with the process that started it, killed
+included (a pool's workers otherwise finish the training they hold, minutes of CPU for a run nobody reads).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
+import os
+import threading
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any
 
 import torch
 
-__all__ = ["start_pool", "threads_per_worker"]
+__all__ = ["exit_with_parent", "start_pool", "threads_per_worker"]
 
 _RUNNER: Any = None
 _MESSAGES: list[str] = []
@@ -36,8 +40,25 @@ def start_pool(workers: int, runner_args: tuple, threads: int) -> Executor:
                                initargs=(runner_args, threads))
 
 
+def exit_with_parent() -> None:
+    """End this process as soon as the process that started it (:func:`multiprocessing.parent_process`) ends,
+    however it ended: a daemon thread waits on the parent's sentinel, then exits without cleanup (the
+    training it interrupts is lost, as its parent's run is). Does nothing in a process multiprocessing did
+    not start."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="progaug-exit-with-parent", daemon=True).start()
+
+
 def _init(runner_args: tuple, threads: int) -> None:
     global _RUNNER
+    exit_with_parent()
     from progaug.evaluation.protocol import _Runner
 
     torch.set_num_threads(threads)
