@@ -14,7 +14,7 @@ import torch
 from progaug.data.tiles import TileSet
 from progaug.evaluation.protocol import (Arm, GeneratedSets, ProtocolConfig, all_arms, arm_named, class_orders, needed_positions, planned_runs, real_subset,
                                          plateau, run_protocol, sanity)
-from progaug.evaluation.report import judge, render_markdown
+from progaug.evaluation.report import judge, plot, render_markdown, seed_ranges
 from progaug.evaluation.stats import interval, paired, verdict, welch
 from progaug.evaluation.training import LabelledImages, Recipe, TrainSpec, _apply_mixup, _batches, score, train_classifier
 from progaug.replacement import check_probability, replace_draws, replacement_index
@@ -477,6 +477,27 @@ def test_protocol_runs_every_planned_training_and_pairs_by_seed():
         assert d["per_seed"] == pytest.approx([r["accuracy"] - o["accuracy"] for r, o in zip(runs["+stain"]["runs"], runs["real"]["runs"])])
     assert res["sanity"]["n"] == "all" and "+stain vs real" in res["sanity"]["checks"]
     assert "## Sanity: " in render_markdown(res) and set(res["sanity"]["per_n"]) == {"2", "all"}
+    assert render_markdown(res).startswith("# Downstream CNN, a -> b: evaluation seeds 0-1 (2 seeds)\n")
+
+
+def test_plot_says_when_the_budget_was_fixed(monkeypatch, tmp_path):
+    import matplotlib.axes
+
+    splits = tiny_splits()
+    sets = GeneratedSets(pro={"preview": (torch.zeros(8, 2, 3, 16, 16, dtype=torch.uint8), torch.rand(8, 2))})
+    cfg = ProtocolConfig(n=("2",), seeds=(0,), tune_seeds=(5,), epochs=1, batch_size=8, p_grid=(0.5,))
+    res = run_protocol(splits, ("a", "b"), sets, [all_arms("preview")[n] for n in ("real", "+ADD-Pro[preview]")], cfg)
+    texts, text = [], matplotlib.axes.Axes.text
+    monkeypatch.setattr(matplotlib.axes.Axes, "text", lambda ax, x, y, s, *a, **k: texts.append(s) or text(ax, x, y, s, *a, **k))
+    plot(res, tmp_path / "fixed.png")
+    assert texts == ["budget fixed, no curve run\n(epochs N=2: 1)"] and (tmp_path / "fixed.png").stat().st_size > 0
+
+
+def test_seed_ranges_name_runs_of_consecutive_seeds():
+    assert seed_ranges(range(60)) == "0-59 (60 seeds)"
+    assert seed_ranges([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8 (6 seeds)"
+    assert seed_ranges([3]) == "3 (1 seed)"
+    assert seed_ranges([100, 101, 0]) == "100-101, 0 (3 seeds)"  # in the given order
 
 
 def test_workers_train_side_by_side_and_give_the_same_figures(monkeypatch):

@@ -6,10 +6,10 @@ Shared by ``benchmarks/downstream.py`` and ``progaug evaluate``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["GAIN", "format_diff", "judge", "render_markdown", "plot", "write_report"]
+__all__ = ["GAIN", "format_diff", "judge", "plot", "render_markdown", "seed_ranges", "write_report"]
 
 GAIN = 0.02
 """A generated arm *helps* at an N when its paired accuracy and macro-F1 gains over real only are both
@@ -98,7 +98,7 @@ def render_markdown(res: dict) -> str:
     """The report as Markdown: header, sanity block, then per N the budget and the arm table."""
     cfg = res["config"]
     n_test = sum(res["counts"]["test"].values()) if "counts" in res else "?"
-    lines = [f"# Downstream {cfg['classifier'].upper()}, {res['direction'][0]} -> {res['direction'][1]}: evaluation seeds {cfg['seeds']}", ""]
+    lines = [f"# Downstream {cfg['classifier'].upper()}, {res['direction'][0]} -> {res['direction'][1]}: evaluation seeds {seed_ranges(cfg['seeds'])}", ""]
     if res.get("command"):
         lines += [f"`{res['command']}` on {res.get('machine')}, {res.get('threads')} threads, {res.get('seconds')} s "
                   f"({res.get('seconds_generation')} s making or loading generated sets).", ""]
@@ -125,6 +125,19 @@ def render_markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def seed_ranges(seeds: Sequence[int]) -> str:
+    """``seeds`` as runs of consecutive integers with their count, for titles: ``[0, 1, 2, 5]`` -> ``"0-2, 5
+    (4 seeds)"`` (in the given order; a run breaks wherever the next seed is not one more)."""
+    seeds, parts, i = list(seeds), [], 0
+    while i < len(seeds):
+        j = i
+        while j + 1 < len(seeds) and seeds[j + 1] == seeds[j] + 1:
+            j += 1
+        parts.append(str(seeds[i]) if i == j else f"{seeds[i]}-{seeds[j]}")
+        i = j + 1
+    return f"{', '.join(parts)} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''})"
+
+
 def plot(res: dict, path: Path) -> None:
     """Accuracy per N and arm, paired difference to real only, and the learning curves, as one PNG."""
     import matplotlib
@@ -149,6 +162,7 @@ def plot(res: dict, path: Path) -> None:
     axes[0].set_ylim(max(low, 0.0), min(high, 100.0))
     for ax, ylabel in zip(axes[:2], ("test accuracy (%)", "paired difference to real only (points)")):
         ax.set_xticks(np.arange(len(keys)), [f"N={k}" for k in keys])
+        ax.set_xlim(-0.5, len(keys) - 0.5)  # else one N's few arms spread over the whole width
         ax.set_xlabel("labelled real tiles per class")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -164,7 +178,10 @@ def plot(res: dict, path: Path) -> None:
     axes[2].grid(alpha=0.3)
     if any(res["curve"][k]["budget"]["curve"] for k in keys):
         axes[2].legend(fontsize=7)
-    fig.suptitle(f"Downstream {res['config']['classifier'].upper()}: mean and 95 % interval over seeds {res['config']['seeds']}")
+    else:  # a budget given in epochs: say so rather than leave empty axes
+        fixed = ", ".join(f"N={k}: {res['curve'][k]['budget']['epochs']}" for k in keys)
+        axes[2].text(0.5, 0.5, f"budget fixed, no curve run\n(epochs {fixed})", ha="center", va="center", transform=axes[2].transAxes)
+    fig.suptitle(f"Downstream {res['config']['classifier'].upper()}: mean and 95 % interval over seeds {seed_ranges(res['config']['seeds'])}")
     handles, labels = axes[0].get_legend_handles_labels()  # below the panels: inside one, it hides bars
     ncol = min(len(labels), 4)
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8)
