@@ -101,8 +101,9 @@ vit)
     # run's, carried in .gpucache/): copied to $OUT first, so its curve, tuning and trainings are not run again and
     # the log that comes back holds them all (session 25: N = all, 5 seeds on the CPU, to be continued here).
     # VIT_EPOCHS: a fixed budget (--epochs) instead of the curve. Next, the CPU replication of session 31 run again
-    # on the GPU (same command, every training on the device: separates the device from chance, docs/benchmarks.md
-    # "The ViT at N = 100 again"; run keys name the device, so nothing of the CPU's log is reused). Carry the nine
+    # on the GPU (same command, every training on the device, docs/benchmarks.md "The ViT at N = 100 again"; run keys
+    # name the device, so nothing of the CPU's log is reused): now only a device check, since session 32 found that
+    # the tuned p (0.1 on the CPU, 0.3 on the GPU), not the device, separated the two runs. Carry the nine
     # progressive-preview-* chunks written 13:13-13:45 UTC of session 31 and margin-labels-4379ecfead30958a (35 MB)
     # in .gpucache/, and move benchmarks/results and benchmarks/pairs out of the checkout for the call (64 MiB):
     #   run(command="VIT_N=100 VIT_SEEDS=30 VIT_EPOCHS=320 VIT_ARMS='+ADD-Pro[preview] margin labels' VIT_SECONDS=470 bash benchmarks/gpu_session.sh vit", timeout_s=540, carry=[".gpucache", ".whl"])
