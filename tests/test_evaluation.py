@@ -537,7 +537,7 @@ def test_workers_train_side_by_side_and_give_the_same_figures(monkeypatch):
 
 
 _ORPHAN_SCRIPT = """
-import os, signal, sys, time
+import os, signal, time
 import torch
 from progaug.data.tiles import TileSet
 from progaug.evaluation.protocol import GeneratedSets, ProtocolConfig
@@ -548,7 +548,7 @@ if __name__ == "__main__":
     pool = start_pool(1, ({"train": tiles, "val": tiles, "test": tiles}, ("a", "b"), GeneratedSets(pro={}), ProtocolConfig(), "cpu"), 1)
     print(pool.submit(os.getpid).result(), flush=True)
     pool.submit(time.sleep, 120)  # a training the worker holds
-    time.sleep(float(sys.argv[1]))
+    time.sleep(1)  # the worker has begun it
     os.kill(os.getpid(), signal.SIGKILL)  # the run is killed: no cleanup, no shutdown of the pool
 """
 
@@ -570,7 +570,7 @@ def test_a_killed_runs_workers_end_with_it(tmp_path):
     script.write_text(_ORPHAN_SCRIPT)
     out = tmp_path / "out.txt"
     with open(out, "w") as f:  # a file, not a pipe: an orphaned worker would hold a pipe open
-        code = subprocess.run([sys.executable, str(script), "1"], stdout=f, stderr=subprocess.STDOUT, timeout=120,
+        code = subprocess.run([sys.executable, str(script)], stdout=f, stderr=subprocess.STDOUT, timeout=120,
                               check=False).returncode
     assert code == -signal.SIGKILL, out.read_text()
     worker = int(out.read_text().split()[0])
