@@ -452,6 +452,41 @@ def test_a_fixed_subset_seed_trains_every_run_on_that_subset_and_is_logged_apart
         ProtocolConfig(subset_seed=True)
 
 
+def test_swapped_held_out_roles_choose_on_test_and_score_val_and_are_logged_apart(monkeypatch):
+    from progaug.evaluation import protocol
+
+    splits = tiny_splits()
+    base = dict(n=("2",), seeds=(0,), tune_seeds=(5,), curve_epochs=(1,), batch_size=8)
+    chose, scored = [], []
+    real_train, real_score = protocol.train_classifier, protocol.score
+
+    def recording_train(real, generated, recipe, spec, seed, val=None, device="cpu"):
+        chose.append(val[0])
+        return real_train(real, generated, recipe, spec, seed, val, device)
+
+    def recording_score(model, images, labels, device):
+        scored.append(images)
+        return real_score(model, images, labels, device)
+
+    monkeypatch.setattr(protocol, "train_classifier", recording_train)
+    monkeypatch.setattr(protocol, "score", recording_score)
+    memo = {}
+    res = run_protocol(splits, ("a", "b"), GeneratedSets(pro={}), [Arm("real")], ProtocolConfig(**base, swap_held_out=True), memo=memo)
+    assert chose and all(torch.equal(v, splits["test"].images) for v in chose)  # the curve and the checkpoints: on test/
+    assert len(scored) == 1 and torch.equal(scored[0], splits["val"].images)  # the reported accuracy: on val/
+    assert all('{"swap_held_out": true}' in key for key in memo)
+    assert "Held-out roles swapped" in render_markdown(res)
+    chose.clear(), scored.clear()
+    other = {}
+    res = run_protocol(splits, ("a", "b"), GeneratedSets(pro={}), [Arm("real")], ProtocolConfig(**base), memo=other)
+    assert all(torch.equal(v, splits["val"].images) for v in chose) and torch.equal(scored[0], splits["test"].images)
+    assert not set(other) & set(memo) and not any("swap_held_out" in key for key in other)  # default keys as before
+    assert "Held-out roles swapped" not in render_markdown(res)
+    assert ProtocolConfig.from_json(ProtocolConfig(swap_held_out=True).to_json()).swap_held_out is True
+    with pytest.raises(TypeError, match="`swap_held_out` must be True or False, got 1"):
+        ProtocolConfig(swap_held_out=1)
+
+
 def test_protocol_runs_every_planned_training_and_pairs_by_seed():
     splits = tiny_splits()
     a = 8  # class-A training tiles

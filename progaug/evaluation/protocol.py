@@ -51,7 +51,7 @@ from progaug.generator import parse_variant
 from progaug.labels import DEFAULT_MEASURE, MEASURES
 from progaug.losses import soft_label_to_row
 
-__all__ = ["MARGIN_SUFFIX", "PLATEAU_PICKS", "Arm", "GeneratedSets", "ProtocolConfig", "all_arms", "arm_named", "class_orders", "needed_positions", "parse_n", "planned_runs", "plateau", "real_subset", "run_protocol", "sanity", "write_subset"]
+__all__ = ["MARGIN_SUFFIX", "PLATEAU_PICKS", "Arm", "GeneratedSets", "ProtocolConfig", "all_arms", "arm_named", "class_orders", "held_out_roles", "needed_positions", "parse_n", "planned_runs", "plateau", "real_subset", "run_protocol", "sanity", "write_subset"]
 
 PLATEAU_PICKS = ("longest", "shortest")
 """How :func:`plateau` picks among the budgets within tolerance of the best validation accuracy."""
@@ -75,6 +75,9 @@ class ProtocolConfig(JsonConfig):
     subset_seed: int | None = setting(None, "one real subset for every run: this seed's first N tiles per class (the seeds then "
                                             "vary initialisation and batch order only), for a pair trained on exactly those tiles "
                                             "(no leak). Default: each seed draws its own subset")
+    swap_held_out: bool = setting(False, "exchange the held-out splits' roles: checkpoints and settings chosen on test/, the "
+                                         "scores read on val/ (the second fold of a two-region check; a gain that holds on one "
+                                         "held-out region only is that region's)")
     epochs: int | None = setting(None, "fixed budget in real-image epochs (default: chosen per N from the learning curve)")
     curve_epochs: tuple[int, ...] = setting((20, 40, 80, 160), "budgets of the real-only learning curve")
     plateau_tolerance: float = setting(0.01, "budget = a curve budget within this of the best mean validation accuracy")
@@ -110,6 +113,8 @@ class ProtocolConfig(JsonConfig):
         if any(not 0 < p <= 1 for p in self.p_grid):
             raise ValueError(f"`p_grid` values must lie in (0, 1], got {self.p_grid}")
         check_int("subset_seed", self.subset_seed, low=0, allow_none=True)
+        if not isinstance(self.swap_held_out, bool):
+            raise TypeError(f"`swap_held_out` must be True or False, got {self.swap_held_out!r}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"`epochs` must be >= 1, got {self.epochs}")
         if self.plateau_pick not in PLATEAU_PICKS:
@@ -400,8 +405,9 @@ class _Runner:
     def __init__(self, splits: dict[str, TileSet], classes: tuple[str, str], sets: GeneratedSets, config: ProtocolConfig,
                  device: str, on_run: Callable[[str], None] | None, memo: MutableMapping[str, dict] | None = None) -> None:
         self.train, self.config, self.sets, self.device = splits["train"], config, sets, device
-        self.val = (splits["val"].images, splits["val"].labels)
-        self.test = splits["test"]
+        chooses, scored = held_out_roles(config)
+        self.val = (splits[chooses].images, splits[chooses].labels)
+        self.test = splits[scored]
         self.k = len(self.train.classes)
         self.a, self.b = (self.train.classes.index(c) for c in classes)
         self.a_class = classes[0]
@@ -468,6 +474,8 @@ class _Runner:
                   self.config.filter_margin if arm.filtered else None, self.sets_digest(arm)]
         if self.config.subset_seed is not None:
             fields.append({"subset_seed": self.config.subset_seed})
+        if self.config.swap_held_out:
+            fields.append({"swap_held_out": True})
         device_type = torch.device(self.device).type
         if device_type != "cpu":
             fields.append({"device": device_type})
@@ -540,6 +548,12 @@ class _Runner:
         what = f"test acc {out['accuracy']:.3f}" if test else f"val acc {val:.3f} ({epochs} epochs, {_show(recipe)})"
         self.on_run(f"N={n_key} {arm.name} seed {seed}: {what}")
         return out
+
+
+def held_out_roles(config: ProtocolConfig) -> tuple[str, str]:
+    """``(split that chooses, split that is scored)``: checkpoints, budgets and tuned settings are chosen on the
+    first, the reported accuracy is read on the second; ``("val", "test")`` unless ``config.swap_held_out``."""
+    return ("test", "val") if config.swap_held_out else ("val", "test")
 
 
 def _show(recipe: Recipe) -> str:

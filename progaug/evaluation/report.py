@@ -97,7 +97,8 @@ def _arm_table(entry: dict, n_test: int, res_converged: bool | None = True) -> l
 def render_markdown(res: dict) -> str:
     """The report as Markdown: header, sanity block, then per N the budget and the arm table."""
     cfg = res["config"]
-    n_test = sum(res["counts"]["test"].values()) if "counts" in res else "?"
+    scored = "val" if cfg.get("swap_held_out") else "test"
+    n_test = sum(res["counts"][scored].values()) if "counts" in res else "?"
     lines = [f"# Downstream {cfg['classifier'].upper()}, {res['direction'][0]} -> {res['direction'][1]}: evaluation seeds {seed_ranges(cfg['seeds'])}", ""]
     if res.get("command"):
         lines += [f"`{res['command']}` on {res.get('machine')}, {res.get('threads')} threads, {res.get('seconds')} s "
@@ -115,6 +116,10 @@ def render_markdown(res: dict) -> str:
     if cfg.get("subset_seed") is not None:
         lines += [f"Real subset: every run trains on seed {cfg['subset_seed']}'s subset (one fixed set of N tiles per class); the "
                   f"seeds vary initialisation and batch order only, so the figures speak for this subset, not for a draw of one.", ""]
+    if cfg.get("swap_held_out"):
+        lines += ["Held-out roles swapped: checkpoints, budgets and settings were chosen on the **test** split and every "
+                  "accuracy below is read on the **validation** split (the second fold of a two-region check; \"test\" in "
+                  "the tables means the scored split).", ""]
     lines += _sanity_lines(res)
     for key, entry in res["curve"].items():
         lines += [f"## N = {key} real tiles per class", ""]
