@@ -472,6 +472,39 @@ def test_compare_reports_unpaired_compares_gains_of_reports_whose_real_runs_diff
     assert f"| cpu - gpu | {format_diff(base)} | {format_diff(res['baseline_versus_first']['cpu']['f1_macro'])} | 2 / 1 |" in text
 
 
+def test_held_out_regions_pairs_both_blocks_and_names_them_by_role(bench, tmp_path):
+    regions = bench("held_out_regions")
+
+    def report(swapped: bool, gains: tuple[float, float]) -> dict:
+        runs = {name: [{"seed": s, "val_accuracy": 0.9 + g_val * (name != "real"), "accuracy": 0.7 + s / 100 + g_test * (name != "real"),
+                        "f1_macro": 0.69 + g_test * (name != "real")} for s in range(3)]
+                for name, (g_val, g_test) in (("real", (0, 0)), ("+ADD", gains))}
+        return {"config": {"swap_held_out": swapped}, "curve": {"100": {"arms": {n: {"runs": r} for n, r in runs.items()},
+                                                                          "tuning": {"+ADD": {"chosen": 0.3}}}}}
+
+    (row,) = regions.rows_of(report(False, (-0.01, 0.03)), "plain")
+    assert row["choosing"]["mean"] == pytest.approx(-0.01) and row["scored"]["mean"] == pytest.approx(0.03)
+    assert row["tuned"] == 0.3 and row["seeds"] == 3 and not row["swapped"]
+    (tmp_path / "a.json").write_text(json.dumps(report(False, (-0.01, 0.03))))
+    (tmp_path / "b.json").write_text(json.dumps(report(True, (0.02, 0.0))))
+    out = tmp_path / "res" / "regions"
+    res = regions.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(out)])
+    text = out.with_suffix(".md").read_text()
+    assert "| a | 100 | +ADD | 0.3 | 3 | val: -1.0 [-1.0, -1.0] | test: +3.0 [+3.0, +3.0] |" in text
+    assert "| b | 100 | +ADD | 0.3 | 3 | test: +2.0 [+2.0, +2.0] | val: +0.0 [+0.0, +0.0] |" in text  # roles swapped
+    assert len(res["rows"]) == 2 and out.with_suffix(".png").stat().st_size > 0
+    bad = report(False, (0, 0))
+    bad["curve"]["100"]["arms"]["+ADD"]["runs"].pop()
+    with pytest.raises(ValueError, match="'\\+ADD' and 'real' ran other seeds"):
+        regions.rows_of(bad, "bad")
+    old = report(False, (0, 0))
+    del old["curve"]["100"]["arms"]["real"]["runs"][0]["val_accuracy"]
+    with pytest.raises(ValueError, match="old: N = 100 '\\+ADD': runs without `val_accuracy`"):
+        regions.rows_of(old, "old")
+    with pytest.raises(SystemExit, match="none.json: cannot read a report JSON"):
+        regions.main([str(tmp_path / "none.json")])
+
+
 def test_compare_reports_writes_its_report_and_refuses_bad_arguments(bench, tmp_path, capsys):
     cmp = bench("compare_reports")
     real, shas = [0.70, 0.72, 0.68], ["a", "b", "c"]

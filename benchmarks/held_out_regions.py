@@ -1,0 +1,130 @@
+"""Every arm of downstream reports against real only on *both* held-out blocks: the one that chose (validation,
+best checkpoint) and the one that was scored (test).
+
+The hgsc splits are spatial blocks of one slide, so the validation and test splits are two held-out regions. A
+protocol run chooses checkpoints (and budget, p, alpha, sigma) on one and reports the other; each run also logs
+the chosen checkpoint's accuracy on the choosing split (``val_accuracy``). This reads committed reports of
+``benchmarks/downstream.py`` (or ``progaug evaluate``) and prints, per report, N and arm, the paired difference
+to real only on both blocks (95 % t-intervals, :func:`progaug.evaluation.stats.paired`):
+
+    python benchmarks/held_out_regions.py --out benchmarks/results/held_out_regions \\
+        benchmarks/results/downstream_vit_n25_labels.json benchmarks/results/downstream_vit_n100_cpu_p03_60.json
+
+The choosing block's figure is a maximum over the run's checkpoints on the block that picked them: optimistic for
+every arm, and not a fair second test. A fair one exchanges the roles (``--swap-held-out``; such a report is read
+the same way here, its columns then name test as the choosing block and validation as the scored one). Reads only
+the reports: nothing is trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import command_line, repo_relative, write_report
+from progaug.evaluation.report import format_diff
+from progaug.evaluation.stats import paired
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("reports", nargs="+", type=Path, help="downstream report JSONs")
+    p.add_argument("--baseline", default="real", help="the arm every other arm is paired with (default: real)")
+    p.add_argument("--out", default=None, help="write OUT.json, OUT.md and OUT.png (default: print only)")
+    return p.parse_args(argv)
+
+
+def rows_of(report: dict, label: str, baseline: str = "real") -> list[dict]:
+    """One row per N and arm of ``report`` (the baseline excepted): its paired differences to ``baseline`` on the
+    choosing block (``val_accuracy`` of each run) and on the scored block (``accuracy``).
+
+    Raises:
+        ValueError: An arm's runs and the baseline's are not the same seeds.
+    """
+    swapped = bool(report["config"].get("swap_held_out"))
+    out = []
+    for n, entry in report["curve"].items():
+        arms = entry["arms"]
+        if baseline not in arms:
+            continue
+        base = arms[baseline]["runs"]
+        for name, arm in arms.items():
+            if name == baseline:
+                continue
+            runs = arm["runs"]
+            if [r["seed"] for r in runs] != [r["seed"] for r in base]:
+                raise ValueError(f"{label}: N = {n} {name!r} and {baseline!r} ran other seeds; cannot pair them")
+            if any("val_accuracy" not in r for r in (*runs, *base)):
+                raise ValueError(f"{label}: N = {n} {name!r}: runs without `val_accuracy` (a report of an older protocol)")
+            out.append({"report": label, "n": n, "arm": name, "seeds": len(runs), "swapped": swapped,
+                        "tuned": (entry.get("tuning", {}).get(name) or {}).get("chosen"),
+                        "choosing": paired([r["val_accuracy"] for r in runs], [r["val_accuracy"] for r in base]),
+                        "scored": paired([r["accuracy"] for r in runs], [r["accuracy"] for r in base]),
+                        "scored_f1": paired([r["f1_macro"] for r in runs], [r["f1_macro"] for r in base])})
+    return out
+
+
+def markdown(res: dict) -> str:
+    lines = ["# Both held-out blocks: each arm against real only", "",
+             f"`{res['command']}`. Paired over seeds, 95 % t-intervals, accuracy points. The choosing block picked the "
+             "checkpoints (and tuned settings); its figure is the best checkpoint's, optimistic for every arm. "
+             "Nothing trained.", "",
+             "| report | N | arm | tuned | seeds | choosing block (best checkpoint) | scored block: accuracy | scored block: macro-F1 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in res["rows"]:
+        blocks = ("test", "val") if r["swapped"] else ("val", "test")
+        lines.append(f"| {r['report']} | {r['n']} | {r['arm']} | {'-' if r['tuned'] is None else r['tuned']} | {r['seeds']} | "
+                     f"{blocks[0]}: {format_diff(r['choosing'])} | {blocks[1]}: {format_diff(r['scored'])} | "
+                     f"{format_diff(r['scored_f1'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from common import save_figure
+
+    rows = res["rows"]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
+    colours = {"test": "tab:blue", "val": "tab:orange"}
+    for i, r in enumerate(rows):
+        blocks = ("test", "val") if r["swapped"] else ("val", "test")
+        for d, dy, block, face in ((r["choosing"], -0.15, blocks[0], "none"), (r["scored"], 0.15, blocks[1], colours[blocks[1]])):
+            ax.errorbar(100 * d["mean"], i + dy, xerr=[[100 * (d["mean"] - d["low"])], [100 * (d["high"] - d["mean"])]], fmt="o",
+                        color=colours[block], markerfacecolor=face, capsize=3)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(rows)), [f"{r['report']} N={r['n']} {r['arm']}" for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("paired difference to real only, accuracy points\n(blue: test block, orange: validation block; hollow: the block "
+                  "that chose, best checkpoint)")
+    save_figure(fig, path)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import json
+
+    rows = []
+    for path in args.reports:
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise SystemExit(f"{path}: cannot read a report JSON ({err})") from err
+        rows += rows_of(report, path.stem, args.baseline)
+    res = {"command": command_line("held_out_regions.py", argv),
+           "reports": [repo_relative(str(p.resolve())) for p in args.reports], "rows": rows}
+    if args.out:
+        write_report(res, Path(args.out), markdown, plot)
+    else:
+        print(markdown(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()
