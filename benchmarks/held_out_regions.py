@@ -91,7 +91,7 @@ def plot(res: dict, path: Path) -> None:
     from common import save_figure
 
     rows = res["rows"]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(12, 0.45 * len(rows) + 1.5))
     colours = {"test": "tab:blue", "val": "tab:orange"}
     for i, r in enumerate(rows):
         blocks = ("test", "val") if r["swapped"] else ("val", "test")

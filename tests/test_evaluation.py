@@ -14,7 +14,7 @@ import torch
 from progaug.data.tiles import TileSet
 from progaug.evaluation.protocol import (Arm, GeneratedSets, ProtocolConfig, all_arms, arm_named, class_orders, needed_positions, planned_runs, real_subset,
                                          plateau, run_protocol, sanity)
-from progaug.evaluation.report import judge, plot, render_markdown, seed_ranges
+from progaug.evaluation.report import _choosing_block_lines, judge, plot, render_markdown, seed_ranges
 from progaug.evaluation.stats import interval, paired, verdict, welch
 from progaug.evaluation.training import LabelledImages, Recipe, TrainSpec, _apply_mixup, _batches, score, train_classifier
 from progaug.replacement import check_probability, replace_draws, replacement_index
@@ -456,6 +456,8 @@ def test_swapped_held_out_roles_choose_on_test_and_score_val_and_are_logged_apar
     from progaug.evaluation import protocol
 
     splits = tiny_splits()
+    t = splits["test"]
+    splits["test"] = TileSet(t.images[:6], t.labels[:6], t.classes, t.sources[:6])  # 8 val tiles, 6 test tiles
     base = dict(n=("2",), seeds=(0,), tune_seeds=(5,), curve_epochs=(1,), batch_size=8)
     chose, scored = [], []
     real_train, real_score = protocol.train_classifier, protocol.score
@@ -471,17 +473,27 @@ def test_swapped_held_out_roles_choose_on_test_and_score_val_and_are_logged_apar
     monkeypatch.setattr(protocol, "train_classifier", recording_train)
     monkeypatch.setattr(protocol, "score", recording_score)
     memo = {}
-    res = run_protocol(splits, ("a", "b"), GeneratedSets(pro={}), [Arm("real")], ProtocolConfig(**base, swap_held_out=True), memo=memo)
+    arms = [Arm("real"), all_arms("preview")["real, no flips"]]
+    res = run_protocol(splits, ("a", "b"), GeneratedSets(pro={}), arms, ProtocolConfig(**base, swap_held_out=True), memo=memo)
     assert chose and all(torch.equal(v, splits["test"].images) for v in chose)  # the curve and the checkpoints: on test/
-    assert len(scored) == 1 and torch.equal(scored[0], splits["val"].images)  # the reported accuracy: on val/
+    assert len(scored) == 2 and all(torch.equal(v, splits["val"].images) for v in scored)  # the reported accuracy: on val/
     assert all('{"swap_held_out": true}' in key for key in memo)
-    assert "Held-out roles swapped" in render_markdown(res)
+    res["counts"] = {split: splits[split].counts() for split in splits}  # as evaluate_pair records them
+    text = render_markdown(res)
+    assert "Held-out roles swapped" in text and "On the test split, which chose the checkpoints" in text
+    assert "test errors per seed (of 8)" in text  # the scored split's size: val/ here
+    runs = [{"seed": s, "val_accuracy": 0.8 + s / 100} for s in range(3)]
+    entry = {"arms": {"real": {"runs": runs}, "+copy": {"runs": [{**r, "val_accuracy": r["val_accuracy"] - 0.25} for r in runs]}}}
+    assert _choosing_block_lines(entry, "test")[0].endswith("vs real: +copy -25.0 [-25.0, -25.0].")
+    assert _choosing_block_lines({"arms": {"real": {"runs": runs}}}, "test") == []
     chose.clear(), scored.clear()
     other = {}
     res = run_protocol(splits, ("a", "b"), GeneratedSets(pro={}), [Arm("real")], ProtocolConfig(**base), memo=other)
     assert all(torch.equal(v, splits["val"].images) for v in chose) and torch.equal(scored[0], splits["test"].images)
     assert not set(other) & set(memo) and not any("swap_held_out" in key for key in other)  # default keys as before
-    assert "Held-out roles swapped" not in render_markdown(res)
+    res["counts"] = {split: splits[split].counts() for split in splits}
+    assert "Held-out roles swapped" not in render_markdown(res) and "test errors per seed (of 6)" in render_markdown(res)
+    assert _choosing_block_lines(entry, "validation")[0].startswith("On the validation split, which chose the checkpoints")
     assert ProtocolConfig.from_json(ProtocolConfig(swap_held_out=True).to_json()).swap_held_out is True
     with pytest.raises(TypeError, match="`swap_held_out` must be True or False, got 1"):
         ProtocolConfig(swap_held_out=1)
