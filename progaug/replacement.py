@@ -23,9 +23,10 @@ when real samples are given. Chosen from the evaluation protocol (docs/benchmark
 seeds): concatenating the generated images lowered accuracy beyond the seed interval (-10.3 points at
 100 tiles per class, -5.5 with all tiles), replacement at the validation-picked ``p`` never did; the
 validation split picked 0.3 in 10 of the 16 (measure, N) cells of the ADD-Pro arms (0.1 in the others),
-and no ``p`` made ADD images help the CNN. On the paper's ViT at 100 tiles per class, 0.3 helps (+3.0 points on
-60 seeds) where the 0.1 that validation picked there does not (+0.7; docs/benchmarks.md, session 32).
-``None`` still concatenates."""
+and no ``p`` made ADD images help the CNN. On the paper's ViT at 100 tiles per class, 0.3 helps on the test
+block (+3.0 points on 60 seeds) where the 0.1 that validation picked there does not (+0.7; docs/benchmarks.md,
+session 32), but not measurably on the validation block with the held-out roles exchanged (+0.6 [-2.0, +3.2],
+session 33). ``None`` still concatenates."""
 
 
 def check_probability(name: str, p: float) -> float:
