@@ -110,15 +110,16 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import json
 
-    rows = []
+    rows, reports = [], []
     for path in args.reports:
         try:
             report = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise SystemExit(f"{path}: cannot read a report JSON ({err})") from err
         rows += rows_of(report, path.stem, args.baseline)
-    res = {"command": command_line("held_out_regions.py", argv),
-           "reports": [repo_relative(str(p.resolve())) for p in args.reports], "rows": rows}
+        reports.append({"path": repo_relative(str(path.resolve())), "pair_sha256": report.get("pair_sha256")})
+    res = {"command": command_line("held_out_regions.py", argv), "reports": reports, "rows": rows,
+           "pair_sha256": reports[0]["pair_sha256"]}  # the first report's pair (each report's is in "reports")
     if args.out:
         write_report(res, Path(args.out), markdown, plot)
     else:

@@ -479,7 +479,7 @@ def test_held_out_regions_pairs_both_blocks_and_names_them_by_role(bench, tmp_pa
         runs = {name: [{"seed": s, "val_accuracy": 0.9 + g_val * (name != "real"), "accuracy": 0.7 + s / 100 + g_test * (name != "real"),
                         "f1_macro": 0.69 + g_test * (name != "real")} for s in range(3)]
                 for name, (g_val, g_test) in (("real", (0, 0)), ("+ADD", gains))}
-        return {"config": {"swap_held_out": swapped}, "curve": {"100": {"arms": {n: {"runs": r} for n, r in runs.items()},
+        return {"pair_sha256": {"source": "s", "target": "t"}, "config": {"swap_held_out": swapped}, "curve": {"100": {"arms": {n: {"runs": r} for n, r in runs.items()},
                                                                           "tuning": {"+ADD": {"chosen": 0.3}}}}}
 
     (row,) = regions.rows_of(report(False, (-0.01, 0.03)), "plain")
@@ -493,6 +493,7 @@ def test_held_out_regions_pairs_both_blocks_and_names_them_by_role(bench, tmp_pa
     assert "| a | 100 | +ADD | 0.3 | 3 | val: -1.0 [-1.0, -1.0] | test: +3.0 [+3.0, +3.0] |" in text
     assert "| b | 100 | +ADD | 0.3 | 3 | test: +2.0 [+2.0, +2.0] | val: +0.0 [+0.0, +0.0] |" in text  # roles swapped
     assert len(res["rows"]) == 2 and out.with_suffix(".png").stat().st_size > 0
+    assert json.loads(out.with_suffix(".json").read_text())["pair_sha256"] == {"source": "s", "target": "t"}
     bad = report(False, (0, 0))
     bad["curve"]["100"]["arms"]["+ADD"]["runs"].pop()
     with pytest.raises(ValueError, match="'\\+ADD' and 'real' ran other seeds"):
