@@ -24,7 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import command_line, repo_relative, write_report
+from common import command_line, repo_relative, save_figure, write_report
+from progaug.evaluation.protocol import held_out_roles
 from progaug.evaluation.report import format_diff
 from progaug.evaluation.stats import paired
 
@@ -45,6 +46,7 @@ def rows_of(report: dict, label: str, baseline: str = "real") -> list[dict]:
         ValueError: An arm's runs and the baseline's are not the same seeds.
     """
     swapped = bool(report["config"].get("swap_held_out"))
+    blocks = held_out_roles(swapped)  # (choosing, scored) split names
     out = []
     for n, entry in report["curve"].items():
         arms = entry["arms"]
@@ -59,7 +61,7 @@ def rows_of(report: dict, label: str, baseline: str = "real") -> list[dict]:
                 raise ValueError(f"{label}: N = {n} {name!r} and {baseline!r} ran other seeds; cannot pair them")
             if any("val_accuracy" not in r for r in (*runs, *base)):
                 raise ValueError(f"{label}: N = {n} {name!r}: runs without `val_accuracy` (a report of an older protocol)")
-            out.append({"report": label, "n": n, "arm": name, "seeds": len(runs), "swapped": swapped,
+            out.append({"report": label, "n": n, "arm": name, "seeds": len(runs), "swapped": swapped, "blocks": blocks,
                         "tuned": (entry.get("tuning", {}).get(name) or {}).get("chosen"),
                         "choosing": paired([r["val_accuracy"] for r in runs], [r["val_accuracy"] for r in base]),
                         "scored": paired([r["accuracy"] for r in runs], [r["accuracy"] for r in base]),
@@ -75,7 +77,7 @@ def markdown(res: dict) -> str:
              "| report | N | arm | tuned | seeds | choosing block (best checkpoint) | scored block: accuracy | scored block: macro-F1 |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in res["rows"]:
-        blocks = ("test", "val") if r["swapped"] else ("val", "test")
+        blocks = r["blocks"]
         lines.append(f"| {r['report']} | {r['n']} | {r['arm']} | {'-' if r['tuned'] is None else r['tuned']} | {r['seeds']} | "
                      f"{blocks[0]}: {format_diff(r['choosing'])} | {blocks[1]}: {format_diff(r['scored'])} | "
                      f"{format_diff(r['scored_f1'])} |")
@@ -88,14 +90,12 @@ def plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from common import save_figure
-
     rows = res["rows"]
     fig, ax = plt.subplots(figsize=(12, 0.45 * len(rows) + 1.5))
     colours = {"test": "tab:blue", "val": "tab:orange"}
     for i, r in enumerate(rows):
-        blocks = ("test", "val") if r["swapped"] else ("val", "test")
-        for d, dy, block, face in ((r["choosing"], -0.15, blocks[0], "none"), (r["scored"], 0.15, blocks[1], colours[blocks[1]])):
+        (choosing, scored) = r["blocks"]
+        for d, dy, block, face in ((r["choosing"], -0.15, choosing, "none"), (r["scored"], 0.15, scored, colours[scored])):
             ax.errorbar(100 * d["mean"], i + dy, xerr=[[100 * (d["mean"] - d["low"])], [100 * (d["high"] - d["mean"])]], fmt="o",
                         color=colours[block], markerfacecolor=face, capsize=3)
     ax.axvline(0, color="black", lw=0.8)

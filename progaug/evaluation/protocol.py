@@ -405,7 +405,7 @@ class _Runner:
     def __init__(self, splits: dict[str, TileSet], classes: tuple[str, str], sets: GeneratedSets, config: ProtocolConfig,
                  device: str, on_run: Callable[[str], None] | None, memo: MutableMapping[str, dict] | None = None) -> None:
         self.train, self.config, self.sets, self.device = splits["train"], config, sets, device
-        chooses, scored = held_out_roles(config)
+        chooses, scored = held_out_roles(config.swap_held_out)
         self.val = (splits[chooses].images, splits[chooses].labels)
         self.test = splits[scored]
         self.k = len(self.train.classes)
@@ -550,10 +550,11 @@ class _Runner:
         return out
 
 
-def held_out_roles(config: ProtocolConfig) -> tuple[str, str]:
+def held_out_roles(swapped: bool) -> tuple[str, str]:
     """``(split that chooses, split that is scored)``: checkpoints, budgets and tuned settings are chosen on the
-    first, the reported accuracy is read on the second; ``("val", "test")`` unless ``config.swap_held_out``."""
-    return ("test", "val") if config.swap_held_out else ("val", "test")
+    first, the reported accuracy is read on the second; ``("val", "test")`` unless ``swapped``
+    (:attr:`ProtocolConfig.swap_held_out`)."""
+    return ("test", "val") if swapped else ("val", "test")
 
 
 def _show(recipe: Recipe) -> str:

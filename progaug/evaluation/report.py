@@ -98,8 +98,10 @@ def _arm_table(entry: dict, n_test: int, res_converged: bool | None = True) -> l
 
 def render_markdown(res: dict) -> str:
     """The report as Markdown: header, sanity block, then per N the budget and the arm table."""
+    from progaug.evaluation.protocol import held_out_roles  # here, not at the top: compare_reports reads reports without torch
+
     cfg = res["config"]
-    scored = "val" if cfg.get("swap_held_out") else "test"
+    chooses, scored = held_out_roles(bool(cfg.get("swap_held_out")))
     n_test = sum(res["counts"][scored].values()) if "counts" in res else "?"
     lines = [f"# Downstream {cfg['classifier'].upper()}, {res['direction'][0]} -> {res['direction'][1]}: evaluation seeds {seed_ranges(cfg['seeds'])}", ""]
     if res.get("command"):
@@ -129,7 +131,7 @@ def render_markdown(res: dict) -> str:
             lines += [f"Pair leak: {entry['leak']}.", ""]
         converged = res.get("sanity", {}).get("converged_n", {}).get(key, True)
         lines += _budget_lines(key, entry["budget"]) + _arm_table(entry, n_test, converged)
-        lines += _choosing_block_lines(entry, "test" if cfg.get("swap_held_out") else "validation")
+        lines += _choosing_block_lines(entry, {"val": "validation"}.get(chooses, chooses))
     return "\n".join(lines)
 
 
