@@ -158,6 +158,53 @@ def test_fast_training_settings_learn_the_same_task_and_are_logged_apart(fast):
     assert set(spec.run_fields()) == {"classifier", "epochs", "batch_size", "lr", "weight_decay", "eval_every"}
 
 
+def test_the_last_checkpoint_is_the_end_of_the_schedule_scored_once(monkeypatch):
+    from progaug.evaluation import training
+
+    x, y = separable(64)
+    real = LabelledImages(x, torch.nn.functional.one_hot(y, 2).float())
+    vx, vy = separable(32, seed=1)
+    calls = []
+    real_score = training.score
+    monkeypatch.setattr(training, "score", lambda *a, **k: calls.append(1) or real_score(*a, **k))
+    spec = TrainSpec(classifier="cnn", epochs=4, batch_size=16, eval_every=1, lr=0.05)
+    last, last_val = train_classifier(real, None, Recipe(), dataclasses.replace(spec, checkpoint="last"), seed=0, val=(vx, vy))
+    assert len(calls) == 1  # validation read once, after the last epoch
+    only_end, _ = train_classifier(real, None, Recipe(), dataclasses.replace(spec, eval_every=4), seed=0, val=(vx, vy))
+    for (name, w), w_end in zip(last.state_dict().items(), only_end.state_dict().values()):
+        assert torch.equal(w, w_end), name  # the same training: the weights after the last epoch
+    assert real_score(last, vx, vy)["accuracy"] == last_val
+    calls.clear()
+    best, best_val = train_classifier(real, None, Recipe(), spec, seed=0, val=(vx, vy))
+    assert len(calls) == 4 and best_val >= last_val  # the best checkpoint: a maximum over the four
+    assert dataclasses.replace(spec, checkpoint="last").run_fields() == {**spec.run_fields(), "checkpoint": "last"}
+    assert "checkpoint" not in spec.run_fields()  # default keys as before the field existed
+    with pytest.raises(ValueError, match="`checkpoint` must be one of \\('best', 'last'\\), got 'final'"):
+        TrainSpec(checkpoint="final")
+
+
+def test_protocol_with_the_last_checkpoint_scores_both_regions_and_is_logged_apart():
+    splits = tiny_splits()
+    base = dict(n=("2",), seeds=(0, 1), tune_seeds=(5,), curve_epochs=(1,), batch_size=8)
+    memo, other = {}, {}
+    res = run_protocol(splits, ("a", "b"), GeneratedSets(pro={}), [Arm("real")], ProtocolConfig(**base, checkpoint="last"), memo=memo)
+    assert all('"checkpoint": "last"' in key for key in memo)
+    runs = res["curve"]["2"]["arms"]["real"]["runs"]
+    assert all(0 <= r["val_f1_macro"] <= 1 and "accuracy" in r for r in runs)  # both held-out splits scored
+    run_protocol(splits, ("a", "b"), GeneratedSets(pro={}), [Arm("real")], ProtocolConfig(**base), memo=other)
+    assert not set(other) & set(memo) and not any("checkpoint" in key for key in other)
+    assert not any("val_f1_macro" in r for r in other.values())
+    res["counts"] = {split: splits[split].counts() for split in splits}
+    assert "with the last checkpoint (no checkpoint selection" in render_markdown(res)
+    entry = {"arms": {"real": {"runs": [{"val_accuracy": 0.5 + s / 10, "val_f1_macro": 0.5} for s in range(3)]},
+                      "+x": {"runs": [{"val_accuracy": 0.6 + s / 10, "val_f1_macro": 0.55} for s in range(3)]}}}
+    line = _choosing_block_lines(entry, "validation", "last")[0]
+    assert "chosen by nothing" in line and line.endswith("+x +10.0 [+10.0, +10.0] (macro-F1 +5.0 [+5.0, +5.0]).")
+    assert ProtocolConfig.from_json(ProtocolConfig(checkpoint="last").to_json()).spec(3).checkpoint == "last"
+    with pytest.raises(ValueError, match="`checkpoint` must be one of \\('best', 'last'\\), got 'first'"):
+        ProtocolConfig(checkpoint="first")
+
+
 def test_run_keys_of_the_log_are_the_ones_written_before_the_added_fields_existed():
     # the run log is keyed by these exact strings: a change here orphans every logged training
     import json

@@ -21,7 +21,9 @@ The same for every arm, seed and N (docs/benchmarks.md, "The downstream protocol
    old uniform concatenation stays as one arm for continuity.
 4. **Tuning.** Every tuned arm gets the same budget: each value of its grid (``p``, Mixup/CutMix alpha,
    stain sigma) trained on the tuning seeds, chosen by mean validation accuracy. The test split decides
-   nothing: it is scored once per evaluation seed with the checkpoint the validation split picked.
+   nothing: it is scored once per evaluation seed with the checkpoint the validation split picked
+   (``checkpoint="best"``), or with the last one (``checkpoint="last"``: no selection, so the validation
+   split's accuracy of an evaluation run is a score of a second held-out region as well).
 5. **Figures.** Accuracy, macro-F1 and balanced accuracy over seeds with 95 % t-intervals, paired
    differences per seed; a sanity block (flips/rotations vs none, Mixup/CutMix and stain vs real only at
    the largest N) says whether the protocol is converged before any generated arm is judged.
@@ -46,7 +48,7 @@ from progaug.errors import check_int, device_setting
 from progaug.data.tiles import TileSet
 from progaug.evaluation.classifiers import CLASSIFIERS
 from progaug.evaluation.stats import interval, paired
-from progaug.evaluation.training import LabelledImages, Recipe, TrainSpec, score, train_classifier
+from progaug.evaluation.training import CHECKPOINTS, LabelledImages, Recipe, TrainSpec, score, train_classifier
 from progaug.generator import parse_variant
 from progaug.labels import DEFAULT_MEASURE, MEASURES
 from progaug.losses import soft_label_to_row
@@ -78,6 +80,9 @@ class ProtocolConfig(JsonConfig):
     swap_held_out: bool = setting(False, "exchange the held-out splits' roles: checkpoints and settings chosen on test/, the "
                                          "scores read on val/ (the second fold of a two-region check; a gain that holds on one "
                                          "held-out region only is that region's)")
+    checkpoint: str = setting("best", "which checkpoint every training returns: best (the best accuracy on the choosing split, "
+                                      "checked every 5 epochs; its accuracy there is a maximum, optimistic) or last (the end "
+                                      "of the schedule, no selection: the choosing split's accuracy is then a score too)")
     epochs: int | None = setting(None, "fixed budget in real-image epochs (default: chosen per N from the learning curve)")
     curve_epochs: tuple[int, ...] = setting((20, 40, 80, 160), "budgets of the real-only learning curve")
     plateau_tolerance: float = setting(0.01, "budget = a curve budget within this of the best mean validation accuracy")
@@ -115,6 +120,8 @@ class ProtocolConfig(JsonConfig):
         check_int("subset_seed", self.subset_seed, low=0, allow_none=True)
         if not isinstance(self.swap_held_out, bool):
             raise TypeError(f"`swap_held_out` must be True or False, got {self.swap_held_out!r}")
+        if self.checkpoint not in CHECKPOINTS:
+            raise ValueError(f"`checkpoint` must be one of {CHECKPOINTS}, got {self.checkpoint!r}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"`epochs` must be >= 1, got {self.epochs}")
         if self.plateau_pick not in PLATEAU_PICKS:
@@ -150,7 +157,7 @@ class ProtocolConfig(JsonConfig):
     def spec(self, epochs: int) -> TrainSpec:
         """The optimisation of every arm at ``epochs``."""
         return TrainSpec(classifier=self.classifier, epochs=epochs, batch_size=self.batch_size, lr=LR[self.classifier],
-                         channels_last=self.train_channels_last, bf16=self.train_bf16)
+                         channels_last=self.train_channels_last, bf16=self.train_bf16, checkpoint=self.checkpoint)
 
 
 def _checked_bool(name: str, value: object) -> bool:
@@ -543,9 +550,12 @@ class _Runner:
         out = {"seed": seed, "epochs": epochs, "val_accuracy": val, "real_images": len(sub.real), "generated_images": 0 if gen is None else len(gen)}
         if test:
             out.update(score(model, self.test.images, self.test.labels, self.device))
+            if self.config.checkpoint == "last":  # no checkpoint was chosen: the choosing split's macro-F1 is a score too
+                out["val_f1_macro"] = score(model, *self.val, self.device)["f1_macro"]
         out["seconds"] = round(time.time() - began, 1)
         self.memo[key] = out
-        what = f"test acc {out['accuracy']:.3f}" if test else f"val acc {val:.3f} ({epochs} epochs, {_show(recipe)})"
+        chooses, scored = held_out_roles(self.config.swap_held_out)
+        what = f"{scored} acc {out['accuracy']:.3f}" if test else f"{chooses} acc {val:.3f} ({epochs} epochs, {_show(recipe)})"
         self.on_run(f"N={n_key} {arm.name} seed {seed}: {what}")
         return out
 

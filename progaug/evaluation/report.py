@@ -114,7 +114,7 @@ def render_markdown(res: dict) -> str:
     lines += [f"Protocol: budget in epochs over the real tiles (the same optimiser steps for every arm), generated images by per-draw "
               f"replacement (p tuned from {cfg['p_grid']}), Mixup alpha from {cfg['mixup_grid']}, stain sigma from {cfg['stain_grid']}, "
               f"each chosen by mean validation accuracy over tuning seeds {cfg['tune_seeds']}; the test split is scored once per "
-              f"evaluation seed with the validation-chosen checkpoint. Paired differences per seed; a generated arm *helps* when "
+              f"evaluation seed with {_checkpoint_words(cfg)}. Paired differences per seed; a generated arm *helps* when "
               f"accuracy and macro-F1 both gain >= {100 * GAIN:.0f} points with intervals above 0 and it is not worse than the better "
               f"of stain and Mixup/CutMix. {_training_numerics(cfg)}", ""]
     if cfg.get("subset_seed") is not None:
@@ -131,25 +131,43 @@ def render_markdown(res: dict) -> str:
             lines += [f"Pair leak: {entry['leak']}.", ""]
         converged = res.get("sanity", {}).get("converged_n", {}).get(key, True)
         lines += _budget_lines(key, entry["budget"]) + _arm_table(entry, n_test, converged)
-        lines += _choosing_block_lines(entry, {"val": "validation"}.get(chooses, chooses))
+        lines += _choosing_block_lines(entry, {"val": "validation"}.get(chooses, chooses), cfg.get("checkpoint", "best"))
     return "\n".join(lines)
 
 
-def _choosing_block_lines(entry: dict, block: str) -> list[str]:
-    """Each arm against real only on the split that chose the checkpoints: the chosen checkpoint's accuracy
-    there (``val_accuracy``), a maximum over checkpoints, optimistic for every arm and not a second test; a
-    gain on the scored split that this line does not show is worth an exchanged-roles run (``swap_held_out``)."""
+def _checkpoint_words(cfg: dict) -> str:
+    if cfg.get("checkpoint", "best") == "last":
+        return "the last checkpoint (no checkpoint selection: validation is read once, at the end of each training)"
+    return "the validation-chosen checkpoint"
+
+
+def _choosing_block_lines(entry: dict, block: str, checkpoint: str = "best") -> list[str]:
+    """Each arm against real only on the split that chose the settings (``val_accuracy`` of each run). With the
+    best checkpoint that is a maximum over checkpoints, optimistic for every arm and not a second test (a gain
+    on the scored split that this line does not show is worth an exchanged-roles run, ``swap_held_out``); with
+    the last checkpoint nothing was chosen per run there, so it scores a second region (the settings were still
+    tuned on it, on other seeds)."""
     real = entry["arms"].get("real")
     if real is None or any("val_accuracy" not in r for r in real["runs"]):
         return []
     base = [r["val_accuracy"] for r in real["runs"]]
-    shown = [f"{name} {format_diff(paired([r['val_accuracy'] for r in arm['runs']], base))}"
+    shown = [f"{name} {format_diff(paired([r['val_accuracy'] for r in arm['runs']], base))}{_choosing_f1(arm['runs'], real['runs'])}"
              for name, arm in entry["arms"].items()
              if name != "real" and len(arm["runs"]) == len(base) and all("val_accuracy" in r for r in arm["runs"])]
     if not shown:
         return []
+    if checkpoint == "last":
+        return [f"On the {block} split, which tuned the settings (the last checkpoint, chosen by nothing: a second region's "
+                f"score), vs real: {'; '.join(shown)}.", ""]
     return [f"On the {block} split, which chose the checkpoints (the best checkpoint's accuracy: optimistic for every arm, "
             f"not a second test), vs real: {'; '.join(shown)}.", ""]
+
+
+def _choosing_f1(runs: list[dict], base: list[dict]) -> str:
+    """`` (macro-F1 ...)`` where every run scored the choosing split's macro-F1 (last-checkpoint runs), else ``""``."""
+    if not all("val_f1_macro" in r for r in (*runs, *base)):
+        return ""
+    return f" (macro-F1 {format_diff(paired([r['val_f1_macro'] for r in runs], [r['val_f1_macro'] for r in base]))})"
 
 
 def seed_ranges(seeds: Sequence[int]) -> str:

@@ -25,7 +25,7 @@ from progaug.losses import SoftLabelCrossEntropy
 from progaug.replacement import check_probability, replace_draws
 from progaug.runtime import autocast, autocast_dtype
 
-__all__ = ["LabelledImages", "Recipe", "TrainSpec", "predict", "score", "seed_everything", "train_classifier"]
+__all__ = ["CHECKPOINTS", "LabelledImages", "Recipe", "TrainSpec", "predict", "score", "seed_everything", "train_classifier"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +70,10 @@ class Recipe(JsonConfig):
                 raise ValueError(f"`{name}` must be a number >= 0, got {value!r}")
 
 
+CHECKPOINTS = ("best", "last")
+"""What :func:`train_classifier` returns: the best checkpoint on validation, or the last one."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainSpec(JsonConfig):
     """The optimisation, the same for every arm.
@@ -82,6 +86,10 @@ class TrainSpec(JsonConfig):
         weight_decay: AdamW weight decay.
         eval_every: Validation every this many epochs (and after the last); the checkpoint with the best
             validation accuracy is kept (ties: the later one, trained further at a lower learning rate).
+        checkpoint: Which checkpoint a training returns: ``"best"`` (as ``eval_every`` says) or ``"last"`` (the
+            end of the one-cycle schedule, no selection; validation read once, after the last epoch). The
+            best checkpoint's validation accuracy is a maximum over checkpoints and optimistic on the split that
+            chose it; the last one's is a score.
         channels_last: Weights and training inputs channels-last (faster convolutions on CPUs and GPUs).
         bf16: bf16 autocast of the training passes (forward and loss; the weights, the optimiser and validation stay
             float32). Fast where the device computes bf16 natively, emulated and slower elsewhere.
@@ -98,6 +106,7 @@ class TrainSpec(JsonConfig):
     eval_every: int = setting(5, "validation every this many epochs")
     channels_last: bool = setting(False, "weights and training inputs channels-last")
     bf16: bool = setting(False, "bf16 autocast of the training passes")
+    checkpoint: str = setting("best", "which checkpoint a training returns: best (validation) or last (no selection)")
 
     def __post_init__(self) -> None:
         if self.classifier not in CLASSIFIERS:
@@ -111,10 +120,13 @@ class TrainSpec(JsonConfig):
         for name in ("channels_last", "bf16"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
+        if self.checkpoint not in CHECKPOINTS:
+            raise ValueError(f"`checkpoint` must be one of {CHECKPOINTS}, got {self.checkpoint!r}")
 
     def run_fields(self) -> dict:
-        """The settings as a run's key records them: ``channels_last`` and ``bf16`` only when on."""
-        return config_to_dict_without_defaults(self, ("channels_last", "bf16"))
+        """The settings as a run's key records them: ``channels_last``, ``bf16`` and ``checkpoint`` only when not
+        at their defaults (so keys logged before they existed stay as they were)."""
+        return config_to_dict_without_defaults(self, ("channels_last", "bf16", "checkpoint"))
 
     def steps(self, num_real: int) -> int:
         """Optimiser steps for ``num_real`` real tiles: ``epochs * ceil(num_real / batch_size)``."""
@@ -193,11 +205,12 @@ def train_classifier(real: LabelledImages, generated: LabelledImages | None, rec
         seed: Sets the initialisation (the same for every recipe: differences are paired), the batch
             order and every draw.
         val: ``(images uint8, class indices)`` of the validation split: the checkpoint with the best
-            validation accuracy is returned; None: the last one.
+            validation accuracy is returned (``spec.checkpoint == "best"``), or the last one with its validation
+            accuracy (``"last"``); None: the last one, unscored.
         device: Where to train.
 
     Returns:
-        ``(model, best validation accuracy or None)``.
+        ``(model, the returned checkpoint's validation accuracy or None)``.
     """
     gen = seed_everything(seed)
     k = real.rows.shape[1]
@@ -226,13 +239,22 @@ def train_classifier(real: LabelledImages, generated: LabelledImages | None, rec
             loss.backward()
             opt.step()
             sched.step()
-        if val is not None and ((epoch + 1) % spec.eval_every == 0 or epoch + 1 == spec.epochs):
+        if val is not None and _validates_after(epoch, spec):
             acc = score(model, val[0], val[1], device)["accuracy"]
-            if best is None or acc >= best:  # ties: the later checkpoint, further down the one-cycle schedule
+            if spec.checkpoint == "last":
+                best = acc
+            elif best is None or acc >= best:  # ties: the later checkpoint, further down the one-cycle schedule
                 best, best_state = acc, {name: v.detach().clone() for name, v in model.state_dict().items()}
     if best_state is not None:
         model.load_state_dict(best_state)
     return model, best
+
+
+def _validates_after(epoch: int, spec: TrainSpec) -> bool:
+    """Whether validation runs after ``epoch`` (0-based): always after the last; every ``eval_every`` epochs
+    when the best checkpoint is kept."""
+    last = epoch + 1 == spec.epochs
+    return last or (spec.checkpoint == "best" and (epoch + 1) % spec.eval_every == 0)
 
 
 def _mixup(recipe: Recipe, num_classes: int):
