@@ -107,7 +107,7 @@ def plot(res: dict, path: Path) -> None:
                                      for r in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("paired difference to real only, accuracy points\n(blue: test block, orange: validation block; hollow: the block "
-                  "that chose: best checkpoint unless the row says last)")
+                  "that chose,\nat its best checkpoint, or at the last where the row ends in 'last')")
     save_figure(fig, path)
 
 
