@@ -475,11 +475,12 @@ def test_compare_reports_unpaired_compares_gains_of_reports_whose_real_runs_diff
 def test_held_out_regions_pairs_both_blocks_and_names_them_by_role(bench, tmp_path):
     regions = bench("held_out_regions")
 
-    def report(swapped: bool, gains: tuple[float, float]) -> dict:
+    def report(swapped: bool, gains: tuple[float, float], checkpoint: str = "best") -> dict:
         runs = {name: [{"seed": s, "val_accuracy": 0.9 + g_val * (name != "real"), "accuracy": 0.7 + s / 100 + g_test * (name != "real"),
                         "f1_macro": 0.69 + g_test * (name != "real")} for s in range(3)]
                 for name, (g_val, g_test) in (("real", (0, 0)), ("+ADD", gains))}
-        return {"pair_sha256": {"source": "s", "target": "t"}, "config": {"swap_held_out": swapped}, "curve": {"100": {"arms": {n: {"runs": r} for n, r in runs.items()},
+        config = {"swap_held_out": swapped, **({"checkpoint": checkpoint} if checkpoint != "best" else {})}  # older reports lack the key
+        return {"pair_sha256": {"source": "s", "target": "t"}, "config": config, "curve": {"100": {"arms": {n: {"runs": r} for n, r in runs.items()},
                                                                           "tuning": {"+ADD": {"chosen": 0.3}}}}}
 
     (row,) = regions.rows_of(report(False, (-0.01, 0.03)), "plain")
@@ -487,12 +488,14 @@ def test_held_out_regions_pairs_both_blocks_and_names_them_by_role(bench, tmp_pa
     assert row["tuned"] == 0.3 and row["seeds"] == 3 and not row["swapped"]
     (tmp_path / "a.json").write_text(json.dumps(report(False, (-0.01, 0.03))))
     (tmp_path / "b.json").write_text(json.dumps(report(True, (0.02, 0.0))))
+    (tmp_path / "c.json").write_text(json.dumps(report(False, (0.04, 0.01), checkpoint="last")))
     out = tmp_path / "res" / "regions"
-    res = regions.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(out)])
+    res = regions.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), str(tmp_path / "c.json"), "--out", str(out)])
     text = out.with_suffix(".md").read_text()
-    assert "| a | 100 | +ADD | 0.3 | 3 | val: -1.0 [-1.0, -1.0] | test: +3.0 [+3.0, +3.0] |" in text
-    assert "| b | 100 | +ADD | 0.3 | 3 | test: +2.0 [+2.0, +2.0] | val: +0.0 [+0.0, +0.0] |" in text  # roles swapped
-    assert len(res["rows"]) == 2 and out.with_suffix(".png").stat().st_size > 0
+    assert "| a | 100 | +ADD | 0.3 | 3 | val: -1.0 [-1.0, -1.0] (best) | test: +3.0 [+3.0, +3.0] |" in text
+    assert "| b | 100 | +ADD | 0.3 | 3 | test: +2.0 [+2.0, +2.0] (best) | val: +0.0 [+0.0, +0.0] |" in text  # roles swapped
+    assert "| c | 100 | +ADD | 0.3 | 3 | val: +4.0 [+4.0, +4.0] (last) | test: +1.0 [+1.0, +1.0] |" in text  # nothing chosen per run
+    assert len(res["rows"]) == 3 and out.with_suffix(".png").stat().st_size > 0
     assert json.loads(out.with_suffix(".json").read_text())["pair_sha256"] == {"source": "s", "target": "t"}
     bad = report(False, (0, 0))
     bad["curve"]["100"]["arms"]["+ADD"]["runs"].pop()
