@@ -100,7 +100,9 @@ vit)
     # VIT_ARMS: arms separated by ';' (default: +stain and the margin arm). VIT_LOG: a run log to continue (a CPU
     # run's, carried in .gpucache/): copied to $OUT first, so its curve, tuning and trainings are not run again and
     # the log that comes back holds them all (session 25: N = all, 5 seeds on the CPU, to be continued here).
-    # VIT_EPOCHS: a fixed budget (--epochs) instead of the curve. Next, the CPU replication of session 31 run again
+    # VIT_EPOCHS: a fixed budget (--epochs) instead of the curve. VIT_CHECKPOINT: which checkpoint each training
+    # keeps, best (default here: the CPU logs this script continues were written with it) or last (the protocol's
+    # default since session 35; a last-checkpoint log, or none). Next, the CPU replication of session 31 run again
     # on the GPU (same command, every training on the device, docs/benchmarks.md "The ViT at N = 100 again"; run keys
     # name the device, so nothing of the CPU's log is reused): now only a device check, since session 32 found that
     # the tuned p (0.1 on the CPU, 0.3 on the GPU), not the device, separated the two runs. Carry the nine
@@ -114,7 +116,7 @@ vit)
     if [ -n "${VIT_EPOCHS:-}" ]; then budget=(--epochs "$VIT_EPOCHS"); else budget=(--curve-epochs 20 40 80 160 320 640); fi
     timeout "${VIT_SECONDS:-470}" python3 benchmarks/downstream.py --classifier vit --device cuda --workers "${VIT_WORKERS:-12}" \
         --threads 16 --n ${VIT_N:-100 all} --seeds $(seq -s ' ' 0 $((${VIT_SEEDS:-20} - 1))) "${budget[@]}" \
-        --no-bf16 --cache-dir .gpucache --arms "${arms[@]}" --out "$OUT/downstream_vit_gpu" \
+        --no-bf16 --checkpoint "${VIT_CHECKPOINT:-best}" --cache-dir .gpucache --arms "${arms[@]}" --out "$OUT/downstream_vit_gpu" \
         --log "$OUT/downstream_vit_gpu.runs.jsonl" > "$OUT/vit.log" 2>&1
     echo "rc $? after $SECONDS s"; grep -v '^\s*$' "$OUT/vit.log" | tail -30
     kill "$monitor" 2>/dev/null; true

@@ -1,18 +1,18 @@
-"""Every arm of downstream reports against real only on *both* held-out blocks: the one that chose (validation,
-best checkpoint) and the one that was scored (test).
+"""Every arm of downstream reports against real only on *both* held-out blocks: the one that chose (validation)
+and the one that was scored (test).
 
 The hgsc splits are spatial blocks of one slide, so the validation and test splits are two held-out regions. A
 protocol run chooses checkpoints (and budget, p, alpha, sigma) on one and reports the other; each run also logs
-the chosen checkpoint's accuracy on the choosing split (``val_accuracy``). This reads committed reports of
+the returned checkpoint's accuracy on the choosing split (``val_accuracy``). This reads committed reports of
 ``benchmarks/downstream.py`` (or ``progaug evaluate``) and prints, per report, N and arm, the paired difference
 to real only on both blocks (95 % t-intervals, :func:`progaug.evaluation.stats.paired`):
 
     python benchmarks/held_out_regions.py --out benchmarks/results/held_out_regions \\
         benchmarks/results/downstream_vit_n25_labels.json benchmarks/results/downstream_vit_n100_cpu_p03_60.json
 
-With the best checkpoint (the protocol's default) the choosing block's figure is a maximum over the run's
+With the best checkpoint (the protocol's default before session 35) the choosing block's figure is a maximum over the run's
 checkpoints on the block that picked them: optimistic for every arm, and not a fair second test. Reports run with
-``--checkpoint last`` picked no checkpoint, so their choosing-block figure is a second region's score (the settings
+``--checkpoint last`` (the default since) picked no checkpoint, so their choosing-block figure is a second region's score (the settings
 were tuned there, on other seeds); the table says which. Another fair check exchanges the roles (``--swap-held-out``; such a report is read
 the same way here, its columns then name test as the choosing block and validation as the scored one). Reads only
 the reports: nothing is trained.
@@ -75,7 +75,7 @@ def rows_of(report: dict, label: str, baseline: str = "real") -> list[dict]:
 def markdown(res: dict) -> str:
     lines = ["# Both held-out blocks: each arm against real only", "",
              f"`{res['command']}`. Paired over seeds, 95 % t-intervals, accuracy points. The choosing block tuned the "
-             "settings; with the best checkpoint (the default) it also picked each run's checkpoint, and its figure is "
+             "settings; with the best checkpoint (the default before session 35) it also picked each run's checkpoint, and its figure is "
              "then a maximum, optimistic for every arm; with the last checkpoint nothing was picked per run, and its "
              "figure is a second region's score. Nothing trained.", "",
              "| report | N | arm | tuned | seeds | choosing block (checkpoint) | scored block: accuracy | scored block: macro-F1 |",

@@ -195,8 +195,9 @@ def test_protocol_with_the_last_checkpoint_scores_both_regions_and_is_logged_apa
     assert all('"checkpoint": "last"' in key for key in memo)
     runs = res["curve"]["2"]["arms"]["real"]["runs"]
     assert all(0 <= r["val_f1_macro"] <= 1 and "accuracy" in r for r in runs)  # both held-out splits scored
-    run_protocol(splits, ("a", "b"), GeneratedSets(pro={}), [Arm("real")], ProtocolConfig(**base), memo=other)
-    assert not set(other) & set(memo) and not any("checkpoint" in key for key in other)
+    assert ProtocolConfig().checkpoint == "last" and ProtocolConfig(**base) == ProtocolConfig(**base, checkpoint="last")  # the default
+    run_protocol(splits, ("a", "b"), GeneratedSets(pro={}), [Arm("real")], ProtocolConfig(**base, checkpoint="best"), memo=other)
+    assert not set(other) & set(memo) and not any("checkpoint" in key for key in other)  # best: the keys logged before it existed
     assert not any("val_f1_macro" in r for r in other.values())
     res["counts"] = {split: splits[split].counts() for split in splits}
     assert "with the last checkpoint (no checkpoint selection" in render_markdown(res)
@@ -204,6 +205,12 @@ def test_protocol_with_the_last_checkpoint_scores_both_regions_and_is_logged_apa
                       "+x": {"runs": [{"val_accuracy": 0.6 + s / 10, "val_f1_macro": 0.55} for s in range(3)]}}}
     line = _choosing_block_lines(entry, "validation", "last")[0]
     assert "chosen by nothing" in line and line.endswith("+x +10.0 [+10.0, +10.0] (macro-F1 +5.0 [+5.0, +5.0]).")
+    assert len(_choosing_block_lines(entry, "validation", "last")) == 2  # no standard arm: no line against one
+    entry["arms"]["+stain"] = {"runs": [{"val_accuracy": 0.7 + s / 10, "val_f1_macro": 0.6} for s in range(3)]}
+    entry["arms"]["real, no flips"] = {"runs": [{"val_accuracy": 0.1, "val_f1_macro": 0.1} for _ in range(3)]}
+    lines = _choosing_block_lines(entry, "validation", "last")
+    assert lines[2] == "On the validation split, against the standard augmentations: +x vs +stain -10.0 [-10.0, -10.0] (macro-F1 -5.0 [-5.0, -5.0])."
+    assert len(_choosing_block_lines(entry, "validation", "best")) == 2  # the best checkpoint's maxima: vs real only
     assert ProtocolConfig.from_json(ProtocolConfig(checkpoint="last").to_json()).spec(3).checkpoint == "last"
     with pytest.raises(ValueError, match="`checkpoint` must be one of \\('best', 'last'\\), got 'first'"):
         ProtocolConfig(checkpoint="first")
@@ -509,7 +516,7 @@ def test_swapped_held_out_roles_choose_on_test_and_score_val_and_are_logged_apar
     splits = tiny_splits()
     t = splits["test"]
     splits["test"] = TileSet(t.images[:6], t.labels[:6], t.classes, t.sources[:6])  # 8 val tiles, 6 test tiles
-    base = dict(n=("2",), seeds=(0,), tune_seeds=(5,), curve_epochs=(1,), batch_size=8)
+    base = dict(n=("2",), seeds=(0,), tune_seeds=(5,), curve_epochs=(1,), batch_size=8, checkpoint="best")  # one score per run
     chose, scored = [], []
     real_train, real_score = protocol.train_classifier, protocol.score
 

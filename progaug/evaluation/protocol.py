@@ -21,9 +21,11 @@ The same for every arm, seed and N (docs/benchmarks.md, "The downstream protocol
    old uniform concatenation stays as one arm for continuity.
 4. **Tuning.** Every tuned arm gets the same budget: each value of its grid (``p``, Mixup/CutMix alpha,
    stain sigma) trained on the tuning seeds, chosen by mean validation accuracy. The test split decides
-   nothing: it is scored once per evaluation seed with the checkpoint the validation split picked
-   (``checkpoint="best"``), or with the last one (``checkpoint="last"``: no selection, so the validation
-   split's accuracy of an evaluation run is a score of a second held-out region as well).
+   nothing: it is scored once per evaluation seed with the last checkpoint (``checkpoint="last"``, the
+   default since session 35: no selection, so the validation split's accuracy of an evaluation run is a
+   score of a second held-out region as well), or with the checkpoint the validation split picked
+   (``checkpoint="best"``, the default before: its validation accuracy is a maximum over checkpoints,
+   optimistic for tuning, and at N = 100 it cost every arm 4-6 test points, docs/benchmarks.md).
 5. **Figures.** Accuracy, macro-F1 and balanced accuracy over seeds with 95 % t-intervals, paired
    differences per seed; a sanity block (flips/rotations vs none, Mixup/CutMix and stain vs real only at
    the largest N) says whether the protocol is converged before any generated arm is judged.
@@ -77,12 +79,13 @@ class ProtocolConfig(JsonConfig):
     subset_seed: int | None = setting(None, "one real subset for every run: this seed's first N tiles per class (the seeds then "
                                             "vary initialisation and batch order only), for a pair trained on exactly those tiles "
                                             "(no leak). Default: each seed draws its own subset")
-    swap_held_out: bool = setting(False, "exchange the held-out splits' roles: checkpoints and settings chosen on test/, the "
+    swap_held_out: bool = setting(False, "exchange the held-out splits' roles: settings (and best checkpoints) chosen on test/, the "
                                          "scores read on val/ (the second fold of a two-region check; a gain that holds on one "
                                          "held-out region only is that region's)")
-    checkpoint: str = setting("best", "which checkpoint every training returns: best (the best accuracy on the choosing split, "
-                                      "checked every 5 epochs; its accuracy there is a maximum, optimistic) or last (the end "
-                                      "of the schedule, no selection: the choosing split's accuracy is then a score too)")
+    checkpoint: str = setting("last", "which checkpoint every training returns: last (the end of the schedule, no selection: "
+                                      "the choosing split's accuracy is then a score too) or best (the best accuracy on the "
+                                      "choosing split, checked every 5 epochs; a maximum, optimistic; the default before "
+                                      "session 35, so add it to rerun older reports from their logs)")
     epochs: int | None = setting(None, "fixed budget in real-image epochs (default: chosen per N from the learning curve)")
     curve_epochs: tuple[int, ...] = setting((20, 40, 80, 160), "budgets of the real-only learning curve")
     plateau_tolerance: float = setting(0.01, "budget = a curve budget within this of the best mean validation accuracy")
@@ -756,7 +759,10 @@ def _check_inputs(splits: dict[str, TileSet], classes: tuple[str, str], sets: Ge
             raise ValueError(f"arm {arm.name!r} needs the {arm.generated!r} generated set")
 
 
-COMPARED_WITH = ("real", "+stain", "+Mixup/CutMix", "+ADD-Pro[paper]", "+ADD-final")
+STANDARD_ARMS = ("+stain", "+Mixup/CutMix")
+"""The standard augmentations a generated arm must not fall below: its "best standard" is the better of them."""
+
+COMPARED_WITH = ("real", *STANDARD_ARMS, "+ADD-Pro[paper]", "+ADD-final")
 """Arms every arm is compared with, per seed."""
 
 
@@ -764,7 +770,7 @@ def _add_paired(entry: dict) -> None:
     """Paired accuracy and macro-F1 differences of every arm to each compared arm, and to the better (by
     mean accuracy) of ``+stain`` and ``+Mixup/CutMix``."""
     arms = entry["arms"]
-    standard = [a for a in ("+stain", "+Mixup/CutMix") if a in arms]
+    standard = [a for a in STANDARD_ARMS if a in arms]
     best_standard = max(standard, key=lambda a: arms[a]["accuracy"]["mean"]) if standard else None
     entry["best_standard"] = best_standard
     for name, arm in arms.items():

@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from progaug.evaluation.protocol import STANDARD_ARMS
 from progaug.evaluation.stats import paired
 
 __all__ = ["GAIN", "format_diff", "judge", "plot", "render_markdown", "seed_ranges", "write_report"]
@@ -158,9 +159,27 @@ def _choosing_block_lines(entry: dict, block: str, checkpoint: str = "best") -> 
         return []
     if checkpoint == "last":
         return [f"On the {block} split, which tuned the settings (the last checkpoint, chosen by nothing: a second region's "
-                f"score), vs real: {'; '.join(shown)}.", ""]
+                f"score), vs real: {'; '.join(shown)}.", "", *_choosing_standard_lines(entry, block)]
     return [f"On the {block} split, which chose the checkpoints (the best checkpoint's accuracy: optimistic for every arm, "
             f"not a second test), vs real: {'; '.join(shown)}.", ""]
+
+
+def _choosing_standard_lines(entry: dict, block: str) -> list[str]:
+    """Each arm other than real and the standard ones against each standard arm (``+stain``, ``+Mixup/CutMix``)
+    on the choosing split, paired per seed: the "not below the better standard augmentation" check read on the
+    second region (last-checkpoint runs, where that split's accuracy is a score). ``[]`` without a standard arm."""
+    arms = entry["arms"]
+    standards = [s for s in STANDARD_ARMS if s in arms and all("val_accuracy" in r for r in arms[s]["runs"])]
+    others = [n for n in arms if n not in ("real", "real, no flips", *STANDARD_ARMS)
+              and all("val_accuracy" in r for r in arms[n]["runs"])]
+    parts = []
+    for name in others:
+        for standard in standards:
+            runs, base = arms[name]["runs"], arms[standard]["runs"]
+            if len(runs) == len(base):
+                parts.append(f"{name} vs {standard} {format_diff(paired([r['val_accuracy'] for r in runs], [r['val_accuracy'] for r in base]))}"
+                             f"{_choosing_f1(runs, base)}")
+    return [f"On the {block} split, against the standard augmentations: {'; '.join(parts)}.", ""] if parts else []
 
 
 def _choosing_f1(runs: list[dict], base: list[dict]) -> str:
