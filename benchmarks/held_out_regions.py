@@ -2,8 +2,9 @@
 and the one that was scored (test).
 
 The hgsc splits are spatial blocks of one slide, so the validation and test splits are two held-out regions. A
-protocol run chooses checkpoints (and budget, p, alpha, sigma) on one and reports the other; each run also logs
-the returned checkpoint's accuracy on the choosing split (``val_accuracy``). This reads committed reports of
+protocol run chooses its settings (budget, p, alpha, sigma; with ``--checkpoint best`` also each training's
+checkpoint) on one and reports the other; each run also logs the returned checkpoint's accuracy on the choosing
+split (``val_accuracy``). This reads committed reports of
 ``benchmarks/downstream.py`` (or ``progaug evaluate``) and prints, per report, N and arm, the paired difference
 to real only on both blocks (95 % t-intervals, :func:`progaug.evaluation.stats.paired`):
 
