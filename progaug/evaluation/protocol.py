@@ -49,6 +49,7 @@ from progaug.config import JsonConfig, config_to_dict_without_defaults, setting
 from progaug.errors import check_int, device_setting
 from progaug.data.tiles import TileSet
 from progaug.evaluation.classifiers import CLASSIFIERS
+from progaug.evaluation.report import STANDARD_ARMS
 from progaug.evaluation.stats import interval, paired
 from progaug.evaluation.training import CHECKPOINTS, LabelledImages, Recipe, TrainSpec, score, train_classifier
 from progaug.generator import parse_variant
@@ -758,9 +759,6 @@ def _check_inputs(splits: dict[str, TileSet], classes: tuple[str, str], sets: Ge
         if arm.generated in ("final", "iddpm") and getattr(sets, arm.generated) is None:
             raise ValueError(f"arm {arm.name!r} needs the {arm.generated!r} generated set")
 
-
-STANDARD_ARMS = ("+stain", "+Mixup/CutMix")
-"""The standard augmentations a generated arm must not fall below: its "best standard" is the better of them."""
 
 COMPARED_WITH = ("real", *STANDARD_ARMS, "+ADD-Pro[paper]", "+ADD-final")
 """Arms every arm is compared with, per seed."""

@@ -9,7 +9,6 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from progaug.evaluation.protocol import STANDARD_ARMS
 from progaug.evaluation.stats import paired
 
 __all__ = ["GAIN", "format_diff", "judge", "plot", "render_markdown", "seed_ranges", "write_report"]
@@ -17,6 +16,9 @@ __all__ = ["GAIN", "format_diff", "judge", "plot", "render_markdown", "seed_rang
 GAIN = 0.02
 """A generated arm *helps* at an N when its paired accuracy and macro-F1 gains over real only are both
 >= 2 points with the 95 % intervals above 0, and it is not worse than the better standard augmentation."""
+
+STANDARD_ARMS = ("+stain", "+Mixup/CutMix")
+"""The standard augmentations a generated arm must not fall below: its "best standard" is the better of them."""
 
 
 def judge(entry: dict, name: str) -> str:
@@ -151,10 +153,8 @@ def _choosing_block_lines(entry: dict, block: str, checkpoint: str = "best") -> 
     real = entry["arms"].get("real")
     if real is None or any("val_accuracy" not in r for r in real["runs"]):
         return []
-    base = [r["val_accuracy"] for r in real["runs"]]
-    shown = [f"{name} {format_diff(paired([r['val_accuracy'] for r in arm['runs']], base))}{_choosing_f1(arm['runs'], real['runs'])}"
-             for name, arm in entry["arms"].items()
-             if name != "real" and len(arm["runs"]) == len(base) and all("val_accuracy" in r for r in arm["runs"])]
+    shown = [f"{name} {_choosing_diff(arm['runs'], real['runs'])}" for name, arm in entry["arms"].items()
+             if name != "real" and len(arm["runs"]) == len(real["runs"]) and all("val_accuracy" in r for r in arm["runs"])]
     if not shown:
         return []
     if checkpoint == "last":
@@ -177,9 +177,13 @@ def _choosing_standard_lines(entry: dict, block: str) -> list[str]:
         for standard in standards:
             runs, base = arms[name]["runs"], arms[standard]["runs"]
             if len(runs) == len(base):
-                parts.append(f"{name} vs {standard} {format_diff(paired([r['val_accuracy'] for r in runs], [r['val_accuracy'] for r in base]))}"
-                             f"{_choosing_f1(runs, base)}")
+                parts.append(f"{name} vs {standard} {_choosing_diff(runs, base)}")
     return [f"On the {block} split, against the standard augmentations: {'; '.join(parts)}.", ""] if parts else []
+
+
+def _choosing_diff(runs: list[dict], base: list[dict]) -> str:
+    """The paired accuracy difference of ``runs`` to ``base`` on the choosing split, with its macro-F1 where scored."""
+    return f"{format_diff(paired([r['val_accuracy'] for r in runs], [r['val_accuracy'] for r in base]))}{_choosing_f1(runs, base)}"
 
 
 def _choosing_f1(runs: list[dict], base: list[dict]) -> str:
