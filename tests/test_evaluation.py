@@ -15,7 +15,7 @@ from progaug.data.tiles import TileSet
 from progaug.evaluation.protocol import (Arm, GeneratedSets, ProtocolConfig, all_arms, arm_named, class_orders, needed_positions, planned_runs, real_subset,
                                          plateau, run_protocol, sanity)
 from progaug.evaluation.report import _choosing_block_lines, judge, plot, render_markdown, seed_ranges
-from progaug.evaluation.stats import interval, paired, verdict, welch
+from progaug.evaluation.stats import interval, paired, paired_runs, verdict, welch
 from progaug.evaluation.training import LabelledImages, Recipe, TrainSpec, _apply_mixup, _batches, score, train_classifier
 from progaug.replacement import check_probability, replace_draws, replacement_index
 from progaug.selection import agreement_mask, calibrated_labels
@@ -39,6 +39,16 @@ def test_paired_differences_and_verdicts():
     assert verdict(interval([0.05, -0.04, 0.01])) == "not told apart"
     with pytest.raises(ValueError, match="one value per seed"):
         paired([0.1, 0.2], [0.1])
+
+
+def test_paired_runs_pairs_by_seed_and_refuses_other_seeds():
+    runs = [{"seed": s, "accuracy": a} for s, a in ((0, 0.9), (1, 0.92), (2, 0.91))]
+    base = [{"seed": s, "accuracy": a} for s, a in ((0, 0.85), (1, 0.86), (2, 0.88))]
+    assert paired_runs(runs, base, "accuracy")["per_seed"] == pytest.approx([0.05, 0.06, 0.03])
+    with pytest.raises(ValueError, match=r"same seeds in the same order, got \[0, 1, 2\] and \[1, 0, 2\]"):
+        paired_runs(runs, [base[1], base[0], base[2]], "accuracy")
+    with pytest.raises(ValueError, match="'val_accuracy': 6 run"):
+        paired_runs(runs, base, "val_accuracy")
 
 
 def test_welch_golden_values_and_refusals():

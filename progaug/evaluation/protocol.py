@@ -50,7 +50,7 @@ from progaug.errors import check_int, device_setting
 from progaug.data.tiles import TileSet
 from progaug.evaluation.classifiers import CLASSIFIERS
 from progaug.evaluation.report import STANDARD_ARMS
-from progaug.evaluation.stats import interval, paired
+from progaug.evaluation.stats import interval, paired_runs
 from progaug.evaluation.training import CHECKPOINTS, LabelledImages, Recipe, TrainSpec, score, train_classifier
 from progaug.generator import parse_variant
 from progaug.labels import DEFAULT_MEASURE, MEASURES
@@ -778,7 +778,7 @@ def _add_paired(entry: dict) -> None:
             if target is None or target == name or target not in arms:
                 continue
             for metric, key in (("accuracy", "paired"), ("f1_macro", "paired_f1")):
-                arm[key][other] = paired([r[metric] for r in arm["runs"]], [r[metric] for r in arms[target]["runs"]])
+                arm[key][other] = paired_runs(arm["runs"], arms[target]["runs"], metric)
 
 
 def sanity(res: dict) -> dict:
@@ -816,8 +816,7 @@ def _losing(checks: dict) -> list[str]:
 def _sanity_checks(arms: dict) -> dict:
     checks = {}
     if "real, no flips" in arms:
-        checks["flips/rotations vs none"] = paired([r["accuracy"] for r in arms["real"]["runs"]],
-                                                   [r["accuracy"] for r in arms["real, no flips"]["runs"]])
+        checks["flips/rotations vs none"] = paired_runs(arms["real"]["runs"], arms["real, no flips"]["runs"], "accuracy")
     for name in ("+Mixup/CutMix", "+stain"):
         if name in arms:
             checks[f"{name} vs real"] = arms[name]["paired"]["real"]

@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from progaug.evaluation.stats import paired
+from progaug.evaluation.stats import paired_runs
 
 __all__ = ["GAIN", "format_diff", "judge", "plot", "render_markdown", "seed_ranges", "write_report"]
 
@@ -183,14 +183,14 @@ def _choosing_standard_lines(entry: dict, block: str) -> list[str]:
 
 def _choosing_diff(runs: list[dict], base: list[dict]) -> str:
     """The paired accuracy difference of ``runs`` to ``base`` on the choosing split, with its macro-F1 where scored."""
-    return f"{format_diff(paired([r['val_accuracy'] for r in runs], [r['val_accuracy'] for r in base]))}{_choosing_f1(runs, base)}"
+    return f"{format_diff(paired_runs(runs, base, 'val_accuracy'))}{_choosing_f1(runs, base)}"
 
 
 def _choosing_f1(runs: list[dict], base: list[dict]) -> str:
     """`` (macro-F1 ...)`` where every run scored the choosing split's macro-F1 (last-checkpoint runs), else ``""``."""
     if not all("val_f1_macro" in r for r in (*runs, *base)):
         return ""
-    return f" (macro-F1 {format_diff(paired([r['val_f1_macro'] for r in runs], [r['val_f1_macro'] for r in base]))})"
+    return f" (macro-F1 {format_diff(paired_runs(runs, base, 'val_f1_macro'))})"
 
 
 def seed_ranges(seeds: Sequence[int]) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["T975", "interval", "paired", "t_quantile", "verdict", "welch"]
+__all__ = ["T975", "interval", "paired", "paired_runs", "t_quantile", "verdict", "welch"]
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179,
         13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000}
@@ -66,6 +66,22 @@ def paired(values: Sequence[float], others: Sequence[float]) -> dict:
     diffs = [a - b for a, b in zip(values, others)]
     d = interval(diffs)
     return {**d, "per_seed": diffs, "verdict": verdict(d)}
+
+
+def paired_runs(runs: Sequence[dict], others: Sequence[dict], metric: str) -> dict:
+    """:func:`paired` of ``metric`` between two arms' runs, checked to be the same seeds in the same order (each
+    run's ``"seed"``), so that two lists of equal length but other seeds are never paired silently.
+
+    Raises:
+        ValueError: The seeds differ (the message lists both), or a run lacks ``metric``.
+    """
+    seeds, other_seeds = [r.get("seed") for r in runs], [r.get("seed") for r in others]
+    if seeds != other_seeds:
+        raise ValueError(f"paired differences need the same seeds in the same order, got {seeds} and {other_seeds}")
+    missing = sorted({i for i, r in enumerate((*runs, *others)) if metric not in r})
+    if missing:
+        raise ValueError(f"paired differences of {metric!r}: {len(missing)} run(s) lack it")
+    return paired([r[metric] for r in runs], [r[metric] for r in others])
 
 
 def welch(values: Sequence[float], others: Sequence[float]) -> dict:
