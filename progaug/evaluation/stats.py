@@ -78,9 +78,9 @@ def paired_runs(runs: Sequence[dict], others: Sequence[dict], metric: str) -> di
     seeds, other_seeds = [r.get("seed") for r in runs], [r.get("seed") for r in others]
     if seeds != other_seeds:
         raise ValueError(f"paired differences need the same seeds in the same order, got {seeds} and {other_seeds}")
-    missing = sorted({i for i, r in enumerate((*runs, *others)) if metric not in r})
+    missing = sum(metric not in r for r in (*runs, *others))
     if missing:
-        raise ValueError(f"paired differences of {metric!r}: {len(missing)} run(s) lack it")
+        raise ValueError(f"paired differences of {metric!r}: {missing} run(s) lack it")
     return paired([r[metric] for r in runs], [r[metric] for r in others])
 
 
