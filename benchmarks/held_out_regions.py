@@ -6,7 +6,7 @@ protocol run chooses its settings (budget, p, alpha, sigma; with ``--checkpoint 
 checkpoint) on one and reports the other; each run also logs the returned checkpoint's accuracy on the choosing
 split (``val_accuracy``). This reads committed reports of
 ``benchmarks/downstream.py`` (or ``progaug evaluate``) and prints, per report, N and arm, the paired difference
-to real only on both blocks (95 % t-intervals, :func:`progaug.evaluation.stats.paired`):
+to real only on both blocks (95 % t-intervals, :func:`progaug.evaluation.stats.paired_runs`, which checks the seeds):
 
     python benchmarks/held_out_regions.py --out benchmarks/results/held_out_regions \\
         benchmarks/results/downstream_vit_n25_labels.json benchmarks/results/downstream_vit_n100_cpu_p03_60.json
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, repo_relative, save_figure, write_report
 from progaug.evaluation.protocol import held_out_roles
 from progaug.evaluation.report import format_diff
-from progaug.evaluation.stats import paired
+from progaug.evaluation.stats import paired_runs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,16 +60,16 @@ def rows_of(report: dict, label: str, baseline: str = "real") -> list[dict]:
             if name == baseline:
                 continue
             runs = arm["runs"]
-            if [r["seed"] for r in runs] != [r["seed"] for r in base]:
-                raise ValueError(f"{label}: N = {n} {name!r} and {baseline!r} ran other seeds; cannot pair them")
             if any("val_accuracy" not in r for r in (*runs, *base)):
                 raise ValueError(f"{label}: N = {n} {name!r}: runs without `val_accuracy` (a report of an older protocol)")
+            try:
+                pairs = {key: paired_runs(runs, base, metric) for key, metric in
+                         (("choosing", "val_accuracy"), ("scored", "accuracy"), ("scored_f1", "f1_macro"))}
+            except ValueError as err:
+                raise ValueError(f"{label}: N = {n} {name!r} against {baseline!r}: {err}") from err
             out.append({"report": label, "n": n, "arm": name, "seeds": len(runs), "swapped": swapped, "blocks": blocks,
                         "checkpoint": report["config"].get("checkpoint", "best"),
-                        "tuned": (entry.get("tuning", {}).get(name) or {}).get("chosen"),
-                        "choosing": paired([r["val_accuracy"] for r in runs], [r["val_accuracy"] for r in base]),
-                        "scored": paired([r["accuracy"] for r in runs], [r["accuracy"] for r in base]),
-                        "scored_f1": paired([r["f1_macro"] for r in runs], [r["f1_macro"] for r in base])})
+                        "tuned": (entry.get("tuning", {}).get(name) or {}).get("chosen"), **pairs})
     return out
 
 

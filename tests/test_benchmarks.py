@@ -499,7 +499,7 @@ def test_held_out_regions_pairs_both_blocks_and_names_them_by_role(bench, tmp_pa
     assert json.loads(out.with_suffix(".json").read_text())["pair_sha256"] == {"source": "s", "target": "t"}
     bad = report(False, (0, 0))
     bad["curve"]["100"]["arms"]["+ADD"]["runs"].pop()
-    with pytest.raises(ValueError, match="'\\+ADD' and 'real' ran other seeds"):
+    with pytest.raises(ValueError, match="bad: N = 100 '\\+ADD' against 'real': paired differences need the same seeds"):
         regions.rows_of(bad, "bad")
     old = report(False, (0, 0))
     del old["curve"]["100"]["arms"]["real"]["runs"][0]["val_accuracy"]
