@@ -45,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CACHE, ROOT, command_line, repo_relative, write_report
 from progaug.cli_args import add_config_arguments, config_from_args
 from progaug.evaluation.pipeline import EvaluationData, GenerationSettings, evaluate_pair
-from progaug.evaluation.protocol import ProtocolConfig, all_arms, arm_named, planned_runs
+from progaug.evaluation.arms import all_arms, arm_named
+from progaug.evaluation.protocol import ProtocolConfig, planned_runs
 from progaug.evaluation.report import plot, render_markdown
 from progaug.hub import load_pair
 from progaug.runtime import RuntimeConfig, apply_runtime

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from progaug.data.tiles import TileSet
-from progaug.evaluation.protocol import (Arm, GeneratedSets, ProtocolConfig, all_arms, arm_named, class_orders, needed_positions, planned_runs, real_subset,
-                                         plateau, run_protocol, sanity)
+from progaug.evaluation.arms import Arm, all_arms, arm_named
+from progaug.evaluation.protocol import (GeneratedSets, ProtocolConfig, class_orders, needed_positions, planned_runs, real_subset, plateau, run_protocol,
+                                         sanity)
 from progaug.evaluation.report import _choosing_block_lines, judge, plot, render_markdown, seed_ranges
 from progaug.evaluation.stats import interval, paired, paired_runs, verdict, welch
 from progaug.evaluation.training import LabelledImages, Recipe, TrainSpec, _apply_mixup, _batches, score, train_classifier

@@ -190,7 +190,7 @@ def test_auto_labels_are_the_margin_where_the_pair_carries_a_calibration_else_th
 
 
 def test_arm_named_takes_margin_labels_on_any_progressive_variant():
-    from progaug.evaluation.protocol import arm_named
+    from progaug.evaluation.arms import arm_named
 
     arm = arm_named("+ADD-Pro[preview] margin labels")
     assert (arm.generated, arm.measure, arm.labels, arm.set_key, arm.knob) == ("pro", "preview", "margin", "preview+margin", "replace_prob")
@@ -204,7 +204,7 @@ def test_arm_named_takes_margin_labels_on_any_progressive_variant():
 @pytest.mark.parametrize("kwargs, match", [({"generated": "pro", "measure": "preview", "labels": "judge"}, r"`labels` must be one of \('measure', 'margin'\), got 'judge'"),
                                            ({"generated": "final", "labels": "margin"}, r"`labels='margin'` needs progressive images .*got generated='final'")])
 def test_an_arm_refuses_labels_it_cannot_give(kwargs, match):
-    from progaug.evaluation.protocol import Arm
+    from progaug.evaluation.arms import Arm
 
     with pytest.raises(ValueError, match=match):
         Arm("x", **kwargs)
@@ -213,7 +213,7 @@ def test_an_arm_refuses_labels_it_cannot_give(kwargs, match):
 def test_evaluation_margin_arm_has_the_measure_s_images_relabelled_by_the_margin(calibrated_pair, tmp_path, capsys):
     from conftest import random_tiles
     from progaug.evaluation.pipeline import GenerationSettings, make_sets
-    from progaug.evaluation.protocol import arm_named
+    from progaug.evaluation.arms import arm_named
     from progaug.data.tiles import to_model_range
     from progaug.margin import margin_labels
 
@@ -236,7 +236,7 @@ def test_evaluation_margin_arm_has_the_measure_s_images_relabelled_by_the_margin
 def test_evaluation_margin_arm_needs_a_calibration(pair_dir, tmp_path):
     from conftest import random_tiles
     from progaug.evaluation.pipeline import GenerationSettings, make_sets
-    from progaug.evaluation.protocol import arm_named
+    from progaug.evaluation.arms import arm_named
 
     settings = GenerationSettings(steps=4, num_levels=2, bf16=False, max_batch=8)
     with pytest.raises(ValueError, match=r"`labels='margin'` needs the pair's margin calibration"):
@@ -246,7 +246,7 @@ def test_evaluation_margin_arm_needs_a_calibration(pair_dir, tmp_path):
 def test_run_keys_of_measure_labelled_arms_are_as_before_the_labels_field():
     import dataclasses
 
-    from progaug.evaluation.protocol import arm_named
+    from progaug.evaluation.arms import arm_named
 
     assert "labels" not in arm_named("+ADD-Pro[preview]").run_fields()
     assert arm_named("+ADD-Pro[preview] margin labels").run_fields()["labels"] == "margin"

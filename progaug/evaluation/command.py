@@ -35,7 +35,8 @@ def default_arms(pair) -> list[str]:
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
     """Register ``progaug evaluate``."""
     from progaug.evaluation.pipeline import GenerationSettings
-    from progaug.evaluation.protocol import ProtocolConfig, all_arms
+    from progaug.evaluation.arms import all_arms
+    from progaug.evaluation.protocol import ProtocolConfig
     from progaug.runtime import RuntimeConfig
 
     p = sub.add_parser("evaluate", help="does the pair's augmentation help a classifier of your classes? (the downstream protocol)",
@@ -53,7 +54,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _arms(names: list[str]):
-    from progaug.evaluation.protocol import all_arms, arm_named
+    from progaug.evaluation.arms import all_arms, arm_named
 
     if names == ["all"]:
         return list(all_arms().values())

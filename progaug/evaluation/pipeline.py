@@ -20,7 +20,8 @@ from progaug.config import JsonConfig, setting
 from progaug.data.tiles import TileSet
 from progaug.evaluation import generated
 from progaug.generator import GenerationConfig, parse_variant
-from progaug.evaluation.protocol import Arm, GeneratedSets, ProtocolConfig, needed_positions, parse_n, run_protocol
+from progaug.evaluation.arms import Arm
+from progaug.evaluation.protocol import GeneratedSets, ProtocolConfig, needed_positions, parse_n, run_protocol
 from progaug.labels import DEFAULT_MEASURE
 from progaug.runtime import CPU_MAX_BATCH, check_bf16, machine_description, resolve_bf16
 
