@@ -22,14 +22,8 @@ from progaug.hub import load_pair
 from progaug.precomputation import PrecomputeConfig, precompute
 from progaug.transforms import ProgressiveDiffusionAugment
 
-_INTEL_AVX512 = {
-    "paper": "cd1e4da3ea04d1a42e2a76bec3b1cf2665570d43cb7c8e1f7441d16d6a9f0f7a",
-    "preview": "bec22323de2743983c0a7a23dae1f162479491ca217bd9d940e0c9092b852e8b",
-    "transform": "016b9f16a3b54571b14cf374a5c690f48a4094b60106f21e618c162d45fb075f",
-}
 PINNED_BYTES = {
-    # sha256 of the files / the batch, per kind of CPU (:func:`_machine`: torch's instruction set, the vendor and
-    # whether the CPU has AMX): float32 kernels differ in their last bits between them, which moves a PNG pixel or
+    # sha256 of the files / the batch, per kind of CPU (:func:`_machine`: torch's instruction set and the vendor): float32 kernels differ in their last bits between them, which moves a PNG pixel or
     # a printed label digit. AMD AVX512 since the amplitude_* columns were named measured_* (with the old header
     # the bytes hash to the earlier pins 984eb35c... and 9df7e710...); AMD AVX2 (an EPYC) added when the
     # suite first ran there, after PINNED_VALUES below agreed. Session 18: the attention blocks moved to PyTorch's
@@ -46,9 +40,13 @@ PINNED_BYTES = {
     "AVX2/AuthenticAMD": {
         "paper": "cd1e4da3ea04d1a42e2a76bec3b1cf2665570d43cb7c8e1f7441d16d6a9f0f7a",
     },
-    "AVX512/GenuineIntel+AMX": _INTEL_AVX512,
-    # Session 37: an Intel Xeon with AVX-512 but neither AMX nor AVX512-BF16 gave the AMX Xeon's bytes for all three.
-    "AVX512/GenuineIntel": _INTEL_AVX512,
+    # Session 37: an Intel Xeon with AVX-512 but neither AMX nor AVX512-BF16 gave the AMX Xeon's bytes for all three,
+    # so the kind is the instruction set and the vendor only (it was "+AMX"-suffixed before).
+    "AVX512/GenuineIntel": {
+        "paper": "cd1e4da3ea04d1a42e2a76bec3b1cf2665570d43cb7c8e1f7441d16d6a9f0f7a",
+        "preview": "bec22323de2743983c0a7a23dae1f162479491ca217bd9d940e0c9092b852e8b",
+        "transform": "016b9f16a3b54571b14cf374a5c690f48a4094b60106f21e618c162d45fb075f",
+    },
 }
 PINNED_VALUES = {
     # checked on every machine: depths exactly, soft labels to 1e-4, each image's mean grey level to 0.05
@@ -63,15 +61,14 @@ PINNED_VALUES = {
 
 def _machine() -> str:
     """The kind of CPU the byte pins are kept per: torch's instruction set, the vendor (``/proc/cpuinfo``;
-    elsewhere unknown, and only the values are checked) and ``+AMX`` where torch sees AMX tiles (the test
-    :func:`progaug.runtime.native_bf16` makes)."""
+    elsewhere unknown, and only the values are checked); AMX makes no difference to these float32 bytes."""
     vendor = "unknown"
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             vendor = next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), vendor)
     except OSError:
         pass
-    return f"{torch.backends.cpu.get_cpu_capability()}/{vendor}{'+AMX' if torch.cpu._is_amx_tile_supported() else ''}"
+    return f"{torch.backends.cpu.get_cpu_capability()}/{vendor}"
 
 
 def _check_bytes(key: str, digest: str) -> None:

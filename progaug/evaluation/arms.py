@@ -64,7 +64,7 @@ class Arm:
 
     @property
     def set_key(self) -> str | None:
-        """Key of the arm's progressive set in :attr:`GeneratedSets.pro`: the measure, ``MEASURE+margin`` for
+        """Key of the arm's progressive set in :attr:`progaug.evaluation.protocol.GeneratedSets.pro`: the measure, ``MEASURE+margin`` for
         margin labels (None for other arms)."""
         if self.generated != "pro":
             return None
