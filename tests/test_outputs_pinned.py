@@ -23,15 +23,16 @@ from progaug.precomputation import PrecomputeConfig, precompute
 from progaug.transforms import ProgressiveDiffusionAugment
 
 PINNED_BYTES = {
-    # sha256 of the files / the batch, per kind of CPU (:func:`_machine`: torch's instruction set and the vendor): float32 kernels differ in their last bits between them, which moves a PNG pixel or
-    # a printed label digit. AMD AVX512 since the amplitude_* columns were named measured_* (with the old header
-    # the bytes hash to the earlier pins 984eb35c... and 9df7e710...); AMD AVX2 (an EPYC) added when the
-    # suite first ran there, after PINNED_VALUES below agreed. Session 18: the attention blocks moved to PyTorch's
-    # fused kernel (contiguous q, k, v), a deliberate change of the last bits: "preview" and "transform" re-pinned on
-    # AMD AVX512 (were 0559deeb... and eb3d92e5...; PINNED_VALUES unchanged); their AVX2 pins (were b57abe5c... and
-    # 8af297bc...) are to be made again on the next AVX2 machine, so only their values are checked there until then.
-    # Session 22: an Intel Xeon with AMX, which torch also calls AVX512, gave other bytes with the same values (its
-    # "paper" bytes are the AMD AVX2 machine's): pinned as its own kind, from this commit's unchanged code.
+    # sha256 of the files / the batch, per kind of CPU (:func:`_machine`: torch's instruction set and the vendor):
+    # float32 kernels differ in their last bits between them, which moves a PNG pixel or a printed label digit. AMD
+    # AVX512 since the amplitude_* columns were named measured_* (with the old header the bytes hash to the earlier
+    # pins 984eb35c... and 9df7e710...); AMD AVX2 (an EPYC) added when the suite first ran there, after PINNED_VALUES
+    # below agreed. Session 18: the attention blocks moved to PyTorch's fused kernel (contiguous q, k, v), a
+    # deliberate change of the last bits: "preview" and "transform" re-pinned on AMD AVX512 (were 0559deeb... and
+    # eb3d92e5...; PINNED_VALUES unchanged); their AVX2 pins (were b57abe5c... and 8af297bc...) are to be made again
+    # on the next AVX2 machine, so only their values are checked there until then. Session 22: an Intel Xeon with AMX,
+    # which torch also calls AVX512, gave other bytes with the same values (its "paper" bytes are the AMD AVX2
+    # machine's): pinned as its own kind, from this commit's unchanged code.
     "AVX512/AuthenticAMD": {
         "paper": "68da79125a3f725897a2362e09328ce22a556952c8ace31cf352d94b205f1a2e",
         "preview": "62815c9dcf699efa3a73369155d8c1a4ead147b593281487f677bf9bc429e153",

@@ -64,8 +64,8 @@ class Arm:
 
     @property
     def set_key(self) -> str | None:
-        """Key of the arm's progressive set in :attr:`progaug.evaluation.protocol.GeneratedSets.pro`: the measure, ``MEASURE+margin`` for
-        margin labels (None for other arms)."""
+        """Key of the arm's progressive set in :attr:`progaug.evaluation.protocol.GeneratedSets.pro`: the measure,
+        ``MEASURE+margin`` for margin labels (None for other arms)."""
         if self.generated != "pro":
             return None
         return self.measure if self.labels == "measure" else f"{self.measure}+{self.labels}"
