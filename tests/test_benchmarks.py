@@ -446,6 +446,40 @@ def test_compare_reports_pairs_an_arm_across_reports_per_seed(bench, tmp_path):
         cmp.compare(reports, "25", "+ADD")
 
 
+def test_compare_reports_pairs_each_reports_own_arm_on_both_blocks(bench, tmp_path):
+    """An ADD arm of one report against a standard arm of a later report into the same log (the same real runs):
+    per seed, on test (accuracy, macro-F1) and, where every run logged it, on the choosing block."""
+    cmp = bench("compare_reports")
+    real, shas = [0.70, 0.72, 0.68, 0.71], ["a", "b", "c", "d"]
+    add = _report({"real": real, "+ADD": [r + 0.05 for r in real]}, shas)
+    sanity = _report({"real": real, "+stain": [r + d for r, d in zip(real, (0.04, 0.02, 0.05, 0.01))]}, shas)
+    for report, gain in ((add, 0.03), (sanity, 0.01)):
+        for name, arm in report["curve"]["100"]["arms"].items():
+            for run in arm["runs"]:
+                run["val_accuracy"] = 0.8 + run["seed"] / 100 + gain * (name != "real")
+    reports = [("add", add, Path("add.json")), ("stain", sanity, Path("stain.json"))]
+    res = cmp.compare(reports, "100", ["+ADD", "+stain"])
+    assert res["arm_of"] == {"add": "+ADD", "stain": "+stain"} and res["metrics"] == ["accuracy", "f1_macro", "val_accuracy"]
+    versus = res["versus_first"]["stain"]
+    assert versus["accuracy"]["per_seed"] == pytest.approx([-0.01, -0.03, 0.0, -0.04])
+    assert versus["val_accuracy"]["per_seed"] == pytest.approx([-0.02] * 4) and versus["val_accuracy"]["verdict"] == "worse"
+    assert res["arms"]["add"]["val_accuracy"]["mean"] == pytest.approx(0.03)
+    text = cmp.render_markdown({"comparison": res, "command": "c", "reports": [
+        {"label": "add", "path": "add.json", "pair": "p"}, {"label": "stain", "path": "stain.json", "pair": "p"}]})
+    assert text.startswith("# +ADD (add) vs +stain (stain) across reports at N = 100")
+    assert (f"| stain: +stain - add: +ADD | {format_diff(versus['accuracy'])} | {format_diff(versus['f1_macro'])} | "
+            f"{format_diff(versus['val_accuracy'])} | 0 / 3 |") in text
+    # one run without the choosing block's figure: that metric is left out, not half-compared
+    del sanity["curve"]["100"]["arms"]["+stain"]["runs"][2]["val_accuracy"]
+    assert cmp.compare(reports, "100", ["+ADD", "+stain"])["metrics"] == ["accuracy", "f1_macro"]
+    with pytest.raises(ValueError, match="one name or one per report, got 3 for 2"):
+        cmp.compare(reports, "100", ["+ADD", "+stain", "+Mixup"])
+    with pytest.raises(ValueError, match=r"stain.json: no arm '\+ADD'"):
+        cmp.compare(reports, "100", "+ADD")
+    with pytest.raises(SystemExit):
+        cmp.parse_args(["--n", "100", "--arm", "a", "--arm", "b", "--arm", "c", "--report", "x=1", "--report", "y=2"])
+
+
 def test_compare_reports_unpaired_compares_gains_of_reports_whose_real_runs_differ(bench, tmp_path):
     cmp = bench("compare_reports")
     gains_one, gains_two = (0.05, 0.03, 0.06, 0.04), (0.0, -0.01, 0.01, 0.0)
