@@ -123,7 +123,8 @@ def compare(reports: list[tuple[str, dict, Path]], n: str, arm: str | Sequence[s
     Args:
         reports: ``(label, report dict, path)``; the first is the reference.
         n: The N key of the reports (``"100"``).
-        arm: The arm's name in every report, or one name per report (in ``reports``' order).
+        arm: The arm's name in every report (a name, or a list of one), or one name per report (in ``reports``'
+            order).
         baseline: The arm all reports share (``unpaired``: the arm each report has, its runs may differ).
         unpaired: Compare the later reports' gains (arm minus baseline, paired within each report) with the
             first's by Welch's interval instead of per seed; the baselines need not be the same runs.
@@ -142,7 +143,9 @@ def compare(reports: list[tuple[str, dict, Path]], n: str, arm: str | Sequence[s
         ValueError: No seed common to all reports, a missing N/arm, a count of arms that is neither one nor one
             per report, or (paired) baselines that differ.
     """
-    names = [arm] * len(reports) if isinstance(arm, str) else list(arm)
+    names = [arm] if isinstance(arm, str) else list(arm)
+    if len(names) == 1:
+        names *= len(reports)
     if len(names) != len(reports):
         raise ValueError(f"arm: give one name or one per report, got {len(names)} for {len(reports)} reports")
     arm_of = {label: name for (label, _, _), name in zip(reports, names)}
@@ -198,10 +201,10 @@ def render_markdown(res: dict) -> str:
                "each arm is paired with its own report's real runs and the reports' gains are compared unpaired (Welch).")
     else:
         how = f"paired per seed; the `{cmp['baseline']}` runs are the same in every report (test predictions checked seed by seed)."
-    arm_of = cmp.get("arm_of") or {r["label"]: cmp["arm"] for r in res["reports"]}
+    arm_of = cmp["arm_of"]
     several = len(set(arm_of.values())) > 1  # each report's own arm: name it beside the label
     title = " vs ".join(f"{arm_of[r['label']]} ({r['label']})" for r in res["reports"]) if several else cmp["arm"]
-    choosing = CHOOSING in cmp.get("metrics", ())
+    choosing = CHOOSING in cmp["metrics"]
     head, rule = (" choosing block: accuracy |", " --- |") if choosing else ("", "")
 
     def name(label: str) -> str:
@@ -216,7 +219,7 @@ def render_markdown(res: dict) -> str:
              + (" The choosing block: each run's accuracy on the split that tuned the settings (`val_accuracy`)."
                 if choosing else ""),
              "", f"| report | pair | {cmp['baseline']} accuracy (%) | arm accuracy (%) | vs real: accuracy | vs real: macro-F1 |"
-             f"{head.replace(' choosing', ' vs real: choosing')} verdict |",
+             + (" vs real: choosing block: accuracy |" if choosing else "") + " verdict |",
              "| --- | --- | --- | --- | --- | --- |" + rule + " --- |"]
     for rep in res["reports"]:
         label = rep["label"]
@@ -269,7 +272,7 @@ def plot(res: dict, path: Path) -> None:
     ax.axhline(0, color="grey", lw=1)
     ax.set_xticks(range(len(columns)), [name for name, _ in columns], rotation=15, fontsize=8)
     ax.set_ylabel("accuracy difference (points)" + ("; gains compared unpaired" if cmp.get("unpaired") else ", paired"))
-    arms = list(dict.fromkeys((cmp.get("arm_of") or {"": cmp["arm"]}).values()))  # each arm once, in report order
+    arms = list(dict.fromkeys(cmp["arm_of"].values()))  # each arm once, in report order
     ax.set_title(f"{' vs '.join(arms)}, N = {cmp['n']}: per seed (dots), mean and 95 % interval", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -286,8 +289,7 @@ def main(argv=None) -> int:
         except (OSError, json.JSONDecodeError) as err:
             raise SystemExit(f"--report {label}={path}: cannot read a report JSON there ({err})") from None
     try:
-        arms = args.arm[0] if len(args.arm) == 1 else args.arm  # one name for all, or one per report
-        cmp = compare(reports, str(args.n), arms, args.baseline, unpaired=args.unpaired)
+        cmp = compare(reports, str(args.n), args.arm, args.baseline, unpaired=args.unpaired)
     except ValueError as err:
         raise SystemExit(str(err)) from None
     res = {"comparison": cmp, "command": command_line("compare_reports.py", argv),
