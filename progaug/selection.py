@@ -11,23 +11,17 @@ downstream classifier sees, never on validation or test tiles. A progressive ima
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 
 from progaug.config import JsonConfig
+from progaug.replacement import check_probability
 
 __all__ = ["DEFAULT_MARGIN", "SelectiveFilter", "agreement_mask", "calibrated_labels", "fit_teacher", "teacher_probability"]
 
 DEFAULT_MARGIN = 0.5
 """Keep an image when ``|p_teacher(target) - soft label| <= 0.5``: only labels the teacher contradicts
 outright (e.g. labelled 0.9 tumour, judged 0.2) are dropped."""
-
-
-def _check_unit(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
-        raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}")
-    return float(value)
 
 
 def fit_teacher(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 100, seed: int = 0,
@@ -68,9 +62,10 @@ def agreement_mask(soft_labels: torch.Tensor, teacher_p: torch.Tensor, margin: f
     """``(M,)`` bool: True where ``|teacher_p - soft_labels| <= margin`` (the image is kept).
 
     Raises:
+        TypeError: ``margin`` is not a number.
         ValueError: ``margin`` outside ``[0, 1]``, or the two tensors differ in shape.
     """
-    _check_unit("margin", margin)
+    check_probability("margin", margin)
     if soft_labels.shape != teacher_p.shape:
         raise ValueError(f"`soft_labels` {tuple(soft_labels.shape)} and `teacher_p` {tuple(teacher_p.shape)} must have one shape")
     return (teacher_p.float() - soft_labels.float()).abs() <= margin
@@ -80,9 +75,10 @@ def calibrated_labels(soft_labels: torch.Tensor, teacher_p: torch.Tensor, weight
     """Teacher-calibrated soft labels: ``(1 - weight) * soft_labels + weight * teacher_p``, in [0, 1].
 
     Raises:
+        TypeError: ``weight`` is not a number.
         ValueError: ``weight`` outside ``[0, 1]``.
     """
-    w = _check_unit("weight", weight)
+    w = check_probability("weight", weight)
     return ((1 - w) * soft_labels.float() + w * teacher_p.float()).clamp(0, 1)
 
 
@@ -101,9 +97,14 @@ class SelectiveFilter(JsonConfig):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_unit("margin", self.margin)
-        if not isinstance(self.teacher_epochs, int) or isinstance(self.teacher_epochs, bool) or self.teacher_epochs < 1:
-            raise ValueError(f"`teacher_epochs` must be an integer >= 1, got {self.teacher_epochs!r}")
+        check_probability("margin", self.margin)
+        if not isinstance(self.teacher_epochs, int) or isinstance(self.teacher_epochs, bool):
+            kind = type(self.teacher_epochs).__name__
+            raise TypeError(f"`teacher_epochs` must be an integer, got {kind} {self.teacher_epochs!r}")
+        if self.teacher_epochs < 1:
+            raise ValueError(f"`teacher_epochs` must be >= 1, got {self.teacher_epochs}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise TypeError(f"`seed` must be an integer, got {type(self.seed).__name__} {self.seed!r}")
 
     def keep(self, images: torch.Tensor, soft_labels: torch.Tensor, real_images: torch.Tensor, real_labels: torch.Tensor,
              num_classes: int, target_index: int, device: str = "cpu") -> torch.Tensor:

@@ -795,10 +795,29 @@ def test_agreement_mask_and_calibrated_labels():
     assert agreement_mask(soft, teacher, 0.3).tolist() == [True, False, False, True]
     assert torch.allclose(calibrated_labels(soft, teacher, 0.5), (soft + teacher) / 2)
     assert torch.equal(calibrated_labels(soft, teacher, 0.0), soft)
-    with pytest.raises(ValueError, match=r"`margin` must be a number in \[0, 1\], got 2"):
+    with pytest.raises(ValueError, match=r"`margin` must lie in \[0, 1\], got 2"):
         agreement_mask(soft, teacher, 2)
+    with pytest.raises(TypeError, match="`margin` must be a number in \\[0, 1\\], got str '0.5'"):
+        agreement_mask(soft, teacher, "0.5")
+    with pytest.raises(ValueError, match=r"`weight` must lie in \[0, 1\], got nan"):
+        calibrated_labels(soft, teacher, float("nan"))
     with pytest.raises(ValueError, match="must have one shape"):
         agreement_mask(soft, teacher[:2])
+
+
+def test_selective_filter_validates_its_fields():
+    from progaug.selection import SelectiveFilter
+
+    chosen = SelectiveFilter(margin=0.25, teacher_epochs=3, seed=7)
+    assert SelectiveFilter.from_json(chosen.to_json()) == chosen != SelectiveFilter()
+    with pytest.raises(ValueError, match=r"`margin` must lie in \[0, 1\], got 1.5"):
+        SelectiveFilter(margin=1.5)
+    with pytest.raises(TypeError, match="`teacher_epochs` must be an integer, got float 2.0"):
+        SelectiveFilter(teacher_epochs=2.0)
+    with pytest.raises(ValueError, match="`teacher_epochs` must be >= 1, got 0"):
+        SelectiveFilter(teacher_epochs=0)
+    with pytest.raises(TypeError, match="`seed` must be an integer, got str '1'"):
+        SelectiveFilter(seed="1")
 
 
 def test_make_sets_generates_only_the_needed_tiles_and_reuses_them(tmp_path, capsys):
