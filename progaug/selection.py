@@ -15,6 +15,7 @@ import dataclasses
 import torch
 
 from progaug.config import JsonConfig
+from progaug.errors import check_int
 from progaug.replacement import check_probability
 
 __all__ = ["DEFAULT_MARGIN", "SelectiveFilter", "agreement_mask", "calibrated_labels", "fit_teacher", "teacher_probability"]
@@ -98,13 +99,8 @@ class SelectiveFilter(JsonConfig):
 
     def __post_init__(self) -> None:
         check_probability("margin", self.margin)
-        if not isinstance(self.teacher_epochs, int) or isinstance(self.teacher_epochs, bool):
-            kind = type(self.teacher_epochs).__name__
-            raise TypeError(f"`teacher_epochs` must be an integer, got {kind} {self.teacher_epochs!r}")
-        if self.teacher_epochs < 1:
-            raise ValueError(f"`teacher_epochs` must be >= 1, got {self.teacher_epochs}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise TypeError(f"`seed` must be an integer, got {type(self.seed).__name__} {self.seed!r}")
+        check_int("teacher_epochs", self.teacher_epochs, low=1)
+        check_int("seed", self.seed, low=0)
 
     def keep(self, images: torch.Tensor, soft_labels: torch.Tensor, real_images: torch.Tensor, real_labels: torch.Tensor,
              num_classes: int, target_index: int, device: str = "cpu") -> torch.Tensor:

@@ -134,8 +134,14 @@ def test_recipe_and_spec_validate_their_settings():
         Recipe(stain_sigma=-0.1)
     with pytest.raises(ValueError, match="`classifier` must be one of"):
         TrainSpec(classifier="resnet")
-    with pytest.raises(ValueError, match="`epochs` must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="`epochs` must be >= 1, got 0"):
         TrainSpec(epochs=0)
+    with pytest.raises(TypeError, match="`batch_size` must be an int, got float 32.0"):
+        TrainSpec(batch_size=32.0)
+    with pytest.raises(TypeError, match="`mixup_alpha` must be a number, got str '0.4'"):
+        Recipe(mixup_alpha="0.4")
+    with pytest.raises(ValueError, match="`mixup_alpha` must be a number >= 0, got inf"):
+        Recipe(mixup_alpha=float("inf"))
     assert TrainSpec(epochs=3, batch_size=32).steps(50) == 6 and Recipe.from_json(Recipe(mixup_alpha=0.4).to_json()) == Recipe(mixup_alpha=0.4)
 
 
@@ -320,6 +326,10 @@ def test_generation_settings_bf16_is_automatic_and_checked(monkeypatch):
     assert GenerationSettings(bf16=False).resolved("cpu").bf16 is False
     with pytest.raises(TypeError, match="`bf16` must be True, False or None"):
         GenerationSettings(bf16="yes")
+    with pytest.raises(ValueError, match="`steps` must be >= 1, got 0"):
+        GenerationSettings(steps=0)
+    with pytest.raises(TypeError, match="`max_batch` must be an int, got str '8'"):
+        GenerationSettings(max_batch="8")
 
 
 def test_arm_knobs():
@@ -648,7 +658,7 @@ def test_workers_train_side_by_side_and_give_the_same_figures(monkeypatch):
     assert teachers == 3 and len(kept) == planned_runs(cfg, arms) - teachers  # a resumed run trains no teacher
     assert all("kept from an earlier run" in line for line in kept)
     assert results[1]["config"]["workers"] == 2
-    with pytest.raises(ValueError, match="`workers` must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="`workers` must be >= 1, got 0"):
         ProtocolConfig(workers=0)
 
 
@@ -812,11 +822,11 @@ def test_selective_filter_validates_its_fields():
     assert SelectiveFilter.from_json(chosen.to_json()) == chosen != SelectiveFilter()
     with pytest.raises(ValueError, match=r"`margin` must lie in \[0, 1\], got 1.5"):
         SelectiveFilter(margin=1.5)
-    with pytest.raises(TypeError, match="`teacher_epochs` must be an integer, got float 2.0"):
+    with pytest.raises(TypeError, match="`teacher_epochs` must be an int, got float 2.0"):
         SelectiveFilter(teacher_epochs=2.0)
     with pytest.raises(ValueError, match="`teacher_epochs` must be >= 1, got 0"):
         SelectiveFilter(teacher_epochs=0)
-    with pytest.raises(TypeError, match="`seed` must be an integer, got str '1'"):
+    with pytest.raises(TypeError, match="`seed` must be an int, got str '1'"):
         SelectiveFilter(seed="1")
 
 

@@ -38,7 +38,13 @@ def test_strength_grows_with_sigma():
     assert 0 < light < strong
 
 
-@pytest.mark.parametrize("sigma", [-0.1, "0.05", True])
+@pytest.mark.parametrize("sigma", [-0.1, float("nan"), float("inf")])
 def test_bad_sigma(sigma):
     with pytest.raises(ValueError, match="`sigma` must be a number >= 0"):
+        hed_jitter(tiles(), sigma)
+
+
+@pytest.mark.parametrize("sigma", ["0.05", True, None])
+def test_sigma_of_the_wrong_type(sigma):
+    with pytest.raises(TypeError, match="`sigma` must be a number, got"):
         hed_jitter(tiles(), sigma)

@@ -18,6 +18,7 @@ import torch
 
 from progaug.config import JsonConfig, setting
 from progaug.data.tiles import TileSet
+from progaug.errors import check_int
 from progaug.evaluation import generated
 from progaug.generator import GenerationConfig, parse_variant
 from progaug.evaluation.arms import Arm
@@ -47,9 +48,7 @@ class GenerationSettings(JsonConfig):
 
     def __post_init__(self) -> None:
         for name in ("steps", "num_levels", "max_batch"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+            check_int(name, getattr(self, name), low=1)
         check_bf16(self.bf16)
 
     def resolved(self, device: str) -> GenerationSettings:

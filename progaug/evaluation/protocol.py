@@ -131,8 +131,7 @@ class ProtocolConfig(JsonConfig):
             raise ValueError(f"`plateau_pick` must be one of {PLATEAU_PICKS}, got {self.plateau_pick!r}")
         if self.budget_doublings < 0:
             raise ValueError(f"`budget_doublings` must be >= 0, got {self.budget_doublings}")
-        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
-            raise ValueError(f"`workers` must be an integer >= 1, got {self.workers!r}")
+        check_int("workers", self.workers, low=1)
         object.__setattr__(self, "device", device_setting("device", self.device, required=True))
         object.__setattr__(self, "train_channels_last", self.resolved_channels_last())
         object.__setattr__(self, "train_bf16", self.resolved_bf16())

@@ -11,7 +11,11 @@ shifted by ``beta ~ U[-sigma, sigma]`` (one draw per image and stain), and the r
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from progaug.errors import check_number
 
 __all__ = ["HED_FROM_RGB", "RGB_FROM_HED", "hed_jitter", "hed_to_rgb", "rgb_to_hed"]
 
@@ -55,8 +59,12 @@ def hed_jitter(rgb: torch.Tensor, sigma: float, generator: torch.Generator | Non
 
     Returns:
         ``(N, 3, H, W)`` float images in [0, 1], same dtype and device.
+
+    Raises:
+        TypeError: ``sigma`` is not a number.
+        ValueError: ``sigma`` is negative or not finite.
     """
-    if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or sigma < 0:
+    if check_number("sigma", sigma) < 0 or not math.isfinite(sigma):
         raise ValueError(f"`sigma` must be a number >= 0, got {sigma!r}")
     if sigma == 0:
         return rgb

@@ -19,6 +19,7 @@ import torch
 
 from progaug.config import JsonConfig, config_to_dict_without_defaults, setting
 from progaug.data.tiles import dihedral
+from progaug.errors import check_int, check_number
 from progaug.evaluation.classifiers import CLASSIFIERS, make_classifier, normalise
 from progaug.evaluation.stain import hed_jitter
 from progaug.losses import SoftLabelCrossEntropy
@@ -65,8 +66,8 @@ class Recipe(JsonConfig):
     def __post_init__(self) -> None:
         check_probability("replace_prob", self.replace_prob)
         for name in ("stain_sigma", "mixup_alpha"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            value = check_number(name, getattr(self, name))
+            if not math.isfinite(value) or value < 0:
                 raise ValueError(f"`{name}` must be a number >= 0, got {value!r}")
 
 
@@ -112,9 +113,7 @@ class TrainSpec(JsonConfig):
         if self.classifier not in CLASSIFIERS:
             raise ValueError(f"`classifier` must be one of {CLASSIFIERS}, got {self.classifier!r}")
         for name in ("epochs", "batch_size", "eval_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+            check_int(name, getattr(self, name), low=1)
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise ValueError(f"`lr` must be > 0, got {self.lr}")
         for name in ("channels_last", "bf16"):
