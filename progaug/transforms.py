@@ -91,12 +91,13 @@ class ProgressiveDiffusionAugment(v2.Transform):
         p: Probability that a source-class image is transformed.
         level_range: ``(low, high)`` in (0, 1]: each transformed image asks for a level drawn uniformly
             from it (the depth is then chosen adaptively and the label *reached* is returned).
-        levels: Fixed levels to draw from instead of ``level_range``.
+        levels: Fixed levels to draw from instead of ``level_range`` (a list, tuple, 1-D tensor or array).
         num_classes: ``K``, the width of the label rows.
         direction: ``(source, target)``: the indices of class A (the pair's source class) and class B in
             the classifier's classes.
-        normalize: ``(mean, std)``, 3 values each, of floating batches that arrive normalised (undone
-            before and redone after); uint8 images are 0..255 and never normalised.
+        normalize: ``(mean, std)``, 3 values each (lists, tuples, tensors or arrays), of floating batches
+            that arrive normalised (undone before and redone after); uint8 images are 0..255 and never
+            normalised.
         generation: Steps (default: the pair's ``diffusion.sampling_steps``), label measure, radius, rows
             per U-Net call (default automatic), bf16 (default: where the device computes it natively),
             the device the U-Nets run on (default: the batch's) and where the soft labels come from (default
@@ -280,6 +281,33 @@ class ProgressiveDiffusionAugment(v2.Transform):
                 f"classes=({self.source_class} -> {self.target_class} of {self.num_classes})")
 
 
+def _check_pair(name: str, value: Any, what: str) -> tuple[Any, Any]:
+    """``value`` as a 2-tuple.
+
+    Raises:
+        TypeError: ``value`` is not a tuple or list.
+        ValueError: It does not hold two entries.
+    """
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(f"`{name}` must be a pair {what}, got {type(value).__name__} {value!r}")
+    if len(value) != 2:
+        raise ValueError(f"`{name}` must be a pair {what}, got {value!r}")
+    return value[0], value[1]
+
+
+def _as_list(name: str, value: Any, what: str) -> list[Any]:
+    """A tuple, list, tensor or numpy array as a list of Python scalars.
+
+    Raises:
+        TypeError: ``value`` is none of those.
+    """
+    if hasattr(value, "tolist") and hasattr(value, "ndim"):  # a tensor or a numpy array
+        value = value.tolist()
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(f"`{name}` must be {what}, got {type(value).__name__} {value!r}")
+    return list(value)
+
+
 def _check_level_choice(level_range: Any, levels: Any) -> tuple[tuple[float, float], list[float] | None]:
     """``level_range`` as ``(low, high)`` with ``0 < low <= high <= 1`` and ``levels`` as a list of values in
     (0, 1] (or None).
@@ -287,16 +315,14 @@ def _check_level_choice(level_range: Any, levels: Any) -> tuple[tuple[float, flo
     Raises:
         TypeError, ValueError: Naming the argument.
     """
-    if not isinstance(level_range, (tuple, list)) or len(level_range) != 2:
-        raise ValueError(f"`level_range` must be a pair (low, high), got {level_range!r}")
-    low, high = (check_number("level_range", v) for v in level_range)
+    low, high = (check_number("level_range", v) for v in _check_pair("level_range", level_range, "(low, high)"))
     if not 0.0 < low <= high <= 1.0:
         raise ValueError(f"`level_range` must satisfy 0 < low <= high <= 1, got {level_range!r}")
     if levels is not None:
-        levels = [float(v) for v in levels]
+        levels = [check_number("levels", v) for v in _as_list("levels", levels, "a list of values in (0, 1]")]
         if not levels or not all(0.0 < v <= 1.0 for v in levels):
             raise ValueError(f"`levels` must be non-empty values in (0, 1], got {levels!r}")
-    return (float(low), float(high)), levels
+    return (low, high), levels
 
 
 def _check_direction(direction: Any, num_classes: int) -> tuple[int, int]:
@@ -305,27 +331,29 @@ def _check_direction(direction: Any, num_classes: int) -> tuple[int, int]:
     Raises:
         TypeError, ValueError: Naming ``direction``.
     """
-    if not isinstance(direction, (tuple, list)) or len(direction) != 2:
-        raise ValueError(f"`direction` must be a pair (source class index, target class index), got {direction!r}")
-    for idx in direction:
+    pair = _check_pair("direction", direction, "(source class index, target class index)")
+    for idx in pair:
         if check_int("direction", idx, low=0) >= num_classes:
             raise ValueError(f"`direction` entries must be ints in [0, {num_classes}), got {direction!r}")
-    if direction[0] == direction[1]:
+    if pair[0] == pair[1]:
         raise ValueError(f"`direction` must name two different classes, got {direction!r}")
-    return int(direction[0]), int(direction[1])
+    return int(pair[0]), int(pair[1])
 
 
 def _check_normalize(normalize: Any) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
     """``(mean, std)`` of 3 finite values each, std positive, or None.
 
     Raises:
-        ValueError: Naming ``normalize``.
+        TypeError: ``normalize`` or one of its parts is not a tuple or list, or holds a non-number.
+        ValueError: Wrong lengths, non-finite values or a std that is not positive; naming ``normalize``.
     """
     if normalize is None:
         return None, None
-    if not isinstance(normalize, (tuple, list)) or len(normalize) != 2 or any(len(v) != 3 for v in normalize):
-        raise ValueError(f"`normalize` must be (mean, std), 3 values each, got {normalize!r}")
-    mean, std = (tuple(float(v) for v in part) for part in normalize)
+    what = "(mean, std), 3 values each"
+    parts = [_as_list("normalize", part, what) for part in _check_pair("normalize", normalize, what)]
+    if any(len(part) != 3 for part in parts):
+        raise ValueError(f"`normalize` must be {what}, got {normalize!r}")
+    mean, std = (tuple(check_number("normalize", v) for v in part) for part in parts)
     if not all(math.isfinite(v) for v in (*mean, *std)):
         raise ValueError(f"`normalize` must hold finite numbers, got {normalize!r}")
     if any(v <= 0 for v in std):

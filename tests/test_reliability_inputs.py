@@ -282,11 +282,14 @@ class TestTransformArguments:
         ({"normalize": ((NAN, 0.5, 0.5), (0.2, 0.2, 0.2))}, r"`normalize` must hold finite numbers, got \(\(nan, 0.5, 0.5\)"),
         ({"normalize": ((0.5, 0.5, 0.5), (0.2, float("inf"), 0.2))}, r"`normalize` must hold finite numbers"),
         ({"level_range": (0.1, 0.5, 1.0)}, r"`level_range` must be a pair \(low, high\), got \(0.1, 0.5, 1.0\)"),
-        ({"level_range": 0.5}, r"`level_range` must be a pair \(low, high\), got 0.5"),
     ])
     def test_refused_at_construction(self, pair_dir, kwargs, match):
         with pytest.raises(ValueError, match=match):
             make(pair_dir, **kwargs)
+
+    def test_a_scalar_where_a_pair_belongs_is_a_type_error(self, pair_dir):
+        with pytest.raises(TypeError, match=r"`level_range` must be a pair \(low, high\), got float 0.5"):
+            make(pair_dir, level_range=0.5)
 
     def test_precompute_radius_checked_in_its_config(self):
         from progaug.precomputation import PrecomputeConfig

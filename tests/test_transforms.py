@@ -38,8 +38,15 @@ class TestConstruction:
             (dict(steps=0), ValueError, "`steps` must be >= 1, got 0"),
             (dict(direction=(2, 1)), ValueError, r"`direction` entries must be ints in \[0, 2\), got \(2, 1\)"),
             (dict(direction=(0, 0)), ValueError, "`direction` must name two different classes"),
-            (dict(direction=0), ValueError, "`direction` must be a pair"),
-            (dict(normalize=((0.5, 0.5, 0.5),)), ValueError, r"`normalize` must be \(mean, std\), 3 values each"),
+            (dict(direction=0), TypeError, r"`direction` must be a pair \(source class index, target class index\), got int 0"),
+            (dict(direction=(0, 1, 1)), ValueError, r"`direction` must be a pair .*, got \(0, 1, 1\)"),
+            (dict(levels=0.5), TypeError, r"`levels` must be a list of values in \(0, 1\], got float 0.5"),
+            (dict(levels=["0.5"]), TypeError, "`levels` must be a number, got str '0.5'"),
+            (dict(levels=[0.5, float("nan")]), ValueError, r"`levels` must be non-empty values in \(0, 1\]"),
+            (dict(normalize=((0.5, 0.5, 0.5),)), ValueError, r"`normalize` must be a pair \(mean, std\), 3 values each"),
+            (dict(normalize=(0.5, 0.2)), TypeError, r"`normalize` must be \(mean, std\), 3 values each, got float 0.5"),
+            (dict(normalize=((0.5, 0.5), (0.2, 0.2))), ValueError, r"`normalize` must be \(mean, std\), 3 values each, got"),
+            (dict(normalize=((0.5, 0.5, "x"), (0.2, 0.2, 0.2))), TypeError, "`normalize` must be a number, got str 'x'"),
             (dict(normalize=((0.5, 0.5, 0.5), (0.2, 0.0, 0.2))), ValueError, "`normalize` std must be positive"),
             (dict(max_batch=2.0), TypeError, "`max_batch` must be an int"),
             (dict(p=True), TypeError, "`p` must be a number, got bool True"),
@@ -50,6 +57,13 @@ class TestConstruction:
     def test_bad_arguments(self, pair_dir, kw, exc, match):
         with pytest.raises(exc, match=match):
             make(pair_dir, **kw)
+
+    def test_levels_and_normalize_take_tensors_and_arrays(self, pair_dir):
+        import numpy as np
+
+        t = make(pair_dir, levels=torch.tensor([0.5, 1.0]), normalize=(np.full(3, 0.5, dtype=np.float32), [0.25] * 3))
+        assert t.levels == [0.5, 1.0] and t.mean == (0.5, 0.5, 0.5) and t.std == (0.25, 0.25, 0.25)
+        assert all(type(v) is float for v in (*t.levels, *t.mean, *t.std))
 
     def test_bad_pair_type(self):
         with pytest.raises(TypeError, match="`pair` must be a name, folder, URL or Pair"):
