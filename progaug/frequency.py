@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from progaug.errors import check_levels
+from progaug.errors import check_int, check_levels
 
 __all__ = [
     "DEFAULT_RADIUS",
@@ -123,9 +123,13 @@ def soft_labels(amplitudes: torch.Tensor) -> torch.Tensor:
 
 
 def default_levels(count: int = 10) -> torch.Tensor:
-    """``count`` soft-label levels evenly spaced in (0, 1]: ``1/count, 2/count, ..., 1``."""
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"`count` must be a positive int, got {count!r}")
+    """``count`` soft-label levels evenly spaced in (0, 1]: ``1/count, 2/count, ..., 1``.
+
+    Raises:
+        TypeError: ``count`` is not an int.
+        ValueError: ``count`` < 1.
+    """
+    check_int("count", count, low=1)
     return torch.arange(1, count + 1, dtype=torch.float64) / count
 
 

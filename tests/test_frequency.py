@@ -116,6 +116,13 @@ class TestAdaptiveDepths:
         with pytest.raises(ValueError, match=match):
             adaptive_depths(torch.linspace(0, 1, 11)[None], levels)
 
+    def test_default_levels(self):
+        assert default_levels(4).tolist() == [0.25, 0.5, 0.75, 1.0] and default_levels(4).dtype == torch.float64
+        with pytest.raises(ValueError, match="`count` must be >= 1, got 0"):
+            default_levels(0)
+        with pytest.raises(TypeError, match="`count` must be an int, got float 10.0"):
+            default_levels(10.0)
+
 
 class TestDepthForLabel:
     def test_inverse_use(self):
