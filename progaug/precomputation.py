@@ -207,6 +207,7 @@ def precompute(
         The output folder.
 
     Raises:
+        TypeError: ``sources`` is not a tensor.
         ValueError: Empty or wrongly shaped sources, or ``--resume`` with other settings.
         FileExistsError: ``out`` holds a run and ``resume`` is False.
     """
@@ -293,8 +294,10 @@ def _resolve_batches(config: PrecomputeConfig, out: Path, pair: Pair, device, re
 
 
 def _check_sources(sources: torch.Tensor, names, size: int) -> None:
-    if not isinstance(sources, torch.Tensor) or sources.dtype != torch.uint8 or sources.ndim != 4 or sources.shape[1] != 3:
-        raise ValueError(f"`sources` must be (N, 3, S, S) uint8 tiles, got {getattr(sources, 'shape', type(sources))}")
+    if not isinstance(sources, torch.Tensor):
+        raise TypeError(f"`sources` must be a torch.Tensor of (N, 3, S, S) uint8 tiles, got {type(sources).__name__}")
+    if sources.dtype != torch.uint8 or sources.ndim != 4 or sources.shape[1] != 3:
+        raise ValueError(f"`sources` must be (N, 3, S, S) uint8 tiles, got {tuple(sources.shape)} {sources.dtype}")
     if sources.shape[0] == 0:
         raise ValueError("`sources` is empty: no source-class image to start from")
     if tuple(sources.shape[-2:]) != (size, size):

@@ -93,6 +93,10 @@ class TestPrecompute:
             run(pair_dir, tmp_path / "other")
         with pytest.raises(ValueError, match="`sources` is empty"):
             precompute(load_pair(pair_dir), torch.zeros(0, 3, 32, 32, dtype=torch.uint8), [], tmp_path / "e", PrecomputeConfig(**CFG))
+        with pytest.raises(TypeError, match=r"`sources` must be a torch.Tensor of \(N, 3, S, S\) uint8 tiles, got list"):
+            precompute(load_pair(pair_dir), [[0]], ["a"], tmp_path / "e", PrecomputeConfig(**CFG))
+        with pytest.raises(ValueError, match=r"`sources` must be \(N, 3, S, S\) uint8 tiles, got \(2, 3, 32, 32\) torch.float32"):
+            precompute(load_pair(pair_dir), random_tiles(2, size=32).float(), ["a", "b"], tmp_path / "e", PrecomputeConfig(**CFG))
         with pytest.raises(ValueError, match="must be 32x32 tiles"):
             precompute(load_pair(pair_dir), random_tiles(2, size=64), ["a", "b"], tmp_path / "e", PrecomputeConfig(**CFG))
         with pytest.raises(ValueError, match="`num_levels` 10 exceeds `steps` 6"):
