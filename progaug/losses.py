@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from progaug.errors import check_int
+from progaug.errors import check_int, check_number
 
 __all__ = [
     "BinarySoftTargetLoss",
@@ -212,8 +212,12 @@ def smooth_soft_targets(rows: torch.Tensor, smoothing: float) -> torch.Tensor:
 
     For hard one-hot rows this equals timm's / torch's label smoothing; for two classes and 0.1 it is
     ``row * 0.9 + 0.05``.
+
+    Raises:
+        TypeError: ``smoothing`` is not a number.
+        ValueError: ``smoothing`` outside ``[0, 1)`` (NaN included).
     """
-    if not 0.0 <= float(smoothing) < 1.0:
+    if not 0.0 <= check_number("smoothing", smoothing) < 1.0:
         raise ValueError(f"`smoothing` must be in [0, 1), got {smoothing!r}")
     return rows * (1.0 - smoothing) + smoothing / rows.shape[-1]
 

@@ -63,6 +63,10 @@ class TestConversions:
             soft_label_to_row(torch.tensor([float("nan")]), 0, 1, 2)
         with pytest.raises(ValueError, match=r"`smoothing` must be in \[0, 1\)"):
             SoftLabelCrossEntropy(smoothing=1.0)
+        with pytest.raises(ValueError, match=r"`smoothing` must be in \[0, 1\), got nan"):
+            BinarySoftTargetLoss(smoothing=float("nan"))
+        with pytest.raises(TypeError, match="`smoothing` must be a number, got str '0.1'"):
+            SoftLabelCrossEntropy(smoothing="0.1")
 
 
 class TestSoftLabelCrossEntropy:
