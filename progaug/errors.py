@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -85,14 +86,18 @@ def check_int(name: str, value: object, *, low: int = 1, high: int | None = None
 
 
 
-def check_number(name: str, value: object) -> float:
-    """Return ``value`` as a float if it is a real number (int or float, not a bool).
+def check_number(name: str, value: object, *, low: float | None = None) -> float:
+    """Return ``value`` as a float if it is a real number (int or float, not a bool), and, with ``low``
+    given, a finite one ``>= low``.
 
     Raises:
         TypeError: Not a real number.
+        ValueError: ``low`` given and the number is below it, NaN or infinite.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`{name}` must be a number, got {type(value).__name__} {value!r}")
+    if low is not None and not (math.isfinite(value) and value >= low):
+        raise ValueError(f"`{name}` must be a number >= {low}, got {value!r}")
     return float(value)
 
 

@@ -11,8 +11,6 @@ shifted by ``beta ~ U[-sigma, sigma]`` (one draw per image and stain), and the r
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from progaug.errors import check_number
@@ -64,8 +62,7 @@ def hed_jitter(rgb: torch.Tensor, sigma: float, generator: torch.Generator | Non
         TypeError: ``sigma`` is not a number.
         ValueError: ``sigma`` is negative or not finite.
     """
-    if check_number("sigma", sigma) < 0 or not math.isfinite(sigma):
-        raise ValueError(f"`sigma` must be a number >= 0, got {sigma!r}")
+    check_number("sigma", sigma, low=0)
     if sigma == 0:
         return rgb
     n = rgb.shape[0]

@@ -66,9 +66,7 @@ class Recipe(JsonConfig):
     def __post_init__(self) -> None:
         check_probability("replace_prob", self.replace_prob)
         for name in ("stain_sigma", "mixup_alpha"):
-            value = check_number(name, getattr(self, name))
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"`{name}` must be a number >= 0, got {value!r}")
+            check_number(name, getattr(self, name), low=0)
 
 
 CHECKPOINTS = ("best", "last")
