@@ -102,7 +102,8 @@ def run_precompute(pair: str, n: int, device: str, flags: list[str], out: Path, 
     wall = time.perf_counter() - began
     manifest = json.loads((out / "manifest.json").read_text())
     ex = manifest["execution"]
-    rows = list(csv.DictReader(open(out / "labels.csv")))
+    with open(out / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
     config = manifest["settings"]["config"]
     per_source = inversion_evaluations(config.get("measure", LEGACY_MEASURE), config["steps"])
     groups = [rows[i : i + config["num_levels"]] for i in range(0, len(rows), config["num_levels"])]
