@@ -33,7 +33,7 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load_data(args: argparse.Namespace, split: str = "train"):
-    """Tiles, class names and a description for the card."""
+    """Tiles, class names and a description for the card (name, split, counts, each tile's content digest)."""
     from progaug.data import TileSpec, folder_tiles, hgsc_tiles
 
     if not 32 <= args.tile_size <= 256:  # before any image is read
@@ -46,10 +46,11 @@ def _load_data(args: argparse.Namespace, split: str = "train"):
                              f"(root/<class>/*.png)")
         spec = TileSpec(tile_size=args.tile_size, stride=args.tile_size // 2)
         tiles = hgsc_tiles(split, spec)
-        info = {"name": "hgsc", "split": split, "spec": spec.to_dict(), "counts": tiles.counts()}
+        info = {"name": "hgsc", "split": split, "spec": spec.to_dict(), "counts": tiles.counts(), "digests": tiles.digests_by_class()}
     else:
         tiles = folder_tiles(args.data, tile_size=args.tile_size)
-        info = {"name": str(Path(args.data).resolve()), "split": "all", "tile_size": args.tile_size, "counts": tiles.counts()}
+        info = {"name": str(Path(args.data).resolve()), "split": "all", "tile_size": args.tile_size, "counts": tiles.counts(),
+                "digests": tiles.digests_by_class()}
     if len(tiles.classes) < 2:
         raise ValueError(f"--data {args.data} holds one class folder ({tiles.classes[0]!r}); a pair needs two: "
                          f"root/<class A>/*.png and root/<class B>/*.png")

@@ -31,6 +31,9 @@ def test_train_precompute_progressive(folder, tmp_path, capsys):
     assert card["direction"] == {"source_class": "normal", "target_class": "tumour"}
     assert card["source"]["config"]["model_channels"] == 16 and card["target"]["attention"] == "local"
     assert card["command"] == " ".join(["progaug", *train])
+    from progaug.data import folder_tiles
+
+    assert card["data"]["digests"] == folder_tiles(str(folder), tile_size=32).digests_by_class()  # what `leak` compares
 
     cache = tmp_path / "cache"
     assert main(["precompute", "--pair", str(pair), "--source", str(folder / "normal"), "--n", "4", "--num-levels", "2",

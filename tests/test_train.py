@@ -91,6 +91,23 @@ class TestTrainPair:
             legacy_run(out, 3, resume=True, group_channels=4)
         assert load_pair_dir(legacy_run(out, 3, resume=True)).card["training"]["steps_done"] == 3
 
+    def test_resume_checks_the_tiles_digests_where_recorded(self, tmp_path):
+        def digest_run(out, steps, digests, resume=False):
+            data = {"counts": {"a": 6, "b": 6}, **({"digests": digests} if digests is not None else {})}
+            return train_pair(toy_tiles(), out, PairSpec("a", "b", source_model=tiny_config("global")),
+                              TrainConfig(train_steps=steps, **FAST), resume=resume, device="cpu", progress=False,
+                              provenance={"command": "test", "data": data})
+
+        same = toy_tiles().digests_by_class()
+        digest_run(tmp_path / "p", 2, same)
+        other = {**same, "a": sorted(["0" * 16, *same["a"][1:]])}
+        with pytest.raises(ValueError, match=r"another configuration.*digests"):
+            digest_run(tmp_path / "p", 3, other, resume=True)
+        assert load_pair_dir(digest_run(tmp_path / "p", 3, same, resume=True)).card["data"]["digests"] == same
+        # a state from before cards recorded digests resumes with them
+        digest_run(tmp_path / "q", 2, None)
+        assert load_pair_dir(digest_run(tmp_path / "q", 3, same, resume=True)).card["data"]["digests"] == same
+
     def test_existing_checkpoint_needs_resume(self, tmp_path):
         run(tmp_path / "p", 2)
         with pytest.raises(FileExistsError, match="pass --resume"):

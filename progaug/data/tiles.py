@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["TileDataset", "TileSet", "dihedral", "to_model_range", "to_uint8"]
+__all__ = ["TileDataset", "TileSet", "dihedral", "tile_digest", "to_model_range", "to_uint8"]
 
 
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
@@ -26,6 +27,25 @@ def dihedral(x: torch.Tensor, op: int) -> torch.Tensor:
     ``op % 4`` quarter turns (tissue has no orientation)."""
     y = x.flip(-1) if op >= 4 else x
     return torch.rot90(y, op % 4, dims=(-2, -1))
+
+
+def tile_digest(image: torch.Tensor) -> str:
+    """A tile's content fingerprint: the first 16 hex digits of the sha256 of its size and uint8 pixels.
+
+    Equal for the same pixels whatever the file's name, folder or PNG encoding, so a pair card can record the tiles
+    a pair saw and an evaluation can find them among its splits (:func:`progaug.evaluation.pipeline.leak`).
+
+    Args:
+        image: ``(3, S, S)`` uint8 tile.
+
+    Returns:
+        16 lowercase hex digits.
+    """
+    if image.dtype != torch.uint8 or image.ndim != 3:
+        raise ValueError(f"`image` must be a (3, S, S) uint8 tile, got {tuple(image.shape)} {image.dtype}")
+    h = hashlib.sha256(f"{tuple(image.shape)}".encode())
+    h.update(image.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +94,15 @@ class TileSet:
     def counts(self) -> dict[str, int]:
         """Number of tiles per class."""
         return {c: int((self.labels == i).sum()) for i, c in enumerate(self.classes)}
+
+    def digests(self) -> tuple[str, ...]:
+        """:func:`tile_digest` of every tile, in order."""
+        return tuple(tile_digest(image) for image in self.images)
+
+    def digests_by_class(self) -> dict[str, list[str]]:
+        """``{class: sorted digests of its tiles}``, the form a pair card records (``data.digests``)."""
+        digests = self.digests()
+        return {c: sorted(d for d, label in zip(digests, self.labels.tolist()) if label == i) for i, c in enumerate(self.classes)}
 
 
 class TileDataset(Dataset):

@@ -151,16 +151,58 @@ def pair_training(pair) -> dict:
     return {k: training.get(k) for k in ("steps_done", "wall_time_s", "device")}
 
 
-def leak(pair, data: str, n: int | None, counts: dict[str, int]) -> str:
-    """How the pair's training data relates to the classifier's N tiles per class (a sentence)."""
+def leak(pair, data: str, n: int | None, splits: dict[str, TileSet], subset_seed: int | None = None) -> str:
+    """How the pair's training tiles relate to the classifier's N tiles per class and to the held-out splits (a sentence).
+
+    A card that records its tiles' content digests (``data.digests``, written by ``progaug train``) is compared by
+    pixel content (:func:`progaug.data.tiles.tile_digest`), whatever the folders are called: a pair that saw any
+    validation or test tile is reported as contaminating the run. Older cards are compared by the data's name.
+
+    Args:
+        pair: The loaded pair (its ``card["data"]``).
+        data: The run's data name (``hgsc`` or a folder).
+        n: Tiles per class the classifier sees (None: all).
+        splits: The run's ``train``, ``val`` and ``test`` tiles.
+        subset_seed: The one subset every run trains on, where fixed (then its tiles are compared exactly).
+    """
     card = pair.card.get("data", {})
-    seen = card.get("counts")
+    if isinstance(card.get("digests"), dict) and card["digests"]:
+        return _leak_by_content({d for ds in card["digests"].values() for d in ds}, n, splits, subset_seed)
+    seen, counts = card.get("counts"), splits["train"].counts()
     if card.get("name") != data or card.get("split") != "train" or not seen:
         return f"unknown: the pair card names its data as {card.get('name')!r}, this run uses {data!r}"
     if n is None or all(n >= counts.get(c, 0) for c in seen):
         return "none: the pair saw exactly the classifier's training tiles"
     return (f"the pair was trained on {seen} training tiles, the classifier sees {min(n, min(counts.values()))} per class: "
             f"the generated arms hold information from tiles the real arms never see; compare them with each other")
+
+
+def _leak_by_content(seen: set[str], n: int | None, splits: dict[str, TileSet], subset_seed: int | None) -> str:
+    """:func:`leak` for a card with tile digests: ``seen`` against the digests of the run's splits."""
+    from progaug.evaluation.protocol import real_subset
+
+    held = {s: len(seen.intersection(splits[s].digests())) for s in ("val", "test") if s in splits}
+    if any(held.values()):
+        return (f"CONTAMINATED: the pair was trained on {held.get('val', 0)} validation and {held.get('test', 0)} test tiles "
+                f"(same pixels); the generated arms carry them into training, so their held-out scores cannot be trusted: "
+                f"train the pair on the training split only")
+    train = splits["train"]
+    digests = train.digests()
+    in_train = seen.intersection(digests)
+    elsewhere = len(seen) - len(in_train)
+    counts = train.counts()
+    if n is not None and any(n < k for k in counts.values()) and subset_seed is None:
+        return (f"the pair saw {len(in_train)} of the training split's {len(train)} tiles and {elsewhere} tiles from outside "
+                f"this data; each seed's classifier sees {min(n, min(counts.values()))} per class: the generated arms hold "
+                f"information from tiles the real arms never see; compare them with each other")
+    chosen = real_subset(train, subset_seed or 0, n)[1]
+    classifier = {digests[int(i)] for index in chosen.values() for i in index}
+    beyond = len(in_train - classifier)
+    if beyond == 0 and elsewhere == 0:
+        return (f"none: every tile the pair saw ({len(seen)}) is one the classifier trains on (compared by pixel content)")
+    return (f"the pair saw {beyond + elsewhere} tiles the classifier never sees ({beyond} of the training split, {elsewhere} "
+            f"from outside this data; compared by pixel content): the generated arms hold information from tiles the "
+            f"real arms never see; compare them with each other")
 
 
 class RunLog(dict):
@@ -286,9 +328,8 @@ def evaluate_pair(pair, data: EvaluationData, arms: Sequence[Arm], config: Proto
     memo = RunLog(log, scope_of(pair, data.name, splits)) if log is not None else None
 
     def describe(res: dict) -> dict:
-        counts = train.counts()
         for key, entry in res["curve"].items():
-            entry["leak"] = leak(pair, data.name, parse_n(key), counts)
+            entry["leak"] = leak(pair, data.name, parse_n(key), splits, config.subset_seed)
         res.update(counts={s: splits[s].counts() for s in splits}, generation=cost,
                    generation_settings={k: v for k, v in settings.to_dict().items() if k != "cache_dir"},
                    seconds_generation=seconds_generation, seconds=round(time.time() - began, 1), machine=machine_description(device),
