@@ -51,6 +51,26 @@ def test_evaluate_adds_the_margin_labelled_arm_for_a_calibrated_pair(pair, tmp_p
     assert ("Classifiers trained with" in report) == bool(res["config"]["train_bf16"] or res["config"]["train_channels_last"])
 
 
+def test_evaluate_warns_when_the_pair_saw_a_test_tile(pair, tmp_path, capsys):
+    import shutil
+
+    from progaug.data import folder_tiles
+
+    data = split_folders(tmp_path / "data")
+    leaky = tmp_path / "pair"
+    shutil.copytree(pair, leaky)
+    card = json.loads((leaky / "card.json").read_text())
+    from progaug.pair import load_pair_dir
+
+    size = load_pair_dir(pair).image_size
+    card["data"] = {"name": "elsewhere", "split": "all", "digests": {"stroma": folder_tiles(str(data / "test"), tile_size=size).digests()[:1]}}
+    (leaky / "card.json").write_text(json.dumps(card))
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(data), "--pair", str(leaky), "--out", str(out), *SMALL, "--arms", "real"]) == 0
+    assert "progaug: warning: CONTAMINATED: the pair was trained on 0 validation and 1 test tiles" in capsys.readouterr().err
+    assert "Pair leak: CONTAMINATED" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("extra, match", [(["--arms", "+nope"], r"--arms: arm '\+nope' unknown"),
                                           (["--device", "gpu"], "`device` must name a torch device such as .cpu."),
                                           (["--seeds", "3"], "`tune_seeds` .* must differ from `seeds`")])

@@ -80,7 +80,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Run the protocol and write the report; one line per error (rc 2)."""
     from tqdm import tqdm
 
-    from progaug.evaluation.pipeline import EvaluationData, GenerationSettings, evaluate_pair
+    from progaug.evaluation.pipeline import EvaluationData, GenerationSettings, evaluate_pair, leak
     from progaug.evaluation.protocol import ProtocolConfig, planned_runs
     from progaug.evaluation.report import write_report
     from progaug.hub import load_pair
@@ -96,6 +96,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     pair = load_pair(args.pair, device=config.device)
     arms = _arms(default_arms(pair)) if arms is None else arms
     data = EvaluationData.load(args.data, pair.image_size)
+    contamination = leak(pair, data.name, None, data.splits)
+    if contamination.startswith("CONTAMINATED"):  # before hours of training, not only in the report's leak line
+        print(f"progaug: warning: {contamination}", file=sys.stderr)
     out = Path(args.out)
     bars = {"generate": tqdm(total=_tiles_to_generate(data.splits, pair.classes[0], config, arms), desc="generating (source tiles)", unit="tile"),
             "train": tqdm(total=planned_runs(config, arms), desc="training classifiers", unit="run")}
