@@ -55,13 +55,12 @@ def test_evaluate_warns_when_the_pair_saw_a_test_tile(pair, tmp_path, capsys):
     import shutil
 
     from progaug.data import folder_tiles
+    from progaug.pair import load_pair_dir
 
     data = split_folders(tmp_path / "data")
     leaky = tmp_path / "pair"
     shutil.copytree(pair, leaky)
     card = json.loads((leaky / "card.json").read_text())
-    from progaug.pair import load_pair_dir
-
     size = load_pair_dir(pair).image_size
     card["data"] = {"name": "elsewhere", "split": "all", "digests": {"stroma": folder_tiles(str(data / "test"), tile_size=size).digests()[:1]}}
     (leaky / "card.json").write_text(json.dumps(card))

@@ -43,6 +43,7 @@ def test_digests_by_class_sorted_per_class(splits):
     by_class = train.digests_by_class()
     assert set(by_class) == {"a", "b"} and all(len(v) == 4 and v == sorted(v) for v in by_class.values())
     assert set(by_class["a"]) == set(train.of_class("a").digests())
+    assert train.digests() is train.digests()  # hashed once per set
 
 
 def test_pair_of_exactly_the_training_split(splits):

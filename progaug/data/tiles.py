@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 
 import torch
@@ -96,7 +97,11 @@ class TileSet:
         return {c: int((self.labels == i).sum()) for i, c in enumerate(self.classes)}
 
     def digests(self) -> tuple[str, ...]:
-        """:func:`tile_digest` of every tile, in order."""
+        """:func:`tile_digest` of every tile, in order (computed once per set: a run's leak line reads them per N)."""
+        return self._digests
+
+    @functools.cached_property
+    def _digests(self) -> tuple[str, ...]:
         return tuple(tile_digest(image) for image in self.images)
 
     def digests_by_class(self) -> dict[str, list[str]]:
