@@ -6,10 +6,8 @@ block of the same slide while the cue would not survive a second slide scanned a
 downstream report's sanity block reads "flips and rotations lose" as under-training; this check says whether
 the data offer that cue at all. Nothing is trained; seconds on a CPU.
 
-Per tile, the structure tensor of the grey image (central differences over the interior pixels)
-``J = sum [[gx^2, gx gy], [gx gy, gy^2]]`` gives the tile's orientation as one complex number
-``z = ((Jxx - Jyy) + 2i Jxy) / (Jxx + Jyy)``: its modulus is the tile's coherence in [0, 1] (0: no direction,
-1: parallel lines), its argument twice the angle of the dominant *gradient* (the fibres run across it). Per split
+Per tile, :func:`progaug.data.orientation.tile_orientation` (the grey image's structure tensor) gives
+``z = coherence x exp(2i x dominant gradient angle)`` (the fibres run across the gradient). Per split
 and class the table gives the mean of ``z`` over tiles: its modulus, the **orientation bias** in [0, 1] (0 when
 directions cancel, as they do under random flips and rotations), the mean gradient angle (degrees in (-90, 90],
 counter-clockwise from the x axis), and the mean coherence.
@@ -32,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import command_line, load_splits, repo_relative, save_figure, write_report
+from progaug.data.orientation import orientation_summary, tile_orientation
 
 SPLITS = ("train", "val", "test")
 
@@ -46,31 +45,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def tile_orientation(images: torch.Tensor) -> torch.Tensor:
-    """Each tile's orientation as ``coherence * exp(2i * gradient angle)``.
-
-    Args:
-        images: ``(M, C, H, W)`` tiles, any real range (uint8 is read as float), H and W >= 3.
-
-    Returns:
-        ``(M,)`` complex64; modulus in [0, 1]; 0 for a flat tile. The angle is image-axis based: x to the right,
-        y *up* (row index decreasing), so a counter-clockwise rotation of the tile adds to it.
-    """
-    grey = images.float().mean(1)
-    gx = grey[:, 1:-1, 2:] - grey[:, 1:-1, :-2]
-    gy = grey[:, :-2, 1:-1] - grey[:, 2:, 1:-1]  # y up: the row above minus the row below
-    jxx, jyy, jxy = (gx * gx).sum((1, 2)), (gy * gy).sum((1, 2)), (gx * gy).sum((1, 2))
-    energy = (jxx + jyy).clamp_min(1e-12)
-    return torch.complex((jxx - jyy) / energy, 2 * jxy / energy)
-
-
-def summarise(z: torch.Tensor) -> dict:
-    """``{"tiles", "bias", "angle", "coherence"}`` of one group's orientations (:func:`tile_orientation`)."""
-    mean = z.mean()
-    return {"tiles": len(z), "bias": float(mean.abs()), "angle": math.degrees(math.atan2(float(mean.imag), float(mean.real))) / 2,
-            "coherence": float(z.abs().mean())}
-
-
 def measure(splits: dict, subsets: list[int], n: int) -> list[dict]:
     """One row per (group, class): every split of ``splits`` and each training subset of ``subsets``."""
     from progaug.evaluation.protocol import real_subset
@@ -78,13 +52,14 @@ def measure(splits: dict, subsets: list[int], n: int) -> list[dict]:
     rows = []
     for name, tiles in splits.items():
         for c, cls in enumerate(tiles.classes):
-            z = tile_orientation(tiles.images[tiles.labels == c])
-            rows.append({"group": name, "class": cls, **summarise(z), "angles": _angles(z)})
+            images = tiles.images[tiles.labels == c]
+            rows.append({"group": name, "class": cls, **orientation_summary(images), "angles": _angles(tile_orientation(images))})
     for seed in subsets:
         _, chosen = real_subset(splits["train"], seed, n)
         for cls, index in chosen.items():
-            z = tile_orientation(splits["train"].images[index])
-            rows.append({"group": f"train subset {seed} (N = {n})", "class": cls, **summarise(z), "angles": _angles(z)})
+            images = splits["train"].images[index]
+            rows.append({"group": f"train subset {seed} (N = {n})", "class": cls, **orientation_summary(images),
+                         "angles": _angles(tile_orientation(images))})
     return rows
 
 
