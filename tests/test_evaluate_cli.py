@@ -25,6 +25,8 @@ def test_evaluate_writes_the_report_and_resumes(pair, tmp_path, capsys):
     assert res["complete"] and list(res["curve"]) == ["2"] and res["command"] == " ".join(["progaug", *argv])
     assert list(res["curve"]["2"]["arms"]) == ["real", "+stain", "+Mixup/CutMix", "+ADD-final", "+ADD-Pro[preview]", "+ADD-Pro[preview] filtered"]
     assert (out / "report.md").read_text().startswith("# Downstream CNN, stroma -> tumour") and (out / "report.png").is_file()
+    assert set(res["orientation"]) == {"stroma", "tumour"} and res["orientation"]["stroma"]["tiles"] == 6
+    assert "Orientation of the training tiles" in (out / "report.md").read_text()
     assert any((out / "generated").glob("progressive-*.safetensors"))
     done = len((out / "runs.jsonl").read_text().splitlines())
     assert main(argv) == 0  # the same command again: nothing trained anew

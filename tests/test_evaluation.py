@@ -789,6 +789,28 @@ def test_sanity_without_a_standard_arm_says_it_checked_nothing():
     assert "| helps (sanity not checked at this N) |" in rows[3] and "under-trained" not in "".join(rows)
 
 
+def test_sanity_block_names_a_shared_direction_where_flips_lose():
+    from progaug.evaluation.report import _sanity_lines
+
+    oriented = {"stroma": {"tiles": 5, "bias": 0.43, "angle": -9.5, "coherence": 0.55},
+                "tumour": {"tiles": 5, "bias": 0.1, "angle": 22.8, "coherence": 0.24}}
+    without_flips_wins = _fake_entry({"real, no flips": [0.05, 0.06, 0.04, 0.05, 0.07]})
+    res = {"curve": {"25": without_flips_wins}, "orientation": oriented}
+    res["sanity"] = sanity(res)
+    text = "\n".join(_sanity_lines(res))
+    assert "flips/rotations vs none loses" in res["sanity"]["message"]
+    assert "stroma 0.43 (gradient angle -10 deg), tumour 0.10 (gradient angle +23 deg)" in text
+    assert "Flips/rotations lose at N = 25 while the stroma tiles share a direction" in text
+    # flips level: the figures, no sentence; no class above the cue: no sentence; an old report: nothing
+    level = {"curve": {"25": _fake_entry({"real, no flips": [0.01, -0.01, 0.0, 0.02, -0.02]})}, "orientation": oriented}
+    level["sanity"] = sanity(level)
+    assert "Orientation of the training tiles" in "\n".join(_sanity_lines(level)) and "share a direction" not in "\n".join(_sanity_lines(level))
+    flat = dict(res, orientation={c: dict(o, bias=0.05) for c, o in oriented.items()})
+    assert "share a direction" not in "\n".join(_sanity_lines(flat))
+    old = {k: v for k, v in res.items() if k != "orientation"}
+    assert "Orientation" not in "\n".join(_sanity_lines(old))
+
+
 def test_judge_needs_two_points_on_accuracy_and_f1_with_intervals_above_zero():
     entry = _fake_entry({"big": [0.03, 0.04, 0.035, 0.03, 0.04], "small": [0.01, 0.012, 0.011, 0.01, 0.012],
                          "bad": [-0.03, -0.04, -0.035, -0.03, -0.04], "noisy": [0.1, -0.08, 0.05, -0.02, 0.0]})

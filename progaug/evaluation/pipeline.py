@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from progaug.config import JsonConfig, setting
+from progaug.data.orientation import orientation_summary
 from progaug.data.tiles import TileSet
 from progaug.errors import check_int
 from progaug.evaluation import generated
@@ -326,6 +327,7 @@ def evaluate_pair(pair, data: EvaluationData, arms: Sequence[Arm], config: Proto
     sets, cost = make_sets(pair, train.of_class(pair.classes[0]).images, arms, settings, needed=needed, device=device, progress=report)
     seconds_generation = round(time.time() - began, 1)
     memo = RunLog(log, scope_of(pair, data.name, splits)) if log is not None else None
+    orientation = {c: orientation_summary(train.of_class(c).images) for c in train.classes}
 
     def describe(res: dict) -> dict:
         for key, entry in res["curve"].items():
@@ -334,7 +336,8 @@ def evaluate_pair(pair, data: EvaluationData, arms: Sequence[Arm], config: Proto
                    generation_settings={k: v for k, v in settings.to_dict().items() if k != "cache_dir"},
                    seconds_generation=seconds_generation, seconds=round(time.time() - began, 1), machine=machine_description(device),
                    pair_sha256=pair_sha256(pair), pair_training=pair_training(pair),
-                   pair_data=pair.card.get("data"), threads=torch.get_num_threads(), complete=len(res["curve"]) == len(config.n))
+                   pair_data=pair.card.get("data"), threads=torch.get_num_threads(), complete=len(res["curve"]) == len(config.n),
+                   orientation=orientation)
         return res
 
     res = run_protocol(splits, pair.classes, sets, arms, config, memo=memo,

@@ -59,7 +59,31 @@ def _sanity_lines(res: dict) -> list[str]:
              "| --- | --- | --- | --- |"]
     for key, checks in s.get("per_n", {s["n"]: s["checks"]}).items():
         lines += [f"| {key} | {name} | {format_diff(d)} | {d['verdict']} |" for name, d in checks.items()]
-    return [*lines, ""]
+    return [*lines, "", *_orientation_lines(res)]
+
+
+ORIENTATION_CUE = 0.2
+"""Orientation bias (``progaug.data.orientation``, 0-1) of a class's training tiles from which the report says that
+they share a direction (tiles of random texture give under 0.05, a set with every flip and rotation 0)."""
+
+
+def _orientation_lines(res: dict) -> list[str]:
+    """The training tiles' orientation per class, and where flips/rotations lose while a class shares a direction,
+    that a classifier without flips can read that direction (a cue of the slide, not of the tissue)."""
+    orientation = res.get("orientation")
+    if not orientation:
+        return []
+    parts = ", ".join(f"{c} {o['bias']:.2f} (gradient angle {o['angle']:+.0f} deg)" for c, o in orientation.items())
+    lines = [f"Orientation of the training tiles (bias 0-1; 0: no shared direction): {parts}."]
+    cued = [c for c, o in orientation.items() if o["bias"] >= ORIENTATION_CUE]
+    losing = [k for k, checks in res["sanity"].get("per_n", {}).items()
+              if checks.get("flips/rotations vs none", {}).get("verdict") == "worse"]
+    if cued and losing:
+        lines.append(f"Flips/rotations lose at N = {', '.join(losing)} while the {' and '.join(cued)} tiles share a direction: a "
+                     f"classifier trained without them can read which way the texture runs, a cue that tiles scanned the "
+                     f"other way round would not offer, so \"none\" may win by it rather than by a short budget "
+                     f"(docs/data.md; `benchmarks/orientation.py`).")
+    return [" ".join(lines), ""]
 
 
 def _budget_lines(key: str, budget: dict) -> list[str]:
