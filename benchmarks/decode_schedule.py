@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import command_line, finish_args, open_benchmark, pair_sha256, pair_training, parse_schedule, spread_heldout, write_report
+from common import command_line, finish_args, open_benchmark, pair_sha256, pair_training, parse_schedule, save_figure, spread_heldout, write_report
 from progaug.frequency import default_levels
 from progaug.generator import GenerationConfig, ProgressiveGenerator
 from progaug.labels import DEFAULT_MEASURE, MEASURES
@@ -117,9 +117,7 @@ def plot(res: dict, path: Path) -> None:
     axes[1].set(xlabel=f"U-Net evaluations per output (every state: {res['evals_per_output_every_state']:.1f})",
                 ylabel="5th-percentile PSNR (dB)")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import command_line, finish_args, open_benchmark, pair_sha256, pair_training, spread_heldout, write_report
+from common import command_line, finish_args, open_benchmark, pair_sha256, pair_training, save_figure, spread_heldout, write_report
 from progaug.frequency import default_levels
 from progaug.generator import GenerationConfig, ProgressiveGenerator
 from progaug.labels import MEASURES
@@ -99,9 +99,7 @@ def plot(res: dict, path: Path) -> None:
     axes[0].legend()
     axes[1].bar(names, [res["measures"][m]["speedup"] for m in names], color="C2")
     axes[1].set_ylabel("fp32 time / bf16 time")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:
