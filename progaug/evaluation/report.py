@@ -81,8 +81,8 @@ def _orientation_lines(res: dict) -> list[str]:
     if cued and losing:
         lines.append(f"Flips/rotations lose at N = {', '.join(losing)} while the {' and '.join(cued)} tiles share a direction: a "
                      f"classifier trained without them can read which way the texture runs, a cue that tiles scanned the "
-                     f"other way round would not offer, so \"none\" may win by it rather than by a short budget "
-                     f"(docs/data.md; `benchmarks/orientation.py`).")
+                     f"other way round would not offer, so part of the lead of \"none\" may be that cue rather than a short "
+                     f"budget; scoring the held-out tiles turned a quarter turn shows how much (docs/data.md).")
     return [" ".join(lines), ""]
 
 
