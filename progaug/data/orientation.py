@@ -64,6 +64,5 @@ def orientation_summary(images: torch.Tensor) -> dict:
         raise ValueError("images holds no tiles")
     z = tile_orientation(images)
     mean = z.mean()
-    angle = math.degrees(math.atan2(float(mean.imag), float(mean.real))) / 2
-    return {"tiles": len(z), "bias": float(mean.abs()), "angle": angle if angle > -90 else angle + 180,
-            "coherence": float(z.abs().mean())}
+    angle = math.degrees(math.atan2(float(mean.imag), float(mean.real))) / 2  # atan2 in (-180, 180]
+    return {"tiles": len(z), "bias": float(mean.abs()), "angle": angle, "coherence": float(z.abs().mean())}
