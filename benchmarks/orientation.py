@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import command_line, load_splits, repo_relative, save_figure, write_report
-from progaug.data.orientation import orientation_summary, tile_orientation
+from progaug.data.orientation import summarise_orientations, tile_orientation
 
 SPLITS = ("train", "val", "test")
 
@@ -52,15 +52,17 @@ def measure(splits: dict, subsets: list[int], n: int) -> list[dict]:
     rows = []
     for name, tiles in splits.items():
         for c, cls in enumerate(tiles.classes):
-            images = tiles.images[tiles.labels == c]
-            rows.append({"group": name, "class": cls, **orientation_summary(images), "angles": _angles(tile_orientation(images))})
+            rows.append(_row(name, cls, tile_orientation(tiles.images[tiles.labels == c])))
     for seed in subsets:
         _, chosen = real_subset(splits["train"], seed, n)
         for cls, index in chosen.items():
-            images = splits["train"].images[index]
-            rows.append({"group": f"train subset {seed} (N = {n})", "class": cls, **orientation_summary(images),
-                         "angles": _angles(tile_orientation(images))})
+            rows.append(_row(f"train subset {seed} (N = {n})", cls, tile_orientation(splits["train"].images[index])))
     return rows
+
+
+def _row(group: str, cls: str, z: torch.Tensor) -> dict:
+    """One table row from the group's per-tile orientations ``z`` (each tile's structure tensor read once)."""
+    return {"group": group, "class": cls, **summarise_orientations(z), "angles": _angles(z)}
 
 
 def _angles(z: torch.Tensor) -> list[list[float]]:

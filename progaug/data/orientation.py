@@ -20,7 +20,7 @@ import math
 
 import torch
 
-__all__ = ["orientation_summary", "tile_orientation"]
+__all__ = ["orientation_summary", "summarise_orientations", "tile_orientation"]
 
 
 def tile_orientation(images: torch.Tensor) -> torch.Tensor:
@@ -62,7 +62,11 @@ def orientation_summary(images: torch.Tensor) -> dict:
     """
     if len(images) == 0:
         raise ValueError("images holds no tiles")
-    z = tile_orientation(images)
+    return summarise_orientations(tile_orientation(images))
+
+
+def summarise_orientations(z: torch.Tensor) -> dict:
+    """:func:`orientation_summary` of tiles whose :func:`tile_orientation` ``z`` (``(M,)`` complex, M >= 1) is known."""
     mean = z.mean()
     angle = math.degrees(math.atan2(float(mean.imag), float(mean.real))) / 2  # atan2 in (-180, 180]
     return {"tiles": len(z), "bias": float(mean.abs()), "angle": angle, "coherence": float(z.abs().mean())}
