@@ -576,3 +576,61 @@ def test_orientation_reports_every_split_and_subset(bench, tmp_path):
     assert [r["group"] for r in res["rows"]][::2] == ["train", "val", "test", "train subset 0 (N = 3)"]
     first = res["rows"][0]
     assert first["tiles"] == len(first["angles"]) == 6 and 0 <= first["bias"] <= first["coherence"] <= 1
+
+
+def _tuning_report(values: dict[str, float], *, checkpoint="last", subset=None, n="25", classifier="vit", arm="+ADD") -> dict:
+    chosen = max(values, key=values.get)
+    tuning = {"knob": "replace_prob", "chosen": float(chosen), "values": values}
+    return {"config": {"classifier": classifier, "checkpoint": checkpoint, "subset_seed": subset},
+            "pair_sha256": {"source": "ab" * 32, "target": "cd" * 32},
+            "curve": {n: {"budget": {"epochs": 640},
+                          "tuning": {arm: tuning, "real": {"knob": None, "chosen": None, "values": {}}}}}}
+
+
+def test_tuning_summary_counts_each_tuning_once_and_pairs_values_per_tuning(bench, tmp_path):
+    summary = bench("tuning_summary")
+    reports = {
+        "a.json": _tuning_report({"0.1": 0.80, "0.3": 0.82, "0.5": 0.85}),
+        "a_again.json": _tuning_report({"0.1": 0.80, "0.3": 0.82, "0.5": 0.85}),  # the same log, written again
+        "a_wider.json": _tuning_report({"0.1": 0.80, "0.3": 0.82, "0.5": 0.85, "0.7": 0.79}),  # a wider grid on it
+        "b.json": _tuning_report({"0.1": 0.70, "0.3": 0.75, "0.5": 0.74}, subset=1),
+        "c.json": _tuning_report({"0.1": 0.90, "0.3": 0.86, "0.5": 0.87}, n="all"),
+        "old.json": _tuning_report({"0.1": 0.99, "0.3": 0.50, "0.5": 0.50}, checkpoint=None),  # validation-chosen: 'best'
+        "fixed.json": _tuning_report({"0.3": 0.60}, n="50"),  # one value: chose nothing
+        "other.json": {"uses_pair": False, "rows": []},  # another benchmark's result
+    }
+    for name, res in reports.items():
+        (tmp_path / name).write_text(json.dumps(res))
+    out = tmp_path / "res" / "tuning"
+    assert summary.main(["--arm", "+ADD", "--reference", "0.3", "--out", str(out), str(tmp_path / "*.json")]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    s = res["summary"]
+    assert s["tunings"] == 3 and s["grid"] == [0.1, 0.3, 0.5] and res["uses_pair"] is False
+    wide = next(t for t in res["tunings"] if t["n"] == "25" and t["subset_seed"] is None)
+    assert wide["report"] == "a_wider.json" and sorted(wide["repeats"]) == ["a.json", "a_again.json"]
+    assert [s["values"][v]["chosen"] for v in ("0.1", "0.3", "0.5")] == [1, 1, 1]
+    assert s["values"]["0.5"]["mean_val_accuracy"] == pytest.approx((0.85 + 0.74 + 0.87) / 3)
+    d = s["values"]["0.5"]["versus_reference"]
+    assert d["per_seed"] == pytest.approx([0.03, -0.01, 0.01]) and d["low"] < d["mean"] < d["high"]
+    assert s["values"]["0.3"]["versus_reference"] is None
+    text = out.with_suffix(".md").read_text()
+    assert "| 0.5 | 1 of 3 | 82.0 | +1.0 [" in text and "a_wider.json (+2 repeats)" in text and "drawn per seed" in text
+    assert out.with_suffix(".png").stat().st_size > 0
+    # the older protocol's report is read with --checkpoint best or any; the default reference is the most chosen
+    both = summary.summarise(summary.distinct([t for p in sorted(tmp_path.glob("*.json")) if (r := summary.read_report(p))
+                                               for t in summary.tunings(p, r, "+ADD")]), None)
+    assert both["tunings"] == 4 and both["reference"] == 0.1  # chosen twice (once in the older report)
+
+
+def test_tuning_summary_refuses_what_it_cannot_summarise(bench, tmp_path):
+    summary = bench("tuning_summary")
+    (tmp_path / "one.json").write_text(json.dumps(_tuning_report({"0.1": 0.8, "0.3": 0.9})))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="no report matches"):
+        summary.main(["--arm", "+ADD", str(tmp_path / "none*.json")])
+    with pytest.raises(SystemExit, match="cannot read a report JSON from .*bad.json"):
+        summary.main(["--arm", "+ADD", str(tmp_path / "bad.json")])
+    with pytest.raises(SystemExit, match="no report holds a tuning of this arm"):
+        summary.main(["--arm", "+stain", str(tmp_path / "one.json")])
+    with pytest.raises(SystemExit, match="--reference 0.5 is not a value every tuning tried"):
+        summary.main(["--arm", "+ADD", "--reference", "0.5", str(tmp_path / "one.json")])
