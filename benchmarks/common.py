@@ -169,12 +169,16 @@ def finish_args(parser, argv, name: str, positive: tuple[str, ...]):
     return args
 
 
-def write_report(res: dict, out: Path, markdown, plot) -> None:
+def write_report(res: dict, out: str | os.PathLike[str] | None, markdown, plot) -> None:
     """Write a result as ``out.json``, ``out.md`` (``markdown(res)``) and ``out.png`` (``plot(res, path)``),
-    creating the folder, and print the Markdown (:func:`progaug.evaluation.report.write_report`)."""
+    creating the folder, and print the Markdown (:func:`progaug.evaluation.report.write_report`); with ``out``
+    None or empty (a script run without ``--out``) only print the Markdown."""
     from progaug.evaluation.report import write_report as write
 
-    write(res, out, markdown, plot)
+    if not out:
+        print(markdown(res))
+    else:
+        write(res, Path(out), markdown, plot)
 
 
 def open_benchmark(args):

@@ -297,10 +297,7 @@ def main(argv=None) -> int:
                         "pair_sha256": rep.get("pair_sha256")} for label, rep, path in reports],
            # the reference report's pair, so that benchmarks/stale_results.py can place this result
            "pair_sha256": reports[0][1].get("pair_sha256")}
-    if args.out:
-        write_report(res, Path(args.out), render_markdown, plot)
-    else:
-        print(render_markdown(res))
+    write_report(res, args.out, render_markdown, plot)
     return 0
 
 

@@ -126,10 +126,7 @@ def main(argv=None) -> dict:
         reports.append({"path": repo_relative(str(path.resolve())), "pair_sha256": report.get("pair_sha256")})
     res = {"command": command_line("held_out_regions.py", argv), "reports": reports, "rows": rows,
            "pair_sha256": reports[0]["pair_sha256"]}  # the first report's pair (each report's is in "reports")
-    if args.out:
-        write_report(res, Path(args.out), markdown, plot)
-    else:
-        print(markdown(res))
+    write_report(res, args.out, markdown, plot)
     return res
 
 

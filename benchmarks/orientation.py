@@ -119,10 +119,7 @@ def main(argv=None) -> int:
     rows = measure({s: splits[s] for s in SPLITS}, args.subsets, args.n)
     res = {"data": repo_relative(args.data), "size": args.size, "uses_pair": False,
            "command": command_line("orientation.py", argv), "rows": rows}
-    if args.out is None:
-        print(markdown(res))
-    else:
-        write_report(res, args.out, markdown, plot)
+    write_report(res, args.out, markdown, plot)
     return 0
 
 

@@ -190,27 +190,28 @@ def plot(res: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    paths = report_paths(args.reports)
+def collect(paths: list[Path], arm: str, checkpoint: str = "any", classifier: str | None = None) -> list[dict]:
+    """:func:`distinct` tunings of ``arm`` in the reports at ``paths`` under the ``checkpoint`` rule (``"last"``,
+    ``"best"`` or ``"any"``) and of ``classifier`` (None: any); files that are not downstream reports are skipped."""
     rows = []
     for path in paths:
         res = read_report(path)
-        if res is None:
-            continue
-        for row in tunings(path, res, args.arm):
-            if args.checkpoint in ("any", row["checkpoint"]) and args.classifier in (None, row["classifier"]):
-                rows.append(row)
-    rows = distinct(rows)
+        if res is not None:
+            rows += [row for row in tunings(path, res, arm)
+                     if checkpoint in ("any", row["checkpoint"]) and classifier in (None, row["classifier"])]
+    return distinct(rows)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    paths = report_paths(args.reports)
+    rows = collect(paths, args.arm, args.checkpoint, args.classifier)
     result = {"arm": args.arm, "checkpoint": args.checkpoint, "classifier": args.classifier,
               "summary": summarise(rows, args.reference), "tunings": rows,
-              "command": command_line("tuning_summary.py", argv if argv is not None else sys.argv[1:]),
+              "command": command_line("tuning_summary.py", argv),
               "uses_pair": False,  # reads reports only; each tuning names its report's pair
               "reports": [repo_relative(str(p)) for p in paths]}
-    if args.out:
-        write_report(result, Path(args.out), markdown, plot)
-    else:
-        print(markdown(result))
+    write_report(result, args.out, markdown, plot)
     return 0
 
 

@@ -617,8 +617,7 @@ def test_tuning_summary_counts_each_tuning_once_and_pairs_values_per_tuning(benc
     assert "| 0.5 | 1 of 3 | 82.0 | +1.0 [" in text and "a_wider.json (+2 repeats)" in text and "drawn per seed" in text
     assert out.with_suffix(".png").stat().st_size > 0
     # the older protocol's report is read with --checkpoint best or any; the default reference is the most chosen
-    both = summary.summarise(summary.distinct([t for p in sorted(tmp_path.glob("*.json")) if (r := summary.read_report(p))
-                                               for t in summary.tunings(p, r, "+ADD")]), None)
+    both = summary.summarise(summary.collect(sorted(tmp_path.glob("*.json")), "+ADD", "any"), None)
     assert both["tunings"] == 4 and both["reference"] == 0.1  # chosen twice (once in the older report)
 
 
