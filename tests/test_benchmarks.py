@@ -264,7 +264,7 @@ def test_stale_results_finds_figures_of_another_pair(bench, tiny_pair, tmp_path,
 
 
 def test_every_committed_result_names_its_pair():
-    for path in sorted((BENCH / "results").glob("*.json")):
+    for path in sorted([*(BENCH / "results").glob("*.json"), *(BENCH / "results" / "spread").glob("*.json")]):
         result = json.loads(path.read_text())
         if result.get("uses_pair") is False:  # e.g. the probe backbone's checks: no pair involved
             continue
@@ -633,3 +633,125 @@ def test_tuning_summary_refuses_what_it_cannot_summarise(bench, tmp_path):
         summary.main(["--arm", "+stain", str(tmp_path / "one.json")])
     with pytest.raises(SystemExit, match="--reference 0.5 is not a value every tuning tried"):
         summary.main(["--arm", "+ADD", "--reference", "0.5", str(tmp_path / "one.json")])
+
+
+def _subset_report(subset: int, offsets: dict[str, float], *, pair: str = "p", seeds=(0, 1, 2, 3, 4), epochs: int = 640) -> dict:
+    """A minimal downstream report of one subset at N = 25: each arm's accuracy is real's plus its offset plus a
+    per-seed jitter shared by every arm (so arm-minus-arm differences are constant); macro-F1 = accuracy - 0.01,
+    validation accuracy = accuracy + 0.01."""
+    real = [0.70, 0.72, 0.68, 0.71, 0.69, 0.70][:len(seeds)]
+    jitter = [0.01, -0.01, 0.0, 0.005, -0.005, 0.0][:len(seeds)]
+
+    def runs(offset):
+        accs = [r + offset + (j if offset else 0.0) for r, j in zip(real, jitter)]
+        return [{"seed": s, "accuracy": a, "f1_macro": a - 0.01, "val_accuracy": a + 0.01} for s, a in zip(seeds, accs)]
+    arms = {"real": {"runs": runs(0.0)}, **{name: {"runs": runs(o)} for name, o in offsets.items()}}
+    return {"pair": pair, "pair_sha256": {"source": pair, "target": pair}, "complete": True,
+            "config": {"subset_seed": subset, "classifier": "vit", "checkpoint": "last", "epochs": epochs, "seeds": list(seeds)},
+            "curve": {"25": {"arms": arms}}}
+
+
+ADD_OFFSETS = (0.05, 0.04, -0.03, -0.04, 0.06, 0.0, 0.03, 0.05)
+STAIN_OFFSETS = (0.04, 0.05, 0.06, 0.05, 0.04, 0.05, 0.06, 0.04)
+
+
+def _spread_reports():
+    return [(_subset_report(3 + k, {"+ADD": a, "+stain": s}), Path(f"s{3 + k}.json"))
+            for k, (a, s) in enumerate(zip(ADD_OFFSETS, STAIN_OFFSETS))]
+
+
+def test_subset_spread_takes_the_subset_as_the_unit_and_applies_the_fixed_rules(bench):
+    sp_mod = bench("subset_spread")
+    reports = _spread_reports()[::-1]  # any order in, ascending subsets out
+    res = sp_mod.spread(reports, "25", ["+ADD", "+stain"])
+    assert [s["subset"] for s in res["subsets"]] == list(range(3, 11))
+    one = res["subsets"][2]["arms"]["+ADD"]  # subset 5: -3 points, its own five-seed interval below 0
+    assert one["test"]["mean"] == pytest.approx(-0.03) and one["test"]["high"] < 0
+    assert one["test macro-F1"]["mean"] == pytest.approx(-0.03) and one["validation"]["mean"] == pytest.approx(-0.03)
+    add = res["across"]["+ADD"]["test"]
+    assert add["interval"]["mean"] == pytest.approx(sum(ADD_OFFSETS) / 8) and add["n_subsets"] == 8
+    assert (add["gain"], add["gain_beyond"], add["lose_beyond"]) == (5, 5, 2)  # 0.00 neither gains nor loses
+    assert add["interval"]["low"] < 0 < add["interval"]["high"]
+    assert res["rules"]["+ADD"] == {"helps_over_subsets": False, "subset_dependent": True, "holds_zero": True,
+                                    "quarter_lose": True}
+    stain = res["across"]["+stain"]["test"]
+    assert stain["interval"]["mean"] == pytest.approx(sum(STAIN_OFFSETS) / 8) and stain["interval"]["low"] > 0.02
+    assert res["rules"]["+stain"]["helps_over_subsets"] and not res["rules"]["+stain"]["subset_dependent"]
+    # ADD minus stain, paired per seed within each subset (the shared jitter cancels: zero width)
+    versus = res["subsets"][0]["versus"]["+ADD - +stain"]["test"]
+    assert versus["mean"] == pytest.approx(0.01) and versus["half_width"] == pytest.approx(0, abs=1e-12)
+    vs = res["across_versus"]["+ADD - +stain"]["test"]
+    assert vs["means"] == pytest.approx([a - s for a, s in zip(ADD_OFFSETS, STAIN_OFFSETS)])
+    assert (vs["gain_beyond"], vs["lose_beyond"]) == (3, 5) and res["rules_versus"]["+ADD - +stain"]["quarter_lose"]
+
+
+def test_subset_spread_rules_need_two_points_and_a_quarter_of_subsets(bench):
+    sp_mod = bench("subset_spread")
+    # above 0 on every subset but by 1.5 points: neither helps (mean < 2) nor is it subset-dependent
+    small = [(_subset_report(s, {"+ADD": 0.015}), Path(f"{s}.json")) for s in range(8)]
+    r = sp_mod.spread(small, "25", ["+ADD"])["rules"]["+ADD"]
+    assert not r["helps_over_subsets"] and not r["subset_dependent"]
+    # one of eight subsets losing beyond its interval is under a quarter; the interval still lies above 0
+    one_loses = [(_subset_report(s, {"+ADD": -0.02 if s == 0 else 0.05}), Path(f"{s}.json")) for s in range(8)]
+    res = sp_mod.spread(one_loses, "25", ["+ADD"])
+    assert res["across"]["+ADD"]["test"]["lose_beyond"] == 1
+    assert res["rules"]["+ADD"] == {"helps_over_subsets": True, "subset_dependent": False, "holds_zero": False,
+                                    "quarter_lose": False}
+    # a block some run did not log is left out, the others are read
+    del one_loses[3][0]["curve"]["25"]["arms"]["+ADD"]["runs"][2]["val_accuracy"]
+    res = sp_mod.spread(one_loses, "25", ["+ADD"])
+    assert "validation" not in res["across"]["+ADD"] and "test" in res["across"]["+ADD"]
+
+
+def test_subset_spread_refuses_reports_that_are_not_one_protocol_on_distinct_subsets(bench):
+    sp_mod = bench("subset_spread")
+    reports = _spread_reports()
+    beside = [(_subset_report(0, {"+ADD": 0.1, "+stain": 0.05}, seeds=tuple(range(6))), Path("s0.json"))]
+    res = sp_mod.spread(reports, "25", ["+ADD", "+stain"], beside=beside)
+    assert [s["subset"] for s in res["beside"]] == [0] and len(res["beside"][0]["seeds"]) == 6
+    assert res["across"]["+ADD"]["test"]["n_subsets"] == 8  # beside: not pooled
+    cases = [
+        (lambda r: r[1][0].update(pair_sha256={"source": "x", "target": "x"}), r"s4.json: another pair"),
+        (lambda r: r[2][0]["config"].update(subset_seed=3), r"s5.json: subset 3 again \(also s3.json\)"),
+        (lambda r: r[1][0]["config"].update(epochs=320), r"s4.json: config epochs = 320, but s3.json has 640"),
+        (lambda r: r[1][0]["config"].update(subset_seed=None), r"s4.json: run without --subset-seed"),
+        (lambda r: r[1][0].update(complete=False), r"s4.json: an incomplete report"),
+        (lambda r: r[1][0]["curve"]["25"]["arms"].pop("+stain"), r"s4.json: no arm '\+stain' at N = 25"),
+        (lambda r: r[1][0]["curve"]["25"]["arms"]["+ADD"]["runs"].pop(), r"s4.json: paired differences need the same seeds"),
+    ]
+    for spoil, message in cases:
+        spoilt = _spread_reports()
+        spoil(spoilt)
+        with pytest.raises(ValueError, match=message):
+            sp_mod.spread(spoilt, "25", ["+ADD", "+stain"])
+    with pytest.raises(ValueError, match=r"no N = '100'"):
+        sp_mod.spread(reports, "100", ["+ADD"])
+    other_pair = [(_subset_report(0, {"+ADD": 0.1, "+stain": 0.0}, pair="q"), Path("q0.json"))]
+    with pytest.raises(ValueError, match="q0.json: another pair"):
+        sp_mod.spread(reports, "25", ["+ADD", "+stain"], beside=other_pair)
+
+
+def test_subset_spread_writes_its_report_and_refuses_bad_arguments(bench, tmp_path, capsys):
+    sp_mod = bench("subset_spread")
+    paths = []
+    for report, name in [*_spread_reports(), (_subset_report(0, {"+ADD": 0.1, "+stain": 0.05}), Path("s0.json"))]:
+        paths.append(tmp_path / name)
+        paths[-1].write_text(json.dumps(report))
+    out = tmp_path / "spread"
+    argv = ["--n", "25", "--arm", "+ADD", "--arm", "+stain", "--out", str(out), *map(str, paths[:-1]), "--beside", str(paths[-1])]
+    assert sp_mod.main(argv) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert res["pair_sha256"] == {"source": "p", "target": "p"} and res["protocol"]["epochs"] == 640
+    md = out.with_suffix(".md").read_text()
+    assert "| +ADD | test | +2.0 [" in md and "5 of 8" in md and "## Beside, not pooled" in md
+    assert "- +ADD: does not help over subsets, **subset-dependent** (the interval holds 0; a quarter or more" in md
+    assert "- +stain: **helps over subsets**, not subset-dependent" in md
+    assert out.with_suffix(".png").stat().st_size > 0
+    for bad, message in [(["--n", "25", "--arm", "+ADD", str(paths[0])], "two or more reports"),
+                         (["--n", "25", "--arm", "real", *map(str, paths[:2])], "other than the baseline"),
+                         (["--n", "25", "--arm", "+ADD", "--arm", "+ADD", *map(str, paths[:2])], "distinct arms")]:
+        with pytest.raises(SystemExit) as exc:
+            sp_mod.main(bad)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="nothing.json: cannot read a report JSON"):
+        sp_mod.main(["--n", "25", "--arm", "+ADD", str(paths[0]), str(tmp_path / "nothing.json")])
