@@ -193,9 +193,11 @@ def spread(reports: list[tuple[dict, Path]], n: str, arms: list[str], baseline: 
     return out
 
 
-def _rule_words(r: dict) -> str:
-    words = []
-    words.append("**helps over subsets**" if r["helps_over_subsets"] else "does not help over subsets")
+def _rule_words(r: dict, comparison: bool = False) -> str:
+    """The rules' outcome in words; for a comparison of two arms "helps" reads "is above the second arm"."""
+    helps = "is **above the second arm over subsets**" if comparison else "**helps over subsets**"
+    words = [helps if r["helps_over_subsets"] else helps.replace("**", "").replace("is above", "is not above")
+             .replace("helps", "does not help")]
     if r["subset_dependent"]:
         why = [w for w, on in (("the interval holds 0", r["holds_zero"]),
                                ("a quarter or more of the subsets lose beyond their own interval", r["quarter_lose"])) if on]
@@ -238,7 +240,8 @@ def render_markdown(res: dict) -> str:
                          f"{d['gain_beyond']} | {d['lose_beyond']} |")
     lines += ["", f"## The fixed rules (test block, accuracy; *helps*: interval above 0 and mean >= {100 * GAIN:.0f} "
               "points; *subset-dependent*: interval holds 0 or >= a quarter of subsets lose beyond their own interval)", ""]
-    lines += [f"- {name}: {_rule_words(r)}" for name, r in [*sp["rules"].items(), *sp["rules_versus"].items()]]
+    lines += [f"- {name}: {_rule_words(r)}" for name, r in sp["rules"].items()]
+    lines += [f"- {name}: {_rule_words(r, comparison=True)}" for name, r in sp["rules_versus"].items()]
     if sp["beside"]:
         lines += ["", "## Beside, not pooled", "", *_subset_table(sp["beside"], arms, blocks, sp["baseline"])]
     lines += ["", "Reports: " + "; ".join(f"subset {s['subset']} = {s['path']}" for s in [*per, *sp["beside"]]), "",

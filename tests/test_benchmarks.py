@@ -746,6 +746,7 @@ def test_subset_spread_writes_its_report_and_refuses_bad_arguments(bench, tmp_pa
     assert "| +ADD | test | +2.0 [" in md and "5 of 8" in md and "## Beside, not pooled" in md
     assert "- +ADD: does not help over subsets, **subset-dependent** (the interval holds 0; a quarter or more" in md
     assert "- +stain: **helps over subsets**, not subset-dependent" in md
+    assert "- +ADD - +stain: is not above the second arm over subsets, **subset-dependent**" in md
     assert out.with_suffix(".png").stat().st_size > 0
     for bad, message in [(["--n", "25", "--arm", "+ADD", str(paths[0])], "two or more reports"),
                          (["--n", "25", "--arm", "real", *map(str, paths[:2])], "other than the baseline"),
