@@ -37,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import command_line, repo_relative, save_figure, write_report
+from compare_reports import runs_by_seed
 from progaug.evaluation.report import GAIN, format_diff
 from progaug.evaluation.stats import interval, paired_runs
 
@@ -89,15 +90,8 @@ def read_subset(report: dict, path: Path, n: str, arms: list[str], baseline: str
         ValueError: The report lacks ``n``, an arm or the baseline, or an arm's seeds are not the baseline's
             (each message names the file).
     """
-    curve = report.get("curve", {})
-    if n not in curve:
-        raise ValueError(f"{path}: no N = {n!r} in this report (it has {sorted(curve)})")
-    have = curve[n]["arms"]
-    missing = [a for a in (baseline, *arms) if a not in have]
-    if missing:
-        raise ValueError(f"{path}: no arm {missing[0]!r} at N = {n} (it has {sorted(have)})")
-    base = have[baseline]["runs"]
-    runs = {a: have[a]["runs"] for a in arms}
+    base = list(runs_by_seed(report, n, baseline, path).values())
+    runs = {a: list(runs_by_seed(report, n, a, path).values()) for a in arms}
     every = [*base, *(r for a in arms for r in runs[a])]
     blocks = {b: m for b, m in BLOCKS.items() if all(m in r for r in every)}
     out = {"subset": subset_of(report, path), "path": repo_relative(str(Path(path).resolve())),
@@ -195,9 +189,9 @@ def spread(reports: list[tuple[dict, Path]], n: str, arms: list[str], baseline: 
 
 def _rule_words(r: dict, comparison: bool = False) -> str:
     """The rules' outcome in words; for a comparison of two arms "helps" reads "is above the second arm"."""
-    helps = "is **above the second arm over subsets**" if comparison else "**helps over subsets**"
-    words = [helps if r["helps_over_subsets"] else helps.replace("**", "").replace("is above", "is not above")
-             .replace("helps", "does not help")]
+    yes, no = (("is **above the second arm over subsets**", "is not above the second arm over subsets") if comparison
+               else ("**helps over subsets**", "does not help over subsets"))
+    words = [yes if r["helps_over_subsets"] else no]
     if r["subset_dependent"]:
         why = [w for w, on in (("the interval holds 0", r["holds_zero"]),
                                ("a quarter or more of the subsets lose beyond their own interval", r["quarter_lose"])) if on]
