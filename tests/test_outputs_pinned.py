@@ -30,7 +30,8 @@ PINNED_BYTES = {
     # below agreed. Session 18: the attention blocks moved to PyTorch's fused kernel (contiguous q, k, v), a
     # deliberate change of the last bits: "preview" and "transform" re-pinned on AMD AVX512 (were 0559deeb... and
     # eb3d92e5...; PINNED_VALUES unchanged); their AVX2 pins (were b57abe5c... and 8af297bc...) are to be made again
-    # on the next AVX2 machine, so only their values are checked there until then. Session 22: an Intel Xeon with AMX,
+    # on the next AVX2 machine, so only their values were checked there until session 52 (an AMD EPYC with AVX2 and no
+    # native bf16) pinned them from the unchanged code, twice the same bytes. Session 22: an Intel Xeon with AMX,
     # which torch also calls AVX512, gave other bytes with the same values (its "paper" bytes are the AMD AVX2
     # machine's): pinned as its own kind, from this commit's unchanged code.
     "AVX512/AuthenticAMD": {
@@ -40,6 +41,8 @@ PINNED_BYTES = {
     },
     "AVX2/AuthenticAMD": {
         "paper": "cd1e4da3ea04d1a42e2a76bec3b1cf2665570d43cb7c8e1f7441d16d6a9f0f7a",
+        "preview": "c1dd3cfd2a791abcfa1e361cbaddf667b93a9d28658fedfa8a54d9b7f75d3d99",
+        "transform": "c9b0b7379ba3bc1ddebac6485c46f21614639a8fe490e0d8d9097c4375d3df25",
     },
     # Session 37: an Intel Xeon with AVX-512 but neither AMX nor AVX512-BF16 gave the AMX Xeon's bytes for all three,
     # so the kind is the instruction set and the vendor only (it was "+AMX"-suffixed before).
