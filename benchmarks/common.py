@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("PROGAUG_BENCH_CACHE", ROOT / "benchmarks" / "cache"))
 """Where generated sets are kept (``$PROGAUG_BENCH_CACHE`` overrides; the tests use a temporary folder)."""
 
-__all__ = ["CACHE", "ROOT", "bar_panels", "bar_plot", "command_line", "dihedral_cycle", "final_stage", "finish_args", "heldout", "load_splits", "margin_calibration_of", "open_benchmark", "pair_sha256", "pair_training", "save_figure",
+__all__ = ["CACHE", "ROOT", "bar_panels", "bar_plot", "command_line", "dihedral_cycle", "final_stage", "finish_args", "heldout", "load_splits", "margin_calibration_of", "open_benchmark", "pair_sha256", "pair_training", "read_report", "save_figure",
            "repo_relative", "require_positive", "unconditional", "write_report"]
 
 
@@ -167,6 +167,28 @@ def finish_args(parser, argv, name: str, positive: tuple[str, ...]):
     args = parser.parse_args(argv)
     require_positive(parser, args, positive)
     return args
+
+
+def read_report(path: str | os.PathLike[str], name: str | None = None) -> dict:
+    """A result JSON that a reading script was given (a downstream report, mostly): the object it holds.
+
+    Args:
+        path: the file.
+        name: how the command line named it, when not by the path alone (``--report a=PATH``); put before the path.
+
+    Raises:
+        SystemExit: the file cannot be read, is not JSON or holds no JSON object; the message names the file.
+    """
+    import json
+
+    where = f"{name}={path}" if name else str(path)
+    try:
+        res = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:  # ValueError: JSONDecodeError and undecodable bytes
+        raise SystemExit(f"{where}: cannot read a report JSON there ({err})") from None
+    if not isinstance(res, dict):
+        raise SystemExit(f"{where}: cannot read a report JSON there (it holds a {type(res).__name__}, not an object)")
+    return res
 
 
 def write_report(res: dict, out: str | os.PathLike[str] | None, markdown, plot) -> None:

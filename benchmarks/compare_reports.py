@@ -37,14 +37,13 @@ settings; with ``--checkpoint last`` a second held-out region's score) that metr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import command_line, repo_relative, write_report
+from common import command_line, read_report, repo_relative, write_report
 from progaug.evaluation.report import format_diff, judge
 from progaug.evaluation.stats import paired, welch
 
@@ -282,12 +281,7 @@ def plot(res: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    reports = []
-    for label, path in args.report:
-        try:
-            reports.append((label, json.loads(path.read_text()), path))
-        except (OSError, json.JSONDecodeError) as err:
-            raise SystemExit(f"--report {label}={path}: cannot read a report JSON there ({err})") from None
+    reports = [(label, read_report(path, f"--report {label}"), path) for label, path in args.report]
     try:
         cmp = compare(reports, str(args.n), args.arm, args.baseline, unpaired=args.unpaired)
     except ValueError as err:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import command_line, repo_relative, save_figure, write_report
+from common import command_line, read_report, repo_relative, save_figure, write_report
 from progaug.evaluation.protocol import held_out_roles
 from progaug.evaluation.report import format_diff
 from progaug.evaluation.stats import paired_runs
@@ -114,14 +114,9 @@ def plot(res: dict, path: Path) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    import json
-
     rows, reports = [], []
     for path in args.reports:
-        try:
-            report = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise SystemExit(f"{path}: cannot read a report JSON ({err})") from err
+        report = read_report(path)
         rows += rows_of(report, path.stem, args.baseline)
         reports.append({"path": repo_relative(str(path.resolve())), "pair_sha256": report.get("pair_sha256")})
     res = {"command": command_line("held_out_regions.py", argv), "reports": reports, "rows": rows,

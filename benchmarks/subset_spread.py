@@ -30,13 +30,12 @@ the reports: nothing is trained.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import command_line, repo_relative, save_figure, write_report
+from common import command_line, read_report, repo_relative, save_figure, write_report
 from compare_reports import runs_by_seed
 from progaug.evaluation.report import GAIN, format_diff
 from progaug.evaluation.stats import interval, paired_runs
@@ -280,17 +279,10 @@ def plot(res: dict, path: Path) -> None:
     save_figure(fig, path, dpi=100)
 
 
-def _load(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise SystemExit(f"{path}: cannot read a report JSON there ({err})") from None
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    reports = [(_load(p), p) for p in args.reports]
-    beside = [(_load(p), p) for p in args.beside]
+    reports = [(read_report(p), p) for p in args.reports]
+    beside = [(read_report(p), p) for p in args.beside]
     try:
         sp = spread(reports, str(args.n), args.arm, args.baseline, beside)
     except ValueError as err:

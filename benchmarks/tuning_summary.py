@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common
 from common import command_line, repo_relative, save_figure, write_report
 from progaug.evaluation.stats import paired
 
@@ -67,11 +67,8 @@ def read_report(path: Path) -> dict | None:
     Raises:
         SystemExit: ``path`` cannot be read or is not JSON (the message names it).
     """
-    try:
-        res = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"tuning_summary: cannot read a report JSON from {path}: {e}") from None
-    if not isinstance(res, dict) or not isinstance(res.get("curve"), dict) or not isinstance(res.get("config"), dict):
+    res = common.read_report(path)
+    if not isinstance(res.get("curve"), dict) or not isinstance(res.get("config"), dict):
         return None
     return res
 

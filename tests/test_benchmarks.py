@@ -170,6 +170,21 @@ def test_results_name_paths_relative_to_the_repository(bench):
         outside, "hgsc-demo", "../shared/weights", 3, None]
 
 
+def test_read_report_returns_the_object_or_names_the_file_it_cannot_read(bench, tmp_path):
+    common = bench("common")
+    good, listed, broken = tmp_path / "good.json", tmp_path / "listed.json", tmp_path / "broken.json"
+    good.write_text(json.dumps({"curve": {"25": {}}, "pair_sha256": "abc"}))
+    listed.write_text("[1, 2]")
+    broken.write_bytes(b"\xff\xfe not json")
+    assert common.read_report(good) == {"curve": {"25": {}}, "pair_sha256": "abc"}
+    with pytest.raises(SystemExit, match=r"listed.json: cannot read a report JSON there \(it holds a list, not an object\)"):
+        common.read_report(listed)
+    with pytest.raises(SystemExit, match=r"--report a=.*broken.json: cannot read a report JSON there \("):
+        common.read_report(broken, "--report a")
+    with pytest.raises(SystemExit, match=r"missing.json: cannot read a report JSON there \(.*No such file"):
+        common.read_report(tmp_path / "missing.json")
+
+
 def test_throughput(bench, tiny_pair, tmp_path):
     throughput = bench("throughput")
     out = tmp_path / "throughput"
@@ -627,7 +642,7 @@ def test_tuning_summary_refuses_what_it_cannot_summarise(bench, tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(SystemExit, match="no report matches"):
         summary.main(["--arm", "+ADD", str(tmp_path / "none*.json")])
-    with pytest.raises(SystemExit, match="cannot read a report JSON from .*bad.json"):
+    with pytest.raises(SystemExit, match="bad.json: cannot read a report JSON there"):
         summary.main(["--arm", "+ADD", str(tmp_path / "bad.json")])
     with pytest.raises(SystemExit, match="no report holds a tuning of this arm"):
         summary.main(["--arm", "+stain", str(tmp_path / "one.json")])
