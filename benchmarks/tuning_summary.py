@@ -65,7 +65,8 @@ def read_report(path: Path) -> dict | None:
     """A downstream report's JSON, or None when ``path`` holds something else (another benchmark's result).
 
     Raises:
-        SystemExit: ``path`` cannot be read or is not JSON (the message names it).
+        SystemExit: ``path`` cannot be read, is not JSON or holds no JSON object (:func:`common.read_report`; the
+            message names it).
     """
     res = common.read_report(path)
     if not isinstance(res.get("curve"), dict) or not isinstance(res.get("config"), dict):
