@@ -771,3 +771,80 @@ def test_subset_spread_writes_its_report_and_refuses_bad_arguments(bench, tmp_pa
         assert exc.value.code == 2 and message in capsys.readouterr().err
     with pytest.raises(SystemExit, match="nothing.json: cannot read a report JSON"):
         sp_mod.main(["--n", "25", "--arm", "+ADD", str(paths[0]), str(tmp_path / "nothing.json")])
+
+
+def _recall_run(seed: int, test: tuple[int, int], val: tuple[int, int], sizes=((90, 93), (40, 78))) -> dict:
+    """A run's logged figures (float32 accuracies, as the downstream logs hold them) from its numbers right per class."""
+    def figures(right, n):
+        f1 = lambda tp, fn, fp: 2 * tp / (2 * tp + fn + fp) if tp else 0.0  # noqa: E731
+        macro = (f1(right[0], n[0] - right[0], n[1] - right[1]) + f1(right[1], n[1] - right[1], n[0] - right[0])) / 2
+        return float(torch.tensor(sum(right) / sum(n)).float()), macro, (right[0] / n[0] + right[1] / n[1]) / 2
+    acc, f1, bal = figures(test, sizes[0])
+    vacc, vf1, _ = figures(val, sizes[1])
+    return {"seed": seed, "accuracy": acc, "f1_macro": f1, "balanced_accuracy": bal, "val_accuracy": vacc, "val_f1_macro": vf1}
+
+
+def _recall_report(subset: int, arms: dict[str, list[tuple[tuple[int, int], tuple[int, int]]]]) -> dict:
+    return {"pair": "p", "pair_sha256": {"source": "p", "target": "p"}, "classes": ["stroma", "tumour"],
+            "counts": {"val": {"stroma": 40, "tumour": 78}, "test": {"stroma": 90, "tumour": 93}},
+            "config": {"subset_seed": subset},
+            "curve": {"25": {"arms": {a: {"runs": [_recall_run(s, t, v) for s, (t, v) in enumerate(runs)]}
+                                      for a, runs in arms.items()}}}}
+
+
+def test_class_recall_reads_each_class_from_the_logged_figures(bench):
+    cr = bench("class_recall")
+    # the logged figures give back the numbers right per class, on both blocks
+    for test, val in [((70, 90), (38, 50)), ((90, 0), (0, 78)), ((45, 93), (40, 77))]:
+        run = _recall_run(0, test, val)
+        assert cr.class_splits((90, 93), run["accuracy"], run["f1_macro"], run["balanced_accuracy"]) == [test]
+        assert cr.recalls(run, "test", (90, 93)) == pytest.approx((test[0] / 90, test[1] / 93))
+    # macro-F1 alone cannot tell (37, 40) from (40, 37) of (40, 78): exchanged (false negatives, false positives)
+    run = _recall_run(0, (70, 90), (37, 40))
+    assert cr.class_splits((40, 78), run["val_accuracy"], run["val_f1_macro"]) == [(37, 40), (40, 37)]
+    assert cr.recalls(run, "validation", (40, 78)) is None
+    assert cr.class_splits((40, 78), 0.5, 0.9) == []  # figures that fit no split
+    with pytest.raises(ValueError, match=r"no split of the numbers right over classes of 40 and 78 tiles"):
+        cr.recalls({**run, "val_f1_macro": 0.9}, "validation", (40, 78))
+    with pytest.raises(ValueError, match=r"`sizes` must hold two positive class sizes, got \(0, 5\)"):
+        cr.class_splits((0, 5), 0.5, 0.5)
+
+
+def test_class_recall_pairs_per_seed_and_leaves_out_runs_that_fit_two_splits(bench, tmp_path):
+    cr = bench("class_recall")
+    real = [((70, 90), (38, 60)), ((72, 90), (38, 62)), ((68, 91), (37, 40))]  # seed 2's validation fits two splits
+    shifted = [((60, 92), (38, 70)), ((62, 92), (38, 70)), ((59, 93), (38, 70))]  # stroma lost on test, tumour won on val
+    reports = [(_recall_report(s, {"real": real, "+Mix": shifted}), Path(f"s{s}.json")) for s in (3, 4)]
+    res = cr.class_recall(reports, "25", ["+Mix"])
+    one = res["reports"][0]
+    assert one["unread"] == {"real": {"test": [], "validation": [2]}, "+Mix": {"test": [], "validation": []}}
+    stroma_test, tumour_test = one["diff"]["+Mix"]["test"]
+    assert stroma_test["per_seed"] == pytest.approx([-10 / 90, -10 / 90, -9 / 90]) and stroma_test["verdict"] == "worse"
+    assert tumour_test["per_seed"] == pytest.approx([2 / 93, 2 / 93, 2 / 93])
+    tumour_val = one["diff"]["+Mix"]["validation"][1]
+    assert tumour_val["per_seed"] == pytest.approx([10 / 78, 8 / 78])  # seed 2 left out: its real run is unread
+    assert one["recall"]["real"]["validation"][1] == pytest.approx(61 / 78)
+    across = res["across"]["+Mix"]["test"][0]
+    assert across["interval"]["mean"] == pytest.approx(-29 / 270) and across["lower_beyond"] == 2
+    # the script writes its report; bad inputs name the file
+    paths = []
+    for rep, path in reports:
+        (tmp_path / path).write_text(json.dumps(rep))
+        paths.append(str(tmp_path / path))
+    out = tmp_path / "recall"
+    assert cr.main(["--n", "25", "--arm", "+Mix", "--out", str(out), *paths]) == 0
+    md = out.with_suffix(".md").read_text()
+    assert "| +Mix | " in md and "subset 3 real validation seed 2" in md and out.with_suffix(".png").stat().st_size > 0
+    assert json.loads(out.with_suffix(".json").read_text())["pair_sha256"] == {"source": "p", "target": "p"}
+    other = _recall_report(5, {"real": real, "+Mix": shifted})
+    other["counts"]["test"]["stroma"] = 80
+    with pytest.raises(ValueError, match=r"s5.json: classes or held-out block sizes differ from s3.json"):
+        cr.class_recall([*reports, (other, Path("s5.json"))], "25", ["+Mix"])
+    three = _recall_report(6, {"real": real, "+Mix": shifted})
+    three["classes"] = ["a", "b", "c"]
+    with pytest.raises(ValueError, match=r"s6.json: per-class recall is read for two classes"):
+        cr.class_recall([(three, Path("s6.json"))], "25", ["+Mix"])
+    bad = _recall_report(7, {"real": real, "+Mix": shifted})
+    del bad["curve"]["25"]["arms"]["+Mix"]["runs"][0]["val_f1_macro"]
+    with pytest.raises(ValueError, match=r"s7.json: arm '\+Mix' logged no 'val_f1_macro' for the validation block"):
+        cr.class_recall([(bad, Path("s7.json"))], "25", ["+Mix"])
