@@ -17,7 +17,7 @@ arm loses on one block and gains on the other (Result M2's CNN), does it do so t
 Per report (one subset) and arm: each class's recall per seed on the test block and the validation block, its mean
 over seeds and the paired difference to real only (95 % t over the seeds). Across reports: the mean of the
 per-report differences with a 95 % t-interval over reports, and how many reports lie beyond their own interval
-below and above 0. Every report must measure the same pair and hold the two classes with the same block sizes.
+below and above 0. Given one report (e.g. subsets drawn per seed), its interval over seeds is the one shown. Every report must measure the same pair and hold the two classes with the same block sizes.
 Reads only the reports: nothing is trained.
 """
 
@@ -183,12 +183,13 @@ def class_recall(reports: list[tuple[dict, Path]], n: str, arms: list[str], base
             across[a][b] = []
             for k in (0, 1):
                 diffs = [p["diff"][a][b][k] for p in per]
-                across[a][b].append({"interval": interval([d["mean"] for d in diffs]),
+                one = {key: diffs[0][key] for key in ("mean", "low", "high", "half_width", "n")}
+                across[a][b].append({"interval": one if len(per) == 1 else interval([d["mean"] for d in diffs]),
                                      "lower_beyond": sum(d["high"] < 0 for d in diffs),
                                      "higher_beyond": sum(d["low"] > 0 for d in diffs)})
     mean_recall = {a: {b: [sum(p["recall"][a][b][k] for p in per) / len(per) for k in (0, 1)] for b in BLOCKS}
                    for a in [baseline, *arms]}
-    return {"n": n, "baseline": baseline, "arms": arms, "classes": classes,
+    return {"n": n, "baseline": baseline, "arms": arms, "classes": classes, "over": "seeds" if len(per) == 1 else "reports",
             "sizes": {b: list(s) for b, s in sizes.items()}, "reports": per, "recall": mean_recall, "across": across}
 
 
@@ -198,8 +199,8 @@ def render_markdown(res: dict) -> str:
     lines = [f"# Per-class recall on the held-out blocks, N = {cr['n']}", "",
              f"{len(cr['reports'])} reports; recall read from each run's logged accuracy, macro-F1 and (test) balanced "
              f"accuracy. Block sizes ({c[0]}, {c[1]}): " + ", ".join(f"{b} {tuple(s)}" for b, s in cr["sizes"].items())
-             + f". Differences to {cr['baseline']} in points, 95 % t over reports; 'beyond': reports whose own "
-             "interval over seeds excludes 0.", ""]
+             + f". Differences to {cr['baseline']} in points, 95 % t over {cr['over']}"
+             + ("" if cr["over"] == "seeds" else "; 'beyond': reports whose own interval over seeds excludes 0") + ".", ""]
     for b in BLOCKS:
         lines += [f"## {b} block", "",
                   f"| arm | {c[0]} recall % | vs {cr['baseline']} | lower / higher beyond | {c[1]} recall % "
@@ -254,7 +255,7 @@ def plot(res: dict, path: Path) -> None:
         ax.axhline(0, color="grey", lw=1)
         ax.set_xticks(range(len(cr["arms"])), cr["arms"], fontsize=7)
         ax.set_ylabel(f"recall over {cr['baseline']} (points)")
-        ax.set_title(f"{b} block, N = {cr['n']}: bars 95 % over reports, dots per report", fontsize=9)
+        ax.set_title(f"{b} block, N = {cr['n']}: bars 95 % over {cr['over']}, dots per report", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
     save_figure(fig, path, dpi=100)
