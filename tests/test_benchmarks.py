@@ -826,6 +826,10 @@ def test_class_recall_pairs_per_seed_and_leaves_out_runs_that_fit_two_splits(ben
     assert one["recall"]["real"]["validation"][1] == pytest.approx(61 / 78)
     across = res["across"]["+Mix"]["test"][0]
     assert across["interval"]["mean"] == pytest.approx(-29 / 270) and across["lower_beyond"] == 2
+    assert res["over"] == "reports" and across["interval"]["half_width"] == pytest.approx(0, abs=1e-12)
+    single = cr.class_recall(reports[:1], "25", ["+Mix"])  # one report: its interval over seeds is the one shown
+    assert single["over"] == "seeds" and single["across"]["+Mix"]["test"][0]["interval"]["low"] == pytest.approx(stroma_test["low"])
+    assert single["across"]["+Mix"]["test"][0]["interval"]["half_width"] > 0
     # the script writes its report; bad inputs name the file
     paths = []
     for rep, path in reports:
