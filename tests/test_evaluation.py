@@ -15,7 +15,7 @@ from progaug.data.tiles import TileSet
 from progaug.evaluation.arms import Arm, all_arms, arm_named
 from progaug.evaluation.protocol import (GeneratedSets, ProtocolConfig, class_orders, needed_positions, planned_runs, real_subset, plateau, run_protocol,
                                          sanity)
-from progaug.evaluation.report import _choosing_block_lines, judge, plot, render_markdown, seed_ranges
+from progaug.evaluation.report import _choosing_block_lines, _per_class_lines, judge, plot, render_markdown, seed_ranges
 from progaug.evaluation.stats import interval, paired, paired_runs, verdict, welch
 from progaug.evaluation.training import LabelledImages, Recipe, TrainSpec, _apply_mixup, _batches, auroc, score, train_classifier
 from progaug.replacement import check_probability, replace_draws, replacement_index
@@ -241,6 +241,21 @@ def test_protocol_with_the_last_checkpoint_scores_both_regions_and_is_logged_apa
     assert not any("val_f1_macro" in r for r in other.values())
     res["counts"] = {split: splits[split].counts() for split in splits}
     assert "with the last checkpoint (no checkpoint selection" in render_markdown(res)
+    assert "| real | " in render_markdown(res).split("Per class (scored split")[1]  # the runs log recall and AUROC
+
+
+def test_per_class_table_pairs_recall_and_auroc_with_real_per_seed():
+    def runs(recalls, aurocs):
+        return [{"recall": list(r), "auroc": a} for r, a in zip(recalls, aurocs)]
+    entry = {"arms": {"real": {"runs": runs([(0.8, 0.7), (0.9, 0.7)], [0.90, 0.92])},
+                      "+gen": {"runs": runs([(0.7, 0.9), (0.8, 0.9)], [0.90, 0.92])}}}
+    lines = _per_class_lines(entry, ["stroma", "tumour"])
+    assert "| stroma recall % | vs real | tumour recall % | vs real | AUROC | vs real |" in lines[2]
+    assert lines[4] == "| real | 85.0 | - | 70.0 | - | 0.910 | - |"
+    # stroma -10 and tumour +20 on both seeds (zero width), AUROC unchanged: a moved threshold
+    assert lines[5] == "| +gen | 75.0 | -10.0 [-10.0, -10.0] | 90.0 | +20.0 [+20.0, +20.0] | 0.910 | +0.000 [+0.000, +0.000] |"
+    del entry["arms"]["+gen"]["runs"][0]["auroc"]  # runs logged before session 53: no table
+    assert _per_class_lines(entry, ["stroma", "tumour"]) == []
     entry = {"arms": {"real": {"runs": [{"val_accuracy": 0.5 + s / 10, "val_f1_macro": 0.5} for s in range(3)]},
                       "+x": {"runs": [{"val_accuracy": 0.6 + s / 10, "val_f1_macro": 0.55} for s in range(3)]}}}
     line = _choosing_block_lines(entry, "validation", "last")[0]
