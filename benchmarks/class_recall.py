@@ -8,7 +8,10 @@ logged figure (to 1e-6; the logs hold float32 accuracies). Macro-F1 cannot tell 
 the two classes' (false negatives, false positives) are exchanged, so on the validation block (no balanced
 accuracy logged) a run can fit two splits: such a run is left out of that block and its seed out of the paired
 differences there (the report counts them). So the old logs answer a question they were not written for: when an
-arm loses on one block and gains on the other (Result M2's CNN), does it do so through the same class?
+arm loses on one block and gains on the other (Result M2's CNN), does it do so through the same class? Runs logged
+since session 53 carry their per-class recall and the AUROC of p(class 1) on both blocks (``recall``, ``auroc``,
+``val_recall``, ``val_auroc``): those are read as they are, and the AUROC, which no decision threshold moves, is
+compared with the baseline too.
 
     python benchmarks/class_recall.py --n 25 --arm +Mixup/CutMix --arm "+ADD-Pro[preview] margin labels" \\
         --arm +stain --arm "real, no flips" --out benchmarks/results/class_recall_cnn_n25 \\
@@ -17,8 +20,9 @@ arm loses on one block and gains on the other (Result M2's CNN), does it do so t
 Per report (one subset) and arm: each class's recall per seed on the test block and the validation block, its mean
 over seeds and the paired difference to real only (95 % t over the seeds). Across reports: the mean of the
 per-report differences with a 95 % t-interval over reports, and how many reports lie beyond their own interval
-below and above 0. Given one report (e.g. subsets drawn per seed), its interval over seeds is the one shown. Every report must measure the same pair and hold the two classes with the same block sizes.
-Reads only the reports: nothing is trained.
+below and above 0. Given one report (e.g. subsets drawn per seed), its interval over seeds is the one shown. Every
+report must measure the same pair and hold the two classes with the same block sizes. Reads only the reports:
+nothing is trained.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from progaug.evaluation.stats import interval, paired
 
 BLOCKS = {"test": ("accuracy", "f1_macro", "balanced_accuracy"), "validation": ("val_accuracy", "val_f1_macro", None)}
 """Per held-out block: the logged accuracy, macro-F1 and (where logged) balanced accuracy keys of a run."""
+LOGGED = {"test": ("recall", "auroc"), "validation": ("val_recall", "val_auroc")}
+"""Per block: the per-class recall and AUROC keys that runs log since session 53 (read as they are where present)."""
 SPLIT = {"test": "test", "validation": "val"}
 """The report's ``counts`` key of each block."""
 TOLERANCE = 1e-6
@@ -83,12 +89,18 @@ def _macro_f1(n0: int, n1: int, r0: int, r1: int) -> float:
 
 
 def recalls(run: dict, block: str, sizes: tuple[int, int]) -> tuple[float, float] | None:
-    """A run's recall of class 0 and class 1 on ``block``, or None where its figures fit two splits.
+    """A run's recall of class 0 and class 1 on ``block`` (as logged, or inferred from its figures), or None where
+    its figures fit two splits.
 
     Raises:
         KeyError: The run did not log that block.
         ValueError: No split fits the run's figures (the message gives them).
     """
+    if LOGGED[block][0] in run:  # logged since session 53: nothing to infer
+        logged = run[LOGGED[block][0]]
+        if len(logged) != 2:
+            raise ValueError(f"per-class recall is read for two classes, the run logged {logged}")
+        return float(logged[0]), float(logged[1])
     acc, f1, bal = BLOCKS[block]
     splits = class_splits(sizes, run[acc], run[f1], run[bal] if bal else None)
     if not splits:
@@ -122,7 +134,8 @@ def read_one(report: dict, path: Path, n: str, arms: list[str], baseline: str = 
 
     Returns:
         ``{"path", "subset", "seeds", "unread": {arm: {block: [seed, ...]}}, "recall": {arm: {block: [mean_0,
-        mean_1]}}, "diff": {arm: {block: [paired_0, paired_1]}}}`` with recalls in [0, 1].
+        mean_1]}}, "diff": {arm: {block: [paired_0, paired_1]}}, "auroc": {arm: {block: mean}}, "auroc_diff": {arm:
+        {block: paired}}}`` with recalls and AUROC in [0, 1]; AUROC only for blocks where every run logged it.
 
     Raises:
         ValueError: A figure fits no split, an arm's seeds differ from the baseline's, or a block has no seed
@@ -149,6 +162,10 @@ def read_one(report: dict, path: Path, n: str, arms: list[str], baseline: str = 
         out["unread"][a] = {b: [s for s in seeds if s not in read[a][b]] for b in BLOCKS}
         out["recall"][a] = {b: [sum(r[k] for r in read[a][b].values()) / max(1, len(read[a][b])) for k in (0, 1)]
                             for b in BLOCKS}
+    auroc_key = {b: LOGGED[b][1] for b in BLOCKS if all(LOGGED[b][1] in r for by in runs.values() for r in by.values())}
+    out["auroc"] = {a: {b: sum(runs[a][s][k] for s in seeds) / len(seeds) for b, k in auroc_key.items()} for a in runs}
+    out["auroc_diff"] = {a: {b: paired([runs[a][s][k] for s in seeds], [runs[baseline][s][k] for s in seeds])
+                             for b, k in auroc_key.items()} for a in arms}
     for a in arms:
         out["diff"][a] = {}
         for b in BLOCKS:
@@ -187,10 +204,15 @@ def class_recall(reports: list[tuple[dict, Path]], n: str, arms: list[str], base
                 across[a][b].append({"interval": one if len(per) == 1 else interval([d["mean"] for d in diffs]),
                                      "lower_beyond": sum(d["high"] < 0 for d in diffs),
                                      "higher_beyond": sum(d["low"] > 0 for d in diffs)})
+    auroc_blocks = [b for b in BLOCKS if all(b in p["auroc_diff"].get(a, {}) for p in per for a in arms)]
+    auroc_across = {a: {b: (dict(per[0]["auroc_diff"][a][b]) if len(per) == 1
+                            else interval([p["auroc_diff"][a][b]["mean"] for p in per])) for b in auroc_blocks} for a in arms}
+    mean_auroc = {a: {b: sum(p["auroc"][a][b] for p in per) / len(per) for b in auroc_blocks} for a in [baseline, *arms]}
     mean_recall = {a: {b: [sum(p["recall"][a][b][k] for p in per) / len(per) for k in (0, 1)] for b in BLOCKS}
                    for a in [baseline, *arms]}
     return {"n": n, "baseline": baseline, "arms": arms, "classes": classes, "over": "seeds" if len(per) == 1 else "reports",
-            "sizes": {b: list(s) for b, s in sizes.items()}, "reports": per, "recall": mean_recall, "across": across}
+            "sizes": {b: list(s) for b, s in sizes.items()}, "reports": per, "recall": mean_recall, "across": across,
+            "auroc": mean_auroc, "auroc_across": auroc_across}
 
 
 def render_markdown(res: dict) -> str:
@@ -215,6 +237,18 @@ def render_markdown(res: dict) -> str:
                 cells += [f"{100 * cr['recall'][a][b][k]:.1f}",
                           f"{100 * iv['mean']:+.1f} [{100 * iv['low']:+.1f}, {100 * iv['high']:+.1f}]",
                           f"{d['lower_beyond']} / {d['higher_beyond']}"]
+            lines.append(f"| {a} | " + " | ".join(cells) + " |")
+        lines.append("")
+    auroc_blocks = [b for b in BLOCKS if b in cr["auroc"][cr["baseline"]]]
+    if auroc_blocks:
+        lines += [f"## AUROC of p({c[1]}): a score no decision threshold moves", "",
+                  "| arm | " + " | ".join(f"{b} AUROC | vs {cr['baseline']}" for b in auroc_blocks) + " |",
+                  "| --- |" + " --- | --- |" * len(auroc_blocks),
+                  f"| {cr['baseline']} | " + " | ".join(f"{cr['auroc'][cr['baseline']][b]:.3f} | -" for b in auroc_blocks) + " |"]
+        for a in cr["arms"]:
+            diffs = [cr["auroc_across"][a][b] for b in auroc_blocks]
+            cells = [f"{cr['auroc'][a][b]:.3f} | {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+                     for b, d in zip(auroc_blocks, diffs)]
             lines.append(f"| {a} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## Per report: difference to " + cr["baseline"] + f" (points; {c[0]} / {c[1]})", "",

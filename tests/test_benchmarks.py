@@ -828,8 +828,9 @@ def test_class_recall_pairs_per_seed_and_leaves_out_runs_that_fit_two_splits(ben
     assert across["interval"]["mean"] == pytest.approx(-29 / 270) and across["lower_beyond"] == 2
     assert res["over"] == "reports" and across["interval"]["half_width"] == pytest.approx(0, abs=1e-12)
     single = cr.class_recall(reports[:1], "25", ["+Mix"])  # one report: its interval over seeds is the one shown
-    assert single["over"] == "seeds" and single["across"]["+Mix"]["test"][0]["interval"]["low"] == pytest.approx(stroma_test["low"])
-    assert single["across"]["+Mix"]["test"][0]["interval"]["half_width"] > 0
+    shown = single["across"]["+Mix"]["test"][0]["interval"]
+    assert single["over"] == "seeds" and shown["low"] == pytest.approx(stroma_test["low"])
+    assert shown["half_width"] > 0
     # the script writes its report; bad inputs name the file
     paths = []
     for rep, path in reports:
@@ -852,3 +853,27 @@ def test_class_recall_pairs_per_seed_and_leaves_out_runs_that_fit_two_splits(ben
     del bad["curve"]["25"]["arms"]["+Mix"]["runs"][0]["val_f1_macro"]
     with pytest.raises(ValueError, match=r"s7.json: arm '\+Mix' logged no 'val_f1_macro' for the validation block"):
         cr.class_recall([(bad, Path("s7.json"))], "25", ["+Mix"])
+
+
+def test_class_recall_reads_logged_recall_and_compares_auroc(bench):
+    cr = bench("class_recall")
+    real = [((70, 90), (37, 40))] * 3  # macro-F1 alone would fit two validation splits; the logged recall decides
+    shifted = [((60, 92), (38, 70))] * 3
+    rep = _recall_report(3, {"real": real, "+Mix": shifted})
+    for name, aurocs in (("real", (0.90, 0.91, 0.92)), ("+Mix", (0.90, 0.92, 0.90))):
+        for run, (test, val), a in zip(rep["curve"]["25"]["arms"][name]["runs"], real if name == "real" else shifted, aurocs):
+            run.update(recall=[test[0] / 90, test[1] / 93], val_recall=[val[0] / 40, val[1] / 78], auroc=a, val_auroc=a - 0.1)
+    res = cr.class_recall([(rep, Path("s3.json"))], "25", ["+Mix"])
+    one = res["reports"][0]
+    assert one["unread"]["real"]["validation"] == [] and one["recall"]["real"]["validation"] == pytest.approx([37 / 40, 40 / 78])
+    assert one["auroc_diff"]["+Mix"]["test"]["per_seed"] == pytest.approx([0.0, 0.01, -0.02])
+    assert res["auroc"]["real"]["validation"] == pytest.approx(0.81)
+    assert res["auroc_across"]["+Mix"]["test"]["mean"] == pytest.approx(-0.01 / 3)
+    md = cr.render_markdown({"class_recall": res, "command": "c"})
+    assert "## AUROC of p(tumour)" in md and "| real | 0.910 | - | 0.810 | - |" in md
+    del rep["curve"]["25"]["arms"]["+Mix"]["runs"][1]["val_auroc"]  # a block some run did not log: no AUROC there
+    res = cr.class_recall([(rep, Path("s3.json"))], "25", ["+Mix"])
+    assert set(res["auroc_across"]["+Mix"]) == {"test"}
+    rep["curve"]["25"]["arms"]["+Mix"]["runs"][0]["recall"] = [0.5, 0.5, 0.5]
+    with pytest.raises(ValueError, match=r"s3.json: arm '\+Mix', test block: per-class recall is read for two classes"):
+        cr.class_recall([(rep, Path("s3.json"))], "25", ["+Mix"])

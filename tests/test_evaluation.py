@@ -15,9 +15,9 @@ from progaug.data.tiles import TileSet
 from progaug.evaluation.arms import Arm, all_arms, arm_named
 from progaug.evaluation.protocol import (GeneratedSets, ProtocolConfig, class_orders, needed_positions, planned_runs, real_subset, plateau, run_protocol,
                                          sanity)
-from progaug.evaluation.report import _choosing_block_lines, judge, plot, render_markdown, seed_ranges
+from progaug.evaluation.report import _choosing_block_lines, _per_class_lines, judge, plot, render_markdown, seed_ranges
 from progaug.evaluation.stats import interval, paired, paired_runs, verdict, welch
-from progaug.evaluation.training import LabelledImages, Recipe, TrainSpec, _apply_mixup, _batches, score, train_classifier
+from progaug.evaluation.training import LabelledImages, Recipe, TrainSpec, _apply_mixup, _batches, auroc, score, train_classifier
 from progaug.replacement import check_probability, replace_draws, replacement_index
 from progaug.selection import agreement_mask, calibrated_labels
 
@@ -156,6 +156,26 @@ def test_cnn_learns_a_separable_task_and_the_seed_decides_the_run():
     assert score(again, vx, vy)["predictions_sha"] == score(model, vx, vy)["predictions_sha"]
 
 
+def test_score_gives_per_class_recall_and_a_threshold_free_auroc():
+    class Fixed(torch.nn.Module):  # p(class 1) = the image's first pixel / 255, whatever the normalisation
+        def forward(self, x):
+            p = (x[:, 0, 0, 0] - x[:, 0, 0, 0].min()) / (x[:, 0, 0, 0].max() - x[:, 0, 0, 0].min())
+            return torch.stack([1 - p, p], 1).clamp(1e-6, 1).log()
+    images = torch.zeros(6, 3, 4, 4, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.tensor([0, 40, 160, 100, 200, 255])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    out = score(Fixed(), images, labels)
+    # p(1): 0, .16, .63, .39, .78, 1 -> predictions 0 0 1 0 1 1: class 0 recall 2/3, class 1 recall 2/3
+    assert out["recall"] == pytest.approx([2 / 3, 2 / 3]) and out["balanced_accuracy"] == pytest.approx(2 / 3)
+    assert out["auroc"] == pytest.approx(8 / 9)  # of the 9 (positive, negative) pairs only (100, 160) is misordered
+    # a shifted threshold changes recall, not AUROC: the same order of scores
+    assert auroc(torch.tensor([0.1, 0.2, 0.3, 0.9]), torch.tensor([0, 1, 0, 1])) == pytest.approx(0.75)
+    assert auroc(torch.tensor([0.5, 0.5]), torch.tensor([0, 1])) == pytest.approx(0.5)  # a tie counts half
+    with pytest.raises(ValueError, match="`labels` must hold both classes, got 2 positives and 0 negatives"):
+        auroc(torch.tensor([0.1, 0.2]), torch.tensor([1, 1]))
+    assert "auroc" not in score(Fixed(), images, torch.ones(6, dtype=torch.long))
+
+
 @pytest.mark.parametrize("fast", [{"channels_last": True}, {"bf16": True}, {"channels_last": True, "bf16": True}])
 def test_fast_training_settings_learn_the_same_task_and_are_logged_apart(fast):
     x, y = separable(64)
@@ -212,12 +232,30 @@ def test_protocol_with_the_last_checkpoint_scores_both_regions_and_is_logged_apa
     assert all('"checkpoint": "last"' in key for key in memo)
     runs = res["curve"]["2"]["arms"]["real"]["runs"]
     assert all(0 <= r["val_f1_macro"] <= 1 and "accuracy" in r for r in runs)  # both held-out splits scored
+    for r in runs:  # per-class recall and AUROC on both blocks; the balanced accuracy is the recalls' mean
+        assert len(r["recall"]) == len(r["val_recall"]) == 2 and 0 <= r["auroc"] <= 1 and 0 <= r["val_auroc"] <= 1
+        assert r["balanced_accuracy"] == pytest.approx(sum(r["recall"]) / 2)
     assert ProtocolConfig().checkpoint == "last" and ProtocolConfig(**base) == ProtocolConfig(**base, checkpoint="last")  # the default
     run_protocol(splits, ("a", "b"), GeneratedSets(pro={}), [Arm("real")], ProtocolConfig(**base, checkpoint="best"), memo=other)
     assert not set(other) & set(memo) and not any("checkpoint" in key for key in other)  # best: the keys logged before it existed
     assert not any("val_f1_macro" in r for r in other.values())
     res["counts"] = {split: splits[split].counts() for split in splits}
     assert "with the last checkpoint (no checkpoint selection" in render_markdown(res)
+    assert "| real | " in render_markdown(res).split("Per class (scored split")[1]  # the runs log recall and AUROC
+
+
+def test_per_class_table_pairs_recall_and_auroc_with_real_per_seed():
+    def runs(recalls, aurocs):
+        return [{"recall": list(r), "auroc": a} for r, a in zip(recalls, aurocs)]
+    entry = {"arms": {"real": {"runs": runs([(0.8, 0.7), (0.9, 0.7)], [0.90, 0.92])},
+                      "+gen": {"runs": runs([(0.7, 0.9), (0.8, 0.9)], [0.90, 0.92])}}}
+    lines = _per_class_lines(entry, ["stroma", "tumour"])
+    assert "| stroma recall % | vs real | tumour recall % | vs real | AUROC | vs real |" in lines[2]
+    assert lines[4] == "| real | 85.0 | - | 70.0 | - | 0.910 | - |"
+    # stroma -10 and tumour +20 on both seeds (zero width), AUROC unchanged: a moved threshold
+    assert lines[5] == "| +gen | 75.0 | -10.0 [-10.0, -10.0] | 90.0 | +20.0 [+20.0, +20.0] | 0.910 | +0.000 [+0.000, +0.000] |"
+    del entry["arms"]["+gen"]["runs"][0]["auroc"]  # runs logged before session 53: no table
+    assert _per_class_lines(entry, ["stroma", "tumour"]) == []
     entry = {"arms": {"real": {"runs": [{"val_accuracy": 0.5 + s / 10, "val_f1_macro": 0.5} for s in range(3)]},
                       "+x": {"runs": [{"val_accuracy": 0.6 + s / 10, "val_f1_macro": 0.55} for s in range(3)]}}}
     line = _choosing_block_lines(entry, "validation", "last")[0]

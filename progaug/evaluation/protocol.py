@@ -441,8 +441,9 @@ class _Runner:
         out = {"seed": seed, "epochs": epochs, "val_accuracy": val, "real_images": len(sub.real), "generated_images": 0 if gen is None else len(gen)}
         if test:
             out.update(score(model, self.test.images, self.test.labels, self.device))
-            if self.config.checkpoint == "last":  # no checkpoint was chosen: the choosing split's macro-F1 is a score too
-                out["val_f1_macro"] = score(model, *self.val, self.device)["f1_macro"]
+            if self.config.checkpoint == "last":  # no checkpoint was chosen: the choosing split's figures are scores too
+                held = score(model, *self.val, self.device)
+                out.update({f"val_{k}": held[k] for k in ("f1_macro", "recall", "auroc") if k in held})
         out["seconds"] = round(time.time() - began, 1)
         self.memo[key] = out
         chooses, scored = held_out_roles(self.config.swap_held_out)

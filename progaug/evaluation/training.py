@@ -176,17 +176,47 @@ def predict(model: torch.nn.Module, images: torch.Tensor, device: str = "cpu") -
 
 
 def score(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device: str = "cpu") -> dict:
-    """Accuracy, balanced accuracy, macro-F1, error count and a short hash of the predictions."""
-    pred = predict(model, images, device).argmax(-1)
+    """Accuracy, balanced accuracy, macro-F1, per-class recall, error count and a short hash of the predictions;
+    with two classes also the AUROC of p(class 1), a score no decision threshold moves.
+
+    Args:
+        model: The classifier.
+        images: uint8 ``(M, 3, S, S)``.
+        labels: int64 ``(M,)`` in ``[0, K)``.
+        device: Where the model runs.
+
+    Returns:
+        ``{"accuracy", "balanced_accuracy", "f1_macro", "recall": [K values in [0, 1]], "errors",
+        "predictions_sha"}`` and, for K = 2 with both classes present, ``"auroc"`` in [0, 1].
+    """
+    probs = predict(model, images, device)
+    pred = probs.argmax(-1)
     f1s, recalls = [], []
     for c in range(int(labels.max()) + 1):
         tp = int(((pred == c) & (labels == c)).sum())
         fp, fn = int(((pred == c) & (labels != c)).sum()), int(((pred != c) & (labels == c)).sum())
         f1s.append(2 * tp / max(1, 2 * tp + fp + fn))
         recalls.append(tp / max(1, tp + fn))
-    return {"accuracy": float((pred == labels).float().mean()), "balanced_accuracy": float(np.mean(recalls)),
-            "f1_macro": float(np.mean(f1s)), "errors": int((pred != labels).sum()),
-            "predictions_sha": hashlib.sha256(pred.to(torch.uint8).numpy().tobytes()).hexdigest()[:12]}
+    out = {"accuracy": float((pred == labels).float().mean()), "balanced_accuracy": float(np.mean(recalls)),
+           "f1_macro": float(np.mean(f1s)), "recall": recalls, "errors": int((pred != labels).sum()),
+           "predictions_sha": hashlib.sha256(pred.to(torch.uint8).numpy().tobytes()).hexdigest()[:12]}
+    if probs.shape[1] == 2 and 0 < int(labels.sum()) < len(labels):
+        out["auroc"] = auroc(probs[:, 1], labels)
+    return out
+
+
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve of ``scores`` ``(M,)`` for binary ``labels`` ``(M,)`` (1 positive): the chance that
+    a random positive scores above a random negative, ties counted half (the Mann-Whitney statistic).
+
+    Raises:
+        ValueError: ``labels`` holds only one class.
+    """
+    pos, neg = scores[labels == 1].double(), scores[labels != 1].double()
+    if not len(pos) or not len(neg):
+        raise ValueError(f"`labels` must hold both classes, got {len(pos)} positives and {len(neg)} negatives")
+    above = (pos[:, None] > neg[None, :]).double().sum() + 0.5 * (pos[:, None] == neg[None, :]).double().sum()
+    return float(above / (len(pos) * len(neg)))
 
 
 def train_classifier(real: LabelledImages, generated: LabelledImages | None, recipe: Recipe, spec: TrainSpec, seed: int,
