@@ -174,6 +174,12 @@ def test_score_gives_per_class_recall_and_a_threshold_free_auroc():
     with pytest.raises(ValueError, match="`labels` must hold both classes, got 2 positives and 0 negatives"):
         auroc(torch.tensor([0.1, 0.2]), torch.tensor([1, 1]))
     assert "auroc" not in score(Fixed(), images, torch.ones(6, dtype=torch.long))
+    gen = torch.Generator().manual_seed(0)  # the rank form equals the pairwise count, ties included
+    for _ in range(50):
+        s, y = torch.randint(0, 5, (30,), generator=gen).float(), torch.arange(30) % 2
+        pos, neg = s[y == 1], s[y == 0]
+        pairwise = ((pos[:, None] > neg).double().sum() + 0.5 * (pos[:, None] == neg).double().sum()) / (15 * 15)
+        assert auroc(s, y) == pytest.approx(float(pairwise), abs=1e-12)
 
 
 @pytest.mark.parametrize("fast", [{"channels_last": True}, {"bf16": True}, {"channels_last": True, "bf16": True}])

@@ -207,16 +207,22 @@ def score(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, de
 
 def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """Area under the ROC curve of ``scores`` ``(M,)`` for binary ``labels`` ``(M,)`` (1 positive): the chance that
-    a random positive scores above a random negative, ties counted half (the Mann-Whitney statistic).
+    a random positive scores above a random negative, ties counted half (the Mann-Whitney statistic, from average
+    ranks: O(M log M) time and O(M) memory, for held-out sets of any size).
 
     Raises:
         ValueError: ``labels`` holds only one class.
     """
-    pos, neg = scores[labels == 1].double(), scores[labels != 1].double()
-    if not len(pos) or not len(neg):
-        raise ValueError(f"`labels` must hold both classes, got {len(pos)} positives and {len(neg)} negatives")
-    above = (pos[:, None] > neg[None, :]).double().sum() + 0.5 * (pos[:, None] == neg[None, :]).double().sum()
-    return float(above / (len(pos) * len(neg)))
+    positive = labels == 1
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        raise ValueError(f"`labels` must hold both classes, got {n_pos} positives and {n_neg} negatives")
+    order = scores.double().argsort()
+    _, tie, counts = torch.unique(scores.double()[order], return_inverse=True, return_counts=True)
+    last = counts.cumsum(0).double()  # 1-based rank of each tie group's last member
+    ranks = torch.empty(len(scores), dtype=torch.float64)
+    ranks[order] = (last - (counts.double() - 1) / 2)[tie]  # the group's average rank
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def train_classifier(real: LabelledImages, generated: LabelledImages | None, recipe: Recipe, spec: TrainSpec, seed: int,
