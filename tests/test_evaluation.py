@@ -13,8 +13,8 @@ import torch
 
 from progaug.data.tiles import TileSet
 from progaug.evaluation.arms import Arm, all_arms, arm_named
-from progaug.evaluation.protocol import (GeneratedSets, ProtocolConfig, class_orders, needed_positions, planned_runs, real_subset, plateau, run_protocol,
-                                         sanity)
+from progaug.evaluation.protocol import (GeneratedSets, ProtocolConfig, _add_paired, class_orders, needed_positions, planned_runs, real_subset,
+                                         plateau, run_protocol, sanity)
 from progaug.evaluation.report import _choosing_block_lines, _per_class_lines, judge, plot, render_markdown, seed_ranges
 from progaug.evaluation.stats import interval, paired, paired_runs, verdict, welch
 from progaug.evaluation.training import LabelledImages, Recipe, TrainSpec, _apply_mixup, _batches, auroc, score, train_classifier
@@ -248,20 +248,6 @@ def test_protocol_with_the_last_checkpoint_scores_both_regions_and_is_logged_apa
     res["counts"] = {split: splits[split].counts() for split in splits}
     assert "with the last checkpoint (no checkpoint selection" in render_markdown(res)
     assert "| real | " in render_markdown(res).split("Per class (scored split")[1]  # the runs log recall and AUROC
-
-
-def test_per_class_table_pairs_recall_and_auroc_with_real_per_seed():
-    def runs(recalls, aurocs):
-        return [{"recall": list(r), "auroc": a} for r, a in zip(recalls, aurocs)]
-    entry = {"arms": {"real": {"runs": runs([(0.8, 0.7), (0.9, 0.7)], [0.90, 0.92])},
-                      "+gen": {"runs": runs([(0.7, 0.9), (0.8, 0.9)], [0.90, 0.92])}}}
-    lines = _per_class_lines(entry, ["stroma", "tumour"])
-    assert "| stroma recall % | vs real | tumour recall % | vs real | AUROC | vs real |" in lines[2]
-    assert lines[4] == "| real | 85.0 | - | 70.0 | - | 0.910 | - |"
-    # stroma -10 and tumour +20 on both seeds (zero width), AUROC unchanged: a moved threshold
-    assert lines[5] == "| +gen | 75.0 | -10.0 [-10.0, -10.0] | 90.0 | +20.0 [+20.0, +20.0] | 0.910 | +0.000 [+0.000, +0.000] |"
-    del entry["arms"]["+gen"]["runs"][0]["auroc"]  # runs logged before session 53: no table
-    assert _per_class_lines(entry, ["stroma", "tumour"]) == []
     entry = {"arms": {"real": {"runs": [{"val_accuracy": 0.5 + s / 10, "val_f1_macro": 0.5} for s in range(3)]},
                       "+x": {"runs": [{"val_accuracy": 0.6 + s / 10, "val_f1_macro": 0.55} for s in range(3)]}}}
     line = _choosing_block_lines(entry, "validation", "last")[0]
@@ -273,6 +259,33 @@ def test_per_class_table_pairs_recall_and_auroc_with_real_per_seed():
     assert lines[2] == "On the validation split, against the standard augmentations: +x vs +stain -10.0 [-10.0, -10.0] (macro-F1 -5.0 [-5.0, -5.0])."
     assert len(_choosing_block_lines(entry, "validation", "best")) == 2  # the best checkpoint's maxima: vs real only
     assert ProtocolConfig.from_json(ProtocolConfig(checkpoint="last").to_json()).spec(3).checkpoint == "last"
+
+
+def test_per_class_table_pairs_recall_and_auroc_with_real_per_seed():
+    def runs(recalls, aurocs):
+        return [{"seed": s, "accuracy": 0.8, "f1_macro": 0.8, "recall": list(r), "auroc": a}
+                for s, (r, a) in enumerate(zip(recalls, aurocs))]
+    entry = {"arms": {"real": {"runs": runs([(0.8, 0.7), (0.9, 0.7)], [0.90, 0.92])},
+                      "+gen": {"runs": runs([(0.7, 0.9), (0.8, 0.9)], [0.90, 0.92])}}}
+    _add_paired(entry)  # the protocol pairs per seed; the table formats what it paired
+    stroma, tumour = entry["arms"]["+gen"]["paired_recall"]
+    assert stroma["per_seed"] == pytest.approx([-0.1, -0.1]) and tumour["per_seed"] == pytest.approx([0.2, 0.2])
+    assert "paired_recall" not in entry["arms"]["real"]
+    lines = _per_class_lines(entry, ["stroma", "tumour"])
+    assert "| stroma recall % | vs real | tumour recall % | vs real | AUROC | vs real |" in lines[2]
+    assert lines[4] == "| real | 85.0 | - | 70.0 | - | 0.910 | - |"
+    # stroma -10 and tumour +20 on both seeds (zero width), AUROC unchanged: a moved threshold
+    assert lines[5] == "| +gen | 75.0 | -10.0 [-10.0, -10.0] | 90.0 | +20.0 [+20.0, +20.0] | 0.910 | +0.000 [+0.000, +0.000] |"
+    entry["arms"]["+gen"]["runs"][1]["seed"] = 7  # other seeds are never paired silently
+    with pytest.raises(ValueError, match="paired differences need the same seeds in the same order"):
+        _add_paired(entry)
+    entry["arms"]["+gen"]["runs"][1]["seed"] = 1
+    del entry["arms"]["+gen"]["runs"][0]["auroc"]  # runs logged before session 53: no table, no pairs
+    assert _per_class_lines(entry, ["stroma", "tumour"]) == []
+    _add_paired(entry)
+    assert "paired_auroc" not in entry["arms"]["+gen"]
+
+
     with pytest.raises(ValueError, match="`checkpoint` must be one of \\('best', 'last'\\), got 'first'"):
         ProtocolConfig(checkpoint="first")
 

@@ -654,7 +654,9 @@ COMPARED_WITH = ("real", *STANDARD_ARMS, "+ADD-Pro[paper]", "+ADD-final")
 
 def _add_paired(entry: dict) -> None:
     """Paired accuracy and macro-F1 differences of every arm to each compared arm, and to the better (by
-    mean accuracy) of ``+stain`` and ``+Mixup/CutMix``."""
+    mean accuracy) of ``+stain`` and ``+Mixup/CutMix``; where every run of the arm and of real only logged per-class
+    recall and AUROC (runs since session 53), their paired differences to real only (``paired_recall``, one per class,
+    and ``paired_auroc``)."""
     arms = entry["arms"]
     standard = [a for a in STANDARD_ARMS if a in arms]
     best_standard = max(standard, key=lambda a: arms[a]["accuracy"]["mean"]) if standard else None
@@ -667,6 +669,13 @@ def _add_paired(entry: dict) -> None:
                 continue
             for metric, key in (("accuracy", "paired"), ("f1_macro", "paired_f1")):
                 arm[key][other] = paired_runs(arm["runs"], arms[target]["runs"], metric)
+        for key in ("paired_recall", "paired_auroc"):  # recomputed, like the pairs above
+            arm.pop(key, None)
+        real = arms.get("real")
+        if name != "real" and real and all("recall" in r and "auroc" in r for r in (*arm["runs"], *real["runs"])):
+            classes = range(len(real["runs"][0]["recall"]))
+            arm["paired_recall"] = [paired_runs(arm["runs"], real["runs"], "recall", k) for k in classes]
+            arm["paired_auroc"] = paired_runs(arm["runs"], real["runs"], "auroc")
 
 
 def sanity(res: dict) -> dict:

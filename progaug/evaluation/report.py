@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from progaug.evaluation.stats import paired, paired_runs
+from progaug.evaluation.stats import paired_runs
 
 __all__ = ["GAIN", "format_diff", "judge", "plot", "render_markdown", "seed_ranges", "write_report"]
 
@@ -124,26 +124,19 @@ def _arm_table(entry: dict, n_test: int, res_converged: bool | None = True) -> l
 
 
 def _per_class_lines(entry: dict, classes: Sequence[str]) -> list[str]:
-    """Per-class recall and AUROC of p(class 1) on the scored split, each paired with real only per seed, where every
-    run logged them (runs since session 53): an arm that moves the decision toward one class shows a loss on the other
-    class's recall and little AUROC change. Empty for older runs or more than two classes."""
-    real = entry["arms"].get("real")
+    """Per-class recall and AUROC of p(class 1) on the scored split, with the paired differences to real only that
+    the protocol computed (``paired_recall``, ``paired_auroc``), where every run logged them (runs since session 53):
+    an arm that moves the decision toward one class shows a loss on the other class's recall and little AUROC change.
+    Empty for older runs or more than two classes."""
     every = [r for arm in entry["arms"].values() for r in arm["runs"]]
-    if real is None or len(classes) != 2 or not all("recall" in r and "auroc" in r for r in every):
+    if "real" not in entry["arms"] or len(classes) != 2 or not all("recall" in r and "auroc" in r for r in every):
         return []
     lines = [f"Per class (scored split; paired with real only per seed): recall of {classes[0]} and of {classes[1]}, and the "
              f"AUROC of p({classes[1]}), which no decision threshold moves.", "",
              f"| arm | {classes[0]} recall % | vs real | {classes[1]} recall % | vs real | AUROC | vs real |", "| --- " * 7 + "|"]
     for name, arm in entry["arms"].items():
-        runs = arm["runs"]
-        cells = []
-        for k in (0, 1):
-            mean = sum(r["recall"][k] for r in runs) / len(runs)
-            diff = None if name == "real" or len(runs) != len(real["runs"]) else paired(
-                [r["recall"][k] for r in runs], [r["recall"][k] for r in real["runs"]])
-            cells += [f"{100 * mean:.1f}", format_diff(diff)]
-        auc = None if name == "real" or len(runs) != len(real["runs"]) else paired(
-            [r["auroc"] for r in runs], [r["auroc"] for r in real["runs"]])
+        runs, diffs, auc = arm["runs"], arm.get("paired_recall", [None, None]), arm.get("paired_auroc")
+        cells = [f"{100 * sum(r['recall'][k] for r in runs) / len(runs):.1f} | {format_diff(diffs[k])}" for k in (0, 1)]
         auc_text = "-" if auc is None else f"{auc['mean']:+.3f} [{auc['low']:+.3f}, {auc['high']:+.3f}]"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {sum(r['auroc'] for r in runs) / len(runs):.3f} | {auc_text} |")
     return [*lines, ""]

@@ -68,9 +68,10 @@ def paired(values: Sequence[float], others: Sequence[float]) -> dict:
     return {**d, "per_seed": diffs, "verdict": verdict(d)}
 
 
-def paired_runs(runs: Sequence[dict], others: Sequence[dict], metric: str) -> dict:
+def paired_runs(runs: Sequence[dict], others: Sequence[dict], metric: str, index: int | None = None) -> dict:
     """:func:`paired` of ``metric`` between two arms' runs, checked to be the same seeds in the same order (each
-    run's ``"seed"``), so that two lists of equal length but other seeds are never paired silently.
+    run's ``"seed"``), so that two lists of equal length but other seeds are never paired silently. ``index``
+    reads one entry of a list-valued metric (e.g. ``"recall"``, one value per class).
 
     Raises:
         ValueError: The seeds differ (the message lists both), or a run lacks ``metric``.
@@ -81,7 +82,9 @@ def paired_runs(runs: Sequence[dict], others: Sequence[dict], metric: str) -> di
     missing = sum(metric not in r for r in (*runs, *others))
     if missing:
         raise ValueError(f"paired differences of {metric!r}: {missing} run(s) lack it")
-    return paired([r[metric] for r in runs], [r[metric] for r in others])
+    if index is None:
+        return paired([r[metric] for r in runs], [r[metric] for r in others])
+    return paired([r[metric][index] for r in runs], [r[metric][index] for r in others])
 
 
 def welch(values: Sequence[float], others: Sequence[float]) -> dict:
