@@ -177,6 +177,14 @@ def read_one(report: dict, path: Path, n: str, arms: list[str], baseline: str = 
     return out
 
 
+def over_reports(diffs: list[dict]) -> dict:
+    """The across-report figure of per-report paired differences: the interval of their means over reports, or,
+    for one report, that report's own interval over its seeds (``{"mean", "low", "high", "half_width", "n"}``)."""
+    if len(diffs) == 1:
+        return {key: diffs[0][key] for key in ("mean", "low", "high", "half_width", "n")}
+    return interval([d["mean"] for d in diffs])
+
+
 def class_recall(reports: list[tuple[dict, Path]], n: str, arms: list[str], baseline: str = "real") -> dict:
     """Per-class recall of every arm over several reports (see the module docstring).
 
@@ -200,13 +208,11 @@ def class_recall(reports: list[tuple[dict, Path]], n: str, arms: list[str], base
             across[a][b] = []
             for k in (0, 1):
                 diffs = [p["diff"][a][b][k] for p in per]
-                one = {key: diffs[0][key] for key in ("mean", "low", "high", "half_width", "n")}
-                across[a][b].append({"interval": one if len(per) == 1 else interval([d["mean"] for d in diffs]),
+                across[a][b].append({"interval": over_reports(diffs),
                                      "lower_beyond": sum(d["high"] < 0 for d in diffs),
                                      "higher_beyond": sum(d["low"] > 0 for d in diffs)})
     auroc_blocks = [b for b in BLOCKS if all(b in p["auroc_diff"].get(a, {}) for p in per for a in arms)]
-    auroc_across = {a: {b: (dict(per[0]["auroc_diff"][a][b]) if len(per) == 1
-                            else interval([p["auroc_diff"][a][b]["mean"] for p in per])) for b in auroc_blocks} for a in arms}
+    auroc_across = {a: {b: over_reports([p["auroc_diff"][a][b] for p in per]) for b in auroc_blocks} for a in arms}
     mean_auroc = {a: {b: sum(p["auroc"][a][b] for p in per) / len(per) for b in auroc_blocks} for a in [baseline, *arms]}
     mean_recall = {a: {b: [sum(p["recall"][a][b][k] for p in per) / len(per) for k in (0, 1)] for b in BLOCKS}
                    for a in [baseline, *arms]}
